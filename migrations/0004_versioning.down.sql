@@ -1,0 +1,17 @@
+DROP TRIGGER version_on_update ON public.style_guides;
+DROP TRIGGER version_on_update ON public.wireframes;
+DROP TRIGGER version_on_update ON public.sitemaps;
+DROP TRIGGER version_on_update ON public.projects;
+DROP TRIGGER version_on_insert ON public.style_guides;
+DROP TRIGGER version_on_insert ON public.wireframes;
+DROP TRIGGER version_on_insert ON public.sitemaps;
+DROP TRIGGER version_on_insert ON public.projects;
+DROP TRIGGER version_on_insert_number ON public.style_guides;
+DROP TRIGGER version_on_insert_number ON public.wireframes;
+DROP TRIGGER version_on_insert_number ON public.sitemaps;
+DROP FUNCTION public.version_on_update();
+DROP FUNCTION public.version_on_insert();
+DROP FUNCTION public.version_on_insert_number();
+DROP FUNCTION public.row_changes(JSONB, JSONB);
+DROP FUNCTION public.version_author(TEXT, JSONB);
+DROP FUNCTION public.project_id_of_row(TEXT, JSONB);

@@ -1,0 +1,1 @@
+"""SQL migrations, applied by db.migrations; this package only carries the files."""
