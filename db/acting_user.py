@@ -1,0 +1,41 @@
+"""Run statements in PostgreSQL as an end user, so row-level security applies.
+
+This is the PostgREST / Supabase convention the migrations are written for: inside
+one transaction, switch to the `authenticated` role and publish the user's JWT
+claims in `request.jwt.claims`, which `auth.uid()` reads. Both are transaction-local
+(`SET LOCAL`, `set_config(..., true)`), so a pooled connection returns to the pool
+as the gateway's own role with no claims left behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+USER_ROLE = "authenticated"
+
+
+@asynccontextmanager
+async def acting_as(
+    conn: asyncpg.Connection,
+    user_id: UUID | str,
+    claims: Mapping[str, Any] | None = None,
+) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on `conn` in which the database sees `user_id` as the caller.
+
+    `claims` are the rest of the user's token (email, role, …); `sub` is always
+    `user_id`, whatever `claims` says.
+    """
+    published = {**(claims or {}), "sub": str(user_id), "role": USER_ROLE}
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL ROLE {USER_ROLE}")
+        await conn.execute(
+            "SELECT set_config('request.jwt.claims', $1, true)",
+            orjson.dumps(published).decode(),
+        )
+        yield conn
