@@ -11,6 +11,7 @@ directory and the last one to let go stops it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import warnings
@@ -186,9 +187,8 @@ class EmbeddedPostgres:
             )
             if not exists:
                 quoted = self.database.replace('"', '""')
-                try:
+                # Another process sharing this server may create it first.
+                with contextlib.suppress(asyncpg.DuplicateDatabaseError):
                     await conn.execute(f'CREATE DATABASE "{quoted}"')
-                except asyncpg.DuplicateDatabaseError:
-                    pass  # another process sharing this server created it first
         finally:
             await conn.close()

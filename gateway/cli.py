@@ -1,0 +1,182 @@
+"""`sitebuilder-gateway`: serve, migrate, mint dev tokens, show the database DSN."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+import uvloop
+
+from db.embedded import EmbeddedPostgresError, running_dsn
+from db.migrations import MigrationError, Migrator, load_migrations
+from db.provision import open_database
+from gateway import app
+from gateway.secrets import jwt_secret
+from gateway.settings import Settings
+from gateway.tokens import mint_token
+
+logger = logging.getLogger("gateway")
+
+DEFAULT_TOKEN_TTL_SECONDS = 24 * 3600
+
+
+class CommandError(RuntimeError):
+    """A failure worth one line on stderr and exit status 1, not a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sitebuilder-gateway",
+        description=(
+            "Realtime collaboration gateway for the AI site builder. "
+            "Settings come from SITEBUILDER_* environment variables (see README)."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway (embedded PostgreSQL by default)")
+    serve.add_argument("--host", help="bind address (overrides SITEBUILDER_HOST)")
+    serve.add_argument("--port", type=int, help="port (overrides SITEBUILDER_PORT)")
+
+    migrate = commands.add_parser("migrate", help="apply, roll back or list schema migrations")
+    steps = migrate.add_subparsers(dest="direction", required=True, metavar="ACTION")
+    up = steps.add_parser("up", help="apply pending migrations")
+    up.add_argument("--to", type=int, metavar="N", help="stop after migration N (default: all)")
+    down = steps.add_parser("down", help="roll back migrations")
+    down.add_argument(
+        "--to", type=int, metavar="N", help="roll back to version N (default: one step; 0: all)"
+    )
+    steps.add_parser("status", help="list migrations with checksum and state")
+
+    token = commands.add_parser("token", help="print a signed development JWT for a user")
+    token.add_argument(
+        "user_id", nargs="?", type=uuid.UUID, help="user id (uuid); default: a new random one"
+    )
+    token.add_argument("--email", help="email claim (and email of a created user)")
+    token.add_argument(
+        "--create-user", action="store_true", help="create the user in auth.users if absent"
+    )
+    token.add_argument(
+        "--ttl",
+        type=int,
+        default=DEFAULT_TOKEN_TTL_SECONDS,
+        metavar="SECONDS",
+        help=f"lifetime in seconds (default {DEFAULT_TOKEN_TTL_SECONDS})",
+    )
+
+    commands.add_parser("db", help="print the DSN of the database in use")
+    return parser
+
+
+async def _migrate(settings: Settings, args: argparse.Namespace) -> None:
+    async with open_database(settings.database_url, settings.pgdata) as database:
+        conn = await asyncpg.connect(database.dsn)
+        try:
+            migrator = Migrator(conn, load_migrations(), settings.migration_parameters)
+            if args.direction == "status":
+                for state in await migrator.status():
+                    applied = (
+                        state.applied_at.isoformat(" ", "seconds") if state.applied_at else "-"
+                    )
+                    print(f"{state.label:<24} {state.state:<9} {state.checksum}  {applied}")
+                return
+            if args.direction == "up":
+                done = await migrator.up(args.to)
+            else:
+                done = await migrator.down(args.to)
+            for migration in done:
+                print(f"{args.direction:<4} {migration.label}")
+            print(f"database at version {await migrator.current_version()}")
+        finally:
+            await conn.close()
+
+
+async def _create_user(settings: Settings, user_id: uuid.UUID, email: str | None) -> None:
+    async with open_database(settings.database_url, settings.pgdata) as database:
+        conn = await asyncpg.connect(database.dsn)
+        try:
+            if not await conn.fetchval("SELECT to_regclass('auth.users') IS NOT NULL"):
+                raise CommandError(
+                    "auth.users does not exist: run `sitebuilder-gateway migrate up`"
+                )
+            await conn.execute(
+                "INSERT INTO auth.users (id, email) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                user_id,
+                email,
+            )
+        finally:
+            await conn.close()
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> None:
+    user_id = args.user_id or uuid.uuid4()
+    if args.create_user:
+        asyncio.run(_create_user(settings, user_id, args.email))
+        logger.info("user %s exists in auth.users", user_id)
+    print(
+        mint_token(
+            jwt_secret(settings),
+            user_id,
+            audience=settings.jwt_audience,
+            ttl_seconds=args.ttl,
+            email=args.email,
+        )
+    )
+
+
+def _db(settings: Settings) -> None:
+    if settings.database_url:
+        print(settings.database_url)
+        return
+    dsn = running_dsn(settings.pgdata)
+    if dsn is None:
+        raise CommandError(
+            f"no embedded PostgreSQL runs on {settings.pgdata}: start "
+            "`sitebuilder-gateway serve` first, or set SITEBUILDER_DATABASE_URL"
+        )
+    print(dsn)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr; the websockets library's per-request lines only at DEBUG."""
+    logging.basicConfig(
+        level=settings.log_level_number,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if settings.log_level != "DEBUG":
+        logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    if args.command == "serve":
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        settings = settings.model_copy(update=overrides)
+    configure_logging(settings)
+    try:
+        if args.command == "serve":
+            uvloop.run(app.run(settings))
+        elif args.command == "migrate":
+            asyncio.run(_migrate(settings, args))
+        elif args.command == "token":
+            _token(settings, args)
+        else:
+            _db(settings)
+    except (CommandError, MigrationError, EmbeddedPostgresError) as error:
+        print(f"sitebuilder-gateway: {error}", file=sys.stderr)
+        return 1
+    except (OSError, asyncpg.PostgresError) as error:
+        print(f"sitebuilder-gateway: database error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Every knob of the gateway, read from `SITEBUILDER_*` environment variables.
+
+Each field's description is the documentation: the README's settings table is
+generated from this class (`python -m gateway.settings`), so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Literal
+
+import platformdirs
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+APP_NAME = "sitebuilder-realtime"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def default_data_dir() -> Path:
+    return platformdirs.user_data_path(APP_NAME)
+
+
+class Settings(BaseSettings):
+    """The gateway's configuration; see the README for the table of defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="SITEBUILDER_", extra="ignore")
+
+    database_url: Annotated[
+        str | None,
+        Field(
+            description=(
+                "PostgreSQL to use (`postgresql://user:pass@host:5432/db`). Unset: start an "
+                "embedded PostgreSQL in `SITEBUILDER_DATA_DIR/postgres`."
+            )
+        ),
+    ] = None
+    host: Annotated[str, Field(description="Address the websocket and HTTP port binds to.")] = (
+        "127.0.0.1"
+    )
+    port: Annotated[
+        int, Field(ge=0, le=65535, description="Port for websockets and HTTP; 0 picks a free one.")
+    ] = 8765
+    jwt_secret: Annotated[
+        SecretStr | None,
+        Field(
+            description=(
+                "HS256 secret that signs user tokens. Unset: one is generated on first use, "
+                "stored in `SITEBUILDER_DATA_DIR/jwt_secret` (mode 0600) and reused."
+            )
+        ),
+    ] = None
+    jwt_audience: Annotated[
+        str, Field(description="Required `aud` claim of user tokens (Supabase's value).")
+    ] = "authenticated"
+    data_dir: Annotated[
+        Path,
+        Field(
+            default_factory=default_data_dir,
+            description=(
+                "Where the embedded PostgreSQL and the generated JWT secret live "
+                "(default: the user's data directory, e.g. `~/.local/share/sitebuilder-realtime`)."
+            ),
+        ),
+    ]
+    log_level: Annotated[LogLevel, Field(description="Log verbosity.")] = "INFO"
+    publication: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-z_][a-z0-9_]*$",
+            description="Name of the PostgreSQL publication the migrations create for the feed.",
+        ),
+    ] = "sitebuilder_realtime"
+    migrate_on_start: Annotated[
+        bool, Field(description="Apply pending migrations when `serve` starts.")
+    ] = True
+
+    @property
+    def pgdata(self) -> Path:
+        """Data directory of the embedded PostgreSQL."""
+        return self.data_dir / "postgres"
+
+    @property
+    def jwt_secret_file(self) -> Path:
+        return self.data_dir / "jwt_secret"
+
+    @property
+    def migration_parameters(self) -> dict[str, str]:
+        """Values the migrations read with current_setting('sitebuilder.*')."""
+        return {"sitebuilder.publication": self.publication}
+
+    @property
+    def log_level_number(self) -> int:
+        return logging.getLevelNamesMapping()[self.log_level]
+
+
+def settings_table() -> str:
+    """The README's settings table, in Markdown."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "see meaning"
+        elif field.default is None:
+            default = "unset"
+        else:
+            default = f"`{field.default}`"
+        lines.append(f"| `SITEBUILDER_{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(settings_table())
