@@ -1,0 +1,204 @@
+"""The `sitebuilder-gateway` command as a user runs it: real subprocesses, real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import stat
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import psutil
+import pytest
+
+from db.embedded import running_dsn
+from db.migrations import load_migrations
+from gateway.tokens import verify_token
+from tests.conftest import PostgresServer
+from tests.support import ServeProcess, cli_env, http_get, run_cli
+
+SECRET = "test-secret-with-at-least-32-bytes-of-entropy"
+
+
+async def test_migrate_status_lists_every_migration_with_its_checksum(database_dsn: str) -> None:
+    status, out, _ = await run_cli("migrate", "status", env=cli_env(database_url=database_dsn))
+
+    assert status == 0
+    lines = out.splitlines()
+    migrations = load_migrations()
+    assert len(lines) == len(migrations)
+    for line, migration in zip(lines, migrations, strict=True):
+        label, state, checksum, *_ = line.split()
+        assert (label, state, checksum) == (migration.label, "applied", migration.checksum)
+
+
+async def test_migrate_down_to_zero_then_up_keeps_unrelated_data(
+    database_dsn: str, conn: asyncpg.Connection
+) -> None:
+    await conn.execute("CREATE SCHEMA crm; CREATE TABLE crm.leads (name text)")
+    await conn.execute("INSERT INTO crm.leads VALUES ('kept')")
+    env = cli_env(database_url=database_dsn)
+
+    down, down_out, down_err = await run_cli("migrate", "down", "--to", "0", env=env)
+    assert down == 0, down_err
+    assert "database at version 0" in down_out
+    assert await conn.fetchval("SELECT to_regclass('public.projects')") is None
+
+    up, up_out, up_err = await run_cli("migrate", "up", env=env)
+    assert up == 0, up_err
+    assert f"database at version {len(load_migrations())}" in up_out
+    assert await conn.fetchval("SELECT to_regclass('public.projects') IS NOT NULL")
+    assert await conn.fetchval("SELECT name FROM crm.leads") == "kept"
+
+
+async def test_migrate_down_defaults_to_one_step(database_dsn: str) -> None:
+    status, out, _ = await run_cli("migrate", "down", env=cli_env(database_url=database_dsn))
+
+    assert status == 0
+    last = load_migrations()[-1]
+    assert out.splitlines()[0] == f"down {last.label}"
+    assert f"database at version {last.version - 1}" in out
+
+
+async def test_token_creates_the_user_and_signs_its_id(
+    database_dsn: str, conn: asyncpg.Connection
+) -> None:
+    user_id = uuid.uuid4()
+    env = cli_env(database_url=database_dsn, jwt_secret=SECRET)
+
+    status, out, err = await run_cli(
+        "token", str(user_id), "--create-user", "--email", "ada@example.test", env=env
+    )
+
+    assert status == 0, err
+    claims = verify_token(out.strip(), SECRET, audience="authenticated")
+    assert claims["sub"] == str(user_id)
+    assert claims["email"] == "ada@example.test"
+    assert claims["role"] == "authenticated"
+    email = await conn.fetchval("SELECT email FROM auth.users WHERE id = $1", user_id)
+    assert email == "ada@example.test"
+
+
+async def test_token_with_no_secret_set_uses_one_stored_0600_in_the_data_dir(
+    tmp_path: Path,
+) -> None:
+    env = cli_env(data_dir=str(tmp_path))
+
+    first_status, first, _ = await run_cli("token", env=env)
+    second_status, second, _ = await run_cli("token", env=env)
+
+    assert first_status == second_status == 0
+    secret_file = tmp_path / "jwt_secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = secret_file.read_text().strip()
+    first_claims = verify_token(first.strip(), secret, audience="authenticated")
+    second_claims = verify_token(second.strip(), secret, audience="authenticated")
+    assert first_claims["sub"] != second_claims["sub"]
+
+
+async def test_token_create_user_before_migrations_explains_what_to_run(
+    empty_database_dsn: str,
+) -> None:
+    env = cli_env(database_url=empty_database_dsn, jwt_secret=SECRET)
+
+    status, out, err = await run_cli("token", "--create-user", env=env)
+
+    assert status == 1
+    assert out == ""
+    assert "migrate up" in err
+    assert "Traceback" not in err
+
+
+async def test_db_prints_the_configured_database_url(database_dsn: str) -> None:
+    status, out, _ = await run_cli("db", env=cli_env(database_url=database_dsn))
+
+    assert status == 0
+    assert out.strip() == database_dsn
+
+
+async def test_db_without_a_running_embedded_server_says_how_to_start_one(
+    tmp_path: Path,
+) -> None:
+    status, out, err = await run_cli("db", env=cli_env(data_dir=str(tmp_path)))
+
+    assert status == 1
+    assert out == ""
+    assert "sitebuilder-gateway serve" in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_serve_on_embedded_postgres_stops_it_on_signal_and_keeps_data(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    env = cli_env(data_dir=str(tmp_path))
+    pgdata = tmp_path / "postgres"
+
+    serving = await ServeProcess.start(env)
+    try:
+        await serving.wait_for_log(r"database: embedded PostgreSQL")
+        assert (await http_get(serving.port, "/healthz")).status == 200
+        assert (await http_get(serving.port, "/readyz")).status == 200
+        db_status, dsn, _ = await run_cli("db", env=env)
+        assert db_status == 0
+        assert dsn.strip() == running_dsn(pgdata)
+        conn = await asyncpg.connect(dsn.strip())
+        try:
+            await conn.execute("INSERT INTO auth.users (email) VALUES ('kept@example.test')")
+        finally:
+            await conn.close()
+        postmaster = psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+
+        assert await serving.stop(signum) == 0
+    finally:
+        serving.kill()
+
+    assert any("gateway.app: stopped" in line for line in serving.log)
+    assert not postmaster.is_running() or postmaster.status() == psutil.STATUS_ZOMBIE
+    assert running_dsn(pgdata) is None
+
+    again = await ServeProcess.start(env)
+    try:
+        status, dsn, _ = await run_cli("db", env=env)
+        assert status == 0
+        conn = await asyncpg.connect(dsn.strip())
+        try:
+            emails = await conn.fetch("SELECT email FROM auth.users")
+        finally:
+            await conn.close()
+        assert [row["email"] for row in emails] == ["kept@example.test"]
+        assert await again.stop(signal.SIGTERM) == 0
+    finally:
+        again.kill()
+
+
+async def test_serve_on_an_external_database_reports_readiness_and_leaves_it_running(
+    tmp_path: Path, database_dsn: str, pg_server: PostgresServer
+) -> None:
+    env = cli_env(database_url=database_dsn, data_dir=str(tmp_path), jwt_secret=SECRET)
+
+    serving = await ServeProcess.start(env)
+    try:
+        assert (await http_get(serving.port, "/readyz")).status == 200
+        assert (await http_get(serving.port, "/nowhere")).status == 404
+        database = urlsplit(database_dsn).path.lstrip("/")
+        admin = await asyncpg.connect(pg_server.admin_dsn)
+        try:
+            await admin.execute(f"DROP DATABASE {database} WITH (FORCE)")
+        finally:
+            await admin.close()
+        unready = await http_get(serving.port, "/readyz")
+        assert unready.status == 503
+        assert "database" in unready.body
+        assert (await http_get(serving.port, "/healthz")).status == 200
+        assert await serving.stop(signal.SIGTERM) == 0
+    finally:
+        serving.kill()
+
+    assert not (tmp_path / "postgres").exists()
+    admin = await asyncpg.connect(pg_server.admin_dsn)
+    try:
+        assert await asyncio.wait_for(admin.fetchval("SELECT 1"), 10) == 1
+    finally:
+        await admin.close()

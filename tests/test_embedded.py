@@ -1,0 +1,57 @@
+"""The embedded PostgreSQL: set up for logical replication, stopped by its last holder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+from db.embedded import REQUIRED_SETTINGS, EmbeddedPostgres, running_dsn
+
+
+async def _settings(dsn: str) -> dict[str, str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT name, setting FROM pg_settings WHERE name = ANY($1::text[])",
+            [s.name for s in REQUIRED_SETTINGS],
+        )
+    finally:
+        await conn.close()
+    return {row["name"]: row["setting"] for row in rows}
+
+
+async def test_a_new_server_runs_with_logical_replication_settings(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "pgdata")
+    try:
+        dsn = await server.start()
+        settings = await _settings(dsn)
+    finally:
+        server.stop()
+
+    assert settings["wal_level"] == "logical"
+    assert int(settings["max_replication_slots"]) >= 10
+    assert int(settings["max_wal_senders"]) >= 10
+    assert running_dsn(tmp_path / "pgdata") is None
+
+
+async def test_a_holder_killed_without_letting_go_does_not_keep_the_server_up(
+    tmp_path: Path,
+) -> None:
+    pgdata = tmp_path / "pgdata"
+    first = EmbeddedPostgres(pgdata)
+    await first.start()
+    first.stop()
+    dead_pid = max(psutil.pids()) + 100_000
+    (pgdata / ".handle_pids.json").write_text(json.dumps([dead_pid]))
+
+    second = EmbeddedPostgres(pgdata)
+    try:
+        await second.start()
+        assert running_dsn(pgdata) is not None
+    finally:
+        second.stop()
+
+    assert running_dsn(pgdata) is None
