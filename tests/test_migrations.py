@@ -164,13 +164,13 @@ async def test_down_to_zero_then_up_rebuilds_the_identical_schema(
 async def test_down_to_zero_removes_what_the_migrations_created(
     bare: asyncpg.Connection, empty_database_dsn: str
 ) -> None:
-    # schema_migrations is the runner's bookkeeping and stays, empty.
     untouched = await schema_dump(empty_database_dsn)
     runner = migrator(bare)
     await runner.up()
 
     assert versions(await runner.down(to=0)) == list(range(LATEST, 0, -1))
 
+    # schema_migrations is the runner's own bookkeeping: it stays, empty.
     assert await public_tables(bare) == {"schema_migrations"}
     assert await bare.fetchval("SELECT count(*) FROM public.schema_migrations") == 0
     assert await bare.fetchval("SELECT to_regnamespace('auth')") is None
@@ -297,12 +297,13 @@ async def test_an_existing_auth_schema_is_used_and_kept(bare: asyncpg.Connection
     runner = migrator(bare)
 
     await runner.up()
-    assert (
-        await bare.fetchval(
-            "SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'projects_user_id_fkey'"
-        )
-        == "auth.users"
+    assert await auth_objects(bare) == before
+    projects_owner = await bare.fetchval(
+        "SELECT confrelid::regclass::text FROM pg_constraint"
+        " WHERE conname = 'projects_user_id_fkey'"
     )
+    assert projects_owner == "auth.users"
+
     await runner.down(to=0)
 
     assert await auth_objects(bare) == before
