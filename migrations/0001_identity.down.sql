@@ -1,4 +1,17 @@
--- Removes only what 0001 up created: objects whose comment carries its marker.
+-- Removes only what 0001 up created: objects whose comment carries its marker, and
+-- the grants it listed in public.sitebuilder_realtime_grants.
+
+DO $$
+DECLARE
+    revoke_statement text;
+BEGIN
+    FOR revoke_statement IN SELECT g.revoke_statement FROM public.sitebuilder_realtime_grants g LOOP
+        EXECUTE revoke_statement;
+    END LOOP;
+END
+$$;
+
+DROP TABLE public.sitebuilder_realtime_grants;
 
 DO $$
 DECLARE

@@ -6,6 +6,13 @@
 -- marked with a comment starting 'sitebuilder-realtime:' and the down migration
 -- removes exactly the marked objects, never ones that existed before.
 
+-- Grants cannot carry a comment: the ones this migration makes on objects it did not
+-- create (a Supabase auth schema, the login role) are listed here for the down
+-- migration to revoke, so a rollback leaves no privilege behind.
+CREATE TABLE public.sitebuilder_realtime_grants (
+    revoke_statement text PRIMARY KEY
+);
+
 DO $$
 BEGIN
     IF to_regprocedure('uuid_generate_v4()') IS NULL THEN
@@ -40,6 +47,8 @@ BEGIN
     -- must be a member (a superuser already may).
     IF NOT pg_has_role(current_user, 'authenticated', 'MEMBER') THEN
         EXECUTE format('GRANT authenticated TO %I', current_user);
+        INSERT INTO public.sitebuilder_realtime_grants (revoke_statement)
+            VALUES (format('REVOKE authenticated FROM %I', current_user));
     END IF;
 END
 $$;
@@ -76,9 +85,13 @@ BEGIN
 
     IF NOT has_schema_privilege('authenticated', 'auth', 'USAGE') THEN
         GRANT USAGE ON SCHEMA auth TO authenticated;
+        INSERT INTO public.sitebuilder_realtime_grants (revoke_statement)
+            VALUES ('REVOKE USAGE ON SCHEMA auth FROM authenticated');
     END IF;
     IF NOT has_schema_privilege('anon', 'auth', 'USAGE') THEN
         GRANT USAGE ON SCHEMA auth TO anon;
+        INSERT INTO public.sitebuilder_realtime_grants (revoke_statement)
+            VALUES ('REVOKE USAGE ON SCHEMA auth FROM anon');
     END IF;
 END
 $$;

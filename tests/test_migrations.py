@@ -309,13 +309,6 @@ async def test_an_existing_auth_schema_is_used_and_kept(bare: asyncpg.Connection
     assert await auth_objects(bare) == before
 
 
-@pytest.mark.xfail(
-    reason=(
-        "0001 up grants USAGE on a pre-existing auth schema to anon and authenticated"
-        " and 0001 down never revokes it"
-    ),
-    strict=True,
-)
 async def test_up_then_down_restores_a_database_with_its_own_auth_schema(
     bare: asyncpg.Connection, empty_database_dsn: str
 ) -> None:
