@@ -1,0 +1,53 @@
+"""Bytes ↔ frames. Pure functions: no sockets, no clock, no database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.frames import CLIENT_FRAMES, ClientFrame, Frame
+
+
+def decode_client_frame(data: str | bytes) -> ClientFrame:
+    """Parse one client frame, or raise ProtocolError naming what is wrong with it."""
+    try:
+        obj: Any = orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid JSON: {error}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "a frame must be a JSON object")
+    ref = obj.get("ref")
+    if not isinstance(ref, str | int) or isinstance(ref, bool):
+        ref = None
+    frame_type = obj.get("type")
+    if not isinstance(frame_type, str):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "a frame needs a string `type`", ref)
+    model = CLIENT_FRAMES.get(frame_type)
+    if model is None:
+        known = ", ".join(sorted(CLIENT_FRAMES))
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TYPE, f"unknown frame type {frame_type!r}; known: {known}", ref
+        )
+    try:
+        return model.model_validate(obj)
+    except ValidationError as error:
+        raise ProtocolError(
+            ErrorCode.BAD_FRAME, f"bad {frame_type!r} frame: {_describe(error)}", ref
+        ) from None
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per problem, `field: what is wrong`, without pydantic's URLs."""
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in item["loc"]) or "frame"
+        problems.append(f"{where}: {item['msg']}")
+    return "; ".join(problems)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """UTF-8 JSON of a frame, sent as a text websocket message."""
+    return frame.model_dump_json().encode()

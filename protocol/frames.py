@@ -1,0 +1,232 @@
+"""Every frame of the gateway's websocket protocol, in both directions.
+
+A frame is one JSON object with a `type`. Client requests may carry a `ref`
+(string or integer) that the reply echoes, so a client can match replies to
+requests. Server pushes (`snapshot`, `change`, …) carry no `ref`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Generic, Literal, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.errors import ErrorCode
+from protocol.rows import (
+    ProjectRow,
+    Row,
+    SessionRow,
+    SitemapRow,
+    StyleGuideRow,
+    VersionRow,
+    WireframeRow,
+)
+
+Ref = Annotated[str | int, Field(description="Client-chosen id echoed in the reply.")]
+
+
+class Frame(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ClientFrame(Frame):
+    """Unknown fields are ignored, so newer clients keep working with this server."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    ref: Ref | None = None
+
+
+# Client → server
+
+
+class Auth(ClientFrame):
+    """Must be the first frame: a JWT whose `sub` is the user's id."""
+
+    type: Literal["auth"] = "auth"
+    token: str = Field(min_length=1)
+
+
+class AuthRefresh(ClientFrame):
+    """Replace the connection's token (same user) before it expires."""
+
+    type: Literal["auth.refresh"] = "auth.refresh"
+    token: str = Field(min_length=1)
+
+
+class Subscribe(ClientFrame):
+    """Follow a project: `ok`, then (if `snapshot`) its state, then every change."""
+
+    type: Literal["subscribe"] = "subscribe"
+    project_id: UUID
+    snapshot: bool = True
+
+
+class Unsubscribe(ClientFrame):
+    type: Literal["unsubscribe"] = "unsubscribe"
+    project_id: UUID
+
+
+class Ping(ClientFrame):
+    """Application-level liveness check; answered with `ok`."""
+
+    type: Literal["ping"] = "ping"
+
+
+ClientMessage = Annotated[
+    Auth | AuthRefresh | Subscribe | Unsubscribe | Ping, Field(discriminator="type")
+]
+CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
+    "auth": Auth,
+    "auth.refresh": AuthRefresh,
+    "subscribe": Subscribe,
+    "unsubscribe": Unsubscribe,
+    "ping": Ping,
+}
+
+
+# Server → client
+
+
+class Access(StrEnum):
+    READ_WRITE = "read_write"
+    READ_ONLY = "read_only"
+
+
+class Ok(Frame):
+    """Success reply to the request with the same `ref`; `data` depends on the request."""
+
+    type: Literal["ok"] = "ok"
+    ref: Ref | None = None
+    data: dict[str, object] = Field(default_factory=dict)
+
+
+class Error(Frame):
+    """A refused request or frame; the connection stays open unless a close follows."""
+
+    type: Literal["error"] = "error"
+    ref: Ref | None = None
+    code: ErrorCode
+    message: str
+    retry_after_ms: int | None = None
+
+
+class Snapshot(Frame):
+    """A project and everything under it as of one database snapshot; every later
+    change follows as `change` frames, none that is already in here."""
+
+    type: Literal["snapshot"] = "snapshot"
+    project_id: UUID
+    access: Access
+    project: ProjectRow
+    sitemaps: list[SitemapRow]
+    wireframes: list[WireframeRow]
+    style_guides: list[StyleGuideRow]
+    sessions: list[SessionRow] = Field(description="Active and paused builder sessions.")
+
+
+class Op(StrEnum):
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+RowT = TypeVar("RowT", bound=Row)
+
+
+class ChangeBase(Frame, Generic[RowT]):
+    type: Literal["change"] = "change"
+    project_id: UUID
+    op: Op
+    new: RowT | None = Field(description="The row after the change; null for a delete.")
+    old: RowT | None = Field(description="The row before the change; null for an insert.")
+    actor: UUID | None = Field(description="The user who made the change, when known.")
+    committed_at: datetime
+    position: str = Field(
+        description="Opaque; strictly increasing per project (compare as strings)."
+    )
+
+
+class ProjectChange(ChangeBase[ProjectRow]):
+    entity: Literal["project"] = "project"
+
+
+class SitemapChange(ChangeBase[SitemapRow]):
+    entity: Literal["sitemap"] = "sitemap"
+
+
+class WireframeChange(ChangeBase[WireframeRow]):
+    entity: Literal["wireframe"] = "wireframe"
+
+
+class StyleGuideChange(ChangeBase[StyleGuideRow]):
+    entity: Literal["style-guide"] = "style-guide"
+
+
+class SessionChange(ChangeBase[SessionRow]):
+    entity: Literal["session"] = "session"
+
+
+class VersionChange(ChangeBase[VersionRow]):
+    entity: Literal["version"] = "version"
+
+
+Change = Annotated[
+    ProjectChange
+    | SitemapChange
+    | WireframeChange
+    | StyleGuideChange
+    | SessionChange
+    | VersionChange,
+    Field(discriminator="entity"),
+]
+CHANGE_FRAMES: dict[str, type[ChangeBase]] = {  # type: ignore[type-arg]
+    "project": ProjectChange,
+    "sitemap": SitemapChange,
+    "wireframe": WireframeChange,
+    "style-guide": StyleGuideChange,
+    "session": SessionChange,
+    "version": VersionChange,
+}
+
+
+class UnsubscribedReason(StrEnum):
+    ACCESS_REVOKED = "access_revoked"
+
+
+class Unsubscribed(Frame):
+    """The server ended a subscription; nothing more of that project follows."""
+
+    type: Literal["unsubscribed"] = "unsubscribed"
+    project_id: UUID
+    reason: UnsubscribedReason
+    message: str
+
+
+class ResetReason(StrEnum):
+    FEED_INTERRUPTED = "feed_interrupted"
+
+
+class Reset(Frame):
+    """Changes may have been missed: discard local state; a fresh `snapshot` follows."""
+
+    type: Literal["reset"] = "reset"
+    project_id: UUID
+    reason: ResetReason
+    message: str
+
+
+class Closing(Frame):
+    """The server is going away (deploy, restart); reconnect after the delay."""
+
+    type: Literal["closing"] = "closing"
+    reason: str
+    reconnect_after_ms: int
+
+
+ServerMessage = Annotated[
+    Ok | Error | Snapshot | Change | Unsubscribed | Reset | Closing,
+    Field(discriminator="type"),
+]
