@@ -16,16 +16,20 @@ from uuid import UUID
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 USER_ROLE = "authenticated"
+
+# A plain connection or one borrowed from a pool.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 @asynccontextmanager
 async def acting_as(
-    conn: asyncpg.Connection,
+    conn: Conn,
     user_id: UUID | str,
     claims: Mapping[str, Any] | None = None,
-) -> AsyncIterator[asyncpg.Connection]:
+) -> AsyncIterator[Conn]:
     """A transaction on `conn` in which the database sees `user_id` as the caller.
 
     `claims` are the rest of the user's token (email, role, …); `sub` is always

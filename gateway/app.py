@@ -13,12 +13,14 @@ import signal
 from collections.abc import Callable
 
 import asyncpg
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server
 
+from db.notify_feed import NotifyFeed
 from db.provision import migrate_up, open_database
-from gateway.health import http_router
 from gateway.secrets import jwt_secret
+from gateway.server import Gateway
 from gateway.settings import Settings
+from gateway.tokens import TokenVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +38,17 @@ def listening_addresses(server: Server) -> list[str]:
     return urls
 
 
-async def _not_available(connection: ServerConnection) -> None:
-    await connection.close(1013, "realtime protocol not enabled on this build")
+def token_verifier(settings: Settings) -> TokenVerifier:
+    """From the settings: a JWKS file, else a public key file, else the HS256 secret."""
+    if settings.jwt_jwks_file is not None:
+        return TokenVerifier(
+            audience=settings.jwt_audience, jwks=settings.jwt_jwks_file.read_text()
+        )
+    if settings.jwt_public_key_file is not None:
+        return TokenVerifier(
+            audience=settings.jwt_audience, public_key=settings.jwt_public_key_file.read_text()
+        )
+    return TokenVerifier(audience=settings.jwt_audience, secret=jwt_secret(settings))
 
 
 def _stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
@@ -63,7 +74,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     restore_signals = _stop_on_signals(stop)
     try:
-        jwt_secret(settings)
+        verifier = token_verifier(settings)
         async with open_database(settings.database_url, settings.pgdata) as database:
             logger.info("database: %s", database.describe())
             if settings.migrate_on_start:
@@ -72,28 +83,15 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 database.dsn, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE
             )
             try:
-                await _serve_until(settings, pool, stop)
+                feed = NotifyFeed(database.dsn)
+                logger.info("feed=%s", feed.name)
+                gateway = Gateway(settings, pool, feed, verifier)
+                async with gateway.running():
+                    for url in listening_addresses(gateway.server):
+                        logger.info("listening on %s (HTTP: /healthz, /readyz, /metrics)", url)
+                    await stop.wait()
             finally:
                 await pool.close()
         logger.info("stopped")
     finally:
         restore_signals()
-
-
-async def _serve_until(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
-    async def database_problem() -> str | None:
-        try:
-            await pool.fetchval("SELECT 1")
-        except (OSError, asyncpg.PostgresError) as error:
-            return f"database unreachable: {error}"
-        return None
-
-    async with serve(
-        _not_available,
-        settings.host,
-        settings.port,
-        process_request=http_router(database_problem),
-    ) as server:
-        for url in listening_addresses(server):
-            logger.info("listening on %s (HTTP: /healthz, /readyz)", url)
-        await stop.wait()

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -34,6 +35,17 @@ def text_response(status: HTTPStatus, body: str) -> Response:
     return Response(status.value, status.phrase, headers, data)
 
 
+def metrics_response(body: bytes) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", CONTENT_TYPE_LATEST),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ]
+    )
+    return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
+
+
 async def readiness(check: ReadinessCheck) -> Response:
     """200 when the check reports no problem in time, else 503 with the reason."""
     try:
@@ -46,7 +58,7 @@ async def readiness(check: ReadinessCheck) -> Response:
 
 
 def http_router(
-    check: ReadinessCheck,
+    check: ReadinessCheck, render_metrics: Callable[[], bytes] | None = None
 ) -> Callable[[ServerConnection, Request], Awaitable[Response | None]]:
     """The `process_request` hook: HTTP paths get a response, `/` upgrades to websocket."""
 
@@ -56,6 +68,8 @@ def http_router(
             return text_response(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
             return await readiness(check)
+        if path == "/metrics" and render_metrics is not None:
+            return metrics_response(render_metrics())
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return text_response(
                 HTTPStatus.NOT_FOUND, "sitebuilder-realtime: connect a websocket to /\n"

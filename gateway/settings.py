@@ -76,6 +76,75 @@ class Settings(BaseSettings):
         bool, Field(description="Apply pending migrations when `serve` starts.")
     ] = True
 
+    jwt_public_key_file: Annotated[
+        Path | None,
+        Field(
+            description=(
+                "PEM public key for RS256/ES256 tokens (instead of the HS256 secret), "
+                "e.g. an identity provider's signing key."
+            )
+        ),
+    ] = None
+    jwt_jwks_file: Annotated[
+        Path | None,
+        Field(description="JWKS file of RS256/ES256 keys, chosen by the token's `kid`."),
+    ] = None
+    auth_timeout_seconds: Annotated[
+        float, Field(gt=0, description="A new connection must authenticate within this (4001).")
+    ] = 5.0
+    max_frame_bytes: Annotated[
+        int,
+        Field(gt=0, description="Largest client frame accepted; larger: `frame_too_large`."),
+    ] = 1_048_576
+    messages_per_second: Annotated[
+        float,
+        Field(gt=0, description="Sustained client frames per second per connection."),
+    ] = 50.0
+    message_burst: Annotated[
+        int,
+        Field(gt=0, description="Client frames a connection may send at once above the rate."),
+    ] = 100
+    max_subscriptions: Annotated[
+        int, Field(gt=0, description="Projects one connection may follow at once.")
+    ] = 100
+    max_connections_per_user: Annotated[
+        int, Field(gt=0, description="Open connections per user on this gateway (4009).")
+    ] = 20
+    max_outbound_bytes: Annotated[
+        int,
+        Field(
+            gt=0,
+            description="Unsent bytes a connection may have queued before it is closed (4008).",
+        ),
+    ] = 8_388_608
+    max_pending_events: Annotated[
+        int,
+        Field(gt=0, description="Changes held for a subscriber while its snapshot is read."),
+    ] = 10_000
+    ping_interval_seconds: Annotated[float, Field(gt=0, description="Websocket ping interval.")] = (
+        20.0
+    )
+    ping_timeout_seconds: Annotated[
+        float,
+        Field(gt=0, description="A connection that does not answer a ping in time is closed."),
+    ] = 20.0
+    compression: Annotated[
+        bool,
+        Field(
+            description=(
+                "Enable permessage-deflate. Off: every connection would compress each event "
+                "again (no encode-once) and hold ~32 KiB of state."
+            )
+        ),
+    ] = False
+    route_cache_size: Annotated[
+        int, Field(gt=0, description="Parent ids remembered per table for routing changes.")
+    ] = 100_000
+    shutdown_grace_seconds: Annotated[
+        float,
+        Field(gt=0, description="On SIGTERM, how long in-flight requests may take to finish."),
+    ] = 10.0
+
     @property
     def pgdata(self) -> Path:
         """Data directory of the embedded PostgreSQL."""

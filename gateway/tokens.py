@@ -42,22 +42,58 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+ASYMMETRIC_ALGORITHMS = ["RS256", "ES256"]
+
+
+class TokenVerifier:
+    """Checks user tokens against one HS256 secret, one public key, or a JWKS."""
+
+    def __init__(
+        self,
+        *,
+        audience: str,
+        secret: str | None = None,
+        public_key: str | None = None,
+        jwks: str | None = None,
+    ) -> None:
+        self._audience = audience
+        self._secret = secret
+        self._public_key = public_key
+        self._jwks = jwt.PyJWKSet.from_json(jwks) if jwks else None
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The token's claims, once signature, expiry, audience and subject check out."""
+        try:
+            key, algorithms = self._key_for(token)
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self._audience,
+                options={"require": ["sub", "exp"]},
+            )
+        except jwt.ExpiredSignatureError as error:
+            raise TokenError("token expired") from error
+        except (jwt.InvalidTokenError, jwt.PyJWKError) as error:
+            raise TokenError(f"invalid token: {error}") from error
+        try:
+            UUID(str(claims["sub"]))
+        except ValueError as error:
+            raise TokenError("token subject is not a user id (uuid)") from error
+        return claims
+
+    def _key_for(self, token: str) -> tuple[Any, list[str]]:
+        if self._jwks is not None:
+            kid = jwt.get_unverified_header(token).get("kid")
+            for jwk in self._jwks.keys:
+                if jwk.key_id == kid:
+                    return jwk.key, ASYMMETRIC_ALGORITHMS
+            raise TokenError(f"invalid token: no key with kid {kid!r} in the JWKS")
+        if self._public_key is not None:
+            return self._public_key, ASYMMETRIC_ALGORITHMS
+        return self._secret, [ALGORITHM]
+
+
 def verify_token(token: str, secret: str, *, audience: str) -> dict[str, Any]:
-    """The token's claims, once signature, expiry, audience and subject check out."""
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            secret,
-            algorithms=[ALGORITHM],
-            audience=audience,
-            options={"require": ["sub", "exp"]},
-        )
-    except jwt.ExpiredSignatureError as error:
-        raise TokenError("token expired") from error
-    except jwt.InvalidTokenError as error:
-        raise TokenError(f"invalid token: {error}") from error
-    try:
-        UUID(str(claims["sub"]))
-    except ValueError as error:
-        raise TokenError("token subject is not a user id (uuid)") from error
-    return claims
+    """Verify an HS256 token (what `sitebuilder-gateway token` mints)."""
+    return TokenVerifier(audience=audience, secret=secret).verify(token)

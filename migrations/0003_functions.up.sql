@@ -17,9 +17,12 @@ CREATE FUNCTION public.update_session_duration() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    IF NEW.ended_at IS NOT NULL
-       AND (TG_OP = 'INSERT' OR OLD.ended_at IS NULL OR NEW.ended_at IS DISTINCT FROM OLD.ended_at) THEN
-        NEW.duration = EXTRACT(EPOCH FROM (NEW.ended_at - NEW.started_at))::INTEGER;
+    -- Recomputed whenever either end moves, and cleared when a session is reopened,
+    -- so duration never disagrees with started_at and ended_at.
+    IF NEW.ended_at IS NULL THEN
+        NEW.duration := NULL;
+    ELSE
+        NEW.duration := EXTRACT(EPOCH FROM (NEW.ended_at - NEW.started_at))::INTEGER;
     END IF;
     RETURN NEW;
 END;

@@ -6,11 +6,12 @@
 -- acting user (auth.uid(), or the project's owner when there is none or it is not a
 -- known user). The row's own version column always equals its latest history number.
 --
--- Versions of an update are recorded in a BEFORE trigger, because the number must be
--- written into the row itself; its name sorts after every other BEFORE UPDATE
--- trigger (set_updated_at, check_owner_columns) so it sees the final row. Versions of
--- an insert are recorded AFTER it, so an INSERT ... ON CONFLICT that inserts nothing
--- records nothing.
+-- The number of an update's version is claimed in a BEFORE trigger, because it must
+-- be written into the row itself; its name sorts after every other BEFORE UPDATE
+-- trigger (set_updated_at, check_owner_columns) so it sees the final row. History
+-- rows are written AFTER the insert or update, so an INSERT ... ON CONFLICT that
+-- inserts nothing records nothing, and a change feed publishes the entity's change
+-- before the version it produced.
 
 -- The project a row of one of the four versioned tables belongs to, from the row
 -- itself (the row may not be in the table yet).
@@ -95,37 +96,47 @@ BEGIN
 END;
 $$;
 
+-- Sitemaps, wireframes, style guides: the next number goes into the row's version
+-- column; an update that changes nothing worth a version keeps the old number, even
+-- if the statement tried to set it.
 CREATE FUNCTION public.version_on_update() RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = public, pg_temp
+    AS $$
+BEGIN
+    IF row_changes(to_jsonb(OLD), to_jsonb(NEW)) = '{}'::jsonb THEN
+        NEW.version := OLD.version;
+    ELSE
+        NEW.version := claim_next_version(TG_TABLE_NAME, NEW.id);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE FUNCTION public.version_history_on_update() RETURNS trigger
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = public, pg_temp
     AS $$
 DECLARE
     changes JSONB := row_changes(to_jsonb(OLD), to_jsonb(NEW));
-    next_number INTEGER;
-    entity JSONB;
+    entity JSONB := to_jsonb(NEW);
 BEGIN
     IF changes = '{}'::jsonb THEN
-        -- Nothing worth a version: keep the number as it was, even if the
-        -- statement tried to set it.
-        RETURN jsonb_populate_record(NEW, jsonb_build_object('version', to_jsonb(OLD) -> 'version'));
+        RETURN NULL;
     END IF;
-
-    next_number := claim_next_version(TG_TABLE_NAME, NEW.id);
-    NEW := jsonb_populate_record(NEW, jsonb_build_object('version', next_number));
-    entity := to_jsonb(NEW);
-
     INSERT INTO version_history (entity_type, entity_id, version_number, user_id, changes, data, message)
     VALUES (
         TG_TABLE_NAME,
         NEW.id,
-        next_number,
+        coalesce((entity ->> 'version')::integer, claim_next_version(TG_TABLE_NAME, NEW.id)),
         version_author(TG_TABLE_NAME, entity),
         changes,
         entity,
         'Updated ' || (SELECT string_agg(key, ', ' ORDER BY key) FROM jsonb_object_keys(changes) AS key)
     );
-    RETURN NEW;
+    RETURN NULL;
 END;
 $$;
 
@@ -148,11 +159,18 @@ CREATE TRIGGER version_on_insert AFTER INSERT ON public.wireframes
 CREATE TRIGGER version_on_insert AFTER INSERT ON public.style_guides
     FOR EACH ROW EXECUTE FUNCTION public.version_on_insert();
 
-CREATE TRIGGER version_on_update BEFORE UPDATE ON public.projects
-    FOR EACH ROW EXECUTE FUNCTION public.version_on_update();
 CREATE TRIGGER version_on_update BEFORE UPDATE ON public.sitemaps
     FOR EACH ROW EXECUTE FUNCTION public.version_on_update();
 CREATE TRIGGER version_on_update BEFORE UPDATE ON public.wireframes
     FOR EACH ROW EXECUTE FUNCTION public.version_on_update();
 CREATE TRIGGER version_on_update BEFORE UPDATE ON public.style_guides
     FOR EACH ROW EXECUTE FUNCTION public.version_on_update();
+
+CREATE TRIGGER version_history_on_update AFTER UPDATE ON public.projects
+    FOR EACH ROW EXECUTE FUNCTION public.version_history_on_update();
+CREATE TRIGGER version_history_on_update AFTER UPDATE ON public.sitemaps
+    FOR EACH ROW EXECUTE FUNCTION public.version_history_on_update();
+CREATE TRIGGER version_history_on_update AFTER UPDATE ON public.wireframes
+    FOR EACH ROW EXECUTE FUNCTION public.version_history_on_update();
+CREATE TRIGGER version_history_on_update AFTER UPDATE ON public.style_guides
+    FOR EACH ROW EXECUTE FUNCTION public.version_history_on_update();

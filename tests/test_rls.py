@@ -132,22 +132,9 @@ async def create_project(
     return project_id
 
 
-async def create_child(conn: asyncpg.Connection, child: Child, parent_id: UUID) -> UUID:
-    """Insert one row of a child table under `parent_id`, as the superuser."""
-    row_id: UUID = await conn.fetchval(
-        f"INSERT INTO {child.table} ({child.parent_column}, title) VALUES ($1, 'original')"
-        " RETURNING id",
-        parent_id,
-    )
-    return row_id
-
-
-async def create_tree(conn: asyncpg.Connection, cast: Cast, *, is_public: bool = False) -> Tree:
-    """The cast's project (owner + one collaborator) with a sitemap, wireframe and
-    style guide, so every table has exactly one row the rules can be tried on."""
-    project = await create_project(
-        conn, cast.owner, collaborators=[cast.collaborator], is_public=is_public
-    )
+async def build_tree(conn: asyncpg.Connection, project: UUID) -> Tree:
+    """Give `project` a sitemap, wireframe and style guide, so every table has a row
+    under it that the rules can be tried on."""
     sitemap = await conn.fetchval(
         "INSERT INTO sitemaps (project_id, title) VALUES ($1, 'original') RETURNING id", project
     )
@@ -159,6 +146,15 @@ async def create_tree(conn: asyncpg.Connection, cast: Cast, *, is_public: bool =
         wireframe,
     )
     return Tree(project, sitemap, wireframe, style_guide)
+
+
+async def create_tree(conn: asyncpg.Connection, cast: Cast, *, is_public: bool = False) -> Tree:
+    """The cast's project (owner plus one collaborator; the stranger is neither) with
+    one row in each table below it."""
+    project = await create_project(
+        conn, cast.owner, collaborators=[cast.collaborator], is_public=is_public
+    )
+    return await build_tree(conn, project)
 
 
 async def create_session(
@@ -431,13 +427,14 @@ async def test_child_delete(
 
 
 @pytest.mark.parametrize("child", CHILDREN)
-async def test_member_cannot_move_child_into_strangers_project(
+async def test_member_cannot_move_child_into_public_foreign_project(
     conn: asyncpg.Connection, cast: Cast, child: Child
 ) -> None:
     """The update policy checks the new parent too, or a member could plant rows in
-    any project whose ids they learn."""
+    any project they can see. The target is public, so the member can read it: only
+    the update policy's WITH CHECK, not the select policy, stands in the way."""
     tree = await create_tree(conn, cast)
-    foreign = await create_tree(conn, Cast(cast.stranger, cast.stranger, cast.owner))
+    foreign = await build_tree(conn, await create_project(conn, cast.stranger, is_public=True))
     row_id = tree.id_of(child.own)
     sql = f"UPDATE {child.table} SET {child.parent_column} = $2 WHERE id = $1"
 
@@ -726,6 +723,12 @@ TREE_TABLES = [
     ("wireframes", "wireframe"),
     ("style_guides", "style_guide"),
 ]
+NAME_COLUMN = {
+    "projects": "name",
+    "sitemaps": "title",
+    "wireframes": "title",
+    "style_guides": "title",
+}
 
 
 async def test_acceptance_private_shared_and_public_projects(
@@ -733,15 +736,13 @@ async def test_acceptance_private_shared_and_public_projects(
 ) -> None:
     """B owns a private project shared with C, and a public one. A, a stranger, sees
     and changes nothing of the private one and only reads the public one; C works on
-    the private one like its owner (short of deleting it)."""
-    a, b, c = (
-        await make_user("a@example.test"),
-        await make_user("b@example.test"),
-        await make_user("c@example.test"),
-    )
+    the private one like its owner, short of deleting it or changing who may see it."""
+    a = await make_user("a@example.test")
+    b = await make_user("b@example.test")
+    c = await make_user("c@example.test")
     private = await create_tree(conn, Cast(owner=b, collaborator=c, stranger=a))
-    public = await create_tree(conn, Cast(owner=b, collaborator=c, stranger=a), is_public=True)
-    await create_session(conn, b, private.project)
+    public = await build_tree(conn, await create_project(conn, b, is_public=True))
+    session = await create_session(conn, b, private.project)
 
     # A sees only the public tree, and no sessions or history at all.
     for table, attribute in TREE_TABLES:
@@ -752,7 +753,7 @@ async def test_acceptance_private_shared_and_public_projects(
     # A's writes to either tree change nothing.
     for tree in (private, public):
         for table, attribute in TREE_TABLES:
-            column = "name" if table == "projects" else "title"
+            column = NAME_COLUMN[table]
             sql = f"UPDATE {table} SET {column} = 'by A' WHERE id = $1"
             assert await run_as(conn, a, sql, tree.id_of(attribute)) == 0, table
             sql = f"DELETE FROM {table} WHERE id = $1"
@@ -764,25 +765,37 @@ async def test_acceptance_private_shared_and_public_projects(
                 "INSERT INTO sitemaps (project_id, title) VALUES ($1, 'by A')",
                 tree.project,
             )
-    for table, _ in TREE_TABLES:
-        column = "name" if table == "projects" else "title"
-        names = await conn.fetch(f"SELECT {column} FROM {table}")
+    for table in NAME_COLUMN:
+        names = await conn.fetch(f"SELECT {NAME_COLUMN[table]} FROM {table}")
         expected = "Site" if table == "projects" else "original"
         assert [row[0] for row in names] == [expected, expected], table
 
-    # C reads the private tree, its sessions and history, and edits it.
+    # C reads the private tree, B's session on it and its whole history ...
     for table, attribute in TREE_TABLES:
-        assert private.id_of(attribute) in await ids_visible_to(conn, c, table), table
-    assert len(await ids_visible_to(conn, c, "builder_sessions")) == 1
-    assert len(await ids_visible_to(conn, c, "version_history")) == 8
-    for table, attribute in TREE_TABLES[1:]:
-        sql = f"UPDATE {table} SET title = 'by C' WHERE id = $1"
+        assert await ids_visible_to(conn, c, table) == {
+            private.id_of(attribute),
+            public.id_of(attribute),
+        }, table
+    assert await ids_visible_to(conn, c, "builder_sessions") == {session}
+    history = await fetch_as(conn, c, "SELECT entity_id FROM version_history")
+    assert {row["entity_id"] for row in history} == {
+        private.id_of(attribute) for _, attribute in TREE_TABLES
+    }
+
+    # ... edits everything in it and adds to it ...
+    for table, attribute in TREE_TABLES:
+        sql = f"UPDATE {table} SET {NAME_COLUMN[table]} = 'by C' WHERE id = $1"
         assert await run_as(conn, c, sql, private.id_of(attribute)) == 1, table
-        assert await title_of(conn, table, private.id_of(attribute)) == "by C"
     added = await run_as(
         conn, c, "INSERT INTO sitemaps (project_id, title) VALUES ($1, 'by C')", private.project
     )
     assert added == 1
-    # ... but cannot delete the project: that is B's alone.
+    assert await conn.fetchval("SELECT name FROM projects WHERE id = $1", private.project) == "by C"
+    assert await title_of(conn, "style_guides", private.style_guide) == "by C"
+
+    # ... but cannot open it to the public or delete it: those are B's alone.
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match=OWNER_ONLY):
+        await run_as(conn, c, "UPDATE projects SET is_public = true WHERE id = $1", private.project)
     assert await run_as(conn, c, "DELETE FROM projects WHERE id = $1", private.project) == 0
     assert await run_as(conn, b, "DELETE FROM projects WHERE id = $1", private.project) == 1
+    assert await conn.fetchval("SELECT count(*) FROM sitemaps") == 1  # only the public one

@@ -2,8 +2,8 @@
 
 Every insert records version 1 and every update that changes something records the
 next version in version_history: the full row, the changed columns and who changed
-them. The row's own `version` column always equals its latest history number, and
-`updated_at` is kept by trigger on every table that has it.
+them. After each of them the row's own `version` column holds the number just
+recorded, and `updated_at` is kept by trigger on every table that has it.
 """
 
 from __future__ import annotations
@@ -234,13 +234,14 @@ async def test_update_without_change_records_no_version(
     conn: asyncpg.Connection, tree: Tree, table: str, assignment: str
 ) -> None:
     entity_id = tree.id_of(table)
+    await set_title(conn, table, entity_id, "Renamed")  # at version 2, unlike a fresh row
 
     status = await conn.execute(f"UPDATE {table} SET {assignment} WHERE id = $1", entity_id)
 
     assert status == "UPDATE 1"
-    assert [v.number for v in await history(conn, table, entity_id)] == [1]
+    assert [v.number for v in await history(conn, table, entity_id)] == [1, 2]
     if table in NUMBERED_TABLES:
-        assert await row_version(conn, table, entity_id) == 1
+        assert await row_version(conn, table, entity_id) == 2
 
 
 @pytest.mark.parametrize("table", NUMBERED_TABLES)
@@ -326,9 +327,11 @@ async def test_update_by_unknown_user_attributed_to_owner(
 # --- Concurrency -------------------------------------------------------------------
 
 
+Writer = Callable[[asyncpg.Connection], Awaitable[object]]
+
+
 async def wait_for_lock_waiters(conn: asyncpg.Connection, count: int) -> None:
-    """Return once `count` sessions of this database are blocked on a lock, so the writers
-    really are contending rather than running one after another by chance."""
+    """Return once `count` sessions of this database are blocked on a lock."""
     query = (
         "SELECT count(*) FROM pg_stat_activity "
         "WHERE datname = current_database() AND wait_event_type = 'Lock'"
@@ -337,38 +340,79 @@ async def wait_for_lock_waiters(conn: asyncpg.Connection, count: int) -> None:
         pass
 
 
+async def race(
+    conn: asyncpg.Connection, database_dsn: str, hold: str, writers: list[Writer]
+) -> None:
+    """Run each writer on a connection of its own while another connection runs `hold` in
+    an open transaction, so that every writer is queued up when it ends and they race,
+    rather than running one after another by chance."""
+    connections: list[asyncpg.Connection] = []
+    try:
+        for _ in range(len(writers) + 1):
+            connections.append(await asyncpg.connect(database_dsn))
+        blocker, *own = connections
+        async with blocker.transaction():
+            await blocker.execute(hold)
+            writes = asyncio.gather(*(write(c) for write, c in zip(writers, own, strict=True)))
+            await asyncio.wait_for(wait_for_lock_waiters(conn, len(writers)), timeout=60)
+        await asyncio.wait_for(writes, timeout=60)
+    finally:
+        await asyncio.gather(*(connection.close() for connection in connections))
+
+
+def title_writer(table: str, entity_id: uuid.UUID, title: str) -> Writer:
+    """A writer that sets the entity's title."""
+    return lambda writer: set_title(writer, table, entity_id, title)
+
+
 @pytest.mark.parametrize("table", ["projects", "sitemaps"])
 async def test_concurrent_updates_number_versions_without_gaps(
     conn: asyncpg.Connection, database_dsn: str, tree: Tree, table: str
 ) -> None:
     entity_id = tree.id_of(table)
-    connections: list[asyncpg.Connection] = []
-    try:
-        for _ in range(CONCURRENT_WRITERS + 1):
-            connections.append(await asyncpg.connect(database_dsn))
-        blocker, *writers = connections
+    titles = [f"Writer {n}" for n in range(CONCURRENT_WRITERS)]
 
-        # Hold the row so all writers queue up behind it, then let them race.
-        async with blocker.transaction():
-            await blocker.execute(f"SELECT 1 FROM {table} WHERE id = $1 FOR UPDATE", entity_id)
-            updates = asyncio.gather(
-                *(
-                    set_title(writer, table, entity_id, f"Writer {n}")
-                    for n, writer in enumerate(writers)
-                )
-            )
-            await asyncio.wait_for(wait_for_lock_waiters(conn, CONCURRENT_WRITERS), timeout=60)
-        await asyncio.wait_for(updates, timeout=60)
-    finally:
-        await asyncio.gather(*(connection.close() for connection in connections))
+    await race(
+        conn,
+        database_dsn,
+        f"SELECT 1 FROM {table} WHERE id = '{entity_id}' FOR UPDATE",
+        [title_writer(table, entity_id, title) for title in titles],
+    )
 
     versions = await history(conn, table, entity_id)
     assert [v.number for v in versions] == list(range(1, CONCURRENT_WRITERS + 2))
-    assert {v.data[TITLE_COLUMN[table]] for v in versions[1:]} == {
-        f"Writer {n}" for n in range(CONCURRENT_WRITERS)
-    }
+    assert {v.data[TITLE_COLUMN[table]] for v in versions[1:]} == set(titles)
     if table in NUMBERED_TABLES:
         assert await row_version(conn, table, entity_id) == CONCURRENT_WRITERS + 1
+
+
+async def test_concurrent_manual_and_automatic_versions_share_one_numbering(
+    conn: asyncpg.Connection, database_dsn: str, tree: Tree
+) -> None:
+    """Row locks alone serialise updates of one row; manual versions from
+    create_version_history take no row lock, so only the numbering itself can keep
+    them from colliding with the triggers' versions."""
+
+    def manual(n: int) -> Writer:
+        return lambda writer: writer.execute(
+            "SELECT create_version_history('sitemaps', $1, $2, '{}', '{}', $3)",
+            tree.sitemap,
+            tree.owner,
+            f"Manual {n}",
+        )
+
+    half = CONCURRENT_WRITERS // 2
+    writers = [title_writer("sitemaps", tree.sitemap, f"Writer {n}") for n in range(half)]
+    writers += [manual(n) for n in range(half)]
+
+    # Holding off every insert into the history lets each writer get as far as it can.
+    await race(conn, database_dsn, "LOCK TABLE version_history IN SHARE MODE", writers)
+
+    versions = await history(conn, "sitemaps", tree.sitemap)
+    assert [v.number for v in versions] == list(range(1, 2 * half + 2))
+    assert sorted(v.message or "" for v in versions if not v.changes) == sorted(
+        ["Created", *(f"Manual {n}" for n in range(half))]
+    )
 
 
 # --- updated_at --------------------------------------------------------------------

@@ -1,0 +1,172 @@
+"""The LISTEN/NOTIFY change feed (migration 0007 installs the triggers).
+
+One dedicated connection LISTENs; notifications arrive after commit, in commit
+order, each transaction's together. NOTIFY has no transaction-end marker, so one
+is inferred: a notification of another transaction, or a short quiet period,
+closes the current one. Large changes are fetched from `realtime_overflow` on the
+same connection, in order. If the connection drops, `FeedInterrupted` is yielded,
+the feed reconnects with backoff and yields `FeedResumed` once listening again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from db.feed import (
+    ChangeOp,
+    FeedEvent,
+    FeedInterrupted,
+    FeedResumed,
+    RowChange,
+    TransactionEnd,
+)
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "sitebuilder_changes"
+OVERFLOW_RETENTION = "15 minutes"
+OVERFLOW_SWEEP_SECONDS = 60.0
+_INTERRUPTED = object()
+
+
+class NotifyFeed:
+    """Changes from the NOTIFY triggers, over one asyncpg connection."""
+
+    name = "notify"
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        quiet_seconds: float = 0.05,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self._dsn = dsn
+        self._quiet_seconds = quiet_seconds
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._conn: asyncpg.Connection | None = None
+        self._last_sweep = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    @property
+    def backlog(self) -> int:
+        """Notifications received and not yet yielded."""
+        return self._queue.qsize()
+
+    async def events(self) -> AsyncGenerator[FeedEvent, None]:
+        first = True
+        try:
+            while True:
+                await self._connect()
+                if not first:
+                    yield FeedResumed()
+                first = False
+                async for event in self._listen():
+                    yield event
+                yield FeedInterrupted("lost the LISTEN connection to PostgreSQL")
+        finally:
+            await self._close()
+
+    async def _connect(self) -> None:
+        delay = self._backoff_initial
+        while True:
+            try:
+                conn = await asyncpg.connect(self._dsn)
+                conn.add_termination_listener(self._on_terminated)
+                await conn.add_listener(CHANNEL, self._on_notification)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                logger.warning("change feed: cannot listen (%s); retrying in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff_max)
+                continue
+            self._conn = conn
+            self._queue = asyncio.Queue()
+            logger.info("change feed: listening on channel %s", CHANNEL)
+            return
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    def _on_notification(self, conn: Any, pid: int, channel: str, payload: object) -> None:
+        self._queue.put_nowait(payload)
+
+    def _on_terminated(self, conn: Any) -> None:
+        self._queue.put_nowait(_INTERRUPTED)
+
+    async def _listen(self) -> AsyncIterator[FeedEvent]:
+        open_xid: int | None = None
+        while True:
+            timeout = self._quiet_seconds if open_xid is not None else None
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                assert open_xid is not None
+                yield TransactionEnd(open_xid)
+                open_xid = None
+                await self._sweep_overflow()
+                continue
+            if item is _INTERRUPTED:
+                await self._close()
+                return
+            try:
+                change = await self._decode(str(item))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                logger.warning("change feed: cannot fetch an overflow row: %s", error)
+                await self._close()
+                return
+            if open_xid is not None and change.xid != open_xid:
+                yield TransactionEnd(open_xid)
+            open_xid = change.xid
+            yield change
+
+    async def _decode(self, payload: str) -> RowChange:
+        message: dict[str, Any] = orjson.loads(payload)
+        overflow_id = message.get("overflow")
+        if overflow_id is not None:
+            assert self._conn is not None
+            stored = await self._conn.fetchval(
+                "SELECT payload FROM public.realtime_overflow WHERE id = $1", overflow_id
+            )
+            message = orjson.loads(stored)
+        actor = message.get("actor")
+        return RowChange(
+            table=message["table"],
+            op=ChangeOp(message["op"]),
+            new=message.get("new"),
+            old=message.get("old"),
+            xid=int(message["xid"]),
+            index=int(message["seq"]),
+            committed_at=datetime.fromisoformat(message["at"]),
+            actor=UUID(actor) if actor else None,
+        )
+
+    async def _sweep_overflow(self) -> None:
+        """Delete overflow rows every gateway has long read (any node may do it)."""
+        now = time.monotonic()
+        if now - self._last_sweep < OVERFLOW_SWEEP_SECONDS or self._conn is None:
+            return
+        self._last_sweep = now
+        try:
+            await self._conn.execute(
+                "DELETE FROM public.realtime_overflow "
+                f"WHERE created_at < now() - interval '{OVERFLOW_RETENTION}'"
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            logger.warning("change feed: overflow sweep failed: %s", error)

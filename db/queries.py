@@ -1,0 +1,126 @@
+"""SQL the gateway runs. User-facing reads run as the user (RLS decides)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from db.acting_user import Conn, acting_as
+
+
+@dataclass(frozen=True)
+class VisibilitySnapshot:
+    """A `pg_current_snapshot()`: which transactions were committed as of it."""
+
+    xmin: int
+    xmax: int
+    in_progress: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> VisibilitySnapshot:
+        xmin, xmax, xip = text.split(":")
+        return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x))
+
+    def sees(self, xid: int) -> bool:
+        """True when transaction `xid` had committed for this snapshot."""
+        if xid < self.xmin:
+            return True
+        if xid >= self.xmax:
+            return False
+        return xid not in self.in_progress
+
+
+@dataclass(frozen=True)
+class ProjectView:
+    """What a user may do with a project, and optionally its content, at one snapshot."""
+
+    visibility: VisibilitySnapshot
+    editable: bool
+    project: dict[str, Any]
+    sitemaps: list[dict[str, Any]]
+    wireframes: list[dict[str, Any]]
+    style_guides: list[dict[str, Any]]
+    sessions: list[dict[str, Any]]
+
+
+_PROJECT = "SELECT to_jsonb(p)::text FROM public.projects p WHERE p.id = $1"
+_SITEMAPS = """
+    SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.created_at, s.id), '[]')::text
+    FROM public.sitemaps s WHERE s.project_id = $1
+"""
+_WIREFRAMES = """
+    SELECT coalesce(jsonb_agg(to_jsonb(w) ORDER BY w.created_at, w.id), '[]')::text
+    FROM public.wireframes w JOIN public.sitemaps s ON s.id = w.sitemap_id
+    WHERE s.project_id = $1
+"""
+_STYLE_GUIDES = """
+    SELECT coalesce(jsonb_agg(to_jsonb(g) ORDER BY g.created_at, g.id), '[]')::text
+    FROM public.style_guides g
+    JOIN public.wireframes w ON w.id = g.wireframe_id
+    JOIN public.sitemaps s ON s.id = w.sitemap_id
+    WHERE s.project_id = $1
+"""
+_SESSIONS = """
+    SELECT coalesce(jsonb_agg(to_jsonb(b) ORDER BY b.started_at, b.id), '[]')::text
+    FROM public.builder_sessions b
+    WHERE b.project_id = $1 AND b.status IN ('active', 'paused')
+"""
+
+
+async def view_project(
+    conn: Conn, user_id: UUID, project_id: UUID, *, with_content: bool
+) -> ProjectView | None:
+    """The project as `user_id` sees it in one REPEATABLE READ snapshot; None if hidden."""
+    async with (
+        conn.transaction(isolation="repeatable_read", readonly=True),
+        acting_as(conn, user_id),
+    ):
+        visibility = VisibilitySnapshot.parse(
+            await conn.fetchval("SELECT pg_current_snapshot()::text")
+        )
+        project = await conn.fetchval(_PROJECT, project_id)
+        if project is None:
+            return None
+        editable = bool(await conn.fetchval("SELECT public.can_edit_project($1)", project_id))
+        if not with_content:
+            return ProjectView(visibility, editable, orjson.loads(project), [], [], [], [])
+        parts = [
+            orjson.loads(await conn.fetchval(sql, project_id))
+            for sql in (_SITEMAPS, _WIREFRAMES, _STYLE_GUIDES, _SESSIONS)
+        ]
+    return ProjectView(visibility, editable, orjson.loads(project), *parts)
+
+
+async def project_access(conn: Conn, user_id: UUID, project_id: UUID) -> bool | None:
+    """None: the user may not see the project; else whether they may edit it."""
+    async with acting_as(conn, user_id):
+        visible = await conn.fetchval("SELECT true FROM public.projects WHERE id = $1", project_id)
+        if not visible:
+            return None
+        return bool(await conn.fetchval("SELECT public.can_edit_project($1)", project_id))
+
+
+async def user_exists(conn: Conn, user_id: UUID) -> bool:
+    return bool(await conn.fetchval("SELECT true FROM auth.users WHERE id = $1", user_id))
+
+
+async def sitemap_project(conn: Conn, sitemap_id: UUID) -> UUID | None:
+    value = await conn.fetchval("SELECT project_id FROM public.sitemaps WHERE id = $1", sitemap_id)
+    return value if isinstance(value, UUID) else None
+
+
+async def wireframe_sitemap(conn: Conn, wireframe_id: UUID) -> UUID | None:
+    value = await conn.fetchval(
+        "SELECT sitemap_id FROM public.wireframes WHERE id = $1", wireframe_id
+    )
+    return value if isinstance(value, UUID) else None
+
+
+async def style_guide_wireframe(conn: Conn, style_guide_id: UUID) -> UUID | None:
+    value = await conn.fetchval(
+        "SELECT wireframe_id FROM public.style_guides WHERE id = $1", style_guide_id
+    )
+    return value if isinstance(value, UUID) else None

@@ -1,0 +1,440 @@
+"""One websocket connection: authentication, then requests, until it closes.
+
+Replies and pushes are written synchronously in the order they are produced
+(the same path as fan-out), so a client sees `ok` before its `snapshot` and the
+snapshot before the first change that follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from websockets.asyncio.connection import broadcast
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from db import queries
+from gateway.hub import Subscription
+from gateway.limits import TokenBucket
+from gateway.tokens import TokenError
+from protocol.codec import decode_client_frame, encode_frame
+from protocol.errors import CloseCode, ErrorCode, ProtocolError
+from protocol.frames import (
+    Access,
+    Auth,
+    AuthRefresh,
+    ClientFrame,
+    Closing,
+    Error,
+    Frame,
+    Ok,
+    Ping,
+    Reset,
+    ResetReason,
+    Snapshot,
+    Subscribe,
+    Unsubscribe,
+    Unsubscribed,
+    UnsubscribedReason,
+)
+from protocol.rows import ProjectRow, SessionRow, SitemapRow, StyleGuideRow, WireframeRow
+
+if TYPE_CHECKING:
+    from gateway.server import Gateway
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_AFTER_MS = 1000
+
+
+class Client:
+    """A connection's state. Bounded: its subscriptions are capped by a setting."""
+
+    def __init__(self, gateway: Gateway, ws: ServerConnection, client_id: int) -> None:
+        self.id = client_id
+        self.ws = ws
+        self.user_id: UUID = UUID(int=0)
+        self._gateway = gateway
+        self._settings = gateway.settings
+        self._metrics = gateway.metrics
+        self._bucket = TokenBucket(self._settings.messages_per_second, self._settings.message_burst)
+        self._subscriptions: dict[UUID, Subscription] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._stopping = False
+        self._busy = False
+
+    # Lifecycle
+
+    async def run(self) -> None:
+        try:
+            if await self._authenticate():
+                await self._serve()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._release()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def shut_down(self) -> None:
+        """Tell the client the server is going away; close once in-flight work is done."""
+        if self._closing:
+            return
+        self.send(Closing(reason="server shutting down", reconnect_after_ms=RECONNECT_AFTER_MS))
+        self._stopping = True
+        if not self._busy:
+            self.close(CloseCode.SERVICE_RESTART, "service restart")
+
+    def close(self, code: CloseCode, reason: str, error: Error | None = None) -> None:
+        """Stop delivering to this connection and close it (without awaiting)."""
+        if self._closing:
+            return
+        if error is not None:
+            self.send(error)
+        self._closing = True
+        self._release()
+        self._spawn(self.ws.close(code, reason))
+
+    def _release(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        for subscription in self._subscriptions.values():
+            self._gateway.hub.unsubscribe(subscription)
+        self._subscriptions.clear()
+        self._gateway.forget(self)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Sending
+
+    def can_send(self) -> bool:
+        if self._closing:
+            return False
+        if self.ws.transport.get_write_buffer_size() > self._settings.max_outbound_bytes:
+            self.close_slow_consumer("outbound buffer over SITEBUILDER_MAX_OUTBOUND_BYTES")
+            return False
+        return True
+
+    def close_slow_consumer(self, reason: str) -> None:
+        if self._closing:
+            return
+        logger.warning("closing slow consumer %s (user %s): %s", self.id, self.user_id, reason)
+        self._metrics.slow_consumer_closes.inc()
+        self.close(CloseCode.SLOW_CONSUMER, "slow_consumer")
+
+    def send(self, frame: Frame) -> None:
+        if self.can_send():
+            broadcast([self.ws], encode_frame(frame), text=True)
+            self._metrics.frames_out.labels(frame.model_fields["type"].default).inc()
+
+    def _error(self, code: ErrorCode, message: str, ref: str | int | None) -> Error:
+        return Error(code=code, message=message, ref=ref)
+
+    # Receiving
+
+    def _decode(self, message: str | bytes) -> ClientFrame | None:
+        """The frame, or None after answering a bad or refused one with an `error`."""
+        size = len(message.encode() if isinstance(message, str) else message)
+        try:
+            if size > self._settings.max_frame_bytes:
+                self._metrics.rate_limited.labels("max_frame_bytes").inc()
+                raise ProtocolError(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"frame of {size} bytes is over the limit of "
+                    f"{self._settings.max_frame_bytes} (SITEBUILDER_MAX_FRAME_BYTES)",
+                )
+            wait = self._bucket.take()
+            if wait:
+                self._metrics.rate_limited.labels("messages_per_second").inc()
+                self.send(
+                    Error(
+                        code=ErrorCode.RATE_LIMITED,
+                        message="too many frames: the frame was not processed; slow down",
+                        retry_after_ms=max(1, round(wait * 1000)),
+                    )
+                )
+                return None
+            frame = decode_client_frame(message)
+        except ProtocolError as error:
+            self.send(self._error(error.code, error.message, error.ref))
+            self._metrics.frames_in.labels("invalid").inc()
+            return None
+        self._metrics.frames_in.labels(frame.model_fields["type"].default).inc()
+        return frame
+
+    async def _authenticate(self) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.auth_timeout_seconds
+        while True:
+            try:
+                message = await asyncio.wait_for(self.ws.recv(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                self._metrics.auth_failures.labels("timeout").inc()
+                self.close(
+                    CloseCode.AUTH_TIMEOUT,
+                    "auth_timeout",
+                    self._error(
+                        ErrorCode.AUTH_TIMEOUT,
+                        f"no auth frame within {self._settings.auth_timeout_seconds:g}s",
+                        None,
+                    ),
+                )
+                return False
+            frame = self._decode(message)
+            if frame is None:
+                continue
+            if not isinstance(frame, Auth):
+                self.send(
+                    self._error(ErrorCode.NOT_AUTHENTICATED, "send an auth frame first", frame.ref)
+                )
+                continue
+            return await self._accept_token(frame)
+
+    async def _accept_token(self, frame: Auth) -> bool:
+        try:
+            claims = self._gateway.verifier.verify(frame.token)
+        except TokenError as error:
+            expired = str(error) == "token expired"
+            code = ErrorCode.TOKEN_EXPIRED if expired else ErrorCode.INVALID_TOKEN
+            self._metrics.auth_failures.labels(code.value).inc()
+            self.close(CloseCode.AUTH_FAILED, code.value, self._error(code, str(error), frame.ref))
+            return False
+        user_id = UUID(claims["sub"])
+        async with self._gateway.pool.acquire() as conn:
+            known = await queries.user_exists(conn, user_id)
+        if not known:
+            self._metrics.auth_failures.labels("unknown_user").inc()
+            message = f"user {user_id} does not exist"
+            self.close(
+                CloseCode.AUTH_FAILED,
+                "unknown_user",
+                self._error(ErrorCode.UNKNOWN_USER, message, frame.ref),
+            )
+            return False
+        if not self._gateway.admit(self, user_id):
+            limit = self._settings.max_connections_per_user
+            self.close(
+                CloseCode.TOO_MANY_CONNECTIONS,
+                "too_many_connections",
+                self._error(
+                    ErrorCode.TOO_MANY_CONNECTIONS,
+                    f"user already has {limit} connections (SITEBUILDER_MAX_CONNECTIONS_PER_USER)",
+                    frame.ref,
+                ),
+            )
+            return False
+        self.user_id = user_id
+        self._expire_at(float(claims["exp"]))
+        self.send(Ok(ref=frame.ref, data={"user_id": str(user_id), "expires_at": claims["exp"]}))
+        return True
+
+    def _expire_at(self, exp: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_at(loop.time() + max(0.0, exp - time.time()), self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self._metrics.auth_failures.labels("expired").inc()
+        self.close(
+            CloseCode.AUTH_FAILED,
+            "token_expired",
+            self._error(ErrorCode.TOKEN_EXPIRED, "token expired: send auth.refresh earlier", None),
+        )
+
+    async def _serve(self) -> None:
+        async for message in self.ws:
+            if self._closing:
+                continue
+            frame = self._decode(message)
+            if frame is None:
+                continue
+            self._busy = True
+            try:
+                await self._handle(frame)
+            finally:
+                self._busy = False
+            if self._stopping:
+                self.close(CloseCode.SERVICE_RESTART, "service restart")
+
+    async def _handle(self, frame: ClientFrame) -> None:
+        if isinstance(frame, Ping):
+            self.send(Ok(ref=frame.ref))
+        elif isinstance(frame, Subscribe):
+            await self._subscribe(frame)
+        elif isinstance(frame, Unsubscribe):
+            self._unsubscribe(frame)
+        elif isinstance(frame, AuthRefresh):
+            self._refresh(frame)
+        elif isinstance(frame, Auth):
+            self.send(
+                self._error(
+                    ErrorCode.ALREADY_AUTHENTICATED,
+                    "already authenticated; use auth.refresh to replace the token",
+                    frame.ref,
+                )
+            )
+
+    def _refresh(self, frame: AuthRefresh) -> None:
+        try:
+            claims = self._gateway.verifier.verify(frame.token)
+        except TokenError as error:
+            self._metrics.auth_failures.labels("refresh").inc()
+            expired = str(error) == "token expired"
+            code = ErrorCode.TOKEN_EXPIRED if expired else ErrorCode.INVALID_TOKEN
+            self.send(self._error(code, str(error), frame.ref))
+            return
+        if UUID(claims["sub"]) != self.user_id:
+            self.send(
+                self._error(
+                    ErrorCode.USER_MISMATCH,
+                    "auth.refresh must carry a token of the same user",
+                    frame.ref,
+                )
+            )
+            return
+        self._expire_at(float(claims["exp"]))
+        self.send(Ok(ref=frame.ref, data={"expires_at": claims["exp"]}))
+
+    # Subscriptions
+
+    async def _subscribe(self, frame: Subscribe) -> None:
+        project_id = frame.project_id
+        if project_id in self._subscriptions:
+            message = f"already subscribed to {project_id}"
+            self.send(self._error(ErrorCode.ALREADY_SUBSCRIBED, message, frame.ref))
+            return
+        if len(self._subscriptions) >= self._settings.max_subscriptions:
+            self._metrics.rate_limited.labels("max_subscriptions").inc()
+            self.send(
+                self._error(
+                    ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                    f"at most {self._settings.max_subscriptions} subscriptions per connection "
+                    "(SITEBUILDER_MAX_SUBSCRIPTIONS)",
+                    frame.ref,
+                )
+            )
+            return
+        if not self._gateway.feed_connected:
+            message = "the change feed is reconnecting; retry shortly"
+            self.send(self._error(ErrorCode.UNAVAILABLE, message, frame.ref))
+            return
+        subscription = self._gateway.hub.subscribe(self, project_id)
+        self._subscriptions[project_id] = subscription
+        try:
+            sent = await self._send_view(subscription, frame.snapshot, frame.ref)
+        except BaseException:
+            self._drop(subscription)
+            raise
+        if not sent:
+            self._drop(subscription)
+            message = f"project {project_id} does not exist or is not shared with you"
+            self.send(self._error(ErrorCode.FORBIDDEN, message, frame.ref))
+
+    async def _send_view(
+        self,
+        subscription: Subscription,
+        with_snapshot: bool,
+        ref: str | int | None,
+        *,
+        reply: bool = True,
+    ) -> bool:
+        """Read the project as the user; send `ok` (when replying to a request) and the
+        snapshot; then go live. False when the user may not see the project."""
+        async with self._gateway.pool.acquire() as conn:
+            view = await queries.view_project(
+                conn, self.user_id, subscription.project_id, with_content=with_snapshot
+            )
+        if view is None:
+            return False
+        subscription.editable = view.editable
+        access = Access.READ_WRITE if view.editable else Access.READ_ONLY
+        if reply:
+            self.send(
+                Ok(ref=ref, data={"project_id": str(subscription.project_id), "access": access})
+            )
+        if with_snapshot:
+            router = self._gateway.router
+            for table, rows in (
+                ("sitemaps", view.sitemaps),
+                ("wireframes", view.wireframes),
+                ("style_guides", view.style_guides),
+            ):
+                for row in rows:
+                    router.learn(table, row)
+            self.send(
+                Snapshot(
+                    project_id=subscription.project_id,
+                    access=access,
+                    project=ProjectRow.model_validate(view.project),
+                    sitemaps=[SitemapRow.model_validate(r) for r in view.sitemaps],
+                    wireframes=[WireframeRow.model_validate(r) for r in view.wireframes],
+                    style_guides=[StyleGuideRow.model_validate(r) for r in view.style_guides],
+                    sessions=[SessionRow.model_validate(r) for r in view.sessions],
+                )
+            )
+        self._gateway.hub.go_live(subscription, view.visibility)
+        return True
+
+    def _unsubscribe(self, frame: Unsubscribe) -> None:
+        subscription = self._subscriptions.get(frame.project_id)
+        if subscription is None:
+            message = f"not subscribed to {frame.project_id}"
+            self.send(self._error(ErrorCode.NOT_SUBSCRIBED, message, frame.ref))
+            return
+        self._drop(subscription)
+        self.send(Ok(ref=frame.ref, data={"project_id": str(frame.project_id)}))
+
+    def _drop(self, subscription: Subscription) -> None:
+        self._gateway.hub.unsubscribe(subscription)
+        if self._subscriptions.get(subscription.project_id) is subscription:
+            del self._subscriptions[subscription.project_id]
+
+    def revoke(self, project_id: UUID, message: str) -> None:
+        """End a subscription the user lost access to; nothing more of it is sent."""
+        subscription = self._subscriptions.get(project_id)
+        if subscription is None:
+            return
+        self._drop(subscription)
+        self.send(
+            Unsubscribed(
+                project_id=project_id, reason=UnsubscribedReason.ACCESS_REVOKED, message=message
+            )
+        )
+
+    def resync(self, subscription: Subscription, message: str) -> None:
+        """Changes may have been lost: say so, then send a fresh snapshot and go live."""
+        if self._subscriptions.get(subscription.project_id) is not subscription:
+            return
+        self._gateway.hub.suspend(subscription)
+        self.send(
+            Reset(
+                project_id=subscription.project_id,
+                reason=ResetReason.FEED_INTERRUPTED,
+                message=message,
+            )
+        )
+        self._spawn(self._resnapshot(subscription))
+
+    async def _resnapshot(self, subscription: Subscription) -> None:
+        try:
+            sent = await self._send_view(subscription, True, None, reply=False)
+        except (OSError, ConnectionClosed) as error:
+            logger.warning("resync of %s failed: %s", subscription.project_id, error)
+            sent = None
+        if sent is False:
+            self.revoke(subscription.project_id, "the project is no longer shared with you")
+        elif sent is None:
+            self.close(CloseCode.SERVICE_RESTART, "resync failed")

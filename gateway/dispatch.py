@@ -1,0 +1,150 @@
+"""From the change feed to the hub: route, authorize, encode once, publish.
+
+Runs as one task, in commit order. Access is re-decided in PostgreSQL (as each
+affected user) when a project's owner, collaborators or visibility change, before
+that change is delivered, so a user who lost access receives nothing after it. A
+deleted project's subscribers receive the deletes of its transaction (the
+project's and its children's), then their subscriptions end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import aclosing
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from db.feed import (
+    ChangeFeed,
+    ChangeOp,
+    FeedInterrupted,
+    FeedResumed,
+    RowChange,
+    TransactionEnd,
+)
+from gateway.hub import Event
+from protocol.codec import encode_frame
+from protocol.frames import CHANGE_FRAMES, Op
+from protocol.rows import ENTITY_ROWS, TABLE_ENTITIES
+
+if TYPE_CHECKING:
+    from gateway.server import Gateway
+
+logger = logging.getLogger(__name__)
+
+ACCESS_COLUMNS = ("user_id", "collaborators", "is_public")
+
+
+class Dispatcher:
+    def __init__(self, gateway: Gateway, feed: ChangeFeed) -> None:
+        self._gateway = gateway
+        self._feed = feed
+        self._epoch = self._new_epoch()
+        self._counter = 0
+        self._deleted_projects: list[UUID] = []
+
+    @staticmethod
+    def _new_epoch() -> int:
+        return time.time_ns() // 1_000_000
+
+    def _next_position(self) -> str:
+        """Strictly increasing, and comparable as strings (fixed-width hex)."""
+        self._counter += 1
+        return f"{self._epoch:012x}.{self._counter:012x}"
+
+    async def run(self) -> None:
+        metrics = self._gateway.metrics
+        async with aclosing(self._feed.events()) as events:
+            async for event in events:
+                if isinstance(event, RowChange):
+                    metrics.feed_backlog.set(getattr(self._feed, "backlog", 0))
+                    await self._on_change(event)
+                elif isinstance(event, TransactionEnd):
+                    self._end_transaction()
+                elif isinstance(event, FeedInterrupted):
+                    logger.warning("change feed interrupted: %s", event.reason)
+                    self._end_transaction()
+                    metrics.feed_up.set(0)
+                elif isinstance(event, FeedResumed):
+                    logger.info("change feed resumed: resynchronising every subscriber")
+                    metrics.feed_up.set(1)
+                    self._epoch = self._new_epoch()
+                    self._counter = 0
+                    self._gateway.resync_all("the change feed was interrupted")
+
+    async def _on_change(self, change: RowChange) -> None:
+        self._gateway.metrics.feed_lag.set(
+            max(0.0, (datetime.now(UTC) - change.committed_at).total_seconds())
+        )
+        if change.op is ChangeOp.TRUNCATE:
+            self._gateway.resync_all(f"table {change.table} was truncated")
+            return
+        if change.table not in TABLE_ENTITIES:
+            return
+        router = self._gateway.router
+        new_project = await router.project_of(change.table, change.new) if change.new else None
+        old_project = await router.project_of(change.table, change.old) if change.old else None
+        if change.table == "projects":
+            await self._authorize(change)
+        if change.op is ChangeOp.INSERT:
+            self._publish(change, new_project, Op.INSERT, change.new, None)
+        elif change.op is ChangeOp.DELETE:
+            self._publish(change, old_project, Op.DELETE, None, change.old)
+        elif old_project == new_project:
+            self._publish(change, new_project, Op.UPDATE, change.new, change.old)
+        else:
+            self._publish(change, old_project, Op.DELETE, None, change.old)
+            self._publish(change, new_project, Op.INSERT, change.new, None)
+
+    async def _authorize(self, change: RowChange) -> None:
+        if change.op is ChangeOp.DELETE and change.old is not None:
+            self._deleted_projects.append(UUID(str(change.old["id"])))
+        elif (
+            change.op is ChangeOp.UPDATE
+            and change.old is not None
+            and change.new is not None
+            and any(change.old.get(c) != change.new.get(c) for c in ACCESS_COLUMNS)
+        ):
+            await self._gateway.recheck_access(UUID(str(change.new["id"])))
+
+    def _end_transaction(self) -> None:
+        deleted, self._deleted_projects = self._deleted_projects, []
+        for project_id in deleted:
+            self._gateway.revoke_all(project_id, "the project was deleted")
+
+    def _publish(
+        self,
+        change: RowChange,
+        project_id: UUID | None,
+        op: Op,
+        new: dict[str, Any] | None,
+        old: dict[str, Any] | None,
+    ) -> None:
+        if project_id is None or not self._gateway.hub.subscriptions_of(project_id):
+            return
+        entity = TABLE_ENTITIES[change.table]
+        row_model = ENTITY_ROWS[entity]
+        try:
+            frame = CHANGE_FRAMES[entity](
+                project_id=project_id,
+                op=op,
+                new=row_model.model_validate(new) if new is not None else None,
+                old=row_model.model_validate(old) if old is not None else None,
+                actor=change.actor,
+                committed_at=change.committed_at,
+                position=self._next_position(),
+            )
+        except ValidationError as error:
+            logger.error("dropping malformed %s row from the feed: %s", change.table, error)
+            return
+        data = encode_frame(frame)
+        delivered = self._gateway.hub.publish(
+            Event(project_id, change.xid, data, change.committed_at)
+        )
+        if delivered:
+            lag = (datetime.now(UTC) - change.committed_at).total_seconds()
+            self._gateway.metrics.delivery_lag.observe(max(0.0, lag))

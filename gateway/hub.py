@@ -1,0 +1,139 @@
+"""Topics per project, and fan-out of encoded events to their subscribers.
+
+An event is encoded once and the same bytes are written to every subscriber with
+websockets' `broadcast()`, which writes without awaiting. A subscriber whose
+outbound buffer is over its limit is never skipped silently: it is closed as a slow
+consumer. While a subscriber's snapshot is being read, its events wait in a
+bounded buffer; when the snapshot is sent, those the snapshot already contains are
+dropped and the rest are sent, so the stream continues exactly after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+from uuid import UUID
+
+from websockets.asyncio.connection import broadcast
+from websockets.asyncio.server import ServerConnection
+
+from db.queries import VisibilitySnapshot
+from gateway.metrics import Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A change for one project, encoded once."""
+
+    project_id: UUID
+    xid: int
+    data: bytes
+    committed_at: datetime
+
+
+class Subscriber(Protocol):
+    """The hub's view of a connection."""
+
+    id: int
+    user_id: UUID
+    ws: ServerConnection
+
+    def can_send(self) -> bool:
+        """False (after closing it) when the connection is closing or too far behind."""
+        ...
+
+    def close_slow_consumer(self, reason: str) -> None: ...
+
+
+@dataclass(eq=False)
+class Subscription:
+    subscriber: Subscriber
+    project_id: UUID
+    editable: bool
+    live: bool = False
+    pending: list[Event] = field(default_factory=list)
+
+
+class Hub:
+    def __init__(self, metrics: Metrics, max_pending_events: int) -> None:
+        self._metrics = metrics
+        self._max_pending = max_pending_events
+        self._topics: dict[UUID, dict[int, Subscription]] = {}
+
+    def subscribe(self, subscriber: Subscriber, project_id: UUID) -> Subscription:
+        """Register before the snapshot is read, so nothing committed after it is missed."""
+        subscription = Subscription(subscriber, project_id, editable=False)
+        self._topics.setdefault(project_id, {})[subscriber.id] = subscription
+        self._metrics.subscriptions.labels("pending").inc()
+        return subscription
+
+    def go_live(self, subscription: Subscription, seen: VisibilitySnapshot | None) -> None:
+        """Send what arrived while the snapshot was read, minus what it already had."""
+        if not self._registered(subscription):
+            return
+        backlog, subscription.pending = subscription.pending, []
+        subscription.live = True
+        self._metrics.subscriptions.labels("pending").dec()
+        self._metrics.subscriptions.labels("live").inc()
+        for event in backlog:
+            if seen is not None and seen.sees(event.xid):
+                continue
+            if not subscription.subscriber.can_send():
+                return
+            broadcast([subscription.subscriber.ws], event.data, text=True)
+            self._metrics.events_delivered.inc()
+            self._metrics.frames_out.labels("change").inc()
+
+    def suspend(self, subscription: Subscription) -> None:
+        """Hold events again (a new snapshot is being read) until the next `go_live`."""
+        if subscription.live and self._registered(subscription):
+            subscription.live = False
+            self._metrics.subscriptions.labels("live").dec()
+            self._metrics.subscriptions.labels("pending").inc()
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        topic = self._topics.get(subscription.project_id)
+        if topic is None or topic.get(subscription.subscriber.id) is not subscription:
+            return
+        del topic[subscription.subscriber.id]
+        if not topic:
+            del self._topics[subscription.project_id]
+        self._metrics.subscriptions.labels("live" if subscription.live else "pending").dec()
+
+    def subscriptions_of(self, project_id: UUID) -> list[Subscription]:
+        return list(self._topics.get(project_id, {}).values())
+
+    def all_subscriptions(self) -> Iterator[Subscription]:
+        for topic in list(self._topics.values()):
+            yield from list(topic.values())
+
+    def publish(self, event: Event) -> int:
+        """Hand `event` to every subscriber of its project; returns how many got it."""
+        topic = self._topics.get(event.project_id)
+        if not topic:
+            return 0
+        targets: list[ServerConnection] = []
+        for subscription in list(topic.values()):
+            if not subscription.live:
+                self._hold(subscription, event)
+            elif subscription.subscriber.can_send():
+                targets.append(subscription.subscriber.ws)
+        if targets:
+            broadcast(targets, event.data, text=True)
+            self._metrics.events_delivered.inc(len(targets))
+            self._metrics.frames_out.labels("change").inc(len(targets))
+        return len(targets)
+
+    def _hold(self, subscription: Subscription, event: Event) -> None:
+        if len(subscription.pending) >= self._max_pending:
+            subscription.subscriber.close_slow_consumer(
+                f"more than {self._max_pending} changes arrived while the snapshot was read"
+            )
+            return
+        subscription.pending.append(event)
+
+    def _registered(self, subscription: Subscription) -> bool:
+        topic = self._topics.get(subscription.project_id, {})
+        return topic.get(subscription.subscriber.id) is subscription

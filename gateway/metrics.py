@@ -1,0 +1,75 @@
+"""Prometheus metrics of one gateway, in its own registry (several may share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge(
+            "sitebuilder_connections", "Open websocket connections.", registry=r
+        )
+        self.subscriptions = Gauge(
+            "sitebuilder_subscriptions",
+            "Project subscriptions by state (pending: snapshot being taken).",
+            ["state"],
+            registry=r,
+        )
+        self.frames_in = Counter(
+            "sitebuilder_frames_in", "Frames received, by type.", ["type"], registry=r
+        )
+        self.frames_out = Counter(
+            "sitebuilder_frames_out", "Frames sent, by type.", ["type"], registry=r
+        )
+        self.events_delivered = Counter(
+            "sitebuilder_events_delivered", "Change frames handed to subscribers.", registry=r
+        )
+        self.delivery_lag = Histogram(
+            "sitebuilder_delivery_lag_seconds",
+            "From the change's commit to its send to subscribers.",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.slow_consumer_closes = Counter(
+            "sitebuilder_slow_consumer_closes",
+            "Connections closed because their outbound buffer overflowed.",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "sitebuilder_auth_failures",
+            "Failed authentications, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "sitebuilder_rate_limited",
+            "Frames refused by a limit, by limit.",
+            ["limit"],
+            registry=r,
+        )
+        self.feed_up = Gauge(
+            "sitebuilder_feed_up", "1 while the change feed receives changes.", registry=r
+        )
+        self.feed_lag = Gauge(
+            "sitebuilder_feed_lag_seconds",
+            "Age of the last change the feed delivered, at delivery.",
+            registry=r,
+        )
+        self.feed_backlog = Gauge(
+            "sitebuilder_feed_backlog",
+            "Changes received from PostgreSQL, not yet routed.",
+            registry=r,
+        )
+        self.feed_resets = Counter(
+            "sitebuilder_feed_resets", "Times subscribers were told to resynchronise.", registry=r
+        )
+        for state in ("pending", "live"):
+            self.subscriptions.labels(state)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,183 @@
+"""The gateway: one port for websockets and HTTP, the hub, the feed's dispatcher.
+
+Owns every long-lived task it starts and cancels and awaits them in `close()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from uuid import UUID
+
+import asyncpg
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from db import queries
+from db.feed import ChangeFeed
+from gateway.client import Client
+from gateway.dispatch import Dispatcher
+from gateway.health import http_router
+from gateway.hub import Hub
+from gateway.metrics import Metrics
+from gateway.router import Router
+from gateway.settings import Settings
+from gateway.tokens import TokenVerifier
+
+logger = logging.getLogger(__name__)
+
+FEED_START_TIMEOUT_SECONDS = 10.0
+
+
+class Gateway:
+    def __init__(
+        self, settings: Settings, pool: asyncpg.Pool, feed: ChangeFeed, verifier: TokenVerifier
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.feed = feed
+        self.verifier = verifier
+        self.metrics = Metrics()
+        self.hub = Hub(self.metrics, settings.max_pending_events)
+        self.router = Router(pool, settings.route_cache_size)
+        self._ids = itertools.count(1)
+        self._clients: set[Client] = set()
+        self._by_user: dict[UUID, set[Client]] = {}
+        self._dispatcher_task: asyncio.Task[None] | None = None
+        self._server: Server | None = None
+
+    @property
+    def feed_connected(self) -> bool:
+        return self.feed.connected
+
+    @property
+    def server(self) -> Server:
+        assert self._server is not None
+        return self._server
+
+    # Connections
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        client = Client(self, ws, next(self._ids))
+        self._clients.add(client)
+        self.metrics.connections.inc()
+        try:
+            await client.run()
+        finally:
+            self._clients.discard(client)
+            self.metrics.connections.dec()
+
+    def admit(self, client: Client, user_id: UUID) -> bool:
+        """Count the connection against its user's limit; False when over it."""
+        connections = self._by_user.setdefault(user_id, set())
+        if len(connections) >= self.settings.max_connections_per_user:
+            return False
+        connections.add(client)
+        return True
+
+    def forget(self, client: Client) -> None:
+        connections = self._by_user.get(client.user_id)
+        if connections is not None:
+            connections.discard(client)
+            if not connections:
+                del self._by_user[client.user_id]
+
+    # Authorization changes
+
+    async def recheck_access(self, project_id: UUID) -> None:
+        """Ask PostgreSQL, as each subscriber, whether they may still see the project."""
+        by_user: dict[UUID, list[Client]] = {}
+        for subscription in self.hub.subscriptions_of(project_id):
+            client = subscription.subscriber
+            assert isinstance(client, Client)
+            by_user.setdefault(client.user_id, []).append(client)
+        if not by_user:
+            return
+        async with self.pool.acquire() as conn:
+            for user_id, clients in by_user.items():
+                editable = await queries.project_access(conn, user_id, project_id)
+                for client in clients:
+                    if editable is None:
+                        client.revoke(project_id, "the project is no longer shared with you")
+                for subscription in self.hub.subscriptions_of(project_id):
+                    if subscription.subscriber.user_id == user_id and editable is not None:
+                        subscription.editable = editable
+
+    def revoke_all(self, project_id: UUID, message: str) -> None:
+        for subscription in self.hub.subscriptions_of(project_id):
+            client = subscription.subscriber
+            assert isinstance(client, Client)
+            client.revoke(project_id, message)
+
+    def resync_all(self, message: str) -> None:
+        self.metrics.feed_resets.inc()
+        for subscription in self.hub.all_subscriptions():
+            client = subscription.subscriber
+            assert isinstance(client, Client)
+            client.resync(subscription, message)
+
+    # Health
+
+    async def readiness_problem(self) -> str | None:
+        if not self.feed.connected:
+            return "change feed not connected"
+        try:
+            await self.pool.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            return f"database unreachable: {error}"
+        return None
+
+    # Lifecycle
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Gateway]:
+        """Listen and dispatch; on exit, shut down gracefully."""
+        self._dispatcher_task = asyncio.create_task(
+            Dispatcher(self, self.feed).run(), name="dispatcher"
+        )
+        await self._wait_for_feed()
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.settings.port,
+            process_request=http_router(self.readiness_problem, self.metrics.render),
+            compression="deflate" if self.settings.compression else None,
+            max_size=self.settings.max_frame_bytes * 4,
+            ping_interval=self.settings.ping_interval_seconds,
+            ping_timeout=self.settings.ping_timeout_seconds,
+        )
+        try:
+            yield self
+        finally:
+            await self._shut_down()
+
+    async def _wait_for_feed(self) -> None:
+        """Open the port once changes flow, so `ready` follows `listening` at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FEED_START_TIMEOUT_SECONDS
+        while not self.feed.connected and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self.feed.connected:
+            self.metrics.feed_up.set(1)
+        else:
+            logger.warning("change feed not connected yet: serving, /readyz reports 503")
+
+    async def _shut_down(self) -> None:
+        server = self.server
+        server.close(close_connections=False)
+        for client in list(self._clients):
+            client.shut_down()
+        try:
+            await asyncio.wait_for(server.wait_closed(), self.settings.shutdown_grace_seconds)
+        except TimeoutError:
+            logger.warning("connections still open after the grace period: aborting them")
+            for client in list(self._clients):
+                client.ws.transport.abort()
+            await server.wait_closed()
+        if self._dispatcher_task is not None:
+            self._dispatcher_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher_task
