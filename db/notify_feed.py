@@ -58,10 +58,14 @@ class NotifyFeed:
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._conn: asyncpg.Connection | None = None
         self._last_sweep = 0.0
+        self._listening = asyncio.Event()
 
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.is_closed()
+
+    async def wait_connected(self) -> None:
+        await self._listening.wait()
 
     @property
     def backlog(self) -> int:
@@ -96,10 +100,12 @@ class NotifyFeed:
                 continue
             self._conn = conn
             self._queue = asyncio.Queue()
+            self._listening.set()
             logger.info("change feed: listening on channel %s", CHANNEL)
             return
 
     async def _close(self) -> None:
+        self._listening.clear()
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             conn.terminate()

@@ -156,10 +156,8 @@ class Gateway:
 
     async def _wait_for_feed(self) -> None:
         """Open the port once changes flow, so `ready` follows `listening` at once."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + FEED_START_TIMEOUT_SECONDS
-        while not self.feed.connected and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.feed.wait_connected(), FEED_START_TIMEOUT_SECONDS)
         if self.feed.connected:
             self.metrics.feed_up.set(1)
         else:
