@@ -89,6 +89,7 @@ class NotifyFeed:
     async def _connect(self) -> None:
         delay = self._backoff_initial
         while True:
+            self._queue = asyncio.Queue()
             try:
                 conn = await asyncpg.connect(self._dsn)
                 conn.add_termination_listener(self._on_terminated)
@@ -99,7 +100,6 @@ class NotifyFeed:
                 delay = min(delay * 2, self._backoff_max)
                 continue
             self._conn = conn
-            self._queue = asyncio.Queue()
             self._listening.set()
             logger.info("change feed: listening on channel %s", CHANNEL)
             return

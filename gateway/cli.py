@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 
 import asyncpg
+import orjson
 import uvloop
 
 from db.embedded import EmbeddedPostgresError, running_dsn
@@ -19,6 +20,7 @@ from gateway import app
 from gateway.secrets import jwt_secret
 from gateway.settings import Settings
 from gateway.tokens import mint_token
+from protocol.schema import protocol_json_schema
 
 logger = logging.getLogger("gateway")
 
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("db", help="print the DSN of the database in use")
+    commands.add_parser("schema", help="print the JSON Schema of every websocket frame")
     return parser
 
 
@@ -167,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_migrate(settings, args))
         elif args.command == "token":
             _token(settings, args)
+        elif args.command == "schema":
+            print(orjson.dumps(protocol_json_schema(), option=orjson.OPT_INDENT_2).decode())
         else:
             _db(settings)
     except (CommandError, MigrationError, EmbeddedPostgresError) as error:
