@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import asyncpg
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -264,6 +265,9 @@ class Client:
             self._busy = True
             try:
                 await self._handle(frame)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                logger.exception("request %r of user %s failed", frame, self.user_id)
+                self.send(self._error(ErrorCode.INTERNAL, f"request failed: {error}", frame.ref))
             finally:
                 self._busy = False
             if self._stopping:
