@@ -137,7 +137,7 @@ class Client:
     def send(self, frame: Frame) -> None:
         if self.can_send():
             broadcast([self.ws], encode_frame(frame), text=True)
-            self._metrics.frames_out.labels(frame.model_fields["type"].default).inc()
+            self._metrics.frames_out.labels(type(frame).model_fields["type"].default).inc()
 
     def _error(self, code: ErrorCode, message: str, ref: str | int | None) -> Error:
         return Error(code=code, message=message, ref=ref)
@@ -171,7 +171,7 @@ class Client:
             self.send(self._error(error.code, error.message, error.ref))
             self._metrics.frames_in.labels("invalid").inc()
             return None
-        self._metrics.frames_in.labels(frame.model_fields["type"].default).inc()
+        self._metrics.frames_in.labels(type(frame).model_fields["type"].default).inc()
         return frame
 
     async def _authenticate(self) -> bool:
@@ -248,7 +248,7 @@ class Client:
 
     def _expired(self) -> None:
         self._expiry = None
-        self._metrics.auth_failures.labels("expired").inc()
+        self._metrics.auth_failures.labels("token_expired").inc()
         self.close(
             CloseCode.AUTH_FAILED,
             "token_expired",
