@@ -29,7 +29,7 @@ from db.feed import (
 from gateway.hub import Event
 from protocol.codec import encode_frame
 from protocol.frames import CHANGE_FRAMES, Op
-from protocol.rows import ENTITY_ROWS, TABLE_ENTITIES
+from protocol.rows import ENTITY_ROWS, TABLE_ENTITIES, Entity
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ACCESS_COLUMNS = ("user_id", "collaborators", "is_public")
+# What row-level security shows to project members only, never to public readers.
+MEMBERS_ONLY = frozenset({Entity.SESSION, Entity.VERSION})
 
 
 class Dispatcher:
@@ -86,8 +88,9 @@ class Dispatcher:
         if change.table not in TABLE_ENTITIES:
             return
         router = self._gateway.router
-        new_project = await router.project_of(change.table, change.new) if change.new else None
+        # Old first: routing also teaches the router parents, and the new row's must win.
         old_project = await router.project_of(change.table, change.old) if change.old else None
+        new_project = await router.project_of(change.table, change.new) if change.new else None
         if change.table == "projects":
             await self._authorize(change)
         if change.op is ChangeOp.INSERT:
@@ -143,7 +146,13 @@ class Dispatcher:
             return
         data = encode_frame(frame)
         delivered = self._gateway.hub.publish(
-            Event(project_id, change.xid, data, change.committed_at)
+            Event(
+                project_id,
+                change.xid,
+                data,
+                change.committed_at,
+                members_only=entity in MEMBERS_ONLY,
+            )
         )
         if delivered:
             lag = (datetime.now(UTC) - change.committed_at).total_seconds()

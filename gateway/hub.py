@@ -31,6 +31,7 @@ class Event:
     xid: int
     data: bytes
     committed_at: datetime
+    members_only: bool = False
 
 
 class Subscriber(Protocol):
@@ -80,6 +81,8 @@ class Hub:
         for event in backlog:
             if seen is not None and seen.sees(event.xid):
                 continue
+            if event.members_only and not subscription.editable:
+                continue
             if not subscription.subscriber.can_send():
                 return
             broadcast([subscription.subscriber.ws], event.data, text=True)
@@ -117,7 +120,9 @@ class Hub:
         targets: list[ServerConnection] = []
         for subscription in list(topic.values()):
             if not subscription.live:
-                self._hold(subscription, event)
+                self._hold(subscription, event)  # access is known, and checked, at go_live
+            elif event.members_only and not subscription.editable:
+                continue
             elif subscription.subscriber.can_send():
                 targets.append(subscription.subscriber.ws)
         if targets:
