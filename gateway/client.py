@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from db import queries
 from gateway.hub import Subscription
 from gateway.limits import TokenBucket
-from gateway.tokens import TokenError
+from gateway.tokens import TokenError, TokenExpired
 from protocol.codec import decode_client_frame, encode_frame
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.frames import (
@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RECONNECT_AFTER_MS = 1000
+
+
+def _token_error_code(error: TokenError) -> ErrorCode:
+    return ErrorCode.TOKEN_EXPIRED if isinstance(error, TokenExpired) else ErrorCode.INVALID_TOKEN
 
 
 class Client:
@@ -206,8 +210,7 @@ class Client:
         try:
             claims = self._gateway.verifier.verify(frame.token)
         except TokenError as error:
-            expired = str(error) == "token expired"
-            code = ErrorCode.TOKEN_EXPIRED if expired else ErrorCode.INVALID_TOKEN
+            code = _token_error_code(error)
             self._metrics.auth_failures.labels(code.value).inc()
             self.close(CloseCode.AUTH_FAILED, code.value, self._error(code, str(error), frame.ref))
             return False
@@ -296,9 +299,7 @@ class Client:
             claims = self._gateway.verifier.verify(frame.token)
         except TokenError as error:
             self._metrics.auth_failures.labels("refresh").inc()
-            expired = str(error) == "token expired"
-            code = ErrorCode.TOKEN_EXPIRED if expired else ErrorCode.INVALID_TOKEN
-            self.send(self._error(code, str(error), frame.ref))
+            self.send(self._error(_token_error_code(error), str(error), frame.ref))
             return
         if UUID(claims["sub"]) != self.user_id:
             self.send(

@@ -21,6 +21,10 @@ class TokenError(ValueError):
     """A token that is malformed, badly signed, expired or meant for someone else."""
 
 
+class TokenExpired(TokenError):
+    """A token that was valid but whose `exp` has passed: the client should refresh it."""
+
+
 def mint_token(
     secret: str,
     user_id: UUID,
@@ -73,7 +77,7 @@ class TokenVerifier:
                 options={"require": ["sub", "exp"]},
             )
         except jwt.ExpiredSignatureError as error:
-            raise TokenError("token expired") from error
+            raise TokenExpired("token expired") from error
         except (jwt.InvalidTokenError, jwt.PyJWKError) as error:
             raise TokenError(f"invalid token: {error}") from error
         try:

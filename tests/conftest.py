@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,30 +62,33 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServ
         embedded.stop()
 
 
+@asynccontextmanager
+async def _scratch_database(server: PostgresServer, name: str, create: str) -> AsyncIterator[str]:
+    """Create a database with `create`, yield its DSN, drop it whatever the test did."""
+    admin = await asyncpg.connect(server.admin_dsn)
+    try:
+        await admin.execute(create)
+        yield server.dsn(name)
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
 async def database_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
     """DSN of a new database holding the migrated schema and no rows."""
     name = f"test_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(pg_server.admin_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DATABASE}")
-        yield pg_server.dsn(name)
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    create = f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DATABASE}"
+    async with _scratch_database(pg_server, name, create) as dsn:
+        yield dsn
 
 
 @pytest.fixture
 async def empty_database_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
     """DSN of a new database with no migrations applied, for migration tests."""
     name = f"bare_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(pg_server.admin_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-        yield pg_server.dsn(name)
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with _scratch_database(pg_server, name, f"CREATE DATABASE {name}") as dsn:
+        yield dsn
 
 
 @pytest.fixture
