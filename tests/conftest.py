@@ -62,6 +62,27 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServ
         embedded.stop()
 
 
+async def _drop_replication_slots(admin: asyncpg.Connection, database: str) -> None:
+    """A database with a replication slot cannot be dropped; a test's slots go with it."""
+    await admin.execute(
+        """
+        SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+         WHERE database = $1 AND active_pid IS NOT NULL
+        """,
+        database,
+    )
+    for _ in range(50):
+        slots = await admin.fetch(
+            "SELECT slot_name, active FROM pg_replication_slots WHERE database = $1", database
+        )
+        if not slots:
+            return
+        for slot in slots:
+            if not slot["active"]:
+                await admin.execute("SELECT pg_drop_replication_slot($1)", slot["slot_name"])
+        await asyncio.sleep(0.1)
+
+
 @asynccontextmanager
 async def _scratch_database(server: PostgresServer, name: str, create: str) -> AsyncIterator[str]:
     """Create a database with `create`, yield its DSN, drop it whatever the test did."""
@@ -69,6 +90,7 @@ async def _scratch_database(server: PostgresServer, name: str, create: str) -> A
     try:
         await admin.execute(create)
         yield server.dsn(name)
+        await _drop_replication_slots(admin, name)
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         await admin.close()
