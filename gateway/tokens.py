@@ -78,7 +78,7 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError as error:
             raise TokenExpired("token expired") from error
-        except (jwt.InvalidTokenError, jwt.PyJWKError) as error:
+        except jwt.PyJWTError as error:  # also a key of the wrong type for the alg
             raise TokenError(f"invalid token: {error}") from error
         try:
             UUID(str(claims["sub"]))

@@ -140,3 +140,38 @@ def make_user(conn: asyncpg.Connection) -> UserFactory:
         return user_id
 
     return create
+
+
+class RestartablePostgres:
+    """A private embedded server for tests that stop and start PostgreSQL under a gateway.
+
+    Its DSN names the socket inside the data directory, so it survives restarts.
+    """
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self._server = EmbeddedPostgres(pgdata)
+        self.dsn = ""
+
+    async def start(self) -> None:
+        self._server = EmbeddedPostgres(self.pgdata)
+        self.dsn = await self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@pytest.fixture
+async def restartable_postgres(tmp_path: Path) -> AsyncIterator[RestartablePostgres]:
+    """A migrated database on its own server, stopped after the test (a few seconds to make)."""
+    server = RestartablePostgres(tmp_path / "private-pgdata")
+    await server.start()
+    try:
+        conn = await asyncpg.connect(server.dsn)
+        try:
+            await Migrator(conn, load_migrations(), MIGRATION_PARAMETERS).up()
+        finally:
+            await conn.close()
+        yield server
+    finally:
+        server.stop()

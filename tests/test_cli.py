@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import stat
 import uuid
@@ -202,3 +203,17 @@ async def test_serve_on_an_external_database_reports_readiness_and_leaves_it_run
         assert await asyncio.wait_for(admin.fetchval("SELECT 1"), 10) == 1
     finally:
         await admin.close()
+
+
+async def test_schema_prints_the_json_schema_of_every_frame() -> None:
+    status, out, _ = await run_cli("schema", env=cli_env())
+    assert status == 0
+    schema = json.loads(out)
+    frame_types = set()
+    for definition in schema["$defs"].values():
+        frame_type = definition.get("properties", {}).get("type", {}).get("const")
+        if frame_type is not None:
+            frame_types.add(frame_type)
+    client = {"auth", "auth.refresh", "subscribe", "unsubscribe", "ping"}
+    server = {"ok", "error", "snapshot", "change", "unsubscribed", "reset", "closing"}
+    assert client | server <= frame_types

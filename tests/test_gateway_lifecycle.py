@@ -1,0 +1,197 @@
+"""What a client sees when the network, the gateway or the database goes away.
+
+A silent peer is dropped by the websocket keepalive; a shutdown lets a request
+already being served finish; a database that stops makes the gateway unready and
+its subscribers are told to resynchronise when it returns.
+"""
+
+# Fixtures imported from tests.gateway_fixtures are "redefined" as parameters by design.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import orjson
+import pytest
+from pydantic import SecretStr
+from websockets.client import ClientProtocol
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from gateway.server import Gateway
+from gateway.settings import Settings
+from tests.conftest import RestartablePostgres, UserFactory
+from tests.gateway_fixtures import (  # noqa: F401  (fixtures are used by name)
+    SECRET,
+    TIMEOUT,
+    Connect,
+    gateway,
+    gateway_overrides,
+    gateway_port,
+    gateway_settings,
+    gateway_url,
+    make_project,
+    open_client,
+    start_gateway,
+    token,
+    ws_client,
+)
+from tests.support import http_get
+
+# Keepalive
+
+
+async def silent_peer_close_code(url: str, auth_token: str) -> int | None:
+    """Authenticate, then read without ever answering a ping; the close code received.
+
+    Built on websockets' sans-I/O client so the pongs it would send are simply
+    never written, as with a browser tab frozen by the operating system.
+    """
+    protocol = ClientProtocol(parse_uri(url))
+    protocol.send_request(protocol.connect())
+    host, port = url.removeprefix("ws://").rstrip("/").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"".join(protocol.data_to_send()))
+        while protocol.state is not State.OPEN:
+            protocol.receive_data(await reader.read(65536))
+            assert protocol.handshake_exc is None, protocol.handshake_exc
+        protocol.send_text(orjson.dumps({"type": "auth", "token": auth_token}))
+        writer.write(b"".join(protocol.data_to_send()))
+        while protocol.close_rcvd is None:
+            data = await reader.read(65536)
+            if not data:
+                break
+            protocol.receive_data(data)
+            protocol.events_received()
+            protocol.data_to_send()  # pongs, dropped
+        return None if protocol.close_rcvd is None else protocol.close_rcvd.code
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "gateway_overrides", [{"ping_interval_seconds": 0.2, "ping_timeout_seconds": 0.3}]
+)
+async def test_a_peer_that_stops_answering_pings_is_closed_1011(
+    gateway: Gateway, ws_client: Connect, make_user: UserFactory
+) -> None:
+    user = await make_user()
+    answering = await ws_client()
+    await answering.auth(user)
+    code = await asyncio.wait_for(silent_peer_close_code(gateway_url(gateway), token(user)), 10)
+    assert code == 1011
+    # Meanwhile several pings went to the peer that answers them: it is still connected.
+    await answering.ping()
+
+
+# Shutdown
+
+
+async def wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
+    """Return once some other backend of this database waits for a lock."""
+    query = """
+        SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'
+    """
+    # PostgreSQL signals no event when a lock is waited for: poll, bounded by the caller.
+    while not await conn.fetchval(query):  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+
+
+async def test_shutdown_lets_an_in_flight_subscribe_finish(
+    gateway_settings: Settings,
+    database_dsn: str,
+    make_user: UserFactory,
+    conn: asyncpg.Connection,
+) -> None:
+    """`closing` comes at once; the reply and snapshot still follow, then close 1012."""
+    user = await make_user()
+    project = await make_project(conn, user)
+    gw, pool = await start_gateway(gateway_settings, database_dsn)
+    try:
+        running = gw.running()
+        await asyncio.wait_for(running.__aenter__(), 30)
+        client = await open_client(gateway_url(gw))
+        await client.auth(user)
+        blocker = await asyncpg.connect(database_dsn)
+        try:
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute("LOCK TABLE projects IN ACCESS EXCLUSIVE MODE")
+            await client.send({"type": "subscribe", "project_id": str(project), "ref": "s"})
+            await asyncio.wait_for(wait_for_lock_waiter(conn), TIMEOUT)
+            stopping = asyncio.create_task(running.__aexit__(None, None, None))
+            await client.recv_type("closing")
+            await transaction.rollback()
+        finally:
+            await blocker.close()
+        ok = await client.recv_type("ok")
+        assert ok["ref"] == "s"
+        snapshot = await client.recv_type("snapshot")
+        assert snapshot["project"]["id"] == str(project)
+        code, _ = await client.expect_closed()
+        assert code == 1012
+        await asyncio.wait_for(stopping, 30)
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
+
+
+# The database goes away and comes back
+
+
+async def readiness(gw: Gateway) -> int:
+    return (await http_get(gateway_port(gw), "/readyz")).status
+
+
+async def wait_for_readiness(gw: Gateway, status: int) -> None:
+    # Readiness is only observable by asking, as a load balancer would: poll, bounded.
+    while await readiness(gw) != status:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+
+
+async def test_readyz_follows_the_database_and_subscribers_resync_after_it_returns(
+    restartable_postgres: RestartablePostgres, tmp_path: Path
+) -> None:
+    database = restartable_postgres
+    setup = await asyncpg.connect(database.dsn)
+    try:
+        user = await setup.fetchval(
+            "INSERT INTO auth.users (email) VALUES ('o@x.test') RETURNING id"
+        )
+        project = await make_project(setup, user)
+    finally:
+        await setup.close()
+    settings = Settings(
+        database_url=database.dsn, port=0, jwt_secret=SecretStr(SECRET), data_dir=tmp_path
+    )
+    gw, pool = await start_gateway(settings, database.dsn)
+    try:
+        async with gw.running():
+            client = await open_client(gateway_url(gw))
+            await client.auth(user)
+            await client.subscribe(project)
+            assert await readiness(gw) == 200
+
+            database.stop()
+            await asyncio.wait_for(wait_for_readiness(gw, 503), 30)
+            await database.start()
+            await asyncio.wait_for(wait_for_readiness(gw, 200), 30)
+
+            reset = await client.recv_type("reset", timeout=30)
+            assert (reset["project_id"], reset["reason"]) == (str(project), "feed_interrupted")
+            snapshot = await client.recv_type("snapshot", timeout=30)
+            assert snapshot["project"]["id"] == str(project)
+            writer = await asyncpg.connect(database.dsn)
+            try:
+                await writer.execute("UPDATE projects SET name = 'Back' WHERE id = $1", project)
+            finally:
+                await writer.close()
+            change = await client.recv_type("change")
+            assert change["new"]["name"] == "Back"
+            await client.close()
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
