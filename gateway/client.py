@@ -23,7 +23,7 @@ from db import queries
 from gateway.hub import Subscription
 from gateway.limits import TokenBucket
 from gateway.tokens import TokenError, TokenExpired
-from protocol.codec import decode_client_frame, encode_frame
+from protocol.codec import decode_client_frame, encode_frame, refused_frame_ref
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.frames import (
     Access,
@@ -167,6 +167,7 @@ class Client:
                         code=ErrorCode.RATE_LIMITED,
                         message="too many frames: the frame was not processed; slow down",
                         retry_after_ms=max(1, round(wait * 1000)),
+                        ref=refused_frame_ref(message),
                     )
                 )
                 return None

@@ -19,9 +19,7 @@ def decode_client_frame(data: str | bytes) -> ClientFrame:
         raise ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid JSON: {error}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, "a frame must be a JSON object")
-    ref = obj.get("ref")
-    if not isinstance(ref, str | int) or isinstance(ref, bool):
-        ref = None
+    ref = _ref_of(obj)
     frame_type = obj.get("type")
     if not isinstance(frame_type, str):
         raise ProtocolError(ErrorCode.BAD_FRAME, "a frame needs a string `type`", ref)
@@ -37,6 +35,22 @@ def decode_client_frame(data: str | bytes) -> ClientFrame:
         raise ProtocolError(
             ErrorCode.BAD_FRAME, f"bad {frame_type!r} frame: {_describe(error)}", ref
         ) from None
+
+
+def refused_frame_ref(data: str | bytes) -> str | int | None:
+    """The `ref` of a frame refused unprocessed (rate limit), so the client knows which."""
+    try:
+        obj: Any = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return _ref_of(obj) if isinstance(obj, dict) else None
+
+
+def _ref_of(obj: dict[str, Any]) -> str | int | None:
+    ref = obj.get("ref")
+    if not isinstance(ref, str | int) or isinstance(ref, bool):
+        return None
+    return ref
 
 
 def _describe(error: ValidationError) -> str:

@@ -271,6 +271,7 @@ async def test_rate_limit(gateway: Gateway, ws_client: Connect, make_user: UserF
     for error in refused:
         assert error["code"] == "rate_limited"
         assert error["retry_after_ms"] > 0
+        assert error["ref"] in {3, 4, 5}  # names the request that was dropped
     limited = gateway.metrics.registry.get_sample_value(
         "sitebuilder_rate_limited_total", {"limit": "messages_per_second"}
     )

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from protocol.codec import decode_client_frame, encode_frame
+from protocol.codec import decode_client_frame, encode_frame, refused_frame_ref
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import (
     CHANGE_FRAMES,
@@ -157,6 +157,21 @@ def test_unknown_type_echoes_ref(ref: str | int | None) -> None:
     assert error.code == ErrorCode.UNKNOWN_TYPE
     assert error.ref == ref
     assert "publish" in error.message
+
+
+@pytest.mark.parametrize(
+    ("data", "ref"),
+    [
+        (b'{"type": "ping", "ref": "p"}', "p"),
+        (b'{"type": "subscribe", "ref": 7, "project_id": 1}', 7),
+        (b'{"type": "ping", "ref": true}', None),
+        (b'["ping"]', None),
+        (b"{oops", None),
+    ],
+)
+def test_refused_frame_ref(data: bytes, ref: str | int | None) -> None:
+    """A frame dropped unprocessed is still named by its ref when it has a valid one."""
+    assert refused_frame_ref(data) == ref
 
 
 @pytest.mark.parametrize("ref", [True, 1.5, [1], {"a": 1}])
@@ -360,7 +375,7 @@ def test_encode_frame_is_json_with_type_and_round_trips(frame: Frame) -> None:
     assert isinstance(data, bytes)
     obj = json.loads(data.decode("utf-8"))  # the stdlib parser: strict JSON, not orjson's
     assert isinstance(obj, dict)
-    assert obj["type"] == frame.model_fields["type"].default  # type: ignore[index]
+    assert obj["type"] == type(frame).model_fields["type"].default
     assert type(frame).model_validate_json(data) == frame
 
 
