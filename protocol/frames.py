@@ -138,6 +138,7 @@ RowT = TypeVar("RowT", bound=Row)
 
 class ChangeBase(Frame, Generic[RowT]):
     type: Literal["change"] = "change"
+    entity: str = Field(description="What changed; each subclass fixes it to one entity.")
     project_id: UUID
     op: Op
     new: RowT | None = Field(description="The row after the change; null for a delete.")
