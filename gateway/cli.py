@@ -154,6 +154,15 @@ def configure_logging(settings: Settings) -> None:
     )
     if settings.log_level != "DEBUG":
         logging.getLogger("websockets").setLevel(logging.WARNING)
+        logging.getLogger("asyncpg.pool").addFilter(_without_traceback)
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """asyncpg's pool logs a full traceback each time it cannot reconnect while the
+    database is down; the feed already says so in one line, so keep only the message."""
+    record.exc_info = None
+    record.exc_text = None
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

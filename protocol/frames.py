@@ -138,7 +138,8 @@ RowT = TypeVar("RowT", bound=Row)
 
 class ChangeBase(Frame, Generic[RowT]):
     type: Literal["change"] = "change"
-    entity: str = Field(description="What changed; each subclass fixes it to one entity.")
+    # Declared here so it serializes right after `type`; each subclass fixes its value.
+    entity: str = Field("", description="What changed.")
     project_id: UUID
     op: Op
     new: RowT | None = Field(description="The row after the change; null for a delete.")
