@@ -3,13 +3,17 @@
 A feed is an async iterator of events in commit order. Row changes of one
 transaction are contiguous and followed by its `TransactionEnd`. When the feed
 loses its connection it yields `FeedInterrupted`; when it is back it yields
-`FeedResumed`, and consumers must resynchronise, since changes committed in
-between may never arrive. That is the whole contract, so consumers (the gateway's
-dispatcher) never know which feed they read.
+`FeedResumed`, saying whether it picked up exactly where it stopped (a replication
+slot does) or changes committed in between may never arrive (NOTIFY), in which
+case consumers must resynchronise. Every change carries a `Position`; consumers
+tell the feed, with `retain_from`, the oldest position they still need, so a
+durable feed knows how far it may let the server forget. That is the whole
+contract, so consumers (the gateway's dispatcher) never know which feed they read.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,16 +29,57 @@ class ChangeOp(StrEnum):
     TRUNCATE = "TRUNCATE"
 
 
+_POSITION = re.compile(r"^([a-z][0-9a-z]{1,32})/([0-9a-f]{16})\.([0-9a-f]{6})$")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """Where a change sits in a feed: its transaction, then its index inside it.
+
+    `epoch` names the sequence the numbers belong to: for the replication feed the
+    database cluster (positions are commit LSNs, valid across gateway and server
+    restarts); for NOTIFY one listening connection (a counter, valid until it
+    drops). Positions of one epoch compare as their strings do (fixed-width hex).
+    Index 0 is "before the transaction's first change", so a position just before
+    any change can be written down.
+    """
+
+    epoch: str
+    txn: int
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.epoch}/{self.txn:016x}.{self.index:06x}"
+
+    @classmethod
+    def parse(cls, text: str) -> Position | None:
+        """The position a client sent back, or None when it is not one of ours."""
+        match = _POSITION.match(text)
+        if match is None:
+            return None
+        return cls(match[1], int(match[2], 16), int(match[3], 16))
+
+    def just_before(self) -> Position:
+        """The greatest position before this one (one that no change has)."""
+        if self.index > 0:
+            return Position(self.epoch, self.txn, self.index - 1)
+        return Position(self.epoch, self.txn - 1, MAX_INDEX)
+
+
+MAX_INDEX = 0xFFFFFF
+
+
 @dataclass(frozen=True, slots=True)
 class RowChange:
-    """One committed row change. Rows are column → JSON-compatible value."""
+    """One committed row change. Rows are column → value (JSON-compatible, or typed:
+    UUID, datetime, Decimal… which the protocol's row models accept alike)."""
 
     table: str
     op: ChangeOp
     new: dict[str, Any] | None
     old: dict[str, Any] | None
     xid: int
-    index: int
+    position: Position
     committed_at: datetime
     actor: UUID | None
 
@@ -51,7 +96,13 @@ class FeedInterrupted:
 
 @dataclass(frozen=True, slots=True)
 class FeedResumed:
-    pass
+    """The feed receives changes, from just after `floor`; yielded when it first
+    connects and after every reconnect. `lossless`: it continues right after the last
+    change it yielded; otherwise changes may have been missed (`reason` says why)."""
+
+    floor: Position
+    lossless: bool = False
+    reason: str = "the change feed was interrupted"
 
 
 FeedEvent = RowChange | TransactionEnd | FeedInterrupted | FeedResumed
@@ -72,3 +123,8 @@ class ChangeFeed(Protocol):
         ...
 
     def events(self) -> AsyncGenerator[FeedEvent, None]: ...
+
+    def retain_from(self, position: Position | None) -> None:
+        """The oldest change the consumer may still need (None: none it was given);
+        a durable feed lets the server discard only what comes before it."""
+        ...

@@ -26,6 +26,7 @@ from db.feed import (
     FeedEvent,
     FeedInterrupted,
     FeedResumed,
+    Position,
     RowChange,
     TransactionEnd,
 )
@@ -59,6 +60,9 @@ class NotifyFeed:
         self._conn: asyncpg.Connection | None = None
         self._last_sweep = 0.0
         self._listening = asyncio.Event()
+        self._epoch = ""
+        self._txn = 0
+        self._index = 0
 
     @property
     def connected(self) -> bool:
@@ -72,14 +76,14 @@ class NotifyFeed:
         """Notifications received and not yet yielded."""
         return self._queue.qsize()
 
+    def retain_from(self, position: Position | None) -> None:
+        """Nothing to do: NOTIFY keeps nothing for a listener that goes away."""
+
     async def events(self) -> AsyncGenerator[FeedEvent, None]:
-        first = True
         try:
             while True:
                 await self._connect()
-                if not first:
-                    yield FeedResumed()
-                first = False
+                yield FeedResumed(Position(self._epoch, 0, 0))
                 async for event in self._listen():
                     yield event
                 yield FeedInterrupted("lost the LISTEN connection to PostgreSQL")
@@ -100,6 +104,9 @@ class NotifyFeed:
                 delay = min(delay * 2, self._backoff_max)
                 continue
             self._conn = conn
+            # Positions count transactions from here; a new connection starts a new epoch.
+            self._epoch = f"n{time.time_ns() // 1_000_000:x}"
+            self._txn = 0
             self._listening.set()
             logger.info("change feed: listening on channel %s", CHANNEL)
             return
@@ -132,17 +139,23 @@ class NotifyFeed:
                 await self._close()
                 return
             try:
-                change = await self._decode(str(item))
+                message = await self._decode(str(item))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 logger.warning("change feed: cannot fetch an overflow row: %s", error)
                 await self._close()
                 return
-            if open_xid is not None and change.xid != open_xid:
-                yield TransactionEnd(open_xid)
-            open_xid = change.xid
-            yield change
+            xid = int(message["xid"])
+            if xid != open_xid:
+                if open_xid is not None:
+                    yield TransactionEnd(open_xid)
+                open_xid = xid
+                self._txn += 1
+                self._index = 0
+            self._index += 1
+            yield _row_change(message, xid, Position(self._epoch, self._txn, self._index))
 
-    async def _decode(self, payload: str) -> RowChange:
+    async def _decode(self, payload: str) -> dict[str, Any]:
+        """The trigger's message, fetched from `realtime_overflow` when it was too large."""
         message: dict[str, Any] = orjson.loads(payload)
         overflow_id = message.get("overflow")
         if overflow_id is not None:
@@ -151,17 +164,7 @@ class NotifyFeed:
                 "SELECT payload FROM public.realtime_overflow WHERE id = $1", overflow_id
             )
             message = orjson.loads(stored)
-        actor = message.get("actor")
-        return RowChange(
-            table=message["table"],
-            op=ChangeOp(message["op"]),
-            new=message.get("new"),
-            old=message.get("old"),
-            xid=int(message["xid"]),
-            index=int(message["seq"]),
-            committed_at=datetime.fromisoformat(message["at"]),
-            actor=UUID(actor) if actor else None,
-        )
+        return message
 
     async def _sweep_overflow(self) -> None:
         """Delete overflow rows every gateway has long read (any node may do it)."""
@@ -176,3 +179,17 @@ class NotifyFeed:
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             logger.warning("change feed: overflow sweep failed: %s", error)
+
+
+def _row_change(message: dict[str, Any], xid: int, position: Position) -> RowChange:
+    actor = message.get("actor")
+    return RowChange(
+        table=message["table"],
+        op=ChangeOp(message["op"]),
+        new=message.get("new"),
+        old=message.get("old"),
+        xid=xid,
+        position=position,
+        committed_at=datetime.fromisoformat(message["at"]),
+        actor=UUID(actor) if actor else None,
+    )

@@ -20,6 +20,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from db import queries
+from db.feed import Position
 from gateway.hub import Subscription
 from gateway.limits import TokenBucket
 from gateway.tokens import TokenError, TokenExpired
@@ -35,6 +36,7 @@ from protocol.frames import (
     Frame,
     Ok,
     Ping,
+    Ref,
     Reset,
     ResetReason,
     Snapshot,
@@ -340,7 +342,10 @@ class Client:
         subscription = self._gateway.hub.subscribe(self, project_id)
         self._subscriptions[project_id] = subscription
         try:
-            sent = await self._send_view(subscription, frame.snapshot, frame.ref)
+            if frame.since is None:
+                sent = await self._send_view(subscription, frame.snapshot, frame.ref)
+            else:
+                sent = await self._resume(subscription, frame.since, frame.ref)
         except BaseException:
             self._drop(subscription)
             raise
@@ -349,50 +354,88 @@ class Client:
             message = f"project {project_id} does not exist or is not shared with you"
             self.send(self._error(ErrorCode.FORBIDDEN, message, frame.ref))
 
+    async def _resume(self, subscription: Subscription, since_text: str, ref: Ref | None) -> bool:
+        """Replay what followed `since`, then go live; when the history no longer reaches
+        back that far, say so with `reset` and send a fresh snapshot instead."""
+        project_id = subscription.project_id
+        history = self._gateway.history
+        since = Position.parse(since_text)
+        if since is None or not history.covers(project_id, since):
+            return await self._send_view(subscription, True, ref, reset=_gap(since_text, since))
+        async with self._gateway.pool.acquire() as conn:
+            editable = await queries.project_access(conn, self.user_id, project_id)
+        if editable is None:
+            return False
+        if not history.covers(project_id, since):  # expired while access was checked
+            return await self._send_view(subscription, True, ref, reset=_gap(since_text, since))
+        subscription.editable = editable
+        self.send(Ok(ref=ref, data=_subscribed(project_id, editable, resumed=True)))
+        last = since
+        for entry in history.after(project_id, since):
+            last = entry.position
+            if entry.members_only and not editable:
+                continue
+            if not self.can_send():
+                return True
+            self._gateway.hub.send_to(subscription, entry.data)
+        self._gateway.hub.go_live(subscription, after=last)
+        return True
+
     async def _send_view(
         self,
         subscription: Subscription,
         with_snapshot: bool,
-        ref: str | int | None,
+        ref: Ref | None,
         *,
         reply: bool = True,
+        reset: str | None = None,
     ) -> bool:
-        """Read the project as the user; send `ok` (when replying to a request) and the
-        snapshot; then go live. False when the user may not see the project."""
+        """Read the project as the user; send `ok` (when replying to a request), `reset`
+        (when resuming failed) and the snapshot; then go live. False when the user may
+        not see the project."""
+        project_id = subscription.project_id
         async with self._gateway.pool.acquire() as conn:
             view = await queries.view_project(
-                conn, self.user_id, subscription.project_id, with_content=with_snapshot
+                conn, self.user_id, project_id, with_content=with_snapshot
             )
         if view is None:
             return False
         subscription.editable = view.editable
-        access = Access.READ_WRITE if view.editable else Access.READ_ONLY
         if reply:
-            self.send(
-                Ok(ref=ref, data={"project_id": str(subscription.project_id), "access": access})
-            )
+            resumed = False if reset is not None else None
+            self.send(Ok(ref=ref, data=_subscribed(project_id, view.editable, resumed=resumed)))
+        if reset is not None:
+            reason = ResetReason.HISTORY_UNAVAILABLE
+            self.send(Reset(project_id=project_id, reason=reason, message=reset))
         if with_snapshot:
-            router = self._gateway.router
-            for table, rows in (
-                ("sitemaps", view.sitemaps),
-                ("wireframes", view.wireframes),
-                ("style_guides", view.style_guides),
-            ):
-                for row in rows:
-                    router.learn(table, row)
-            self.send(
-                Snapshot(
-                    project_id=subscription.project_id,
-                    access=access,
-                    project=ProjectRow.model_validate(view.project),
-                    sitemaps=[SitemapRow.model_validate(r) for r in view.sitemaps],
-                    wireframes=[WireframeRow.model_validate(r) for r in view.wireframes],
-                    style_guides=[StyleGuideRow.model_validate(r) for r in view.style_guides],
-                    sessions=[SessionRow.model_validate(r) for r in view.sessions],
-                )
-            )
+            self._send_snapshot(subscription, view)
         self._gateway.hub.go_live(subscription, view.visibility)
         return True
+
+    def _send_snapshot(self, subscription: Subscription, view: queries.ProjectView) -> None:
+        router = self._gateway.router
+        for table, rows in (
+            ("sitemaps", view.sitemaps),
+            ("wireframes", view.wireframes),
+            ("style_guides", view.style_guides),
+        ):
+            for row in rows:
+                router.learn(table, row)
+        latest = self._gateway.history.latest
+        assert latest is not None, "subscriptions are refused until the feed has started"
+        position = self._gateway.hub.snapshot_position(subscription, view.visibility, latest)
+        self.send(
+            Snapshot(
+                project_id=subscription.project_id,
+                access=_access(view.editable),
+                position=str(position),
+                project=ProjectRow.model_validate(view.project),
+                sitemaps=[SitemapRow.model_validate(r) for r in view.sitemaps],
+                wireframes=[WireframeRow.model_validate(r) for r in view.wireframes],
+                style_guides=[StyleGuideRow.model_validate(r) for r in view.style_guides],
+                sessions=[SessionRow.model_validate(r) for r in view.sessions],
+            )
+        )
 
     def _unsubscribe(self, frame: Unsubscribe) -> None:
         subscription = self._subscriptions.get(frame.project_id)
@@ -420,18 +463,12 @@ class Client:
             )
         )
 
-    def resync(self, subscription: Subscription, message: str) -> None:
+    def resync(self, subscription: Subscription, reason: ResetReason, message: str) -> None:
         """Changes may have been lost: say so, then send a fresh snapshot and go live."""
         if self._subscriptions.get(subscription.project_id) is not subscription:
             return
         self._gateway.hub.suspend(subscription)
-        self.send(
-            Reset(
-                project_id=subscription.project_id,
-                reason=ResetReason.FEED_INTERRUPTED,
-                message=message,
-            )
-        )
+        self.send(Reset(project_id=subscription.project_id, reason=reason, message=message))
         self._spawn(self._resnapshot(subscription))
 
     async def _resnapshot(self, subscription: Subscription) -> None:
@@ -444,3 +481,24 @@ class Client:
             self.revoke(subscription.project_id, "the project is no longer shared with you")
         elif sent is None:
             self.close(CloseCode.SERVICE_RESTART, "resync failed")
+
+
+def _access(editable: bool) -> Access:
+    return Access.READ_WRITE if editable else Access.READ_ONLY
+
+
+def _subscribed(project_id: UUID, editable: bool, *, resumed: bool | None) -> dict[str, object]:
+    """The `ok` of a subscribe; `resumed` only when the client asked to resume."""
+    data: dict[str, object] = {"project_id": str(project_id), "access": _access(editable)}
+    if resumed is not None:
+        data["resumed"] = resumed
+    return data
+
+
+def _gap(since_text: str, since: Position | None) -> str:
+    if since is None:
+        return f"{since_text!r} is not a position this gateway gave out: here is a snapshot"
+    return (
+        f"the changes after {since_text} are no longer all kept "
+        "(or were given out before a restart): here is a snapshot"
+    )

@@ -10,7 +10,6 @@ project's and its children's), then their subscriptions end.
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -26,9 +25,10 @@ from db.feed import (
     RowChange,
     TransactionEnd,
 )
+from gateway.history import Entry
 from gateway.hub import Event
 from protocol.codec import encode_frame
-from protocol.frames import CHANGE_FRAMES, Op
+from protocol.frames import CHANGE_FRAMES, Op, ResetReason
 from protocol.rows import ENTITY_ROWS, TABLE_ENTITIES, Entity
 
 if TYPE_CHECKING:
@@ -45,18 +45,8 @@ class Dispatcher:
     def __init__(self, gateway: Gateway, feed: ChangeFeed) -> None:
         self._gateway = gateway
         self._feed = feed
-        self._epoch = self._new_epoch()
-        self._counter = 0
+        self._history = gateway.history
         self._deleted_projects: list[UUID] = []
-
-    @staticmethod
-    def _new_epoch() -> int:
-        return time.time_ns() // 1_000_000
-
-    def _next_position(self) -> str:
-        """Strictly increasing, and comparable as strings (fixed-width hex)."""
-        self._counter += 1
-        return f"{self._epoch:012x}.{self._counter:012x}"
 
     async def run(self) -> None:
         metrics = self._gateway.metrics
@@ -72,18 +62,30 @@ class Dispatcher:
                     self._end_transaction()
                     metrics.feed_up.set(0)
                 elif isinstance(event, FeedResumed):
-                    logger.info("change feed resumed: resynchronising every subscriber")
                     metrics.feed_up.set(1)
-                    self._epoch = self._new_epoch()
-                    self._counter = 0
-                    self._gateway.resync_all("the change feed was interrupted")
+                    self._on_resumed(event)
+
+    def _on_resumed(self, event: FeedResumed) -> None:
+        if event.lossless and self._history.started:
+            logger.info("change feed resumed where it stopped: nothing was missed")
+            return
+        first = not self._history.started
+        self._history.start(event.floor)
+        self._feed.retain_from(None)
+        if not first:
+            logger.warning(
+                "change feed resumed (%s): resynchronising every subscriber", event.reason
+            )
+            self._gateway.resync_all(ResetReason.FEED_INTERRUPTED, event.reason)
 
     async def _on_change(self, change: RowChange) -> None:
         self._gateway.metrics.feed_lag.set(
             max(0.0, (datetime.now(UTC) - change.committed_at).total_seconds())
         )
         if change.op is ChangeOp.TRUNCATE:
-            self._gateway.resync_all(f"table {change.table} was truncated")
+            # Nothing before a truncation can be replayed on top of what is left.
+            self._history.start(change.position)
+            self._gateway.resync_all(ResetReason.TRUNCATED, f"table {change.table} was truncated")
             return
         if change.table not in TABLE_ENTITIES:
             return
@@ -115,6 +117,9 @@ class Dispatcher:
             await self._gateway.recheck_access(UUID(str(change.new["id"])))
 
     def _end_transaction(self) -> None:
+        # A durable feed may now forget what the history no longer keeps.
+        self._history.expire()
+        self._feed.retain_from(self._history.oldest())
         deleted, self._deleted_projects = self._deleted_projects, []
         for project_id in deleted:
             self._gateway.revoke_all(project_id, "the project was deleted")
@@ -127,7 +132,7 @@ class Dispatcher:
         new: dict[str, Any] | None,
         old: dict[str, Any] | None,
     ) -> None:
-        if project_id is None or not self._gateway.hub.subscriptions_of(project_id):
+        if project_id is None:
             return
         entity = TABLE_ENTITIES[change.table]
         row_model = ENTITY_ROWS[entity]
@@ -139,19 +144,22 @@ class Dispatcher:
                 old=row_model.model_validate(old) if old is not None else None,
                 actor=change.actor,
                 committed_at=change.committed_at,
-                position=self._next_position(),
+                position=str(change.position),
             )
         except ValidationError as error:
             logger.error("dropping malformed %s row from the feed: %s", change.table, error)
             return
         data = encode_frame(frame)
+        members_only = entity in MEMBERS_ONLY
+        self._history.record(project_id, Entry(change.position, data, members_only))
         delivered = self._gateway.hub.publish(
             Event(
                 project_id,
                 change.xid,
+                change.position,
                 data,
                 change.committed_at,
-                members_only=entity in MEMBERS_ONLY,
+                members_only=members_only,
             )
         )
         if delivered:

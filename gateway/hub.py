@@ -5,7 +5,8 @@ websockets' `broadcast()`, which writes without awaiting. A subscriber whose
 outbound buffer is over its limit is never skipped silently: it is closed as a slow
 consumer. While a subscriber's snapshot is being read, its events wait in a
 bounded buffer; when the snapshot is sent, those the snapshot already contains are
-dropped and the rest are sent, so the stream continues exactly after it.
+dropped and the rest are sent, so the stream continues exactly after it. A
+subscription resumed from a position drops, likewise, what the client already has.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from uuid import UUID
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
 
+from db.feed import Position
 from db.queries import VisibilitySnapshot
 from gateway.metrics import Metrics
 
@@ -29,6 +31,7 @@ class Event:
 
     project_id: UUID
     xid: int
+    position: Position
     data: bytes
     committed_at: datetime
     members_only: bool = False
@@ -55,6 +58,16 @@ class Subscription:
     editable: bool
     live: bool = False
     pending: list[Event] = field(default_factory=list)
+    # What the client already has: changes its snapshot saw, or up to where it resumed.
+    seen: VisibilitySnapshot | None = None
+    after: Position | None = None
+
+    def wants(self, event: Event) -> bool:
+        if self.seen is not None and self.seen.sees(event.xid):
+            return False
+        if self.after is not None and event.position <= self.after:
+            return False
+        return self.editable or not event.members_only
 
 
 class Hub:
@@ -70,24 +83,44 @@ class Hub:
         self._metrics.subscriptions.labels("pending").inc()
         return subscription
 
-    def go_live(self, subscription: Subscription, seen: VisibilitySnapshot | None) -> None:
-        """Send what arrived while the snapshot was read, minus what it already had."""
+    def snapshot_position(
+        self, subscription: Subscription, seen: VisibilitySnapshot, latest: Position
+    ) -> Position:
+        """Where a client holding this snapshot resumes from: just before the first
+        held change the snapshot lacks, else the newest change published so far."""
+        for event in subscription.pending:
+            if not seen.sees(event.xid):
+                return event.position.just_before()
+        return latest
+
+    def go_live(
+        self,
+        subscription: Subscription,
+        seen: VisibilitySnapshot | None = None,
+        after: Position | None = None,
+    ) -> None:
+        """Send what arrived while the snapshot (or the replay) was prepared, minus what
+        the client already has; from now on changes go straight to it."""
         if not self._registered(subscription):
             return
         backlog, subscription.pending = subscription.pending, []
         subscription.live = True
+        subscription.seen = seen
+        subscription.after = after
         self._metrics.subscriptions.labels("pending").dec()
         self._metrics.subscriptions.labels("live").inc()
         for event in backlog:
-            if seen is not None and seen.sees(event.xid):
-                continue
-            if event.members_only and not subscription.editable:
+            if not subscription.wants(event):
                 continue
             if not subscription.subscriber.can_send():
                 return
-            broadcast([subscription.subscriber.ws], event.data, text=True)
-            self._metrics.events_delivered.inc()
-            self._metrics.frames_out.labels("change").inc()
+            self.send_to(subscription, event.data)
+
+    def send_to(self, subscription: Subscription, data: bytes) -> None:
+        """One change frame to one subscriber (replays and held changes)."""
+        broadcast([subscription.subscriber.ws], data, text=True)
+        self._metrics.events_delivered.inc()
+        self._metrics.frames_out.labels("change").inc()
 
     def suspend(self, subscription: Subscription) -> None:
         """Hold events again (a new snapshot is being read) until the next `go_live`."""
@@ -121,7 +154,7 @@ class Hub:
         for subscription in list(topic.values()):
             if not subscription.live:
                 self._hold(subscription, event)  # access is known, and checked, at go_live
-            elif event.members_only and not subscription.editable:
+            elif not subscription.wants(event):
                 continue
             elif subscription.subscriber.can_send():
                 targets.append(subscription.subscriber.ws)

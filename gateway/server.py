@@ -21,11 +21,13 @@ from db.feed import ChangeFeed
 from gateway.client import Client
 from gateway.dispatch import Dispatcher
 from gateway.health import http_router
+from gateway.history import History
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.router import Router
 from gateway.settings import Settings
 from gateway.tokens import TokenVerifier
+from protocol.frames import ResetReason
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,11 @@ class Gateway:
         self.verifier = verifier
         self.metrics = Metrics()
         self.hub = Hub(self.metrics, settings.max_pending_events)
+        self.history = History(
+            max_per_project=settings.history_max_per_project,
+            max_bytes=settings.history_max_bytes,
+            max_age_seconds=settings.history_max_age_seconds,
+        )
         self.router = Router(pool, settings.route_cache_size)
         self._ids = itertools.count(1)
         self._clients: set[Client] = set()
@@ -112,12 +119,12 @@ class Gateway:
             assert isinstance(client, Client)
             client.revoke(project_id, message)
 
-    def resync_all(self, message: str) -> None:
+    def resync_all(self, reason: ResetReason, message: str) -> None:
         self.metrics.feed_resets.inc()
         for subscription in self.hub.all_subscriptions():
             client = subscription.subscriber
             assert isinstance(client, Client)
-            client.resync(subscription, message)
+            client.resync(subscription, reason, message)
 
     # Health
 

@@ -145,6 +145,57 @@ class Settings(BaseSettings):
         Field(gt=0, description="On SIGTERM, how long in-flight requests may take to finish."),
     ] = 10.0
 
+    feed: Annotated[
+        Literal["auto", "replication", "notify"],
+        Field(
+            description=(
+                "Change feed. `replication`: logical replication (pgoutput) from a persistent "
+                "slot, lossless across restarts, costs writers nothing beyond WAL. `notify`: "
+                "LISTEN/NOTIFY triggers, works on any server, slows writers and forgets on "
+                "restart. `auto`: replication when the server and role allow it."
+            )
+        ),
+    ] = "auto"
+    replication_slot: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-z0-9_]{1,63}$",
+            description=(
+                "Replication slot of this gateway node; give every node its own. A slot "
+                "no gateway reads keeps WAL on the server: drop it with `slot drop`."
+            ),
+        ),
+    ] = "sitebuilder_gateway"
+    replication_status_interval_seconds: Annotated[
+        float,
+        Field(gt=0, description="How often the replication feed reports its position."),
+    ] = 10.0
+    embedded_max_slot_wal_keep_size: Annotated[
+        str,
+        Field(
+            description=(
+                "Embedded server only: WAL a replication slot may hold back before the server "
+                "invalidates it (then subscribers get `reset`). Set it on external servers."
+            )
+        ),
+    ] = "4GB"
+    history_max_per_project: Annotated[
+        int, Field(gt=0, description="Recent changes kept per project for resuming clients.")
+    ] = 1000
+    history_max_bytes: Annotated[
+        int, Field(gt=0, description="Memory for recent changes of all projects together.")
+    ] = 67_108_864
+    history_max_age_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "How long a change stays resumable; also how far back the replication slot "
+                "is held, so a restarted gateway can still serve it."
+            ),
+        ),
+    ] = 600.0
+
     @property
     def pgdata(self) -> Path:
         """Data directory of the embedded PostgreSQL."""

@@ -57,11 +57,20 @@ class AuthRefresh(ClientFrame):
 
 
 class Subscribe(ClientFrame):
-    """Follow a project: `ok`, then (if `snapshot`) its state, then every change."""
+    """Follow a project: `ok`, then (if `snapshot`) its state, then every change.
+
+    With `since`, resume instead: the changes after that position are replayed, then
+    live ones follow; when they can no longer all be replayed, `reset` and a fresh
+    snapshot come instead (whatever `snapshot` says)."""
 
     type: Literal["subscribe"] = "subscribe"
     project_id: UUID
     snapshot: bool = True
+    since: str | None = Field(
+        None,
+        max_length=64,
+        description="The `position` of the last change (or snapshot) the client has.",
+    )
 
 
 class Unsubscribe(ClientFrame):
@@ -120,6 +129,9 @@ class Snapshot(Frame):
     type: Literal["snapshot"] = "snapshot"
     project_id: UUID
     access: Access
+    position: str = Field(
+        description="Resume point: `subscribe {since: position}` replays what follows it."
+    )
     project: ProjectRow
     sitemaps: list[SitemapRow]
     wireframes: list[WireframeRow]
@@ -209,6 +221,8 @@ class Unsubscribed(Frame):
 
 class ResetReason(StrEnum):
     FEED_INTERRUPTED = "feed_interrupted"
+    HISTORY_UNAVAILABLE = "history_unavailable"
+    TRUNCATED = "truncated"
 
 
 class Reset(Frame):

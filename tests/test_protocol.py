@@ -116,10 +116,10 @@ def test_decodes_str_and_bytes_alike() -> None:
 def test_unknown_fields_are_ignored() -> None:
     """Newer clients may send fields this server does not know yet."""
     frame = decode(
-        {"type": "subscribe", "project_id": str(PROJECT_ID), "since": "0/1", "extra": {"a": 1}}
+        {"type": "subscribe", "project_id": str(PROJECT_ID), "resume_token": "x", "extra": {"a": 1}}
     )
     assert frame == Subscribe(project_id=PROJECT_ID)
-    assert "since" not in frame.model_dump()
+    assert "resume_token" not in frame.model_dump()
 
 
 # Decoding: refused frames
@@ -278,6 +278,7 @@ def test_session_row_drops_session_token() -> None:
     snapshot = Snapshot(
         project_id=PROJECT_ID,
         access=Access.READ_ONLY,
+        position="n19ab5e2f1c0/0000000000000001.000000",
         project=project_row(),
         sitemaps=[],
         wireframes=[],
@@ -338,7 +339,7 @@ def change_frame(entity: str) -> Frame:
         old=rows[entity],
         actor=USER_ID,
         committed_at=WHEN,
-        position="0000000000000001",
+        position="r6f1c2a9b3d4e5f60/0000000001a2b3c4.000001",
     )
 
 
@@ -350,6 +351,7 @@ SERVER_FRAMES: list[Frame] = [
     Snapshot(
         project_id=PROJECT_ID,
         access=Access.READ_WRITE,
+        position="r6f1c2a9b3d4e5f60/0000000001a2b3c4.000000",
         project=project_row(),
         sitemaps=[sitemap_row()],
         wireframes=[wireframe_row()],
@@ -360,7 +362,7 @@ SERVER_FRAMES: list[Frame] = [
     Unsubscribed(
         project_id=PROJECT_ID, reason=UnsubscribedReason.ACCESS_REVOKED, message="revoked"
     ),
-    Reset(project_id=PROJECT_ID, reason=ResetReason.FEED_INTERRUPTED, message="feed lost"),
+    *(Reset(project_id=PROJECT_ID, reason=reason, message="why") for reason in ResetReason),
     Closing(reason="restart", reconnect_after_ms=1000),
 ]
 
