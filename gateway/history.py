@@ -108,7 +108,6 @@ class History:
             return
         if project.entries and project.entries[0].position == stored.position:
             project.entries.popleft()
-        project.floor = max(project.floor, stored.position)
         if not project.entries:
             del self._projects[stored.project_id]
 
@@ -117,7 +116,7 @@ class History:
         if self._floor is None or self._latest is None or since.epoch != self._floor.epoch:
             return False
         project = self._projects.get(project_id)
-        floor = project.floor if project is not None else self._floor
+        floor = self._floor if project is None else max(project.floor, self._floor)
         return since >= floor
 
     def after(self, project_id: UUID, since: Position) -> list[Entry]:

@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     ] = "4GB"
     history_max_per_project: Annotated[
         int, Field(gt=0, description="Recent changes kept per project for resuming clients.")
-    ] = 1000
+    ] = 5000
     history_max_bytes: Annotated[
         int, Field(gt=0, description="Memory for recent changes of all projects together.")
     ] = 67_108_864
