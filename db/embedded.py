@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DATABASE = "sitebuilder"
 _HANDLE_LIST = ".handle_pids.json"
+_SIZE = re.compile(r"^(-1|\d+ ?(kB|MB|GB|TB)?)$")
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,16 @@ def _prune_dead_holders(pgdata: Path) -> None:
 class EmbeddedPostgres:
     """One embedded PostgreSQL server on a data directory, held by this process."""
 
-    def __init__(self, pgdata: Path, database: str = DEFAULT_DATABASE) -> None:
+    def __init__(
+        self,
+        pgdata: Path,
+        database: str = DEFAULT_DATABASE,
+        *,
+        max_slot_wal_keep_size: str | None = None,
+    ) -> None:
         self.pgdata = pgdata
         self.database = database
+        self._max_slot_wal_keep_size = max_slot_wal_keep_size
         self._server: Any = None
 
     @property
@@ -142,6 +151,8 @@ class EmbeddedPostgres:
                     "another process holds it and it could not be restarted; "
                     "stop the other gateway processes and start again"
                 )
+        if self._max_slot_wal_keep_size is not None:
+            await self._limit_slot_wal(self._max_slot_wal_keep_size)
         await self._ensure_database()
         return self.dsn
 
@@ -176,6 +187,21 @@ class EmbeddedPostgres:
         try:
             for setting in settings:
                 await conn.execute(f"ALTER SYSTEM SET {setting.name} = '{setting.value}'")
+        finally:
+            await conn.close()
+
+    async def _limit_slot_wal(self, size: str) -> None:
+        """Bound the WAL a forgotten replication slot can pin (reloadable, no restart)."""
+        if not _SIZE.match(size):
+            raise EmbeddedPostgresError(
+                f"max_slot_wal_keep_size {size!r} is not a size like 4GB, 512MB or -1"
+            )
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            current = await conn.fetchval("SELECT current_setting('max_slot_wal_keep_size')")
+            if current.replace(" ", "") != size.replace(" ", ""):
+                await conn.execute(f"ALTER SYSTEM SET max_slot_wal_keep_size = '{size}'")
+                await conn.execute("SELECT pg_reload_conf()")
         finally:
             await conn.close()
 

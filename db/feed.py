@@ -128,3 +128,7 @@ class ChangeFeed(Protocol):
         """The oldest change the consumer may still need (None: none it was given);
         a durable feed lets the server discard only what comes before it."""
         ...
+
+    async def lag_bytes(self) -> int | None:
+        """WAL the server holds for this feed and it has not confirmed (None: none held)."""
+        ...

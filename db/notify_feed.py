@@ -79,6 +79,10 @@ class NotifyFeed:
     def retain_from(self, position: Position | None) -> None:
         """Nothing to do: NOTIFY keeps nothing for a listener that goes away."""
 
+    async def lag_bytes(self) -> int | None:
+        """NOTIFY holds no WAL for anyone."""
+        return None
+
     async def events(self) -> AsyncGenerator[FeedEvent, None]:
         try:
             while True:

@@ -44,12 +44,15 @@ def redact_dsn(dsn: str) -> str:
 
 
 @asynccontextmanager
-async def open_database(database_url: str | None, pgdata: Path) -> AsyncIterator[Database]:
-    """The configured database, or an embedded one held until the context closes."""
+async def open_database(
+    database_url: str | None, pgdata: Path, *, max_slot_wal_keep_size: str | None = None
+) -> AsyncIterator[Database]:
+    """The configured database, or an embedded one held until the context closes
+    (with `max_slot_wal_keep_size` applied to it; an external server is not touched)."""
     if database_url:
         yield Database(database_url, embedded=False)
         return
-    server = EmbeddedPostgres(pgdata)
+    server = EmbeddedPostgres(pgdata, max_slot_wal_keep_size=max_slot_wal_keep_size)
     try:
         dsn = await server.start()
         yield Database(dsn, embedded=True)

@@ -15,8 +15,12 @@ from collections.abc import Callable
 import asyncpg
 from websockets.asyncio.server import Server
 
+from db.feed import ChangeFeed
+from db.feed_triggers import use_feed_triggers
 from db.notify_feed import NotifyFeed
 from db.provision import migrate_up, open_database
+from db.replication_feed import ReplicationFeed
+from db.replication_stream import replication_possible
 from gateway.secrets import jwt_secret
 from gateway.server import Gateway
 from gateway.settings import Settings
@@ -51,6 +55,38 @@ def token_verifier(settings: Settings) -> TokenVerifier:
     return TokenVerifier(audience=settings.jwt_audience, secret=jwt_secret(settings))
 
 
+async def choose_feed(settings: Settings, dsn: str) -> ChangeFeed:
+    """The feed the settings ask for (`auto`: replication when the server and role allow
+    it), with the database's triggers set for it. Logs which, and why."""
+    kind = settings.feed
+    possible, why = await replication_possible(dsn)
+    if kind == "auto":
+        kind = "replication" if possible else "notify"
+        if not possible:
+            logger.info("replication not possible (%s): using LISTEN/NOTIFY", why)
+    elif kind == "replication" and not possible:
+        raise FeedUnavailable(f"SITEBUILDER_FEED=replication but {why}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await use_feed_triggers(conn, kind)
+    finally:
+        await conn.close()
+    if kind == "notify":
+        logger.info("feed=notify")
+        return NotifyFeed(dsn)
+    logger.info("feed=replication slot=%s", settings.replication_slot)
+    return ReplicationFeed(
+        dsn,
+        slot=settings.replication_slot,
+        publication=settings.publication,
+        status_interval_seconds=settings.replication_status_interval_seconds,
+    )
+
+
+class FeedUnavailable(RuntimeError):
+    """The configured change feed cannot run on this database."""
+
+
 def _stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
     """Turn SIGINT and SIGTERM into `stop`; returns the function that undoes it."""
     loop = asyncio.get_running_loop()
@@ -75,7 +111,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     restore_signals = _stop_on_signals(stop)
     try:
         verifier = token_verifier(settings)
-        async with open_database(settings.database_url, settings.pgdata) as database:
+        async with open_database(
+            settings.database_url,
+            settings.pgdata,
+            max_slot_wal_keep_size=settings.embedded_max_slot_wal_keep_size,
+        ) as database:
             logger.info("database: %s", database.describe())
             if settings.migrate_on_start:
                 await migrate_up(database.dsn, settings.migration_parameters)
@@ -83,8 +123,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 database.dsn, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE
             )
             try:
-                feed = NotifyFeed(database.dsn)
-                logger.info("feed=%s", feed.name)
+                feed = await choose_feed(settings, database.dsn)
                 gateway = Gateway(settings, pool, feed, verifier)
                 async with gateway.running():
                     for url in listening_addresses(gateway.server):

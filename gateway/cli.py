@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(orjson.dumps(protocol_json_schema(), option=orjson.OPT_INDENT_2).decode())
         else:
             _db(settings)
-    except (CommandError, MigrationError, EmbeddedPostgresError) as error:
+    except (CommandError, MigrationError, EmbeddedPostgresError, app.FeedUnavailable) as error:
         print(f"sitebuilder-gateway: {error}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError) as error:

@@ -20,6 +20,9 @@ import pytest
 from db.embedded import EmbeddedPostgres
 from db.migrations import Migrator, load_migrations
 
+# Gateway fixtures (gateway, ws_client, feed_kind…) for every test module that asks.
+pytest_plugins = ["tests.gateway_fixtures"]
+
 TEMPLATE_DATABASE = "sitebuilder_template"
 PUBLICATION = "sitebuilder_realtime"
 MIGRATION_PARAMETERS = {"sitebuilder.publication": PUBLICATION}

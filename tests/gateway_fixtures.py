@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import asyncpg
@@ -21,8 +22,7 @@ from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from db.notify_feed import NotifyFeed
-from gateway.app import token_verifier
+from gateway.app import choose_feed, token_verifier
 from gateway.server import Gateway
 from gateway.settings import Settings
 from gateway.tokens import mint_token
@@ -57,11 +57,24 @@ def gateway_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
+def feed_kind() -> str:
+    """The change feed the test gateway runs; parametrize it to run tests on both."""
+    return "replication"
+
+
+def slot_for(dsn: str) -> str:
+    """A replication slot name of the test's own (slots are per server, not database)."""
+    return "gw_" + urlsplit(dsn).path.lstrip("/")
+
+
+@pytest.fixture
 def gateway_settings(
-    tmp_path: Path, database_dsn: str, gateway_overrides: dict[str, Any]
+    tmp_path: Path, database_dsn: str, gateway_overrides: dict[str, Any], feed_kind: str
 ) -> Settings:
     base = Settings(
         database_url=database_dsn,
+        feed=feed_kind,
+        replication_slot=slot_for(database_dsn),
         port=0,
         jwt_secret=SecretStr(SECRET),
         data_dir=tmp_path,
@@ -73,9 +86,10 @@ def gateway_settings(
 
 async def start_gateway(settings: Settings, dsn: str) -> tuple[Gateway, asyncpg.Pool]:
     """A Gateway object (not yet running) and its pool; the caller closes the pool."""
+    feed = await asyncio.wait_for(choose_feed(settings, dsn), TIMEOUT)
     pool = await asyncio.wait_for(asyncpg.create_pool(dsn, min_size=1, max_size=5), TIMEOUT)
     assert pool is not None
-    return Gateway(settings, pool, NotifyFeed(dsn), token_verifier(settings)), pool
+    return Gateway(settings, pool, feed, token_verifier(settings)), pool
 
 
 @pytest.fixture

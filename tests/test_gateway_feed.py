@@ -41,6 +41,12 @@ gateway_overrides = gateway_fixtures.gateway_overrides
 gateway_settings = gateway_fixtures.gateway_settings
 ws_client = gateway_fixtures.ws_client
 
+
+@pytest.fixture(params=["notify", "replication"])
+def feed_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both change feeds: clients must not tell them apart."""
+    return str(request.param)
+
 Frame = dict[str, Any]
 Predicate = Callable[[Frame], bool]
 
@@ -643,10 +649,11 @@ async def drain_until_closed(client: WsClient) -> int | None:
 # 11. Feed interruption
 
 
+@pytest.mark.parametrize("feed_kind", ["notify"])
 async def test_lost_listen_connection_resets_subscribers(
     conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
 ) -> None:
-    """Changes may be lost while the feed reconnects: subscribers must start over."""
+    """Changes may be lost while NOTIFY reconnects: subscribers must start over."""
     owner = await make_user()
     project = await make_project(conn, owner)
     sitemap = await make_sitemap(conn, project)
@@ -669,3 +676,32 @@ async def test_lost_listen_connection_resets_subscribers(
     await conn.execute("UPDATE sitemaps SET title = 'after reset' WHERE id = $1", sitemap)
     frames = await recv_until(client, change_of("sitemap", "update", sitemap))
     assert frames[-1]["new"]["title"] == "after reset"
+
+
+@pytest.mark.parametrize("feed_kind", ["replication"])
+async def test_lost_replication_connection_loses_nothing(
+    conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
+) -> None:
+    """The slot keeps what was committed while the stream reconnects: subscribers see
+    every change once, and no reset."""
+    owner = await make_user()
+    project = await make_project(conn, owner)
+    sitemap = await make_sitemap(conn, project)
+    client = await connected(ws_client, owner)
+    await client.subscribe(project)
+    senders = await conn.fetch(
+        "SELECT active_pid FROM pg_replication_slots WHERE database = current_database()"
+    )
+    assert len(senders) == 1, senders
+
+    assert await conn.fetchval("SELECT pg_terminate_backend($1)", senders[0]["active_pid"])
+    for n in range(5):
+        await conn.execute("UPDATE sitemaps SET title = $2 WHERE id = $1", sitemap, f"t{n}")
+    await rename_project(conn, project, "marker")
+
+    frames = await recv_until(client, project_named("marker"), within=30)
+    assert [f["type"] for f in frames if f["type"] != "change"] == []
+    titles = [f["new"]["title"] for f in changes(frames) if change_of("sitemap", "update")(f)]
+    assert titles == [f"t{n}" for n in range(5)]
+    assert_positions_increase(frames)
+

@@ -33,6 +33,12 @@ gateway_overrides = gateway_fixtures.gateway_overrides
 gateway_settings = gateway_fixtures.gateway_settings
 ws_client = gateway_fixtures.ws_client
 
+
+@pytest.fixture(params=["notify", "replication"])
+def feed_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both change feeds: clients must not tell them apart."""
+    return str(request.param)
+
 Frame = dict[str, Any]
 
 
