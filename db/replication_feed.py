@@ -14,6 +14,14 @@ a position made of the commit LSN and the change's index: strictly increasing, a
 comparable across restarts of the gateway and of PostgreSQL. The position's epoch is
 the cluster's system identifier, so positions of another cluster are never mistaken
 for ours.
+
+Holding the slot back has one cost: a stopping server waits for its replication
+clients to confirm everything it sent them (up to `wal_sender_timeout`). So the feed
+keeps one ordinary connection open as a sentinel; when the server ends it (a
+shutdown terminates ordinary sessions first), the feed confirms everything it has
+received. The running gateway loses nothing by it (its history is in memory and the
+stream resumes after the last transaction it yielded); only a gateway restart right
+after a database restart then finds less to rebuild its history from.
 """
 
 from __future__ import annotations
@@ -91,7 +99,7 @@ class ReplicationFeed:
         self._last_commit_lsn = -1
         self._last_end_lsn = 0
         self._relations = pgoutput.RelationCache()
-        self._toast_conn: asyncpg.Connection | None = None
+        self._conn: asyncpg.Connection | None = None
 
     # The ChangeFeed interface
 
@@ -134,9 +142,8 @@ class ReplicationFeed:
                 delay = self._backoff_initial
                 self._stream = stream
                 floor = Position(self._epoch, info.confirmed_flush_lsn, 0)
-                lossless = (
-                    not first and not recreated and info.confirmed_flush_lsn <= (self._last_end_lsn)
-                )
+                # The same slot resends whatever this feed had not yet yielded.
+                lossless = not (first or recreated or info.created)
                 first = False
                 self._streaming.set()
                 yield FeedResumed(floor, lossless=lossless, reason=_why(recreated))
@@ -152,7 +159,7 @@ class ReplicationFeed:
                     await stream.close()
                 yield FeedInterrupted(reason)
         finally:
-            await self._close_toast_conn()
+            await self._close_conn()
 
     # Connecting
 
@@ -170,6 +177,7 @@ class ReplicationFeed:
             recreated = False
             try:
                 info = await stream.ensure_slot()
+                logger.debug("replication feed: slot %s", info)
             except SlotInvalidated as error:
                 info = await self._recreate_slot(stream, error)
                 recreated = True
@@ -196,6 +204,14 @@ class ReplicationFeed:
         )
         return stream, info, recreated
 
+    def _on_server_leaving(self, conn: object) -> None:
+        if self._stream is not None:
+            logger.info(
+                "replication feed: the server ended our session (shutting down?): "
+                "confirming all received WAL so it need not wait for us"
+            )
+            self._stream.acknowledge(self._last_end_lsn)
+
     async def _recreate_slot(self, stream: ReplicationStream, error: Exception) -> SlotInfo:
         logger.error(
             "replication feed: slot %s was invalidated by the server (%s): WAL it needed is "
@@ -207,17 +223,18 @@ class ReplicationFeed:
         return await stream.ensure_slot()
 
     async def _learn_cluster(self) -> None:
-        """The epoch (cluster identity) and a full 64-bit xid to widen pgoutput's 32-bit ones."""
-        conn = await asyncpg.connect(self._dsn)
+        """Open the sentinel connection; learn the epoch (cluster identity) and a full
+        64-bit xid to widen pgoutput's 32-bit ones."""
+        await self._close_conn()
         try:
-            row = await conn.fetchrow(
+            self._conn = await asyncpg.connect(self._dsn)
+            self._conn.add_termination_listener(self._on_server_leaving)
+            row = await self._conn.fetchrow(
                 "SELECT (SELECT system_identifier FROM pg_control_system()) AS system,"
                 " pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax"
             )
-        except asyncpg.PostgresError as error:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise ReplicationError(f"cannot identify the database cluster: {error}") from error
-        finally:
-            await conn.close()
         assert row is not None
         self._epoch = f"r{row['system']:016x}"
         self._xid_reference = max(self._xid_reference, int(row["xmax"]))
@@ -336,10 +353,10 @@ class ReplicationFeed:
             relation.namespace,
             relation.name,
         )
-        if self._toast_conn is None or self._toast_conn.is_closed():
-            self._toast_conn = await asyncpg.connect(self._dsn)
+        if self._conn is None or self._conn.is_closed():
+            raise ReplicationError("lost the connection needed to read unchanged values")
         select = ", ".join(f'to_jsonb("{name}") AS "{name}"' for name in columns)
-        row = await self._toast_conn.fetchrow(
+        row = await self._conn.fetchrow(
             f'SELECT {select} FROM "{relation.namespace}"."{relation.name}" WHERE id = $1',
             row_id,
         )
@@ -347,10 +364,12 @@ class ReplicationFeed:
             return dict.fromkeys(columns)
         return {name: _from_json(row[name]) for name in columns}
 
-    async def _close_toast_conn(self) -> None:
-        if self._toast_conn is not None:
-            await self._toast_conn.close()
-            self._toast_conn = None
+    async def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.remove_termination_listener(self._on_server_leaving)
+            if not conn.is_closed():
+                conn.terminate()
 
 
 def _from_json(value: Any) -> Any:

@@ -65,7 +65,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServ
         embedded.stop()
 
 
-async def _drop_replication_slots(admin: asyncpg.Connection, database: str) -> None:
+async def drop_replication_slots(admin: asyncpg.Connection, database: str) -> None:
     """A database with a replication slot cannot be dropped; a test's slots go with it."""
     await admin.execute(
         """
@@ -93,7 +93,7 @@ async def _scratch_database(server: PostgresServer, name: str, create: str) -> A
     try:
         await admin.execute(create)
         yield server.dsn(name)
-        await _drop_replication_slots(admin, name)
+        await drop_replication_slots(admin, name)
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         await admin.close()

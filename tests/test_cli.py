@@ -17,7 +17,7 @@ import pytest
 from db.embedded import running_dsn
 from db.migrations import load_migrations
 from gateway.tokens import verify_token
-from tests.conftest import PostgresServer
+from tests.conftest import PostgresServer, drop_replication_slots
 from tests.support import ServeProcess, cli_env, http_get, run_cli
 
 SECRET = "test-secret-with-at-least-32-bytes-of-entropy"
@@ -186,6 +186,9 @@ async def test_serve_on_an_external_database_reports_readiness_and_leaves_it_run
         database = urlsplit(database_dsn).path.lstrip("/")
         admin = await asyncpg.connect(pg_server.admin_dsn)
         try:
+            # Keep the gateway's feed from reconnecting (and re-making its slot) meanwhile.
+            await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+            await drop_replication_slots(admin, database)
             await admin.execute(f"DROP DATABASE {database} WITH (FORCE)")
         finally:
             await admin.close()
