@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID, uuid4
@@ -583,6 +584,63 @@ async def test_megabyte_style_guide_arrives_intact(
         assert frames[-1]["new"]["components"] == components
     finally:
         await client.close()
+
+
+async def test_large_value_left_unchanged_by_an_update_arrives_whole(
+    conn: asyncpg.Connection, make_user: UserFactory, gateway: Gateway
+) -> None:
+    """Replication leaves large unchanged (TOASTed) values out of an UPDATE; the
+    client still gets the whole row, old and new, with `components` intact."""
+    owner = await make_user()
+    project = await make_project(conn, owner)
+    wireframe = await make_wireframe(conn, await make_sitemap(conn, project))
+    style_guide = await make_style_guide(conn, wireframe)
+    components = {f"c{i}": secrets.token_hex(64) for i in range(800)}  # ~110 KB, random
+    assert len(orjson.dumps(components)) > 100_000
+    await conn.execute(
+        "UPDATE style_guides SET components = $2::jsonb WHERE id = $1",
+        style_guide,
+        orjson.dumps(components).decode(),
+    )
+    ws = await asyncio.wait_for(connect(gateway_url(gateway), max_size=None), TIMEOUT)
+    client = WsClient(ws)
+    try:
+        await client.auth(owner)
+        await client.subscribe(project, snapshot=False)
+
+        await conn.execute(
+            """UPDATE style_guides SET colors = '{"primary": "#123456"}' WHERE id = $1""",
+            style_guide,
+        )
+
+        frames = await recv_until(client, change_of("style-guide", "update", style_guide))
+        change = frames[-1]
+        assert change["new"]["colors"] == {"primary": "#123456"}
+        assert change["new"]["components"] == components
+        assert change["old"]["components"] == components
+    finally:
+        await client.close()
+
+
+async def test_large_project_data_left_unchanged_arrives_whole(
+    conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
+) -> None:
+    """On `projects` the server really does leave the unchanged value out of the
+    replicated row (style guides' versioning trigger rewrites it): filled all the same."""
+    owner = await make_user()
+    project = await make_project(conn, owner)
+    data = {f"k{i}": secrets.token_hex(32) for i in range(200)}  # ~15 KB, random
+    await conn.execute(
+        "UPDATE projects SET data = $2::jsonb WHERE id = $1", project, orjson.dumps(data).decode()
+    )
+    client = await connected(ws_client, owner)
+    await client.subscribe(project, snapshot=False)
+
+    await rename_project(conn, project, "Renamed")
+
+    frames = await recv_until(client, project_named("Renamed"))
+    assert frames[-1]["new"]["data"] == data
+    assert frames[-1]["old"]["data"] == data
 
 
 # 10. Slow consumers
