@@ -1,4 +1,5 @@
-"""`sitebuilder-gateway`: serve, migrate, mint dev tokens, show the database DSN."""
+"""`sitebuilder-gateway`: serve, migrate, manage the replication slot, mint dev tokens,
+show the database DSN."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ import uvloop
 from db.embedded import EmbeddedPostgresError, running_dsn
 from db.migrations import MigrationError, Migrator, load_migrations
 from db.provision import open_database
+from db.replication_stream import (
+    ReplicationError,
+    SlotInUse,
+    SlotStatus,
+    drop_slot,
+    lsn_to_str,
+    slot_status,
+)
 from gateway import app
 from gateway.secrets import jwt_secret
 from gateway.settings import Settings
@@ -69,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TOKEN_TTL_SECONDS,
         metavar="SECONDS",
         help=f"lifetime in seconds (default {DEFAULT_TOKEN_TTL_SECONDS})",
+    )
+
+    slot = commands.add_parser("slot", help="inspect or drop this node's replication slot")
+    slot_actions = slot.add_subparsers(dest="action", required=True, metavar="ACTION")
+    slot_actions.add_parser("status", help="the slot's positions, WAL held back, state")
+    drop = slot_actions.add_parser(
+        "drop", help="drop the slot (frees its WAL; resuming clients then get a reset)"
+    )
+    drop.add_argument(
+        "--force", action="store_true", help="also end the gateway connection streaming from it"
     )
 
     commands.add_parser("db", help="print the DSN of the database in use")
@@ -132,6 +151,42 @@ def _token(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
+async def _slot(settings: Settings, args: argparse.Namespace) -> None:
+    name = settings.replication_slot
+    async with open_database(settings.database_url, settings.pgdata) as database:
+        if args.action == "drop":
+            try:
+                dropped = await drop_slot(database.dsn, name, terminate=args.force)
+            except SlotInUse as error:
+                raise CommandError(
+                    f"{error}: a gateway streams from it; stop it or pass --force"
+                ) from error
+            print(f"dropped slot {name}" if dropped else f"no slot {name}")
+            return
+        status = await slot_status(database.dsn, name)
+        if status is None:
+            print(f"no slot {name} (the replication feed creates it on start)")
+            return
+        for field, value in _slot_lines(status):
+            print(f"{field:<20} {value}")
+
+
+def _slot_lines(status: SlotStatus) -> list[tuple[str, object]]:
+    def lsn(value: int | None) -> str:
+        return "-" if value is None else lsn_to_str(value)
+
+    return [
+        ("slot", status.slot_name),
+        ("plugin", status.plugin),
+        ("database", status.database),
+        ("active", f"yes (pid {status.active_pid})" if status.active else "no"),
+        ("confirmed_flush_lsn", lsn(status.confirmed_flush_lsn)),
+        ("restart_lsn", lsn(status.restart_lsn)),
+        ("wal_status", status.wal_status or "-"),
+        ("lag_bytes", "-" if status.lag_bytes is None else status.lag_bytes),
+    ]
+
+
 def _db(settings: Settings) -> None:
     if settings.database_url:
         print(settings.database_url)
@@ -179,11 +234,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_migrate(settings, args))
         elif args.command == "token":
             _token(settings, args)
+        elif args.command == "slot":
+            asyncio.run(_slot(settings, args))
         elif args.command == "schema":
             print(orjson.dumps(protocol_json_schema(), option=orjson.OPT_INDENT_2).decode())
         else:
             _db(settings)
-    except (CommandError, MigrationError, EmbeddedPostgresError, app.FeedUnavailable) as error:
+    except (
+        CommandError,
+        MigrationError,
+        EmbeddedPostgresError,
+        app.FeedUnavailable,
+        ReplicationError,
+    ) as error:
         print(f"sitebuilder-gateway: {error}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError) as error:

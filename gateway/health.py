@@ -19,7 +19,8 @@ from websockets.http11 import Request, Response
 
 logger = logging.getLogger(__name__)
 
-ReadinessCheck = Callable[[], Awaitable[str | None]]
+# (the problem, or None when ready; detail lines shown either way)
+ReadinessCheck = Callable[[], Awaitable[tuple[str | None, list[str]]]]
 READINESS_TIMEOUT_SECONDS = 2.0
 
 
@@ -49,12 +50,13 @@ def metrics_response(body: bytes) -> Response:
 async def readiness(check: ReadinessCheck) -> Response:
     """200 when the check reports no problem in time, else 503 with the reason."""
     try:
-        problem = await asyncio.wait_for(check(), READINESS_TIMEOUT_SECONDS)
+        problem, details = await asyncio.wait_for(check(), READINESS_TIMEOUT_SECONDS)
     except TimeoutError:
-        problem = "readiness check timed out"
+        problem, details = "readiness check timed out", []
+    detail = "".join(f"{line}\n" for line in details)
     if problem is None:
-        return text_response(HTTPStatus.OK, "ready\n")
-    return text_response(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {problem}\n")
+        return text_response(HTTPStatus.OK, f"ready\n{detail}")
+    return text_response(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {problem}\n{detail}")
 
 
 def http_router(

@@ -65,6 +65,16 @@ class Metrics:
             "Changes received from PostgreSQL, not yet routed.",
             registry=r,
         )
+        self.slot_lag_bytes = Gauge(
+            "sitebuilder_slot_lag_bytes",
+            "WAL the server keeps for the replication slot beyond what the gateway confirmed.",
+            registry=r,
+        )
+        self.history_bytes = Gauge(
+            "sitebuilder_history_bytes",
+            "Memory held by recent changes kept for resuming clients.",
+            registry=r,
+        )
         self.feed_resets = Counter(
             "sitebuilder_feed_resets", "Times subscribers were told to resynchronise.", registry=r
         )

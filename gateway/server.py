@@ -53,7 +53,7 @@ class Gateway:
         self._ids = itertools.count(1)
         self._clients: set[Client] = set()
         self._by_user: dict[UUID, set[Client]] = {}
-        self._dispatcher_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._server: Server | None = None
 
     @property
@@ -128,29 +128,49 @@ class Gateway:
 
     # Health
 
-    async def readiness_problem(self) -> str | None:
+    async def readiness(self) -> tuple[str | None, list[str]]:
+        """What /readyz reports: a problem (or None) and details for operators."""
+        details = [f"feed={self.feed.name}", f"history_bytes={self.history.size_bytes}"]
         if not self.feed.connected:
-            return "change feed not connected"
+            return "change feed not connected", details
         try:
             await self.pool.fetchval("SELECT 1")
+            lag = await self.feed.lag_bytes()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            return f"database unreachable: {error}"
-        return None
+            return f"database unreachable: {error}", details
+        if lag is not None:
+            self.metrics.slot_lag_bytes.set(lag)
+            details.append(f"slot_lag_bytes={lag}")
+        return None, details
+
+    async def _watch_feed(self) -> None:
+        """Keep the slot-lag and history gauges current between scrapes."""
+        while True:
+            self.metrics.history_bytes.set(self.history.size_bytes)
+            try:
+                lag = await self.feed.lag_bytes()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                logger.debug("slot lag unavailable: %s", error)
+            else:
+                if lag is not None:
+                    self.metrics.slot_lag_bytes.set(lag)
+            await asyncio.sleep(self.settings.replication_status_interval_seconds)
 
     # Lifecycle
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         """Listen and dispatch; on exit, shut down gracefully."""
-        self._dispatcher_task = asyncio.create_task(
-            Dispatcher(self, self.feed).run(), name="dispatcher"
-        )
+        self._tasks = [
+            asyncio.create_task(Dispatcher(self, self.feed).run(), name="dispatcher"),
+            asyncio.create_task(self._watch_feed(), name="feed-watch"),
+        ]
         await self._wait_for_feed()
         self._server = await serve(
             self._handle,
             self.settings.host,
             self.settings.port,
-            process_request=http_router(self.readiness_problem, self.metrics.render),
+            process_request=http_router(self.readiness, self.metrics.render),
             compression="deflate" if self.settings.compression else None,
             max_size=self.settings.max_frame_bytes * 4,
             ping_interval=self.settings.ping_interval_seconds,
@@ -182,7 +202,8 @@ class Gateway:
             for client in list(self._clients):
                 client.ws.transport.abort()
             await server.wait_closed()
-        if self._dispatcher_task is not None:
-            self._dispatcher_task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher_task
+                await task

@@ -16,8 +16,10 @@ import pytest
 
 from db.embedded import running_dsn
 from db.migrations import load_migrations
+from db.replication_stream import ReplicationStream
 from gateway.tokens import verify_token
-from tests.conftest import PostgresServer, drop_replication_slots
+from tests.conftest import PUBLICATION, PostgresServer, drop_replication_slots
+from tests.gateway_fixtures import slot_for
 from tests.support import ServeProcess, cli_env, http_get, run_cli
 
 SECRET = "test-secret-with-at-least-32-bytes-of-entropy"
@@ -181,7 +183,11 @@ async def test_serve_on_an_external_database_reports_readiness_and_leaves_it_run
 
     serving = await ServeProcess.start(env)
     try:
-        assert (await http_get(serving.port, "/readyz")).status == 200
+        await serving.wait_for_log("feed=replication slot=sitebuilder_gateway")
+        ready = await http_get(serving.port, "/readyz")
+        assert ready.status == 200
+        assert "feed=replication" in ready.body
+        assert "slot_lag_bytes=" in ready.body
         assert (await http_get(serving.port, "/nowhere")).status == 404
         database = urlsplit(database_dsn).path.lstrip("/")
         admin = await asyncpg.connect(pg_server.admin_dsn)
@@ -220,3 +226,36 @@ async def test_schema_prints_the_json_schema_of_every_frame() -> None:
     client = {"auth", "auth.refresh", "subscribe", "unsubscribe", "ping"}
     server = {"ok", "error", "snapshot", "change", "unsubscribed", "reset", "closing"}
     assert client | server <= frame_types
+
+
+async def test_slot_status_and_drop(database_dsn: str) -> None:
+    slot = slot_for(database_dsn)
+    env = cli_env(database_url=database_dsn, replication_slot=slot)
+    status, out, _ = await run_cli("slot", "status", env=env)
+    assert (status, out.strip()) == (
+        0,
+        f"no slot {slot} (the replication feed creates it on start)",
+    )
+
+    stream = ReplicationStream(database_dsn, slot, PUBLICATION)
+    try:
+        await asyncio.wait_for(stream.connect(), 10)
+        await asyncio.wait_for(stream.ensure_slot(), 10)
+        await asyncio.wait_for(stream.start(), 10)
+        status, out, _ = await run_cli("slot", "status", env=env)
+        assert status == 0
+        lines = dict(line.split(None, 1) for line in out.strip().splitlines())
+        assert lines["slot"] == slot
+        assert lines["plugin"] == "pgoutput"
+        assert lines["active"].startswith("yes (pid ")
+        assert int(lines["lag_bytes"]) >= 0
+
+        status, _, err = await run_cli("slot", "drop", env=env)
+        assert status == 1
+        assert "--force" in err
+        status, out, _ = await run_cli("slot", "drop", "--force", env=env)
+        assert (status, out.strip()) == (0, f"dropped slot {slot}")
+    finally:
+        await asyncio.wait_for(stream.close(), 10)
+    status, out, _ = await run_cli("slot", "drop", env=env)
+    assert (status, out.strip()) == (0, f"no slot {slot}")
