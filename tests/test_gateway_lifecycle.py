@@ -264,3 +264,59 @@ async def database_name_of(dsn: str, project: UUID) -> str:
     finally:
         await conn.close()
     return name
+
+
+# The server gives up the replication slot
+
+
+async def test_invalidated_slot_is_made_anew_and_subscribers_resync(
+    restartable_postgres: RestartablePostgres, tmp_path: Path
+) -> None:
+    """WAL over max_slot_wal_keep_size makes the server drop what the held-back slot
+    needed: the gateway makes a new slot, counts it, and resets its subscribers."""
+    database = restartable_postgres
+    admin = await asyncpg.connect(database.dsn)
+    try:
+        await admin.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        await admin.execute("SELECT pg_reload_conf()")
+        user = await admin.fetchval(
+            "INSERT INTO auth.users (email) VALUES ('o@x.test') RETURNING id"
+        )
+        project = await make_project(admin, user)
+        settings = Settings(
+            database_url=database.dsn,
+            feed="replication",
+            port=0,
+            jwt_secret=SecretStr(SECRET),
+            data_dir=tmp_path,
+        )
+        gw, pool = await start_gateway(settings, database.dsn)
+        try:
+            async with gw.running():
+                client = await open_client(gateway_url(gw))
+                await client.auth(user)
+                await client.subscribe(project)
+                await admin.execute("UPDATE projects SET name = 'kept' WHERE id = $1", project)
+                # In the history now (with its version), so the slot is held back.
+                await recv_until(client, lambda f: f.get("entity") == "version")
+
+                await admin.execute("CREATE TABLE filler (x text)")
+                for _ in range(4):
+                    await admin.execute("INSERT INTO filler SELECT repeat('x', 1000)")
+                    await admin.execute("SELECT pg_switch_wal()")
+                await admin.execute("CHECKPOINT")
+
+                reset = await client.recv_type("reset", timeout=30)
+                assert reset["reason"] == "feed_interrupted"
+                assert "invalidated" in reset["message"]
+                await client.recv_type("snapshot", timeout=30)
+                resets = gw.metrics.registry.get_sample_value("sitebuilder_feed_resets_total")
+                assert resets == 1
+                await admin.execute("UPDATE projects SET name = 'after' WHERE id = $1", project)
+                frames = await recv_until(client, lambda f: f.get("entity") == "project")
+                assert frames[-1]["new"]["name"] == "after"
+                await client.close()
+        finally:
+            await asyncio.wait_for(pool.close(), 10)
+    finally:
+        await admin.close()
