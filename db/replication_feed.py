@@ -308,8 +308,6 @@ class ReplicationFeed:
         self._last_end_lsn = commit.end_lsn
         if events:
             events.append(TransactionEnd(xid))
-        elif self._stream is not None:
-            self._stream.acknowledge(commit.end_lsn)
         return events
 
     def _widen(self, xid: int) -> int:

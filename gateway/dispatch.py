@@ -71,7 +71,7 @@ class Dispatcher:
             return
         first = not self._history.started
         self._history.start(event.floor)
-        self._feed.retain_from(None)
+        self._feed.retain_from(self._history.oldest())
         if not first:
             logger.warning(
                 "change feed resumed (%s): resynchronising every subscriber", event.reason
@@ -79,6 +79,7 @@ class Dispatcher:
             self._gateway.resync_all(ResetReason.FEED_INTERRUPTED, event.reason)
 
     async def _on_change(self, change: RowChange) -> None:
+        self._history.advance(change.position)
         self._gateway.metrics.feed_lag.set(
             max(0.0, (datetime.now(UTC) - change.committed_at).total_seconds())
         )

@@ -57,6 +57,7 @@ class History:
         self._clock = clock
         self._floor: Position | None = None
         self._latest: Position | None = None
+        self._latest_at = 0.0
         self._projects: dict[UUID, _Project] = {}
         self._order: deque[_Stored] = deque()
         self._bytes = 0
@@ -73,6 +74,7 @@ class History:
         """Forget everything: changes after `floor` (exclusive) will be recorded."""
         self._floor = floor
         self._latest = floor
+        self._latest_at = self._clock()
         self._projects.clear()
         self._order.clear()
         self._bytes = 0
@@ -85,11 +87,16 @@ class History:
         project.entries.append(entry)
         self._order.append(_Stored(project_id, entry.position, len(entry.data), self._clock()))
         self._bytes += len(entry.data)
-        if self._latest is None or entry.position > self._latest:
-            self._latest = entry.position
+        self.advance(entry.position)
         if len(project.entries) > self._max_per_project:
             project.floor = project.entries.popleft().position
         self.expire()
+
+    def advance(self, position: Position) -> None:
+        """The feed got this far, whether or not the change was for any project."""
+        if self._latest is None or position > self._latest:
+            self._latest = position
+            self._latest_at = self._clock()
 
     def expire(self) -> None:
         """Drop what is too old or over the byte budget, oldest first."""
@@ -131,5 +138,11 @@ class History:
         return self._latest
 
     def oldest(self) -> Position | None:
-        """The oldest change still kept, which a durable feed must be able to replay."""
-        return self._order[0].position if self._order else None
+        """What a durable feed must still be able to replay after a restart: the oldest
+        change kept, or else the latest position (snapshots were handed out at it), until
+        it is older than the age limit. None: nothing."""
+        if self._order:
+            return self._order[0].position
+        if self._latest is not None and self._clock() - self._latest_at <= self._max_age:
+            return self._latest
+        return None

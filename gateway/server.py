@@ -144,8 +144,12 @@ class Gateway:
         return None, details
 
     async def _watch_feed(self) -> None:
-        """Keep the slot-lag and history gauges current between scrapes."""
+        """Age the history out while no change arrives (so the slot is let go too), and
+        keep the slot-lag and history gauges current between scrapes."""
         while True:
+            if self.history.started:
+                self.history.expire()
+                self.feed.retain_from(self.history.oldest())
             self.metrics.history_bytes.set(self.history.size_bytes)
             try:
                 lag = await self.feed.lag_bytes()

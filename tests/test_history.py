@@ -96,3 +96,16 @@ def test_position_text_round_trips_and_orders_like_its_string() -> None:
     assert at(1, 0xFFFFFF) <= at(2, 0).just_before()
     for bad in ("", "r/1.1", "rabc/1.000001", "RABC/0000000000000001.000001", "x" * 70):
         assert Position.parse(bad) is None
+
+
+def test_the_latest_position_is_kept_replayable_until_it_ages_out() -> None:
+    """Snapshots hand out the latest position even when no change is kept; a durable
+    feed must be able to replay from there after a restart, for as long as the age
+    limit promises."""
+    clock = Clock()
+    h = history(clock)
+    assert h.oldest() == at(0, 0)
+    h.advance(at(5, 2))  # a change for no project: nothing recorded
+    assert h.oldest() == at(5, 2)
+    clock.now = 61
+    assert h.oldest() is None
