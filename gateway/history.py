@@ -138,11 +138,12 @@ class History:
         return self._latest
 
     def oldest(self) -> Position | None:
-        """What a durable feed must still be able to replay after a restart: the oldest
-        change kept, or else the latest position (snapshots were handed out at it), until
-        it is older than the age limit. None: nothing."""
-        if self._order:
-            return self._order[0].position
-        if self._latest is not None and self._clock() - self._latest_at <= self._max_age:
-            return self._latest
+        """From where a durable feed must still be able to replay after a restart: the
+        floor, the lowest position `covers` accepts (snapshots and changes were handed
+        out at or after it). None once nothing is kept and nothing arrived for longer
+        than the age limit: then no position is promised beyond this process."""
+        if self._floor is None:
+            return None
+        if self._order or self._clock() - self._latest_at <= self._max_age:
+            return self._floor
         return None

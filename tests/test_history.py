@@ -68,7 +68,7 @@ def test_age_and_bytes_forget_oldest_first_for_everyone() -> None:
     record(h, A, 3)  # 30 bytes > 25: change 1 goes
     assert not h.covers(B, at(0, 0))
     assert h.covers(B, at(1))
-    assert h.oldest() == at(2)
+    assert h.oldest() == at(1)  # the floor: what a restarted gateway must replay after
     clock.now = 100
     h.expire()
     assert h.oldest() is None
@@ -98,14 +98,15 @@ def test_position_text_round_trips_and_orders_like_its_string() -> None:
         assert Position.parse(bad) is None
 
 
-def test_the_latest_position_is_kept_replayable_until_it_ages_out() -> None:
-    """Snapshots hand out the latest position even when no change is kept; a durable
-    feed must be able to replay from there after a restart, for as long as the age
-    limit promises."""
+def test_the_floor_stays_replayable_until_it_ages_out() -> None:
+    """Snapshots hand out positions at or after the floor even when no change is kept;
+    a durable feed must be able to replay from there after a restart, for as long as
+    the age limit promises."""
     clock = Clock()
     h = history(clock)
     assert h.oldest() == at(0, 0)
     h.advance(at(5, 2))  # a change for no project: nothing recorded
-    assert h.oldest() == at(5, 2)
+    clock.now = 50
+    assert h.oldest() == at(0, 0)
     clock.now = 61
     assert h.oldest() is None
