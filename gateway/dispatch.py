@@ -9,6 +9,7 @@ project's and its children's), then their subscriptions end.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import aclosing
 from datetime import UTC, datetime
@@ -57,6 +58,8 @@ class Dispatcher:
                     await self._on_change(event)
                 elif isinstance(event, TransactionEnd):
                     self._end_transaction()
+                    # A backlog must not starve requests (subscribes, resumes) on this loop.
+                    await asyncio.sleep(0)
                 elif isinstance(event, FeedInterrupted):
                     logger.warning("change feed interrupted: %s", event.reason)
                     self._end_transaction()
