@@ -48,6 +48,7 @@ def feed_kind(request: pytest.FixtureRequest) -> str:
     """Every test here runs on both change feeds: clients must not tell them apart."""
     return str(request.param)
 
+
 Frame = dict[str, Any]
 Predicate = Callable[[Frame], bool]
 
@@ -762,4 +763,3 @@ async def test_lost_replication_connection_loses_nothing(
     titles = [f["new"]["title"] for f in changes(frames) if change_of("sitemap", "update")(f)]
     assert titles == [f"t{n}" for n in range(5)]
     assert_positions_increase(frames)
-

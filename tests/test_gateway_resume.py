@@ -39,6 +39,7 @@ def feed_kind(request: pytest.FixtureRequest) -> str:
     """Every test here runs on both change feeds: clients must not tell them apart."""
     return str(request.param)
 
+
 Frame = dict[str, Any]
 
 
