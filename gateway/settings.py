@@ -191,10 +191,11 @@ class Settings(BaseSettings):
             gt=0,
             description=(
                 "How long a change stays resumable; also how far back the replication slot "
-                "is held, so a restarted gateway can still serve it."
+                "is held (WAL kept: write rate × this), so a restarted gateway can still "
+                "serve it."
             ),
         ),
-    ] = 600.0
+    ] = 60.0
 
     @property
     def pgdata(self) -> Path:
