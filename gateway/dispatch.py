@@ -124,6 +124,7 @@ class Dispatcher:
         # A durable feed may now forget what the history no longer keeps.
         self._history.expire()
         self._feed.retain_from(self._history.oldest())
+        self._gateway.metrics.history_bytes.set(self._history.size_bytes)
         deleted, self._deleted_projects = self._deleted_projects, []
         for project_id in deleted:
             self._gateway.revoke_all(project_id, "the project was deleted")
