@@ -114,6 +114,11 @@ class EmbeddedPostgres:
         *,
         max_slot_wal_keep_size: str | None = None,
     ) -> None:
+        if max_slot_wal_keep_size is not None and not _SIZE.match(max_slot_wal_keep_size):
+            raise EmbeddedPostgresError(
+                f"max_slot_wal_keep_size {max_slot_wal_keep_size!r} is not a size "
+                "like 4GB, 512MB or -1"
+            )
         self.pgdata = pgdata
         self.database = database
         self._max_slot_wal_keep_size = max_slot_wal_keep_size
@@ -192,10 +197,6 @@ class EmbeddedPostgres:
 
     async def _limit_slot_wal(self, size: str) -> None:
         """Bound the WAL a forgotten replication slot can pin (reloadable, no restart)."""
-        if not _SIZE.match(size):
-            raise EmbeddedPostgresError(
-                f"max_slot_wal_keep_size {size!r} is not a size like 4GB, 512MB or -1"
-            )
         conn = await asyncpg.connect(self.admin_dsn)
         try:
             current = await conn.fetchval("SELECT current_setting('max_slot_wal_keep_size')")

@@ -173,10 +173,11 @@ class Settings(BaseSettings):
     embedded_max_slot_wal_keep_size: Annotated[
         str,
         Field(
+            pattern=r"^(-1|\d+ ?(kB|MB|GB|TB)?)$",
             description=(
                 "Embedded server only: WAL a replication slot may hold back before the server "
                 "invalidates it (then subscribers get `reset`). Set it on external servers."
-            )
+            ),
         ),
     ] = "4GB"
     history_max_per_project: Annotated[
@@ -191,7 +192,7 @@ class Settings(BaseSettings):
             gt=0,
             description=(
                 "How long a change stays resumable; also how far back the replication slot "
-                "is held (WAL kept: write rate × this), so a restarted gateway can still "
+                "is held (WAL kept: write rate times this), so a restarted gateway can still "
                 "serve it."
             ),
         ),

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import asyncpg
 import psutil
+import pytest
 
-from db.embedded import REQUIRED_SETTINGS, EmbeddedPostgres, running_dsn
+from db.embedded import REQUIRED_SETTINGS, EmbeddedPostgres, EmbeddedPostgresError, running_dsn
 
 
 async def _settings(dsn: str) -> dict[str, str]:
@@ -35,6 +36,29 @@ async def test_a_new_server_runs_with_logical_replication_settings(tmp_path: Pat
     assert int(settings["max_replication_slots"]) >= 10
     assert int(settings["max_wal_senders"]) >= 10
     assert running_dsn(tmp_path / "pgdata") is None
+
+
+async def test_max_slot_wal_keep_size_is_applied(tmp_path: Path) -> None:
+    """A forgotten replication slot must not fill the disk of the embedded server."""
+    pgdata = tmp_path / "pgdata"
+    for size in ("64MB", "1GB"):  # a new value holds on the next start too
+        server = EmbeddedPostgres(pgdata, max_slot_wal_keep_size=size)
+        try:
+            dsn = await server.start()
+            assert await _current(dsn, "max_slot_wal_keep_size") == size
+        finally:
+            server.stop()
+    with pytest.raises(EmbeddedPostgresError, match="not a size"):
+        EmbeddedPostgres(pgdata, max_slot_wal_keep_size="lots")
+
+
+async def _current(dsn: str, name: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        value: str = await conn.fetchval("SELECT current_setting($1)", name)
+    finally:
+        await conn.close()
+    return value
 
 
 async def test_a_holder_killed_without_letting_go_does_not_keep_the_server_up(
