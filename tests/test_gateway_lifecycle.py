@@ -179,10 +179,15 @@ async def write_until_stopped(
                     uncertain.append(name)
                     raise
                 committed.append(name)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,  # the connection broke mid-statement
+        ):
             pass
         finally:
-            await conn.close(timeout=2)
+            conn.terminate()
     return committed, uncertain
 
 
