@@ -21,8 +21,11 @@ from websockets.exceptions import ConnectionClosed
 
 from db import queries
 from db.feed import Position
+from gateway import rpc
 from gateway.hub import Subscription
 from gateway.limits import TokenBucket
+from gateway.rpc import Call
+from gateway.rpc_methods import METHODS
 from gateway.tokens import TokenError, TokenExpired
 from protocol.codec import decode_client_frame, encode_frame, refused_frame_ref
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -39,6 +42,7 @@ from protocol.frames import (
     Ref,
     Reset,
     ResetReason,
+    Rpc,
     Snapshot,
     Subscribe,
     Unsubscribe,
@@ -66,6 +70,7 @@ class Client:
         self.id = client_id
         self.ws = ws
         self.user_id: UUID = UUID(int=0)
+        self._claims: dict[str, Any] = {}
         self._gateway = gateway
         self._settings = gateway.settings
         self._metrics = gateway.metrics
@@ -242,6 +247,7 @@ class Client:
             )
             return False
         self.user_id = user_id
+        self._claims = claims
         self._expire_at(float(claims["exp"]))
         self.send(Ok(ref=frame.ref, data={"user_id": str(user_id), "expires_at": claims["exp"]}))
         return True
@@ -286,6 +292,9 @@ class Client:
             await self._subscribe(frame)
         elif isinstance(frame, Unsubscribe):
             self._unsubscribe(frame)
+        elif isinstance(frame, Rpc):
+            caller = Call(self.user_id, self._claims, self._gateway.pool, frame.ref)
+            self.send(await rpc.call(METHODS, frame, caller))
         elif isinstance(frame, AuthRefresh):
             self._refresh(frame)
         elif isinstance(frame, Auth):
@@ -313,6 +322,7 @@ class Client:
                 )
             )
             return
+        self._claims = claims
         self._expire_at(float(claims["exp"]))
         self.send(Ok(ref=frame.ref, data={"expires_at": claims["exp"]}))
 

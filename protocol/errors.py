@@ -24,6 +24,11 @@ class ErrorCode(StrEnum):
     NOT_SUBSCRIBED = "not_subscribed"
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     UNAVAILABLE = "unavailable"
+    UNKNOWN_METHOD = "unknown_method"
+    INVALID_PARAMS = "invalid_params"
+    NOT_FOUND = "not_found"
+    INVALID = "invalid"
+    CONFLICT = "conflict"
     INTERNAL = "internal_error"
 
 

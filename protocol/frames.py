@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Annotated, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from protocol.errors import ErrorCode
 from protocol.rows import (
@@ -84,8 +84,17 @@ class Ping(ClientFrame):
     type: Literal["ping"] = "ping"
 
 
+class Rpc(ClientFrame):
+    """Call a method (see protocol/rpc.py and docs/protocol.md); answered with `result`
+    or `error`. Methods run in PostgreSQL as the connection's user."""
+
+    type: Literal["rpc"] = "rpc"
+    method: str = Field(min_length=1, max_length=64)
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+
+
 ClientMessage = Annotated[
-    Auth | AuthRefresh | Subscribe | Unsubscribe | Ping, Field(discriminator="type")
+    Auth | AuthRefresh | Subscribe | Unsubscribe | Ping | Rpc, Field(discriminator="type")
 ]
 CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
     "auth": Auth,
@@ -93,6 +102,7 @@ CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
     "subscribe": Subscribe,
     "unsubscribe": Unsubscribe,
     "ping": Ping,
+    "rpc": Rpc,
 }
 
 
@@ -120,6 +130,17 @@ class Error(Frame):
     code: ErrorCode
     message: str
     retry_after_ms: int | None = None
+    details: dict[str, JsonValue] | None = Field(
+        None, description="Machine-readable specifics (e.g. the current row of a conflict)."
+    )
+
+
+class Result(Frame):
+    """Success reply to an `rpc`; `data` is the method's result."""
+
+    type: Literal["result"] = "result"
+    ref: Ref | None = None
+    data: JsonValue
 
 
 class Snapshot(Frame):
@@ -243,6 +264,6 @@ class Closing(Frame):
 
 
 ServerMessage = Annotated[
-    Ok | Error | Snapshot | Change | Unsubscribed | Reset | Closing,
+    Ok | Error | Result | Snapshot | Change | Unsubscribed | Reset | Closing,
     Field(discriminator="type"),
 ]

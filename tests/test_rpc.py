@@ -1,0 +1,82 @@
+"""The `rpc` frame itself: lookup, params validation, error mapping, results."""
+
+from __future__ import annotations
+
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from tests.conftest import UserFactory
+from tests.gateway_fixtures import Connect, WsClient
+
+
+async def rpc(client: WsClient, method: str, **params: object) -> dict[str, object]:
+    return await client.request({"type": "rpc", "method": method, "params": params})
+
+
+async def signed_in(ws_client: Connect, user: UUID) -> WsClient:
+    client = await ws_client()
+    await client.auth(user)
+    return client
+
+
+async def test_unknown_method_is_a_typed_error_naming_the_known_ones(
+    ws_client: Connect, make_user: UserFactory
+) -> None:
+    client = await signed_in(ws_client, await make_user())
+    reply = await rpc(client, "project.explode")
+    assert (reply["type"], reply["code"]) == ("error", "unknown_method")
+    assert "project.create" in str(reply["message"])
+    await client.ping()
+
+
+async def test_bad_params_name_each_problem(ws_client: Connect, make_user: UserFactory) -> None:
+    client = await signed_in(ws_client, await make_user())
+    reply = await rpc(client, "project.create", name="", collaborators=["nope"], colour="red")
+    assert (reply["type"], reply["code"]) == ("error", "invalid_params")
+    details = reply["details"]
+    assert isinstance(details, dict)
+    locations = {error["loc"] for error in details["errors"]}
+    assert locations == {"name", "collaborators.0", "colour"}
+    await client.ping()
+
+
+async def test_create_then_read_back_as_owner_not_as_stranger(
+    ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    owner, stranger = await make_user(), await make_user()
+    client = await signed_in(ws_client, owner)
+    chosen = uuid4()
+    created = await rpc(client, "project.create", id=str(chosen), name="Bakery", data={"a": 1})
+    assert created["type"] == "result", created
+    row = created["data"]
+    assert isinstance(row, dict)
+    assert (row["id"], row["user_id"], row["name"], row["data"]) == (
+        str(chosen),
+        str(owner),
+        "Bakery",
+        {"a": 1},
+    )
+    stored = await conn.fetchrow("SELECT user_id, name FROM projects WHERE id = $1", chosen)
+    assert stored is not None
+    assert (stored["user_id"], stored["name"]) == (owner, "Bakery")
+    author = await conn.fetchval("SELECT user_id FROM version_history WHERE entity_id = $1", chosen)
+    assert author == owner
+
+    read = await rpc(client, "project.get_with_relations", project_id=str(chosen))
+    assert read["type"] == "result"
+    assert read["data"]["project"]["name"] == "Bakery"  # type: ignore[index]
+    other = await signed_in(ws_client, stranger)
+    denied = await rpc(other, "project.get_with_relations", project_id=str(chosen))
+    assert (denied["type"], denied["code"]) == ("error", "not_found")
+
+
+async def test_database_refusals_are_typed(ws_client: Connect, make_user: UserFactory) -> None:
+    """A constraint violation names its column; the connection carries on."""
+    client = await signed_in(ws_client, await make_user())
+    first = await rpc(client, "project.create", id=str(uuid4()), name="A")
+    assert first["type"] == "result"
+    duplicate = await rpc(client, "project.create", id=first["data"]["id"], name="B")  # type: ignore[index]
+    assert (duplicate["type"], duplicate["code"]) == ("error", "invalid")
+    assert duplicate["details"]["sqlstate"] == "23505"  # type: ignore[index]
+    await client.ping()
