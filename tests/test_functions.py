@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from db.acting_user import acting_as
@@ -429,3 +430,37 @@ async def test_users_cannot_call_server_only_functions(
     # Nothing forged, nothing purged.
     assert await conn.fetchval("SELECT count(*) FROM version_history") == 1
     assert await conn.fetchval("SELECT count(*) FROM builder_sessions") == 1
+
+
+# JSON Merge Patch (RFC 7396), the examples of its appendix A
+
+
+@pytest.mark.parametrize(
+    ("target", "patch", "result"),
+    [
+        ({"a": "b"}, {"a": "c"}, {"a": "c"}),
+        ({"a": "b"}, {"b": "c"}, {"a": "b", "b": "c"}),
+        ({"a": "b"}, {"a": None}, {}),
+        ({"a": "b", "b": "c"}, {"a": None}, {"b": "c"}),
+        ({"a": ["b"]}, {"a": "c"}, {"a": "c"}),
+        ({"a": "c"}, {"a": ["b"]}, {"a": ["b"]}),
+        ({"a": {"b": "c"}}, {"a": {"b": "d", "c": None}}, {"a": {"b": "d"}}),
+        ({"a": [{"b": "c"}]}, {"a": [1]}, {"a": [1]}),
+        (["a", "b"], ["c", "d"], ["c", "d"]),
+        ({"a": "b"}, ["c"], ["c"]),
+        ({"a": "foo"}, None, None),
+        ({"a": "foo"}, "bar", "bar"),
+        ({"e": None}, {"a": 1}, {"e": None, "a": 1}),
+        ([1, 2], {"a": "b", "c": None}, {"a": "b"}),
+        ({}, {"a": {"bb": {"ccc": None}}}, {"a": {"bb": {}}}),
+    ],
+)
+async def test_jsonb_merge_patch(
+    conn: asyncpg.Connection, target: object, patch: object, result: object
+) -> None:
+    merged = await conn.fetchval(
+        "SELECT jsonb_merge_patch($1::jsonb, $2::jsonb)::text",
+        orjson.dumps(target).decode(),
+        orjson.dumps(patch).decode(),
+    )
+    assert orjson.loads(merged) == result
