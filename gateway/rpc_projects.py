@@ -10,7 +10,7 @@ from db import queries
 from gateway.rpc import Call, Method, RpcError
 from protocol.errors import ErrorCode
 from protocol.rows import ProjectRow
-from protocol.rpc_projects import ProjectCreate, ProjectId, ProjectWithRelations
+from protocol.rpc_projects import PARAMS, ProjectCreate, ProjectId, ProjectWithRelations
 
 _INSERT = """
     INSERT INTO public.projects
@@ -57,3 +57,4 @@ METHODS: dict[str, Method[Any]] = {
     "project.create": Method(ProjectCreate, create),
     "project.get_with_relations": Method(ProjectId, get_with_relations),
 }
+assert set(METHODS) == set(PARAMS), "every method has its params in protocol.rpc_projects"

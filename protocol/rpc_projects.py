@@ -38,3 +38,10 @@ class ProjectWithRelations(BaseModel):
     sitemaps: list[SitemapRow]
     wireframes: list[WireframeRow]
     style_guides: list[StyleGuideRow]
+
+
+# Method name → params model (the JSON Schema export reads this).
+PARAMS: dict[str, type[Params]] = {
+    "project.create": ProjectCreate,
+    "project.get_with_relations": ProjectId,
+}

@@ -31,6 +31,7 @@ from protocol.frames import (
     Ping,
     Reset,
     ResetReason,
+    Result,
     Snapshot,
     Subscribe,
     Unsubscribe,
@@ -45,6 +46,7 @@ from protocol.rows import (
     VersionRow,
     WireframeRow,
 )
+from protocol.rpc_catalog import RPC_PARAMS
 from protocol.schema import protocol_json_schema
 
 PROJECT_ID = uuid.UUID("11111111-1111-4111-8111-111111111111")
@@ -345,6 +347,13 @@ def change_frame(entity: str) -> Frame:
 
 SERVER_FRAMES: list[Frame] = [
     Ok(ref="r1", data={"user_id": str(USER_ID)}),
+    Result(ref=7, data={"id": str(PROJECT_ID), "name": "Bakery", "tags": ["a", 1, None]}),
+    Error(
+        ref=8,
+        code=ErrorCode.CONFLICT,
+        message="stale",
+        details={"current": {"version": 3}},
+    ),
     Ok(ref=3),
     Error(code=ErrorCode.RATE_LIMITED, message="slow down", retry_after_ms=250),
     Error(code=ErrorCode.BAD_FRAME, message="bad", ref="r2"),
@@ -429,12 +438,19 @@ def test_schema_discriminates_client_and_server_frames_by_type() -> None:
     assert server_types == {
         "ok",
         "error",
+        "result",
         "snapshot",
         "change",
         "unsubscribed",
         "reset",
         "closing",
     }
+
+
+def test_schema_has_the_params_of_every_rpc_method() -> None:
+    rpc = protocol_json_schema()["rpc"]
+    assert set(rpc) == set(RPC_PARAMS)
+    assert rpc["project.create"]["required"] == ["name"]
 
 
 def test_schema_refs_resolve() -> None:
