@@ -32,6 +32,7 @@ from protocol.frames import (
     Reset,
     ResetReason,
     Result,
+    Rpc,
     Snapshot,
     Subscribe,
     Unsubscribe,
@@ -90,8 +91,29 @@ def refused(data: str | bytes) -> ProtocolError:
             Unsubscribe(project_id=PROJECT_ID),
         ),
         ({"type": "ping"}, Ping()),
+        (
+            {
+                "type": "subscribe",
+                "project_id": str(PROJECT_ID),
+                "since": "n1/0000000000000001.000001",
+            },
+            Subscribe(project_id=PROJECT_ID, since="n1/0000000000000001.000001"),
+        ),
+        (
+            {"type": "rpc", "method": "project.create", "params": {"name": "A", "tags": [1]}},
+            Rpc(method="project.create", params={"name": "A", "tags": [1]}),
+        ),
     ],
-    ids=["auth", "auth.refresh", "subscribe", "subscribe-no-snapshot", "unsubscribe", "ping"],
+    ids=[
+        "auth",
+        "auth.refresh",
+        "subscribe",
+        "subscribe-no-snapshot",
+        "unsubscribe",
+        "ping",
+        "subscribe-since",
+        "rpc",
+    ],
 )
 def test_decodes_every_client_frame(obj: dict[str, Any], expected: ClientFrame) -> None:
     assert decode(obj) == expected
@@ -99,7 +121,7 @@ def test_decodes_every_client_frame(obj: dict[str, Any], expected: ClientFrame) 
 
 def test_every_client_frame_type_is_covered() -> None:
     """The parametrized cases above cover the whole table of client frames."""
-    assert set(CLIENT_FRAMES) == {"auth", "auth.refresh", "subscribe", "unsubscribe", "ping"}
+    assert set(CLIENT_FRAMES) == {"auth", "auth.refresh", "subscribe", "unsubscribe", "ping", "rpc"}
 
 
 @pytest.mark.parametrize("ref", ["abc", 7, 0, ""])
@@ -402,7 +424,7 @@ def test_change_frames_carry_entity_op_and_rows() -> None:
 
 
 def test_snapshot_encodes_rows() -> None:
-    obj = orjson.loads(encode_frame(SERVER_FRAMES[4]))
+    obj = orjson.loads(encode_frame(SERVER_FRAMES[6]))
     assert obj["access"] == "read_write"
     assert obj["project"]["id"] == str(PROJECT_ID)
     assert [s["id"] for s in obj["sitemaps"]] == [str(SITEMAP_ID)]
