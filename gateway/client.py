@@ -293,7 +293,13 @@ class Client:
         elif isinstance(frame, Unsubscribe):
             self._unsubscribe(frame)
         elif isinstance(frame, Rpc):
-            caller = Call(self.user_id, self._claims, self._gateway.pool, frame.ref)
+            caller = Call(
+                self.user_id,
+                self._claims,
+                self._gateway.pool,
+                frame.ref,
+                online=self._gateway.online_users,
+            )
             self.send(await rpc.call(METHODS, frame, caller))
         elif isinstance(frame, AuthRefresh):
             self._refresh(frame)

@@ -51,6 +51,8 @@ class Call:
     claims: Mapping[str, Any]
     pool: asyncpg.Pool
     ref: Ref | None
+    # Users subscribed to a project on this gateway right now (presence will refine it).
+    online: Callable[[UUID], set[UUID]]
 
     @asynccontextmanager
     async def as_user(self) -> AsyncIterator[Conn]:

@@ -92,6 +92,10 @@ class Gateway:
             if not connections:
                 del self._by_user[client.user_id]
 
+    def online_users(self, project_id: UUID) -> set[UUID]:
+        """Users with a subscription to the project on this gateway."""
+        return {s.subscriber.user_id for s in self.hub.subscriptions_of(project_id)}
+
     # Authorization changes
 
     async def recheck_access(self, project_id: UUID) -> None:
