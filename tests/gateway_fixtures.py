@@ -1,9 +1,9 @@
 """Fixtures and helpers for tests that drive a real, in-process gateway over websockets.
 
-Test modules import the fixtures they use by name, e.g.
-`from tests.gateway_fixtures import gateway, gateway_settings, ws_client  # noqa: F401`.
-Override `gateway_overrides` (a fixture returning a dict of Settings fields) in a test
-module, or parametrize it, to run the gateway with other limits.
+conftest.py loads this module as a pytest plugin, so every test module can ask for
+`gateway`, `ws_client`, `feed_kind`… by name. Override `gateway_overrides` (a fixture
+returning a dict of Settings fields) in a test module, or parametrize it, to run the
+gateway with other limits; override or parametrize `feed_kind` to pick the feed.
 """
 
 from __future__ import annotations

@@ -4,9 +4,6 @@ Each test states one promise the protocol makes to clients (error codes, close
 codes, what keeps a connection open), so a regression names the broken promise.
 """
 
-# Fixtures imported from tests.gateway_fixtures are "redefined" as parameters by design.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import asyncio
@@ -21,20 +18,16 @@ import pytest
 from gateway.server import Gateway
 from gateway.settings import Settings
 from tests.conftest import UserFactory
-from tests.gateway_fixtures import (  # noqa: F401  (fixtures are used by name)
+from tests.gateway_fixtures import (
     AUDIENCE,
     SECRET,
     Connect,
-    gateway,
-    gateway_overrides,
     gateway_port,
-    gateway_settings,
     gateway_url,
     make_project,
     open_client,
     start_gateway,
     token,
-    ws_client,
 )
 from tests.support import http_get
 

@@ -23,7 +23,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.server import Gateway
-from tests import gateway_fixtures
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import (
     TIMEOUT,
@@ -35,12 +34,6 @@ from tests.gateway_fixtures import (
     make_style_guide,
     make_wireframe,
 )
-
-# The fixtures this module uses, under the names pytest looks them up by.
-gateway = gateway_fixtures.gateway
-gateway_overrides = gateway_fixtures.gateway_overrides
-gateway_settings = gateway_fixtures.gateway_settings
-ws_client = gateway_fixtures.ws_client
 
 
 @pytest.fixture(params=["notify", "replication"])

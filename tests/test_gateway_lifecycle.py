@@ -5,9 +5,6 @@ already being served finish; a database that stops makes the gateway unready and
 its subscribers are told to resynchronise when it returns.
 """
 
-# Fixtures imported from tests.gateway_fixtures are "redefined" as parameters by design.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import asyncio
@@ -25,20 +22,16 @@ from websockets.uri import parse_uri
 from gateway.server import Gateway
 from gateway.settings import Settings
 from tests.conftest import RestartablePostgres, UserFactory
-from tests.gateway_fixtures import (  # noqa: F401  (fixtures are used by name)
+from tests.gateway_fixtures import (
     SECRET,
     TIMEOUT,
     Connect,
-    gateway,
-    gateway_overrides,
     gateway_port,
-    gateway_settings,
     gateway_url,
     make_project,
     open_client,
     start_gateway,
     token,
-    ws_client,
 )
 from tests.support import http_get
 from tests.test_gateway_feed import recv_until

@@ -15,7 +15,6 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from tests import gateway_fixtures
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import Connect, WsClient, make_project, make_sitemap
 from tests.test_gateway_feed import (
@@ -27,11 +26,6 @@ from tests.test_gateway_feed import (
     row_id,
     run_writers,
 )
-
-gateway = gateway_fixtures.gateway
-gateway_overrides = gateway_fixtures.gateway_overrides
-gateway_settings = gateway_fixtures.gateway_settings
-ws_client = gateway_fixtures.ws_client
 
 
 @pytest.fixture(params=["notify", "replication"])

@@ -5,9 +5,6 @@ published as a JWKS; a token minted there must verify here unchanged, and a
 token signed any other way must not.
 """
 
-# Fixtures imported from tests.gateway_fixtures are "redefined" as parameters by design.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import base64
@@ -26,12 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.tokens import TokenError, TokenExpired, TokenVerifier
 from tests.conftest import UserFactory
-from tests.gateway_fixtures import (  # noqa: F401  (fixtures are used by name)
+from tests.gateway_fixtures import (
     AUDIENCE,
     Connect,
-    gateway,
-    gateway_settings,
-    ws_client,
 )
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
