@@ -117,6 +117,8 @@ def _database_error(frame: Rpc, error: asyncpg.PostgresError) -> Error:
     """Refusals by the database, in the client's terms."""
     if isinstance(error, asyncpg.InsufficientPrivilegeError):
         return _error(frame, ErrorCode.FORBIDDEN, "not allowed for this user")
+    if isinstance(error, asyncpg.NoDataFoundError):  # raised by our functions: P0002
+        return _error(frame, ErrorCode.NOT_FOUND, error.args[0] if error.args else "not found")
     if isinstance(error, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError):
         column = getattr(error, "column_name", None) or getattr(error, "constraint_name", None)
         details: dict[str, JsonValue] = {"sqlstate": error.sqlstate}

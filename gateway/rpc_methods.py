@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from gateway import rpc_projects
+from gateway import rpc_analytics, rpc_batch, rpc_entities, rpc_projects, rpc_versions
 from gateway.rpc import Methods
 
 METHODS: Methods = {
     **rpc_projects.METHODS,
+    **rpc_entities.METHODS,
+    **rpc_analytics.METHODS,
+    **rpc_batch.METHODS,
+    **rpc_versions.METHODS,
 }

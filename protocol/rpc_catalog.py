@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from protocol import rpc_projects
+from protocol import rpc_analytics, rpc_batch, rpc_entities, rpc_projects, rpc_versions
 
 RPC_PARAMS: dict[str, type[BaseModel]] = {
     **rpc_projects.PARAMS,
+    **rpc_entities.PARAMS,
+    **rpc_analytics.PARAMS,
+    **rpc_batch.PARAMS,
+    **rpc_versions.PARAMS,
 }

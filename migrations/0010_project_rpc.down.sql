@@ -1,0 +1,1 @@
+DROP FUNCTION public.collaborator_id(UUID, UUID, TEXT);
