@@ -10,7 +10,7 @@ test runs inside `acting_as`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 from db.acting_user import acting_as
+from tests.gateway_fixtures import make_project
 
 UserFactory = Callable[..., Awaitable[UUID]]
 Role = Literal["owner", "collaborator", "stranger"]
@@ -112,26 +113,6 @@ async def cast(make_user: UserFactory) -> Cast:
     return Cast(owner=await make_user(), collaborator=await make_user(), stranger=await make_user())
 
 
-async def create_project(
-    conn: asyncpg.Connection,
-    owner: UUID,
-    *,
-    collaborators: Sequence[UUID] = (),
-    is_public: bool = False,
-    name: str = "Site",
-) -> UUID:
-    """Insert a project as the superuser, so setup never depends on the policies."""
-    project_id: UUID = await conn.fetchval(
-        "INSERT INTO projects (user_id, name, type, collaborators, is_public)"
-        " VALUES ($1, $2, 'website', $3, $4) RETURNING id",
-        owner,
-        name,
-        list(collaborators),
-        is_public,
-    )
-    return project_id
-
-
 async def build_tree(conn: asyncpg.Connection, project: UUID) -> Tree:
     """Give `project` a sitemap, wireframe and style guide, so every table has a row
     under it that the rules can be tried on."""
@@ -151,8 +132,8 @@ async def build_tree(conn: asyncpg.Connection, project: UUID) -> Tree:
 async def create_tree(conn: asyncpg.Connection, cast: Cast, *, is_public: bool = False) -> Tree:
     """The cast's project (owner plus one collaborator; the stranger is neither) with
     one row in each table below it."""
-    project = await create_project(
-        conn, cast.owner, collaborators=[cast.collaborator], is_public=is_public
+    project = await make_project(
+        conn, cast.owner, collaborators=[cast.collaborator], public=is_public
     )
     return await build_tree(conn, project)
 
@@ -434,7 +415,7 @@ async def test_member_cannot_move_child_into_public_foreign_project(
     any project they can see. The target is public, so the member can read it: only
     the update policy's WITH CHECK, not the select policy, stands in the way."""
     tree = await create_tree(conn, cast)
-    foreign = await build_tree(conn, await create_project(conn, cast.stranger, is_public=True))
+    foreign = await build_tree(conn, await make_project(conn, cast.stranger, public=True))
     row_id = tree.id_of(child.own)
     sql = f"UPDATE {child.table} SET {child.parent_column} = $2 WHERE id = $1"
 
@@ -741,7 +722,7 @@ async def test_acceptance_private_shared_and_public_projects(
     b = await make_user("b@example.test")
     c = await make_user("c@example.test")
     private = await create_tree(conn, Cast(owner=b, collaborator=c, stranger=a))
-    public = await build_tree(conn, await create_project(conn, b, is_public=True))
+    public = await build_tree(conn, await make_project(conn, b, public=True))
     session = await create_session(conn, b, private.project)
 
     # A sees only the public tree, and no sessions or history at all.
