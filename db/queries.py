@@ -94,6 +94,31 @@ async def view_project(
     return ProjectView(visibility, editable, orjson.loads(project), *parts)
 
 
+_PROJECT_LIST = """
+    SELECT coalesce(
+        jsonb_agg(to_jsonb(p) ORDER BY p.updated_at DESC NULLS LAST, p.id DESC), '[]'
+    )::text
+    FROM public.projects p
+    WHERE p.user_id = (SELECT auth.uid()) OR (SELECT auth.uid()) = ANY (p.collaborators)
+"""
+
+
+async def project_list(
+    conn: Conn, user_id: UUID
+) -> tuple[VisibilitySnapshot, list[dict[str, Any]]]:
+    """The projects `user_id` owns or collaborates on (not those merely public), newest
+    `updated_at` first, read as the user in one REPEATABLE READ snapshot."""
+    async with (
+        conn.transaction(isolation="repeatable_read", readonly=True),
+        acting_as(conn, user_id),
+    ):
+        visibility = VisibilitySnapshot.parse(
+            await conn.fetchval("SELECT pg_current_snapshot()::text")
+        )
+        rows = orjson.loads(await conn.fetchval(_PROJECT_LIST))
+    return visibility, rows
+
+
 async def project_access(conn: Conn, user_id: UUID, project_id: UUID) -> bool | None:
     """None: the user may not see the project; else whether they may edit it."""
     async with acting_as(conn, user_id):

@@ -100,6 +100,9 @@ class ReplicationFeed:
         self._last_end_lsn = 0
         self._relations = pgoutput.RelationCache()
         self._conn: asyncpg.Connection | None = None
+        # The server ended our sentinel session: it is stopping and waits for us to
+        # confirm all it sent, so from now on every transaction is confirmed at once.
+        self._leaving = False
 
     # The ChangeFeed interface
 
@@ -115,7 +118,7 @@ class ReplicationFeed:
         None): the slot keeps the rest, so a restarted gateway gets it again."""
         if self._stream is None:
             return
-        if position is None or position.epoch != self._epoch:
+        if position is None or position.epoch != self._epoch or self._leaving:
             self._stream.acknowledge(self._last_end_lsn)
         else:
             self._stream.acknowledge(min(position.txn, self._last_end_lsn))
@@ -210,6 +213,7 @@ class ReplicationFeed:
                 "replication feed: the server ended our session (shutting down?): "
                 "confirming all received WAL so it need not wait for us"
             )
+            self._leaving = True
             self._stream.acknowledge(self._last_end_lsn)
 
     async def _recreate_slot(self, stream: ReplicationStream, error: Exception) -> SlotInfo:
@@ -226,6 +230,7 @@ class ReplicationFeed:
         """Open the sentinel connection; learn the epoch (cluster identity) and a full
         64-bit xid to widen pgoutput's 32-bit ones."""
         await self._close_conn()
+        self._leaving = False
         try:
             self._conn = await asyncpg.connect(self._dsn)
             self._conn.add_termination_listener(self._on_server_leaving)
@@ -306,6 +311,8 @@ class ReplicationFeed:
         ]
         self._last_commit_lsn = commit.commit_lsn
         self._last_end_lsn = commit.end_lsn
+        if self._leaving and self._stream is not None:
+            self._stream.acknowledge(commit.end_lsn)
         if events:
             events.append(TransactionEnd(xid))
         return events

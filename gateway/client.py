@@ -24,6 +24,7 @@ from db.feed import Position
 from gateway import rpc
 from gateway.hub import Subscription
 from gateway.limits import TokenBucket
+from gateway.project_lists import ListSubscription
 from gateway.rpc import Call
 from gateway.rpc_methods import METHODS
 from gateway.tokens import TokenError, TokenExpired
@@ -39,15 +40,18 @@ from protocol.frames import (
     Frame,
     Ok,
     Ping,
+    ProjectListSnapshot,
     Ref,
     Reset,
     ResetReason,
     Rpc,
     Snapshot,
     Subscribe,
+    SubscribeProjects,
     Unsubscribe,
     Unsubscribed,
     UnsubscribedReason,
+    UnsubscribeProjects,
 )
 from protocol.rows import ProjectRow, SessionRow, SitemapRow, StyleGuideRow, WireframeRow
 
@@ -76,6 +80,7 @@ class Client:
         self._metrics = gateway.metrics
         self._bucket = TokenBucket(self._settings.messages_per_second, self._settings.message_burst)
         self._subscriptions: dict[UUID, Subscription] = {}
+        self._project_list: ListSubscription | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._expiry: asyncio.TimerHandle | None = None
         self._closing = False
@@ -121,6 +126,9 @@ class Client:
         for subscription in self._subscriptions.values():
             self._gateway.hub.unsubscribe(subscription)
         self._subscriptions.clear()
+        if self._project_list is not None:
+            self._gateway.project_lists.unsubscribe(self._project_list)
+            self._project_list = None
         self._gateway.forget(self)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
@@ -292,6 +300,10 @@ class Client:
             await self._subscribe(frame)
         elif isinstance(frame, Unsubscribe):
             self._unsubscribe(frame)
+        elif isinstance(frame, SubscribeProjects):
+            await self._subscribe_projects(frame)
+        elif isinstance(frame, UnsubscribeProjects):
+            self._unsubscribe_projects(frame)
         elif isinstance(frame, Rpc):
             caller = Call(
                 self.user_id,
@@ -497,6 +509,96 @@ class Client:
             self.revoke(subscription.project_id, "the project is no longer shared with you")
         elif sent is None:
             self.close(CloseCode.SERVICE_RESTART, "resync failed")
+
+    # The project list
+
+    async def _subscribe_projects(self, frame: SubscribeProjects) -> None:
+        if self._project_list is not None:
+            message = "already subscribed to the project list"
+            self.send(self._error(ErrorCode.ALREADY_SUBSCRIBED, message, frame.ref))
+            return
+        if not self._gateway.feed_connected:
+            message = "the change feed is reconnecting; retry shortly"
+            self.send(self._error(ErrorCode.UNAVAILABLE, message, frame.ref))
+            return
+        lists = self._gateway.project_lists
+        subscription = lists.subscribe(self)
+        self._project_list = subscription
+        try:
+            read = await self._read_list(subscription)
+        except BaseException:
+            self._drop_list(subscription)
+            raise
+        if read is None:
+            return  # the connection closed meanwhile
+        self.send(Ok(ref=frame.ref))
+        self._send_list(subscription, *read, reset=None)
+
+    async def _read_list(
+        self, subscription: ListSubscription
+    ) -> tuple[queries.VisibilitySnapshot, list[dict[str, Any]]] | None:
+        """The list as of one snapshot, read again while a resync arrives during the
+        read; None when the subscription ended meanwhile."""
+        subscription.reading = True
+        try:
+            while True:
+                subscription.stale = None
+                async with self._gateway.pool.acquire() as conn:
+                    read = await queries.project_list(conn, self.user_id)
+                if not self._gateway.project_lists.registered(subscription):
+                    return None
+                if subscription.stale is None:
+                    return read
+        finally:
+            subscription.reading = False
+
+    def _send_list(
+        self,
+        subscription: ListSubscription,
+        seen: queries.VisibilitySnapshot,
+        rows: list[dict[str, Any]],
+        *,
+        reset: ResetReason | None,
+    ) -> None:
+        projects = [ProjectRow.model_validate(row) for row in rows]
+        self.send(ProjectListSnapshot(projects=projects, reset=reset))
+        self._gateway.project_lists.go_live(subscription, seen)
+
+    def _unsubscribe_projects(self, frame: UnsubscribeProjects) -> None:
+        if self._project_list is None:
+            message = "not subscribed to the project list"
+            self.send(self._error(ErrorCode.NOT_SUBSCRIBED, message, frame.ref))
+            return
+        self._drop_list(self._project_list)
+        self.send(Ok(ref=frame.ref))
+
+    def _drop_list(self, subscription: ListSubscription) -> None:
+        self._gateway.project_lists.unsubscribe(subscription)
+        if self._project_list is subscription:
+            self._project_list = None
+
+    def resync_list(self, reason: ResetReason) -> None:
+        """Changes may have been lost: hold the list's changes, read it again and send it
+        (`project_list` with `reset`), then go live again."""
+        subscription = self._project_list
+        if subscription is None:
+            return
+        self._gateway.project_lists.suspend(subscription)
+        if subscription.reading:
+            subscription.stale = reason  # the read in flight starts over
+            return
+        subscription.reading = True  # a second resync before the task starts: one read
+        self._spawn(self._resend_list(subscription, reason))
+
+    async def _resend_list(self, subscription: ListSubscription, reason: ResetReason) -> None:
+        try:
+            read = await self._read_list(subscription)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionClosed) as error:
+            logger.warning("resync of the project list failed: %s", error)
+            self.close(CloseCode.SERVICE_RESTART, "resync failed")
+            return
+        if read is not None:
+            self._send_list(subscription, *read, reset=reason)
 
 
 def _access(editable: bool) -> Access:

@@ -4,7 +4,8 @@ Runs as one task, in commit order. Access is re-decided in PostgreSQL (as each
 affected user) when a project's owner, collaborators or visibility change, before
 that change is delivered, so a user who lost access receives nothing after it. A
 deleted project's subscribers receive the deletes of its transaction (the
-project's and its children's), then their subscriptions end.
+project's and its children's), then their subscriptions end. A project change also
+goes, as the users concerned see it, to their live project lists (`_publish_list`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from db.feed import (
 from gateway.history import Entry
 from gateway.hub import Event
 from protocol.codec import encode_frame
-from protocol.frames import CHANGE_FRAMES, Op, ResetReason
-from protocol.rows import ENTITY_ROWS, TABLE_ENTITIES, Entity
+from protocol.frames import CHANGE_FRAMES, Op, ProjectChange, ResetReason
+from protocol.rows import ENTITY_ROWS, TABLE_ENTITIES, Entity, ProjectRow
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -108,6 +109,8 @@ class Dispatcher:
         else:
             self._publish(change, old_project, Op.DELETE, None, change.old)
             self._publish(change, new_project, Op.INSERT, change.new, None)
+        if change.table == "projects":
+            self._publish_list(change)
 
     async def _authorize(self, change: RowChange) -> None:
         if change.op is ChangeOp.DELETE and change.old is not None:
@@ -119,6 +122,45 @@ class Dispatcher:
             and any(change.old.get(c) != change.new.get(c) for c in ACCESS_COLUMNS)
         ):
             await self._gateway.recheck_access(UUID(str(change.new["id"])))
+
+    def _publish_list(self, change: RowChange) -> None:
+        """To the project lists of its members (owner and collaborators), old and new:
+        `insert` for those it was added to, `update` for those it stays with, `delete`
+        (the old row) for those it was removed from. One encoding per op."""
+        lists = self._gateway.project_lists
+        if not lists.active:
+            return
+        try:
+            new = ProjectRow.model_validate(change.new) if change.new is not None else None
+            old = ProjectRow.model_validate(change.old) if change.old is not None else None
+        except ValidationError:
+            return  # logged by _publish
+        now_in = _members(new)
+        # An update without its old row (REPLICA IDENTITY not FULL): membership unknown.
+        was_in = now_in if change.op is ChangeOp.UPDATE and old is None else _members(old)
+        for op, users, new_row, old_row in (
+            (Op.INSERT, now_in - was_in, new, None),
+            (Op.UPDATE, now_in & was_in, new, old),
+            (Op.DELETE, was_in - now_in, None, old),
+        ):
+            followers = lists.following(users)
+            row = new_row or old_row
+            if not followers or row is None:
+                continue
+            frame = ProjectChange(
+                project_id=row.id,
+                op=op,
+                new=new_row,
+                old=old_row,
+                actor=change.actor,
+                committed_at=change.committed_at,
+                position=str(change.position),
+                list=True,
+            )
+            event = Event(
+                row.id, change.xid, change.position, encode_frame(frame), change.committed_at
+            )
+            lists.publish(followers, event)
 
     def _end_transaction(self) -> None:
         # A durable feed may now forget what the history no longer keeps.
@@ -170,3 +212,10 @@ class Dispatcher:
         if delivered:
             lag = (datetime.now(UTC) - change.committed_at).total_seconds()
             self._gateway.metrics.delivery_lag.observe(max(0.0, lag))
+
+
+def _members(row: ProjectRow | None) -> set[UUID]:
+    """Whose project list `row` is on: its owner's and its collaborators'."""
+    if row is None:
+        return set()
+    return {row.user_id, *(row.collaborators or ())}

@@ -20,6 +20,11 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.project_lists = Gauge(
+            "sitebuilder_project_list_subscriptions",
+            "Connections following their user's project list (subscribe_projects).",
+            registry=r,
+        )
         self.frames_in = Counter(
             "sitebuilder_frames_in", "Frames received, by type.", ["type"], registry=r
         )

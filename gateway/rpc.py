@@ -6,18 +6,27 @@ PostgreSQL sees the connection's user (row-level security decides, not Python).
 The handler returns a JSON-able value (pydantic models are dumped) or raises
 `RpcError`; database errors are mapped here, once, to stable codes, so no method
 ever sends a stack trace and every failure is logged once with its ref.
+
+A request with an `idempotency_key` runs all its `as_user()` blocks in one
+transaction (each block a savepoint in it) that first claims the key in
+`public.rpc_idempotency` (migration 0012) and, once the handler has returned, stores
+its result there before committing. So the writes, the claim and the result commit
+together or not at all: a repeat of the key is answered with the stored result and
+runs nothing; a request that failed left no claim and may be retried with its key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import asyncpg
+import orjson
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 
 from db.acting_user import Conn, acting_as
@@ -43,6 +52,87 @@ class RpcError(Exception):
         self.details = details
 
 
+class _Replay(Exception):
+    """The request's idempotency key was already used: answer with this instead."""
+
+    def __init__(self, reply: JsonValue | RpcError) -> None:
+        super().__init__("idempotency key already used")
+        self.reply = reply
+
+
+_CLAIM = """
+    INSERT INTO public.rpc_idempotency (user_id, key, method, params_hash)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (user_id, key) DO NOTHING
+    RETURNING true
+"""
+_CLAIMED = """
+    SELECT method, params_hash, result::text AS result
+    FROM public.rpc_idempotency WHERE user_id = $1 AND key = $2
+"""
+_STORE = "UPDATE public.rpc_idempotency SET result = $3::jsonb WHERE user_id = $1 AND key = $2"
+_EXPIRE = "DELETE FROM public.rpc_idempotency WHERE created_at < now() - make_interval(secs => $1)"
+
+
+def params_hash(params: Mapping[str, JsonValue]) -> str:
+    """The same for the same params however the client ordered their keys."""
+    return hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class Idempotent:
+    """The one transaction of a request with an idempotency key, opened (and the key
+    claimed) by the first `as_user()`; `call()` stores the result and commits it."""
+
+    def __init__(self, user_id: UUID, key: str, method: str, params_hash: str) -> None:
+        self.user_id = user_id
+        self.key = key
+        self.method = method
+        self.params_hash = params_hash
+        self.stack = AsyncExitStack()
+        self.conn: Conn | None = None
+
+    async def open(self, call: Call) -> Conn:
+        if self.conn is None:
+            conn = await self.stack.enter_async_context(call.pool.acquire())
+            self.conn = await self.stack.enter_async_context(
+                acting_as(conn, self.user_id, call.claims)
+            )
+            await self._claim(self.conn)
+        return self.conn
+
+    async def _claim(self, conn: Conn) -> None:
+        """Claim the key, or raise `_Replay`. A first request still running holds the
+        key's row: the INSERT waits for it to commit (then this is a repeat) or roll
+        back (then the claim is ours)."""
+        for _ in range(3):  # the row may be expired and swept between the two statements
+            if await conn.fetchval(_CLAIM, self.user_id, self.key, self.method, self.params_hash):
+                return
+            first = await conn.fetchrow(_CLAIMED, self.user_id, self.key)
+            if first is not None:
+                raise _Replay(self._first_reply(first))
+        raise RpcError(ErrorCode.UNAVAILABLE, "the idempotency key could not be claimed; retry")
+
+    def _first_reply(self, first: asyncpg.Record) -> JsonValue | RpcError:
+        if (first["method"], first["params_hash"]) != (self.method, self.params_hash):
+            return RpcError(
+                ErrorCode.INVALID_PARAMS,
+                f"idempotency key reused for another request (first used for {first['method']})",
+            )
+        # The gateway commits no claim without its result: this row was written otherwise.
+        if first["result"] is None:
+            return RpcError(
+                ErrorCode.CONFLICT,
+                "this request was already applied, but its result is unknown",
+            )
+        stored: JsonValue = orjson.loads(first["result"])
+        return stored
+
+    async def store(self, result: JsonValue) -> None:
+        """Record the result in the transaction, if the handler opened it."""
+        if self.conn is not None:
+            await self.conn.execute(_STORE, self.user_id, self.key, orjson.dumps(result).decode())
+
+
 @dataclass(frozen=True)
 class Call:
     """Who calls, and how to reach the database as them."""
@@ -53,12 +143,23 @@ class Call:
     ref: Ref | None
     # Users subscribed to a project on this gateway right now (presence will refine it).
     online: Callable[[UUID], set[UUID]]
+    # Set by `call()` for a request with an idempotency key.
+    idempotent: Idempotent | None = field(default=None, compare=False)
 
     @asynccontextmanager
     async def as_user(self) -> AsyncIterator[Conn]:
-        """One transaction on a pooled connection, as this user."""
-        async with self.pool.acquire() as conn, acting_as(conn, self.user_id, self.claims) as tx:
-            yield tx
+        """One transaction on a pooled connection, as this user. With an idempotency
+        key, a savepoint in the request's one transaction instead (see above)."""
+        if self.idempotent is None:
+            async with (
+                self.pool.acquire() as conn,
+                acting_as(conn, self.user_id, self.claims) as tx,
+            ):
+                yield tx
+            return
+        shared = await self.idempotent.open(self)
+        async with shared.transaction():
+            yield shared
 
 
 Handler = Callable[[Call, P], Awaitable[Any]]
@@ -93,7 +194,15 @@ async def call(methods: Methods, frame: Rpc, caller: Call) -> Result | Error:
         }
         return _error(frame, ErrorCode.INVALID_PARAMS, message, details)
     try:
-        data = await method.handler(caller, params)
+        if frame.idempotency_key is None:
+            data = _jsonable(await method.handler(caller, params))
+        else:
+            data = await _idempotent(method, frame, frame.idempotency_key, caller, params)
+    except _Replay as replay:
+        if isinstance(replay.reply, RpcError):
+            return _error(frame, replay.reply.code, replay.reply.message)
+        logger.info("rpc %s (ref %r): repeated idempotency key", frame.method, frame.ref)
+        return Result(ref=frame.ref, data=replay.reply)
     except RpcError as error:
         return _error(frame, error.code, error.message, error.details)
     except asyncpg.PostgresError as error:
@@ -101,7 +210,27 @@ async def call(methods: Methods, frame: Rpc, caller: Call) -> Result | Error:
     except (OSError, asyncpg.InterfaceError) as error:
         logger.warning("rpc %s (ref %r): database unreachable: %s", frame.method, frame.ref, error)
         return _error(frame, ErrorCode.UNAVAILABLE, "the database is unreachable; retry shortly")
-    return Result(ref=frame.ref, data=_jsonable(data))
+    return Result(ref=frame.ref, data=data)
+
+
+async def _idempotent(
+    method: Method[P], frame: Rpc, key: str, caller: Call, params: P
+) -> JsonValue:
+    """Run the handler in the key's transaction; store its result before the commit.
+
+    A method that never calls `as_user()` (a read on a connection of its own) claims
+    and stores nothing: the key does not matter to it."""
+    idempotent = Idempotent(caller.user_id, key, frame.method, params_hash(frame.params))
+    async with idempotent.stack:
+        data = _jsonable(await method.handler(replace(caller, idempotent=idempotent), params))
+        await idempotent.store(data)
+    return data
+
+
+async def expire_idempotency_keys(pool: asyncpg.Pool, ttl_seconds: float) -> int:
+    """Forget the idempotency keys older than `ttl_seconds`; how many there were."""
+    status: str = await pool.execute(_EXPIRE, float(ttl_seconds))
+    return int(status.rsplit(" ", 1)[-1])
 
 
 def _jsonable(data: Any) -> JsonValue:

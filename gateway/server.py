@@ -18,12 +18,14 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from db import queries
 from db.feed import ChangeFeed
+from gateway import rpc
 from gateway.client import Client
 from gateway.dispatch import Dispatcher
 from gateway.health import http_router
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.project_lists import ProjectLists
 from gateway.router import Router
 from gateway.settings import Settings
 from gateway.tokens import TokenVerifier
@@ -32,6 +34,8 @@ from protocol.frames import ResetReason
 logger = logging.getLogger(__name__)
 
 FEED_START_TIMEOUT_SECONDS = 10.0
+# How often expired RPC idempotency keys are deleted (at most: every TTL if shorter).
+IDEMPOTENCY_SWEEP_SECONDS = 60.0
 
 
 class Gateway:
@@ -44,6 +48,7 @@ class Gateway:
         self.verifier = verifier
         self.metrics = Metrics()
         self.hub = Hub(self.metrics, settings.max_pending_events)
+        self.project_lists = ProjectLists(self.metrics, settings.max_pending_events)
         self.history = History(
             max_per_project=settings.history_max_per_project,
             max_bytes=settings.history_max_bytes,
@@ -129,6 +134,10 @@ class Gateway:
             client = subscription.subscriber
             assert isinstance(client, Client)
             client.resync(subscription, reason, message)
+        for project_list in self.project_lists.all_subscriptions():
+            client = project_list.subscriber
+            assert isinstance(client, Client)
+            client.resync_list(reason)
 
     # Health
 
@@ -164,6 +173,19 @@ class Gateway:
                     self.metrics.slot_lag_bytes.set(lag)
             await asyncio.sleep(self.settings.replication_status_interval_seconds)
 
+    async def _expire_idempotency_keys(self) -> None:
+        """Delete RPC idempotency keys past their retention, now and then."""
+        ttl = self.settings.rpc_idempotency_ttl_seconds
+        while True:
+            try:
+                expired = await rpc.expire_idempotency_keys(self.pool, ttl)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                logger.warning("expired idempotency keys not deleted: %s", error)
+            else:
+                if expired:
+                    logger.debug("deleted %d expired idempotency keys", expired)
+            await asyncio.sleep(min(ttl, IDEMPOTENCY_SWEEP_SECONDS))
+
     # Lifecycle
 
     @asynccontextmanager
@@ -172,6 +194,7 @@ class Gateway:
         self._tasks = [
             asyncio.create_task(Dispatcher(self, self.feed).run(), name="dispatcher"),
             asyncio.create_task(self._watch_feed(), name="feed-watch"),
+            asyncio.create_task(self._expire_idempotency_keys(), name="idempotency-expiry"),
         ]
         await self._wait_for_feed()
         self._server = await serve(

@@ -197,6 +197,16 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 60.0
+    rpc_idempotency_ttl_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "How long an RPC `idempotency_key` is remembered (a repeat is answered with "
+                "the first result); the gateway deletes older keys about once a minute."
+            ),
+        ),
+    ] = 86_400.0
 
     @property
     def pgdata(self) -> Path:

@@ -78,6 +78,18 @@ class Unsubscribe(ClientFrame):
     project_id: UUID
 
 
+class SubscribeProjects(ClientFrame):
+    """Follow the user's project list (owned or shared with them): `ok`, then a
+    `project_list`, then every change to it as `change` frames with `list: true`.
+    One per connection."""
+
+    type: Literal["subscribe_projects"] = "subscribe_projects"
+
+
+class UnsubscribeProjects(ClientFrame):
+    type: Literal["unsubscribe_projects"] = "unsubscribe_projects"
+
+
 class Ping(ClientFrame):
     """Application-level liveness check; answered with `ok`."""
 
@@ -91,16 +103,36 @@ class Rpc(ClientFrame):
     type: Literal["rpc"] = "rpc"
     method: str = Field(min_length=1, max_length=64)
     params: dict[str, JsonValue] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description=(
+            "Client-chosen, unique per request of this user: a repeat with the same key "
+            "(e.g. after a reconnect) is answered with the first request's result and "
+            "writes nothing again. Kept for `SITEBUILDER_RPC_IDEMPOTENCY_TTL_SECONDS`."
+        ),
+    )
 
 
 ClientMessage = Annotated[
-    Auth | AuthRefresh | Subscribe | Unsubscribe | Ping | Rpc, Field(discriminator="type")
+    Auth
+    | AuthRefresh
+    | Subscribe
+    | Unsubscribe
+    | SubscribeProjects
+    | UnsubscribeProjects
+    | Ping
+    | Rpc,
+    Field(discriminator="type"),
 ]
 CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
     "auth": Auth,
     "auth.refresh": AuthRefresh,
     "subscribe": Subscribe,
     "unsubscribe": Unsubscribe,
+    "subscribe_projects": SubscribeProjects,
+    "unsubscribe_projects": UnsubscribeProjects,
     "ping": Ping,
     "rpc": Rpc,
 }
@@ -186,6 +218,12 @@ class ChangeBase(Frame, Generic[RowT]):
 
 class ProjectChange(ChangeBase[ProjectRow]):
     entity: Literal["project"] = "project"
+    list: bool = Field(
+        False,
+        description="True: a change of the user's project list (`subscribe_projects`), "
+        "where `op` is relative to the user (added: `insert`, removed: `delete`); "
+        "false: a change of a subscribed project.",
+    )
 
 
 class SitemapChange(ChangeBase[SitemapRow]):
@@ -246,6 +284,20 @@ class ResetReason(StrEnum):
     TRUNCATED = "truncated"
 
 
+class ProjectListSnapshot(Frame):
+    """The projects the user owns or collaborates on, newest `updated_at` first, as of
+    one database snapshot: replaces the client's list. Every later change of the list
+    follows as a `change` with `list: true`, none that is already in here."""
+
+    type: Literal["project_list"] = "project_list"
+    projects: list[ProjectRow]
+    reset: ResetReason | None = Field(
+        None,
+        description="Null after `subscribe_projects`; else why the list is sent again "
+        "(changes may have been missed).",
+    )
+
+
 class Reset(Frame):
     """Changes may have been missed: discard local state; a fresh `snapshot` follows."""
 
@@ -264,6 +316,6 @@ class Closing(Frame):
 
 
 ServerMessage = Annotated[
-    Ok | Error | Result | Snapshot | Change | Unsubscribed | Reset | Closing,
+    Ok | Error | Result | Snapshot | Change | ProjectListSnapshot | Unsubscribed | Reset | Closing,
     Field(discriminator="type"),
 ]

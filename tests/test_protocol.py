@@ -29,15 +29,19 @@ from protocol.frames import (
     Ok,
     Op,
     Ping,
+    ProjectChange,
+    ProjectListSnapshot,
     Reset,
     ResetReason,
     Result,
     Rpc,
     Snapshot,
     Subscribe,
+    SubscribeProjects,
     Unsubscribe,
     Unsubscribed,
     UnsubscribedReason,
+    UnsubscribeProjects,
 )
 from protocol.rows import (
     ProjectRow,
@@ -91,6 +95,8 @@ def refused(data: str | bytes) -> ProtocolError:
             Unsubscribe(project_id=PROJECT_ID),
         ),
         ({"type": "ping"}, Ping()),
+        ({"type": "subscribe_projects", "ref": 4}, SubscribeProjects(ref=4)),
+        ({"type": "unsubscribe_projects"}, UnsubscribeProjects()),
         (
             {
                 "type": "subscribe",
@@ -111,6 +117,8 @@ def refused(data: str | bytes) -> ProtocolError:
         "subscribe-no-snapshot",
         "unsubscribe",
         "ping",
+        "subscribe_projects",
+        "unsubscribe_projects",
         "subscribe-since",
         "rpc",
     ],
@@ -121,7 +129,16 @@ def test_decodes_every_client_frame(obj: dict[str, Any], expected: ClientFrame) 
 
 def test_every_client_frame_type_is_covered() -> None:
     """The parametrized cases above cover the whole table of client frames."""
-    assert set(CLIENT_FRAMES) == {"auth", "auth.refresh", "subscribe", "unsubscribe", "ping", "rpc"}
+    assert set(CLIENT_FRAMES) == {
+        "auth",
+        "auth.refresh",
+        "subscribe",
+        "unsubscribe",
+        "subscribe_projects",
+        "unsubscribe_projects",
+        "ping",
+        "rpc",
+    }
 
 
 @pytest.mark.parametrize("ref", ["abc", 7, 0, ""])
@@ -390,6 +407,8 @@ SERVER_FRAMES: list[Frame] = [
         sessions=[session_row()],
     ),
     *(change_frame(entity) for entity in CHANGE_FRAMES),
+    ProjectListSnapshot(projects=[project_row()]),
+    ProjectListSnapshot(projects=[], reset=ResetReason.TRUNCATED),
     Unsubscribed(
         project_id=PROJECT_ID, reason=UnsubscribedReason.ACCESS_REVOKED, message="revoked"
     ),
@@ -421,6 +440,38 @@ def test_change_frames_carry_entity_op_and_rows() -> None:
         assert obj["project_id"] == str(PROJECT_ID)
         assert obj["new"]["id"] == obj["old"]["id"]
         assert datetime.fromisoformat(obj["committed_at"].replace("Z", "+00:00")) == WHEN
+
+
+def test_project_changes_say_whether_they_are_of_the_project_list() -> None:
+    """Per-project changes carry `list: false`; those of `subscribe_projects` `true`."""
+    assert orjson.loads(encode_frame(change_frame("project")))["list"] is False
+    listed = ProjectChange(
+        project_id=PROJECT_ID,
+        op=Op.DELETE,
+        new=None,
+        old=project_row(),
+        actor=None,
+        committed_at=WHEN,
+        position="n1/0000000000000002.000001",
+        list=True,
+    )
+    obj = orjson.loads(encode_frame(listed))
+    assert (obj["type"], obj["entity"], obj["op"], obj["list"]) == (
+        "change",
+        "project",
+        "delete",
+        True,
+    )
+    for entity in set(CHANGE_FRAMES) - {"project"}:
+        assert "list" not in orjson.loads(encode_frame(change_frame(entity)))
+
+
+def test_project_list_encodes_rows_and_reset() -> None:
+    obj = orjson.loads(encode_frame(ProjectListSnapshot(projects=[project_row()])))
+    assert obj == {"type": "project_list", "projects": [obj["projects"][0]], "reset": None}
+    assert obj["projects"][0]["id"] == str(PROJECT_ID)
+    again = ProjectListSnapshot(projects=[], reset=ResetReason.FEED_INTERRUPTED)
+    assert orjson.loads(encode_frame(again))["reset"] == "feed_interrupted"
 
 
 def test_snapshot_encodes_rows() -> None:
@@ -463,6 +514,7 @@ def test_schema_discriminates_client_and_server_frames_by_type() -> None:
         "result",
         "snapshot",
         "change",
+        "project_list",
         "unsubscribed",
         "reset",
         "closing",

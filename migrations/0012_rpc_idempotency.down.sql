@@ -1,0 +1,2 @@
+-- The table's policies and grants go with it.
+DROP TABLE public.rpc_idempotency;
