@@ -29,11 +29,14 @@ async def acting_as(
     conn: Conn,
     user_id: UUID | str,
     claims: Mapping[str, Any] | None = None,
+    *,
+    timeout_seconds: float | None = None,
 ) -> AsyncIterator[Conn]:
     """A transaction on `conn` in which the database sees `user_id` as the caller.
 
     `claims` are the rest of the user's token (email, role, …); `sub` is always
-    `user_id`, whatever `claims` says.
+    `user_id`, whatever `claims` says. `timeout_seconds` bounds every statement and
+    every lock wait in it (a request must not hang on another's row lock).
     """
     published = {**(claims or {}), "sub": str(user_id), "role": USER_ROLE}
     async with conn.transaction():
@@ -42,4 +45,11 @@ async def acting_as(
             "SELECT set_config('request.jwt.claims', $1, true)",
             orjson.dumps(published).decode(),
         )
+        if timeout_seconds is not None:
+            limit = f"{max(1, round(timeout_seconds * 1000))}ms"
+            await conn.execute(
+                "SELECT set_config('statement_timeout', $1, true),"
+                " set_config('lock_timeout', $1, true)",
+                limit,
+            )
         yield conn

@@ -311,6 +311,7 @@ class Client:
                 self._gateway.pool,
                 frame.ref,
                 online=self._gateway.online_users,
+                timeout_seconds=self._settings.rpc_timeout_seconds,
             )
             self.send(await rpc.call(METHODS, frame, caller))
         elif isinstance(frame, AuthRefresh):

@@ -95,7 +95,7 @@ class Idempotent:
         if self.conn is None:
             conn = await self.stack.enter_async_context(call.pool.acquire())
             self.conn = await self.stack.enter_async_context(
-                acting_as(conn, self.user_id, call.claims)
+                acting_as(conn, self.user_id, call.claims, timeout_seconds=call.timeout_seconds)
             )
             await self._claim(self.conn)
         return self.conn
@@ -143,6 +143,8 @@ class Call:
     ref: Ref | None
     # Users subscribed to a project on this gateway right now (presence will refine it).
     online: Callable[[UUID], set[UUID]]
+    # Bound on each statement and lock wait of the request (SITEBUILDER_RPC_TIMEOUT_SECONDS).
+    timeout_seconds: float | None = None
     # Set by `call()` for a request with an idempotency key.
     idempotent: Idempotent | None = field(default=None, compare=False)
 
@@ -153,7 +155,9 @@ class Call:
         if self.idempotent is None:
             async with (
                 self.pool.acquire() as conn,
-                acting_as(conn, self.user_id, self.claims) as tx,
+                acting_as(
+                    conn, self.user_id, self.claims, timeout_seconds=self.timeout_seconds
+                ) as tx,
             ):
                 yield tx
             return
@@ -248,11 +252,15 @@ def _database_error(frame: Rpc, error: asyncpg.PostgresError) -> Error:
         return _error(frame, ErrorCode.FORBIDDEN, "not allowed for this user")
     if isinstance(error, asyncpg.NoDataFoundError):  # raised by our functions: P0002
         return _error(frame, ErrorCode.NOT_FOUND, error.args[0] if error.args else "not found")
+    if isinstance(error, asyncpg.QueryCanceledError | asyncpg.LockNotAvailableError):
+        message = "took longer than SITEBUILDER_RPC_TIMEOUT_SECONDS (waiting on another edit?)"
+        return _error(frame, ErrorCode.TIMEOUT, f"{message}; nothing was written")
     if isinstance(error, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError):
-        column = getattr(error, "column_name", None) or getattr(error, "constraint_name", None)
         details: dict[str, JsonValue] = {"sqlstate": error.sqlstate}
-        if column:
-            details["column"] = column
+        for key, attribute in (("column", "column_name"), ("constraint", "constraint_name")):
+            value = getattr(error, attribute, None)
+            if value:
+                details[key] = value
         return _error(frame, ErrorCode.INVALID, str(error), details)
     if isinstance(error, asyncpg.CannotConnectNowError | asyncpg.AdminShutdownError):
         return _error(frame, ErrorCode.UNAVAILABLE, "the database is restarting; retry shortly")

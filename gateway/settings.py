@@ -145,6 +145,16 @@ class Settings(BaseSettings):
         Field(gt=0, description="On SIGTERM, how long in-flight requests may take to finish."),
     ] = 10.0
 
+    rpc_timeout_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "Longest an RPC may run or wait for a lock in the database; past it: error "
+                "`timeout`, nothing written."
+            ),
+        ),
+    ] = 10.0
     feed: Annotated[
         Literal["auto", "replication", "notify"],
         Field(

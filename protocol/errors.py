@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     INVALID = "invalid"
     CONFLICT = "conflict"
+    TIMEOUT = "timeout"
     INTERNAL = "internal_error"
 
 

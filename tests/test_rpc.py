@@ -5,6 +5,7 @@ from __future__ import annotations
 from uuid import UUID, uuid4
 
 import asyncpg
+import pytest
 
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import Connect, WsClient
@@ -78,5 +79,29 @@ async def test_database_refusals_are_typed(ws_client: Connect, make_user: UserFa
     assert first["type"] == "result"
     duplicate = await rpc(client, "project.create", id=first["data"]["id"], name="B")  # type: ignore[index]
     assert (duplicate["type"], duplicate["code"]) == ("error", "invalid")
-    assert duplicate["details"]["sqlstate"] == "23505"  # type: ignore[index]
+    assert duplicate["details"] == {"sqlstate": "23505", "constraint": "projects_pkey"}
     await client.ping()
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"rpc_timeout_seconds": 0.5}])
+async def test_a_request_stuck_behind_a_lock_times_out_and_writes_nothing(
+    ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection, database_dsn: str
+) -> None:
+    """SITEBUILDER_RPC_TIMEOUT_SECONDS: a row locked by someone else must not hang the
+    connection (its pings, its other requests) for as long as the lock is held."""
+    owner = await make_user()
+    client = await signed_in(ws_client, owner)
+    created = await rpc(client, "project.create", name="Locked")
+    project = created["data"]["id"]  # type: ignore[index]
+    blocker = await asyncpg.connect(database_dsn)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", UUID(project))
+        reply = await rpc(client, "project.update", project_id=project, set={"name": "Late"})
+        assert (reply["type"], reply["code"]) == ("error", "timeout")
+        await client.ping()
+        await transaction.rollback()
+    finally:
+        await blocker.close()
+    assert await conn.fetchval("SELECT name FROM projects WHERE id = $1", UUID(project)) == "Locked"
