@@ -14,7 +14,6 @@ from uuid import UUID
 
 import orjson
 
-from db import queries
 from db.acting_user import Conn
 from gateway.rpc import Call, Method, RpcError
 from protocol.errors import ErrorCode
@@ -64,19 +63,37 @@ async def create(call: Call, params: ProjectCreate) -> ProjectRow:
         return await insert_project(conn, params)
 
 
+# The project and everything under it in one statement: one round trip, one snapshot.
+_WITH_RELATIONS = """
+    SELECT jsonb_build_object(
+        'project', to_jsonb(p),
+        'sitemaps', (
+            SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.created_at, s.id), '[]')
+            FROM public.sitemaps s WHERE s.project_id = p.id
+        ),
+        'wireframes', (
+            SELECT coalesce(jsonb_agg(to_jsonb(w) ORDER BY w.created_at, w.id), '[]')
+            FROM public.wireframes w JOIN public.sitemaps s ON s.id = w.sitemap_id
+            WHERE s.project_id = p.id
+        ),
+        'style_guides', (
+            SELECT coalesce(jsonb_agg(to_jsonb(g) ORDER BY g.created_at, g.id), '[]')
+            FROM public.style_guides g
+            JOIN public.wireframes w ON w.id = g.wireframe_id
+            JOIN public.sitemaps s ON s.id = w.sitemap_id
+            WHERE s.project_id = p.id
+        )
+    )::text
+    FROM public.projects p WHERE p.id = $1
+"""
+
+
 async def get_with_relations(call: Call, params: ProjectId) -> ProjectWithRelations:
-    async with call.pool.acquire() as conn:
-        view = await queries.view_project(conn, call.user_id, params.project_id, with_content=True)
-    if view is None:
+    async with call.as_user() as conn:
+        found = await conn.fetchval(_WITH_RELATIONS, params.project_id)
+    if found is None:
         raise RpcError(ErrorCode.NOT_FOUND, f"no project {params.project_id} visible to you")
-    return ProjectWithRelations.model_validate(
-        {
-            "project": view.project,
-            "sitemaps": view.sitemaps,
-            "wireframes": view.wireframes,
-            "style_guides": view.style_guides,
-        }
-    )
+    return ProjectWithRelations.model_validate_json(found)
 
 
 # Why a write touched nothing

@@ -282,15 +282,19 @@ async def test_a_malformed_key_is_a_bad_frame(ws_client: Connect, make_user: Use
     await client.ping()
 
 
-async def test_a_method_that_reads_on_its_own_connection_ignores_the_key(
+async def test_a_read_with_a_key_replays_its_first_answer(
     ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
 ) -> None:
+    """Every method honours keys alike: a repeated read answers what it first answered."""
     owner = await make_user()
     project = await make_project(conn, owner, name="Site")
     client = await signed_in(ws_client, owner)
     read = await result(client, "k", "project.get_with_relations", project_id=str(project))
     assert read["project"]["name"] == "Site"
-    assert await keys_of(conn, owner) == []
+    await conn.execute("UPDATE projects SET name = 'Renamed' WHERE id = $1", project)
+    again = await result(client, "k", "project.get_with_relations", project_id=str(project))
+    assert again == read
+    assert len(await keys_of(conn, owner)) == 1
 
 
 # 3. In the database
