@@ -31,19 +31,24 @@ async def acting_as(
     claims: Mapping[str, Any] | None = None,
     *,
     timeout_seconds: float | None = None,
+    request: str | None = None,
 ) -> AsyncIterator[Conn]:
     """A transaction on `conn` in which the database sees `user_id` as the caller.
 
     `claims` are the rest of the user's token (email, role, …); `sub` is always
     `user_id`, whatever `claims` says. `timeout_seconds` bounds every statement and
-    every lock wait in it (a request must not hang on another's row lock).
+    every lock wait in it (a request must not hang on another's row lock). `request`
+    names the gateway request (`sitebuilder.request`, which the change feeds carry
+    to the changes it makes: migration 0013).
     """
     published = {**(claims or {}), "sub": str(user_id), "role": USER_ROLE}
     async with conn.transaction():
         await conn.execute(f"SET LOCAL ROLE {USER_ROLE}")
         await conn.execute(
-            "SELECT set_config('request.jwt.claims', $1, true)",
+            "SELECT set_config('request.jwt.claims', $1, true),"
+            " set_config('sitebuilder.request', $2, true)",
             orjson.dumps(published).decode(),
+            request or "",
         )
         if timeout_seconds is not None:
             limit = f"{max(1, round(timeout_seconds * 1000))}ms"

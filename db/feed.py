@@ -82,6 +82,8 @@ class RowChange:
     position: Position
     committed_at: datetime
     actor: UUID | None
+    # The gateway request that made it (`sitebuilder.request`, migration 0013), if any.
+    request: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,4 +196,5 @@ def _row_change(message: dict[str, Any], xid: int, position: Position) -> RowCha
         position=position,
         committed_at=datetime.fromisoformat(message["at"]),
         actor=UUID(actor) if actor else None,
+        request=message.get("request"),
     )

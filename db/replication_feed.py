@@ -9,11 +9,11 @@ them after a reconnect, which is what makes a reconnect lossless.
 
 A transaction is yielded when its Commit arrives (with `streaming` off the server
 sends each transaction whole, after it commits), so all its changes carry the commit
-time, the acting user (from the once-per-transaction message of migration 0008) and
-a position made of the commit LSN and the change's index: strictly increasing, and
-comparable across restarts of the gateway and of PostgreSQL. The position's epoch is
-the cluster's system identifier, so positions of another cluster are never mistaken
-for ours.
+time, the acting user and gateway request (from the once-per-transaction message of
+migrations 0008 and 0013) and a position made of the commit LSN and the change's index:
+strictly increasing, and comparable across restarts of the gateway and of PostgreSQL.
+The position's epoch is the cluster's system identifier, so positions of another
+cluster are never mistaken for ours.
 
 Holding the slot back has one cost: a stopping server waits for its replication
 clients to confirm everything it sent them (up to `wal_sender_timeout`). So the feed
@@ -69,6 +69,7 @@ class _Transaction:
         default_factory=list
     )
     actor: UUID | None = None
+    request: str | None = None
 
 
 class ReplicationFeed:
@@ -287,7 +288,7 @@ class ReplicationFeed:
                 name = self._relations[relation_id].name
                 transaction.changes.append((name, ChangeOp.TRUNCATE, None, None))
         elif isinstance(message, pgoutput.LogicalMessage) and message.prefix == ACTOR_PREFIX:
-            transaction.actor = UUID(message.content.decode())
+            transaction.actor, transaction.request = _origin(message.content)
 
     async def _complete(
         self, transaction: _Transaction, commit: pgoutput.Commit
@@ -306,6 +307,7 @@ class ReplicationFeed:
                 position=Position(self._epoch, commit.commit_lsn, index),
                 committed_at=commit.commit_time,
                 actor=transaction.actor,
+                request=transaction.request,
             )
             for index, (table, op, new, old) in enumerate(transaction.changes, start=1)
         ]
@@ -385,3 +387,15 @@ def _why(recreated: bool) -> str:
     if recreated:
         return "the replication slot was invalidated and made anew"
     return "the replication stream was interrupted"
+
+
+def _origin(content: bytes) -> tuple[UUID | None, str | None]:
+    """The acting user and gateway request of a transaction, from its logical message:
+    JSON {"actor", "request"} (migration 0013), or a bare user id (0008, still found in
+    WAL written before the upgrade)."""
+    if not content.startswith(b"{"):
+        return UUID(content.decode()), None
+    origin = orjson.loads(content)
+    actor = origin.get("actor")
+    request = origin.get("request")
+    return (UUID(actor) if actor else None), (request if isinstance(request, str) else None)

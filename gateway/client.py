@@ -312,6 +312,7 @@ class Client:
                 frame.ref,
                 online=self._gateway.online_users,
                 timeout_seconds=self._settings.rpc_timeout_seconds,
+                request_tag=rpc.request_tag(self._gateway.instance, self.id, frame.ref),
             )
             self.send(await rpc.call(METHODS, frame, caller))
         elif isinstance(frame, AuthRefresh):

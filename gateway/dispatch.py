@@ -6,6 +6,11 @@ that change is delivered, so a user who lost access receives nothing after it. A
 deleted project's subscribers receive the deletes of its transaction (the
 project's and its children's), then their subscriptions end. A project change also
 goes, as the users concerned see it, to their live project lists (`_publish_list`).
+
+A change made by an rpc of one of this gateway's connections (its request tag,
+migration 0013) is encoded a second time, with the rpc's `ref`, for that connection
+alone, if it is subscribed and signed in as the change's actor; everyone else, and
+the history (replays), get the shared bytes without it.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from db.feed import (
 )
 from gateway.history import Entry
 from gateway.hub import Event
+from gateway.rpc import parse_request_tag
 from protocol.codec import encode_frame
-from protocol.frames import CHANGE_FRAMES, Op, ProjectChange, ResetReason
+from protocol.frames import CHANGE_FRAMES, ChangeBase, Op, ProjectChange, Ref, ResetReason
 from protocol.rows import ENTITY_ROWS, TABLE_ENTITIES, Entity, ProjectRow
 
 if TYPE_CHECKING:
@@ -138,6 +144,7 @@ class Dispatcher:
         now_in = _members(new)
         # An update without its old row (REPLICA IDENTITY not FULL): membership unknown.
         was_in = now_in if change.op is ChangeOp.UPDATE and old is None else _members(old)
+        origin = self._origin(change)
         for op, users, new_row, old_row in (
             (Op.INSERT, now_in - was_in, new, None),
             (Op.UPDATE, now_in & was_in, new, old),
@@ -157,10 +164,31 @@ class Dispatcher:
                 position=str(change.position),
                 list=True,
             )
+            own = None
+            if (
+                origin is not None
+                and change.actor in followers
+                and lists.subscription(change.actor, origin[0]) is not None
+            ):
+                own = _with_ref(frame, origin)
             event = Event(
-                row.id, change.xid, change.position, encode_frame(frame), change.committed_at
+                row.id,
+                change.xid,
+                change.position,
+                encode_frame(frame),
+                change.committed_at,
+                own=own,
             )
             lists.publish(followers, event)
+
+    def _origin(self, change: RowChange) -> tuple[int, Ref] | None:
+        """(connection id, ref) of the rpc on this gateway that made `change`, if any."""
+        if change.request is None or change.actor is None:
+            return None
+        tag = parse_request_tag(change.request)
+        if tag is None or tag[0] != self._gateway.instance:
+            return None
+        return tag[1], tag[2]
 
     def _end_transaction(self) -> None:
         # A durable feed may now forget what the history no longer keeps.
@@ -199,7 +227,14 @@ class Dispatcher:
         data = encode_frame(frame)
         members_only = entity in MEMBERS_ONLY
         self._history.record(project_id, Entry(change.position, data, members_only))
-        delivered = self._gateway.hub.publish(
+        hub = self._gateway.hub
+        origin = self._origin(change)
+        own = None
+        if origin is not None:
+            subscription = hub.subscription(project_id, origin[0])
+            if subscription is not None and subscription.subscriber.user_id == change.actor:
+                own = _with_ref(frame, origin)
+        delivered = hub.publish(
             Event(
                 project_id,
                 change.xid,
@@ -207,11 +242,18 @@ class Dispatcher:
                 data,
                 change.committed_at,
                 members_only=members_only,
+                own=own,
             )
         )
         if delivered:
             lag = (datetime.now(UTC) - change.committed_at).total_seconds()
             self._gateway.metrics.delivery_lag.observe(max(0.0, lag))
+
+
+def _with_ref(frame: ChangeBase[Any], origin: tuple[int, Ref]) -> tuple[int, bytes]:
+    """The frame for the connection whose rpc made the change: with the rpc's ref."""
+    connection_id, ref = origin
+    return connection_id, encode_frame(frame.model_copy(update={"ref": ref}))
 
 
 def _members(row: ProjectRow | None) -> set[UUID]:

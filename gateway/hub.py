@@ -1,7 +1,8 @@
 """Topics per project, and fan-out of encoded events to their subscribers.
 
 An event is encoded once and the same bytes are written to every subscriber with
-websockets' `broadcast()`, which writes without awaiting. A subscriber whose
+websockets' `broadcast()`, which writes without awaiting; only the connection whose
+rpc made the change gets a copy of its own, which carries the rpc's `ref`. A subscriber whose
 outbound buffer is over its limit is never skipped silently: it is closed as a slow
 consumer. While a subscriber's snapshot is being read, its events wait in a
 bounded buffer; when the snapshot is sent, those the snapshot already contains are
@@ -27,7 +28,7 @@ from gateway.metrics import Metrics
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A change for one project, encoded once."""
+    """A change for one project, encoded once (and once more for `own`)."""
 
     project_id: UUID
     xid: int
@@ -35,6 +36,13 @@ class Event:
     data: bytes
     committed_at: datetime
     members_only: bool = False
+    # (subscriber id, its frame): the connection whose rpc made the change gets its ref.
+    own: tuple[int, bytes] | None = None
+
+    def data_for(self, subscriber_id: int) -> bytes:
+        if self.own is not None and self.own[0] == subscriber_id:
+            return self.own[1]
+        return self.data
 
 
 class Subscriber(Protocol):
@@ -114,7 +122,7 @@ class Hub:
                 continue
             if not subscription.subscriber.can_send():
                 return
-            self.send_to(subscription, event.data)
+            self.send_to(subscription, event.data_for(subscription.subscriber.id))
 
     def send_to(self, subscription: Subscription, data: bytes) -> None:
         """One change frame to one subscriber (replays and held changes)."""
@@ -138,6 +146,9 @@ class Hub:
             del self._topics[subscription.project_id]
         self._metrics.subscriptions.labels("live" if subscription.live else "pending").dec()
 
+    def subscription(self, project_id: UUID, subscriber_id: int) -> Subscription | None:
+        return self._topics.get(project_id, {}).get(subscriber_id)
+
     def subscriptions_of(self, project_id: UUID) -> list[Subscription]:
         return list(self._topics.get(project_id, {}).values())
 
@@ -151,18 +162,18 @@ class Hub:
         if not topic:
             return 0
         targets: list[ServerConnection] = []
+        own: list[ServerConnection] = []
         for subscription in list(topic.values()):
             if not subscription.live:
                 self._hold(subscription, event)  # access is known, and checked, at go_live
             elif not subscription.wants(event):
                 continue
             elif subscription.subscriber.can_send():
-                targets.append(subscription.subscriber.ws)
-        if targets:
-            broadcast(targets, event.data, text=True)
-            self._metrics.events_delivered.inc(len(targets))
-            self._metrics.frames_out.labels("change").inc(len(targets))
-        return len(targets)
+                mine = event.own is not None and event.own[0] == subscription.subscriber.id
+                (own if mine else targets).append(subscription.subscriber.ws)
+        return deliver(self._metrics, targets, event.data) + (
+            deliver(self._metrics, own, event.own[1]) if own and event.own else 0
+        )
 
     def _hold(self, subscription: Subscription, event: Event) -> None:
         if len(subscription.pending) >= self._max_pending:
@@ -175,3 +186,12 @@ class Hub:
     def _registered(self, subscription: Subscription) -> bool:
         topic = self._topics.get(subscription.project_id, {})
         return topic.get(subscription.subscriber.id) is subscription
+
+
+def deliver(metrics: Metrics, targets: list[ServerConnection], data: bytes) -> int:
+    """Write one change frame to `targets`; how many they were."""
+    if targets:
+        broadcast(targets, data, text=True)
+        metrics.events_delivered.inc(len(targets))
+        metrics.frames_out.labels("change").inc(len(targets))
+    return len(targets)

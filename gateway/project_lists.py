@@ -17,11 +17,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
 
 from db.queries import VisibilitySnapshot
-from gateway.hub import Event, Subscriber
+from gateway.hub import Event, Subscriber, deliver
 from gateway.metrics import Metrics
 from protocol.frames import ResetReason
 
@@ -98,24 +97,26 @@ class ProjectLists:
                 continue
             if not subscription.subscriber.can_send():
                 return
-            broadcast([subscription.subscriber.ws], event.data, text=True)
-            self._metrics.events_delivered.inc()
-            self._metrics.frames_out.labels("change").inc()
+            data = event.data_for(subscription.subscriber.id)
+            deliver(self._metrics, [subscription.subscriber.ws], data)
 
     def publish(self, users: Iterable[UUID], event: Event) -> int:
         """Hand `event` to every list subscription of `users`; returns how many got it."""
         targets: list[ServerConnection] = []
+        own: list[ServerConnection] = []
         for user in users:
             for subscription in list(self._by_user.get(user, {}).values()):
                 if not subscription.live:
                     self._hold(subscription, event)
                 elif subscription.wants(event) and subscription.subscriber.can_send():
-                    targets.append(subscription.subscriber.ws)
-        if targets:
-            broadcast(targets, event.data, text=True)
-            self._metrics.events_delivered.inc(len(targets))
-            self._metrics.frames_out.labels("change").inc(len(targets))
-        return len(targets)
+                    mine = event.own is not None and event.own[0] == subscription.subscriber.id
+                    (own if mine else targets).append(subscription.subscriber.ws)
+        return deliver(self._metrics, targets, event.data) + (
+            deliver(self._metrics, own, event.own[1]) if own and event.own else 0
+        )
+
+    def subscription(self, user_id: UUID, subscriber_id: int) -> ListSubscription | None:
+        return self._by_user.get(user_id, {}).get(subscriber_id)
 
     def _hold(self, subscription: ListSubscription, event: Event) -> None:
         if len(subscription.pending) >= self._max_pending:

@@ -95,7 +95,13 @@ class Idempotent:
         if self.conn is None:
             conn = await self.stack.enter_async_context(call.pool.acquire())
             self.conn = await self.stack.enter_async_context(
-                acting_as(conn, self.user_id, call.claims, timeout_seconds=call.timeout_seconds)
+                acting_as(
+                    conn,
+                    self.user_id,
+                    call.claims,
+                    timeout_seconds=call.timeout_seconds,
+                    request=call.request_tag,
+                )
             )
             await self._claim(self.conn)
         return self.conn
@@ -147,6 +153,8 @@ class Call:
     timeout_seconds: float | None = None
     # Set by `call()` for a request with an idempotency key.
     idempotent: Idempotent | None = field(default=None, compare=False)
+    # Names this request to the change feeds (`request_tag()`), so its changes carry its ref.
+    request_tag: str | None = None
 
     @asynccontextmanager
     async def as_user(self) -> AsyncIterator[Conn]:
@@ -156,7 +164,11 @@ class Call:
             async with (
                 self.pool.acquire() as conn,
                 acting_as(
-                    conn, self.user_id, self.claims, timeout_seconds=self.timeout_seconds
+                    conn,
+                    self.user_id,
+                    self.claims,
+                    timeout_seconds=self.timeout_seconds,
+                    request=self.request_tag,
                 ) as tx,
             ):
                 yield tx
@@ -164,6 +176,28 @@ class Call:
         shared = await self.idempotent.open(self)
         async with shared.transaction():
             yield shared
+
+
+def request_tag(instance: str, connection_id: int, ref: Ref | None) -> str | None:
+    """What an RPC's transaction sets as `sitebuilder.request` (migration 0013):
+    `<gateway instance>:<connection id>:<ref as JSON>`; none without a ref."""
+    if ref is None:
+        return None
+    return f"{instance}:{connection_id}:{orjson.dumps(ref).decode()}"
+
+
+def parse_request_tag(tag: str) -> tuple[str, int, Ref] | None:
+    """(instance, connection id, ref) of a tag `request_tag()` made, else None."""
+    instance, _, rest = tag.partition(":")
+    connection, _, ref_json = rest.partition(":")
+    try:
+        ref = orjson.loads(ref_json)
+        connection_id = int(connection)
+    except ValueError:  # orjson.JSONDecodeError is one
+        return None
+    if not isinstance(ref, str | int) or isinstance(ref, bool):
+        return None
+    return instance, connection_id, ref
 
 
 Handler = Callable[[Call, P], Awaitable[Any]]

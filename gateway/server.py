@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from uuid import UUID
@@ -55,6 +56,9 @@ class Gateway:
             max_age_seconds=settings.history_max_age_seconds,
         )
         self.router = Router(pool, settings.route_cache_size)
+        # Tells this process's connections from another gateway's in request tags
+        # (changes carry the ref of the rpc that made them back to its connection).
+        self.instance = secrets.token_hex(4)
         self._ids = itertools.count(1)
         self._clients: set[Client] = set()
         self._by_user: dict[UUID, set[Client]] = {}

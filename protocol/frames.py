@@ -214,6 +214,12 @@ class ChangeBase(Frame, Generic[RowT]):
     position: str = Field(
         description="Opaque; strictly increasing per project (compare as strings)."
     )
+    ref: Ref | None = Field(
+        None,
+        description="The `ref` of the `rpc` that made this change, present only on the "
+        "connection that sent it (absent on replays).",
+        exclude_if=lambda ref: ref is None,
+    )
 
 
 class ProjectChange(ChangeBase[ProjectRow]):
