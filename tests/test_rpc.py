@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
 
+from gateway.rpc import Call, call
+from gateway.rpc_methods import METHODS
+from protocol.errors import ErrorCode
+from protocol.frames import Error, Rpc
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import Connect, WsClient
 
@@ -105,3 +110,18 @@ async def test_a_request_stuck_behind_a_lock_times_out_and_writes_nothing(
     finally:
         await blocker.close()
     assert await conn.fetchval("SELECT name FROM projects WHERE id = $1", UUID(project)) == "Locked"
+
+
+async def test_database_unreachable_is_unavailable_and_retryable(
+    database_dsn: str, make_user: UserFactory
+) -> None:
+    """No traceback and no `internal_error` when the database is gone: `unavailable`."""
+    user = await make_user()
+    pool = await asyncio.wait_for(asyncpg.create_pool(database_dsn, min_size=0), 10)
+    assert pool is not None
+    await asyncio.wait_for(pool.close(), 10)
+    caller = Call(user, {}, pool, "r1", online=lambda _: set())
+    frame = Rpc(ref="r1", method="project.create", params={"name": "Offline"})
+    reply = await asyncio.wait_for(call(METHODS, frame, caller), 10)
+    assert isinstance(reply, Error)
+    assert (reply.ref, reply.code) == ("r1", ErrorCode.UNAVAILABLE)
