@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from db.feed_triggers import TABLES
 from db.migrations import Migration, MigrationError, Migrator, load_migrations
 from tests.conftest import MIGRATION_PARAMETERS, PUBLICATION
 
@@ -24,14 +25,6 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 MIGRATIONS = load_migrations()
 LATEST = len(MIGRATIONS)
 VERSIONS = [m.version for m in MIGRATIONS]
-TABLES = (
-    "projects",
-    "sitemaps",
-    "wireframes",
-    "style_guides",
-    "builder_sessions",
-    "version_history",
-)
 
 
 def pg_bin(program: str) -> Path:

@@ -27,6 +27,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
+from db.feed_triggers import TABLES
 from db.pgoutput import (
     UNCHANGED,
     Begin,
@@ -59,14 +60,6 @@ UserFactory = Callable[..., Awaitable[uuid.UUID]]
 
 SLOT = "t_slot"
 PUBLICATION = "sitebuilder_realtime"
-TABLES = [
-    "projects",
-    "sitemaps",
-    "wireframes",
-    "style_guides",
-    "builder_sessions",
-    "version_history",
-]
 # Enough rows to pass logical_decoding_work_mem = 64kB several times over.
 LARGE = 300
 

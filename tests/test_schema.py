@@ -13,18 +13,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from db.feed_triggers import TABLES
 from tests.conftest import PUBLICATION
 
 SEED_SCHEMA = Path(__file__).with_name("seed_schema.sql")
 
-TABLES = (
-    "projects",
-    "sitemaps",
-    "wireframes",
-    "style_guides",
-    "builder_sessions",
-    "version_history",
-)
 
 # What the migrations add to the document, by table; anything else is drift.
 EXTRA_INDEXES: dict[str, dict[str, str]] = {
