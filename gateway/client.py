@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
+import orjson
+from pydantic import JsonValue
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -24,6 +27,7 @@ from db.feed import Position
 from gateway import rpc
 from gateway.hub import Subscription
 from gateway.limits import TokenBucket
+from gateway.presence import group_by_user
 from gateway.project_lists import ListSubscription
 from gateway.rpc import Call
 from gateway.rpc_methods import METHODS
@@ -40,6 +44,8 @@ from protocol.frames import (
     Frame,
     Ok,
     Ping,
+    PresenceState,
+    PresenceUpdate,
     ProjectListSnapshot,
     Ref,
     Reset,
@@ -80,6 +86,11 @@ class Client:
         self._metrics = gateway.metrics
         self._bucket = TokenBucket(self._settings.messages_per_second, self._settings.message_burst)
         self._subscriptions: dict[UUID, Subscription] = {}
+        rate = self._settings.presence_updates_per_second
+        self._presence_bucket = TokenBucket(rate, max(1, math.ceil(rate)))
+        # The latest meta of each project whose update waits for the rate limit.
+        self._presence_pending: dict[UUID, dict[str, JsonValue]] = {}
+        self._presence_timer: asyncio.TimerHandle | None = None
         self._project_list: ListSubscription | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._expiry: asyncio.TimerHandle | None = None
@@ -125,11 +136,16 @@ class Client:
             self._expiry = None
         for subscription in self._subscriptions.values():
             self._gateway.hub.unsubscribe(subscription)
+            self._leave_presence(subscription)
         self._subscriptions.clear()
+        if self._presence_timer is not None:
+            self._presence_timer.cancel()
+            self._presence_timer = None
         if self._project_list is not None:
             self._gateway.project_lists.unsubscribe(self._project_list)
             self._project_list = None
         self._gateway.forget(self)
+        self._gateway.sessions.detach(self)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coroutine)
@@ -313,8 +329,11 @@ class Client:
                 online=self._gateway.online_users,
                 timeout_seconds=self._settings.rpc_timeout_seconds,
                 request_tag=rpc.request_tag(self._gateway.instance, self.id, frame.ref),
+                origin=self._gateway.sessions.origin(self, self.ws),
             )
             self.send(await rpc.call(METHODS, frame, caller))
+        elif isinstance(frame, PresenceUpdate):
+            self._update_presence(frame)
         elif isinstance(frame, AuthRefresh):
             self._refresh(frame)
         elif isinstance(frame, Auth):
@@ -383,6 +402,8 @@ class Client:
             self._drop(subscription)
             message = f"project {project_id} does not exist or is not shared with you"
             self.send(self._error(ErrorCode.FORBIDDEN, message, frame.ref))
+            return
+        await self._join_presence(subscription)
 
     async def _resume(self, subscription: Subscription, since_text: str, ref: Ref | None) -> bool:
         """Replay what followed `since`, then go live; when the history no longer reaches
@@ -478,6 +499,7 @@ class Client:
 
     def _drop(self, subscription: Subscription) -> None:
         self._gateway.hub.unsubscribe(subscription)
+        self._leave_presence(subscription)
         if self._subscriptions.get(subscription.project_id) is subscription:
             del self._subscriptions[subscription.project_id]
 
@@ -511,6 +533,74 @@ class Client:
             self.revoke(subscription.project_id, "the project is no longer shared with you")
         elif sent is None:
             self.close(CloseCode.SERVICE_RESTART, "resync failed")
+
+    # Presence
+
+    @property
+    def connection_id(self) -> str:
+        """Unique across gateways (a presence backend may be shared by several)."""
+        return f"{self._gateway.instance}-{self.id}"
+
+    def _subscribed_to(self, subscription: Subscription) -> bool:
+        current = self._subscriptions.get(subscription.project_id)
+        return not self._closing and current is subscription
+
+    async def _join_presence(self, subscription: Subscription) -> None:
+        """Join the project's presence and send its `presence.state`; diffs follow."""
+        presence = self._gateway.presence
+        project_id = subscription.project_id
+        await presence.join(project_id, self.user_id, self.connection_id, {})
+        entries = await presence.list(project_id) if self._subscribed_to(subscription) else None
+        if entries is None or not self._subscribed_to(subscription):
+            await presence.leave(project_id, self.connection_id)  # it ended meanwhile
+            return
+        subscription.presence = True
+        self.send(PresenceState(project_id=project_id, users=group_by_user(entries)))
+
+    def _leave_presence(self, subscription: Subscription) -> None:
+        self._presence_pending.pop(subscription.project_id, None)
+        if subscription.presence:
+            subscription.presence = False
+            presence = self._gateway.presence
+            self._spawn(presence.leave(subscription.project_id, self.connection_id))
+
+    def _update_presence(self, frame: PresenceUpdate) -> None:
+        subscription = self._subscriptions.get(frame.project_id)
+        if subscription is None or not subscription.presence:
+            message = f"not subscribed to {frame.project_id}"
+            self.send(self._error(ErrorCode.NOT_SUBSCRIBED, message, frame.ref))
+            return
+        size = len(orjson.dumps(frame.meta))
+        limit = self._settings.max_presence_meta_bytes
+        if size > limit:
+            self._metrics.rate_limited.labels("max_presence_meta_bytes").inc()
+            message = (
+                f"presence meta of {size} bytes is over the limit of {limit} "
+                "(SITEBUILDER_MAX_PRESENCE_META_BYTES)"
+            )
+            self.send(self._error(ErrorCode.PRESENCE_TOO_LARGE, message, frame.ref))
+            return
+        self.send(Ok(ref=frame.ref, data={"project_id": str(frame.project_id)}))
+        if frame.project_id in self._presence_pending or self._presence_timer is not None:
+            self._metrics.rate_limited.labels("presence_updates_per_second").inc()
+        self._presence_pending[frame.project_id] = frame.meta
+        if self._presence_timer is None:
+            self._flush_presence()
+
+    def _flush_presence(self) -> None:
+        """Apply pending updates while the bucket allows; the rest (at most one per
+        project, the latest) when it next does."""
+        self._presence_timer = None
+        while self._presence_pending and not self._closing:
+            wait = self._presence_bucket.take()
+            if wait:
+                loop = asyncio.get_running_loop()
+                self._presence_timer = loop.call_later(wait, self._flush_presence)
+                return
+            project_id = next(iter(self._presence_pending))
+            meta = self._presence_pending.pop(project_id)
+            presence = self._gateway.presence
+            self._spawn(presence.update(project_id, self.connection_id, meta))
 
     # The project list
 

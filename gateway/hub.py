@@ -69,6 +69,8 @@ class Subscription:
     # What the client already has: changes its snapshot saw, or up to where it resumed.
     seen: VisibilitySnapshot | None = None
     after: Position | None = None
+    # Joined the project's presence and sent its `presence.state`: gets `presence.diff`s.
+    presence: bool = False
 
     def wants(self, event: Event) -> bool:
         if self.seen is not None and self.seen.sees(event.xid):

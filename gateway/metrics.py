@@ -83,6 +83,11 @@ class Metrics:
         self.feed_resets = Counter(
             "sitebuilder_feed_resets", "Times subscribers were told to resynchronise.", registry=r
         )
+        self.sessions_cleaned = Counter(
+            "sitebuilder_sessions_cleaned",
+            "Old completed or cancelled builder sessions deleted by cleanup_old_sessions().",
+            registry=r,
+        )
         for state in ("pending", "live"):
             self.subscriptions.labels(state)
 

@@ -22,7 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -32,6 +32,9 @@ from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 from db.acting_user import Conn, acting_as
 from protocol.errors import ErrorCode
 from protocol.frames import Error, Ref, Result, Rpc
+
+if TYPE_CHECKING:
+    from gateway.sessions import Origin
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +158,9 @@ class Call:
     idempotent: Idempotent | None = field(default=None, compare=False)
     # Names this request to the change feeds (`request_tag()`), so its changes carry its ref.
     request_tag: str | None = None
+    # The connection the request came on (its address, user agent; `session.*` attach
+    # sessions to it); None when called from elsewhere.
+    origin: Origin | None = field(default=None, compare=False)
 
     @asynccontextmanager
     async def as_user(self) -> AsyncIterator[Conn]:

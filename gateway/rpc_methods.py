@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from gateway import rpc_analytics, rpc_batch, rpc_entities, rpc_projects, rpc_versions
+from gateway import (
+    rpc_analytics,
+    rpc_batch,
+    rpc_entities,
+    rpc_projects,
+    rpc_sessions,
+    rpc_versions,
+)
 from gateway.rpc import Methods
 
 METHODS: Methods = {
@@ -11,4 +18,5 @@ METHODS: Methods = {
     **rpc_analytics.METHODS,
     **rpc_batch.METHODS,
     **rpc_versions.METHODS,
+    **rpc_sessions.METHODS,
 }

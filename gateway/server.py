@@ -26,8 +26,10 @@ from gateway.health import http_router
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.presence import InMemoryPresence, Presence, PresenceFanout
 from gateway.project_lists import ProjectLists
 from gateway.router import Router
+from gateway.sessions import LiveSessions
 from gateway.settings import Settings
 from gateway.tokens import TokenVerifier
 from protocol.frames import ResetReason
@@ -56,6 +58,9 @@ class Gateway:
             max_age_seconds=settings.history_max_age_seconds,
         )
         self.router = Router(pool, settings.route_cache_size)
+        self.sessions = LiveSessions(pool, settings, self.metrics)
+        self.presence: Presence = InMemoryPresence()
+        self.presence.subscribe(PresenceFanout(self.hub, self.metrics))
         # Tells this process's connections from another gateway's in request tags
         # (changes carry the ref of the rpc that made them back to its connection).
         self.instance = secrets.token_hex(4)
@@ -199,6 +204,8 @@ class Gateway:
             asyncio.create_task(Dispatcher(self, self.feed).run(), name="dispatcher"),
             asyncio.create_task(self._watch_feed(), name="feed-watch"),
             asyncio.create_task(self._expire_idempotency_keys(), name="idempotency-expiry"),
+            asyncio.create_task(self.sessions.run_sweeps(), name="session-sweep"),
+            asyncio.create_task(self.sessions.run_cleanups(), name="session-cleanup"),
         ]
         await self._wait_for_feed()
         self._server = await serve(
@@ -226,6 +233,7 @@ class Gateway:
             logger.warning("change feed not connected yet: serving, /readyz reports 503")
 
     async def _shut_down(self) -> None:
+        await self.sessions.close()  # sessions of closing connections stay active
         server = self.server
         server.close(close_connections=False)
         for client in list(self._clients):

@@ -107,6 +107,20 @@ class Settings(BaseSettings):
     max_subscriptions: Annotated[
         int, Field(gt=0, description="Projects one connection may follow at once.")
     ] = 100
+    presence_updates_per_second: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "`presence.update` frames applied per second per connection (as many at "
+                "once); the excess is coalesced to the latest meta and applied when allowed."
+            ),
+        ),
+    ] = 20.0
+    max_presence_meta_bytes: Annotated[
+        int,
+        Field(gt=0, description="Largest presence `meta` (as JSON) a `presence.update` may set."),
+    ] = 2048
     max_connections_per_user: Annotated[
         int, Field(gt=0, description="Open connections per user on this gateway (4009).")
     ] = 20
@@ -217,6 +231,37 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 86_400.0
+    trust_proxy_headers: Annotated[
+        bool,
+        Field(
+            description=(
+                "Behind a reverse proxy: record a builder session's `ip_address` from the last "
+                "address of `X-Forwarded-For` (the one the proxy appended), not the socket's "
+                "peer. Off: the header is ignored (a client could write anything in it)."
+            )
+        ),
+    ] = False
+    session_pause_grace_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            description=(
+                "A builder session whose last connection closed becomes `paused` after this, "
+                "unless `session.resume` reattaches it first; also the idleness after which "
+                "the start-up and minutely sweeps pause `active` sessions nobody holds."
+            ),
+        ),
+    ] = 30.0
+    session_cleanup_interval_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            description=(
+                "How often `cleanup_old_sessions()` deletes completed and cancelled sessions "
+                "older than 30 days (count in `sitebuilder_sessions_cleaned_total`); 0: never."
+            ),
+        ),
+    ] = 3600.0
 
     @property
     def pgdata(self) -> Path:

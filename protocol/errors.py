@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     INVALID = "invalid"
     CONFLICT = "conflict"
     TIMEOUT = "timeout"
+    PRESENCE_TOO_LARGE = "presence_too_large"
     INTERNAL = "internal_error"
 
 

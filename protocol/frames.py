@@ -115,6 +115,16 @@ class Rpc(ClientFrame):
     )
 
 
+class PresenceUpdate(ClientFrame):
+    """Replace this connection's presence `meta` in a subscribed project (page or
+    wireframe being edited, cursor, selection, builder session and step…); answered
+    with `ok`. Rate-limited per connection: excess updates are coalesced to the latest."""
+
+    type: Literal["presence.update"] = "presence.update"
+    project_id: UUID
+    meta: dict[str, JsonValue] = Field(default_factory=dict)
+
+
 ClientMessage = Annotated[
     Auth
     | AuthRefresh
@@ -123,7 +133,8 @@ ClientMessage = Annotated[
     | SubscribeProjects
     | UnsubscribeProjects
     | Ping
-    | Rpc,
+    | Rpc
+    | PresenceUpdate,
     Field(discriminator="type"),
 ]
 CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
@@ -135,6 +146,7 @@ CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
     "unsubscribe_projects": UnsubscribeProjects,
     "ping": Ping,
     "rpc": Rpc,
+    "presence.update": PresenceUpdate,
 }
 
 
@@ -321,7 +333,48 @@ class Closing(Frame):
     reconnect_after_ms: int
 
 
+class PresenceMeta(Frame):
+    """One connection of a user in a project's presence."""
+
+    connection_id: str = Field(description="Opaque, unique per connection and gateway.")
+    meta: dict[str, JsonValue]
+    joined_at: datetime
+    last_active: datetime
+
+
+class PresenceUser(Frame):
+    metas: list[PresenceMeta] = Field(description="One per connection of the user.")
+
+
+class PresenceState(Frame):
+    """Who is in the project now, by user; sent after a subscribe's `ok` (and snapshot)."""
+
+    type: Literal["presence.state"] = "presence.state"
+    project_id: UUID
+    users: dict[UUID, PresenceUser]
+
+
+class PresenceDiff(Frame):
+    """Connections that joined or left the project's presence since the last frame; an
+    update of a connection's meta is a leave (old meta) and a join (new meta)."""
+
+    type: Literal["presence.diff"] = "presence.diff"
+    project_id: UUID
+    joins: dict[UUID, PresenceUser]
+    leaves: dict[UUID, PresenceUser]
+
+
 ServerMessage = Annotated[
-    Ok | Error | Result | Snapshot | Change | ProjectListSnapshot | Unsubscribed | Reset | Closing,
+    Ok
+    | Error
+    | Result
+    | Snapshot
+    | Change
+    | ProjectListSnapshot
+    | Unsubscribed
+    | Reset
+    | Closing
+    | PresenceState
+    | PresenceDiff,
     Field(discriminator="type"),
 ]

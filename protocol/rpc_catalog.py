@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from protocol import rpc_analytics, rpc_batch, rpc_entities, rpc_projects, rpc_versions
+from protocol import (
+    rpc_analytics,
+    rpc_batch,
+    rpc_entities,
+    rpc_projects,
+    rpc_sessions,
+    rpc_versions,
+)
 
 RPC_PARAMS: dict[str, type[BaseModel]] = {
     **rpc_projects.PARAMS,
@@ -12,4 +19,5 @@ RPC_PARAMS: dict[str, type[BaseModel]] = {
     **rpc_analytics.PARAMS,
     **rpc_batch.PARAMS,
     **rpc_versions.PARAMS,
+    **rpc_sessions.PARAMS,
 }

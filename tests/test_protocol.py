@@ -29,6 +29,7 @@ from protocol.frames import (
     Ok,
     Op,
     Ping,
+    PresenceUpdate,
     ProjectChange,
     ProjectListSnapshot,
     Reset,
@@ -109,6 +110,10 @@ def refused(data: str | bytes) -> ProtocolError:
             {"type": "rpc", "method": "project.create", "params": {"name": "A", "tags": [1]}},
             Rpc(method="project.create", params={"name": "A", "tags": [1]}),
         ),
+        (
+            {"type": "presence.update", "project_id": str(PROJECT_ID), "meta": {"page": "home"}},
+            PresenceUpdate(project_id=PROJECT_ID, meta={"page": "home"}),
+        ),
     ],
     ids=[
         "auth",
@@ -121,6 +126,7 @@ def refused(data: str | bytes) -> ProtocolError:
         "unsubscribe_projects",
         "subscribe-since",
         "rpc",
+        "presence.update",
     ],
 )
 def test_decodes_every_client_frame(obj: dict[str, Any], expected: ClientFrame) -> None:
@@ -138,6 +144,7 @@ def test_every_client_frame_type_is_covered() -> None:
         "unsubscribe_projects",
         "ping",
         "rpc",
+        "presence.update",
     }
 
 
@@ -518,6 +525,8 @@ def test_schema_discriminates_client_and_server_frames_by_type() -> None:
         "unsubscribed",
         "reset",
         "closing",
+        "presence.state",
+        "presence.diff",
     }
 
 

@@ -1,0 +1,171 @@
+"""Presence: who is connected to each project right now, and what they are doing.
+
+`Presence` is the interface the rest of the gateway uses: join, leave, update, list,
+and subscribe to diffs. Its methods are coroutines and its diffs arrive through a
+listener, so a backend may keep the state elsewhere (a shared bus, a later issue) and
+several gateway processes may share it: nothing outside this module may assume that
+every connection of a project lives in this process. Connection ids must therefore
+be unique across gateways (the client uses `<gateway instance>-<connection number>`).
+
+`InMemoryPresence` is the single-process backend. Presence is never written to
+PostgreSQL.
+
+The state is grouped by user, like Phoenix Presence: a user with three tabs is one
+user with three connections (`metas`). An update of a connection's `meta` is
+announced as a leave of the old entry and a join of the new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Protocol
+from uuid import UUID
+
+from pydantic import JsonValue
+from websockets.asyncio.connection import broadcast
+from websockets.asyncio.server import ServerConnection
+
+from gateway.hub import Hub
+from gateway.metrics import Metrics
+from protocol.codec import encode_frame
+from protocol.frames import PresenceDiff, PresenceMeta, PresenceUser
+
+Meta = dict[str, JsonValue]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEntry:
+    """One connection in one project's presence."""
+
+    user_id: UUID
+    connection_id: str
+    meta: Meta
+    joined_at: datetime
+    last_active: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """What changed in one project's presence, as one diff."""
+
+    project_id: UUID
+    joins: tuple[PresenceEntry, ...] = ()
+    leaves: tuple[PresenceEntry, ...] = ()
+
+
+Listener = Callable[[PresenceChange], None]
+
+
+class Presence(Protocol):
+    """Per-project presence; diffs go to every listener (of every gateway, for a
+    shared backend)."""
+
+    async def join(self, project_id: UUID, user_id: UUID, connection_id: str, meta: Meta) -> None:
+        """Add (or replace) the connection in the project's presence."""
+        ...
+
+    async def leave(self, project_id: UUID, connection_id: str) -> None:
+        """Remove the connection; nothing happens when it is not there."""
+        ...
+
+    async def update(self, project_id: UUID, connection_id: str, meta: Meta) -> None:
+        """Replace the connection's meta (and `last_active`); ignored when it left."""
+        ...
+
+    async def list(self, project_id: UUID) -> list[PresenceEntry]:
+        """Every connection in the project's presence."""
+        ...
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` with every diff from now on; returns the unsubscribe."""
+        ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class InMemoryPresence:
+    """The single-process backend: a dict per project, diffs to listeners at once."""
+
+    def __init__(self) -> None:
+        self._projects: dict[UUID, dict[str, PresenceEntry]] = {}
+        self._listeners: list[Listener] = []
+
+    async def join(self, project_id: UUID, user_id: UUID, connection_id: str, meta: Meta) -> None:
+        now = _now()
+        entry = PresenceEntry(user_id, connection_id, meta, now, now)
+        entries = self._projects.setdefault(project_id, {})
+        old = entries.get(connection_id)
+        entries[connection_id] = entry
+        self._emit(PresenceChange(project_id, (entry,), () if old is None else (old,)))
+
+    async def leave(self, project_id: UUID, connection_id: str) -> None:
+        entries = self._projects.get(project_id)
+        if entries is None or connection_id not in entries:
+            return
+        old = entries.pop(connection_id)
+        if not entries:
+            del self._projects[project_id]
+        self._emit(PresenceChange(project_id, (), (old,)))
+
+    async def update(self, project_id: UUID, connection_id: str, meta: Meta) -> None:
+        entries = self._projects.get(project_id)
+        old = None if entries is None else entries.get(connection_id)
+        if entries is None or old is None:
+            return
+        new = replace(old, meta=meta, last_active=_now())
+        entries[connection_id] = new
+        self._emit(PresenceChange(project_id, (new,), (old,)))
+
+    async def list(self, project_id: UUID) -> list[PresenceEntry]:
+        return list(self._projects.get(project_id, {}).values())
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _emit(self, change: PresenceChange) -> None:
+        for listener in list(self._listeners):
+            listener(change)
+
+
+def group_by_user(entries: Iterable[PresenceEntry]) -> dict[UUID, PresenceUser]:
+    """The wire shape: `{user_id: {metas: [...]}}`, connections in join order."""
+    metas: dict[UUID, list[PresenceMeta]] = {}
+    for entry in sorted(entries, key=lambda e: (e.joined_at, e.connection_id)):
+        metas.setdefault(entry.user_id, []).append(
+            PresenceMeta(
+                connection_id=entry.connection_id,
+                meta=entry.meta,
+                joined_at=entry.joined_at,
+                last_active=entry.last_active,
+            )
+        )
+    return {user_id: PresenceUser(metas=m) for user_id, m in metas.items()}
+
+
+class PresenceFanout:
+    """Listener that encodes each diff once and writes it to the project's subscribers
+    on this gateway that already have its `presence.state`."""
+
+    def __init__(self, hub: Hub, metrics: Metrics) -> None:
+        self._hub = hub
+        self._metrics = metrics
+
+    def __call__(self, change: PresenceChange) -> None:
+        targets: list[ServerConnection] = []
+        for subscription in self._hub.subscriptions_of(change.project_id):
+            if subscription.presence and subscription.subscriber.can_send():
+                targets.append(subscription.subscriber.ws)
+        if not targets:
+            return
+        frame = PresenceDiff(
+            project_id=change.project_id,
+            joins=group_by_user(change.joins),
+            leaves=group_by_user(change.leaves),
+        )
+        broadcast(targets, encode_frame(frame), text=True)
+        self._metrics.frames_out.labels("presence.diff").inc(len(targets))

@@ -1,0 +1,215 @@
+"""Live builder sessions on this gateway: which connections hold them, pausing the
+abandoned ones, and deleting the old ones.
+
+A session created or resumed (`session.create`, `session.resume`) on a connection is
+attached to it, in memory. When the last connection attached to a session closes, a
+timer pauses it after `SITEBUILDER_SESSION_PAUSE_GRACE_SECONDS`; a `session.resume`
+within the grace reattaches it and changes nothing.
+
+Pausing is one guarded UPDATE, as the gateway (not as a user): it pauses a session only
+while it is `active` and untouched (`updated_at`, which every write moves) for the
+grace period. So a `resume` or `update_progress` that commits just before the timer
+fires wins, whatever the interleaving in this process.
+
+A gateway that crashed leaves its sessions `active` with nobody connected. The sweep
+(when the gateway starts, then every `SWEEP_SECONDS`) pauses every `active` session
+that no connection of this gateway holds and that was untouched for the grace period.
+
+Several gateway nodes: attachments are per node for now (a later issue shares them, with
+presence), so a node's sweep also pauses a session that a connection of another node
+holds but that its builder has not touched for the grace period. Its owner's next
+`session.update_progress` still succeeds (a paused session may be updated) and a
+`session.resume` makes it `active` again. On one node the rule is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Hashable
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+from websockets.asyncio.server import ServerConnection
+
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# How often abandoned `active` sessions are looked for, besides at start.
+SWEEP_SECONDS = 60.0
+USER_AGENT_MAX_CHARS = 512
+
+_PAUSE_ONE = """
+    UPDATE public.builder_sessions SET status = 'paused'
+    WHERE id = $1 AND status = 'active' AND updated_at <= now() - make_interval(secs => $2)
+"""
+_SWEEP = """
+    UPDATE public.builder_sessions SET status = 'paused'
+    WHERE status = 'active' AND updated_at <= now() - make_interval(secs => $1)
+      AND NOT (id = ANY($2::uuid[]))
+"""
+_CLEANUP = "SELECT public.cleanup_old_sessions()"
+
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def _count(status: str) -> int:
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _ip(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The connection an RPC came on, as `session.*` methods need it."""
+
+    connection: Hashable
+    ip_address: str | None
+    user_agent: str | None
+    sessions: LiveSessions
+
+    def attach(self, session_id: UUID) -> None:
+        self.sessions.attach(session_id, self.connection)
+
+    def end(self, session_id: UUID) -> None:
+        self.sessions.end(session_id)
+
+
+class LiveSessions:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, metrics: Metrics) -> None:
+        self._pool = pool
+        self._grace = settings.session_pause_grace_seconds
+        self._trust_proxy = settings.trust_proxy_headers
+        self._cleanup_interval = settings.session_cleanup_interval_seconds
+        self._metrics = metrics
+        self._holders: dict[UUID, set[Hashable]] = {}
+        self._held: dict[Hashable, set[UUID]] = {}
+        self._timers: dict[UUID, asyncio.Task[None]] = {}
+        self._closed = False
+
+    # The handshake
+
+    def origin(self, connection: Hashable, ws: ServerConnection) -> Origin:
+        headers = ws.request.headers if ws.request is not None else None
+        address = None
+        if self._trust_proxy and headers is not None:
+            # The last address is the one the proxy in front of us appended; earlier
+            # ones come from the client and may be anything.
+            forwarded = ",".join(headers.get_all("X-Forwarded-For")).split(",")
+            address = _ip(forwarded[-1]) if forwarded[-1].strip() else None
+        if address is None and ws.remote_address:
+            address = _ip(str(ws.remote_address[0]))
+        agent = headers.get("User-Agent") if headers is not None else None
+        if agent is not None:
+            agent = agent[:USER_AGENT_MAX_CHARS]
+        return Origin(connection, address, agent, self)
+
+    # Attachments
+
+    def attached(self) -> list[UUID]:
+        return list(self._holders)
+
+    def attach(self, session_id: UUID, connection: Hashable) -> None:
+        self._holders.setdefault(session_id, set()).add(connection)
+        self._held.setdefault(connection, set()).add(session_id)
+        timer = self._timers.pop(session_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def end(self, session_id: UUID) -> None:
+        """The session completed or was cancelled: nothing to pause any more."""
+        for connection in self._holders.pop(session_id, set()):
+            held = self._held.get(connection)
+            if held is not None:
+                held.discard(session_id)
+                if not held:
+                    del self._held[connection]
+        timer = self._timers.pop(session_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def detach(self, connection: Hashable) -> None:
+        """The connection closed: its sessions no other connection holds are paused
+        after the grace period."""
+        for session_id in self._held.pop(connection, set()):
+            holders = self._holders.get(session_id)
+            if holders is None:
+                continue
+            holders.discard(connection)
+            if holders:
+                continue
+            del self._holders[session_id]
+            if not self._closed:
+                self._timers[session_id] = asyncio.create_task(
+                    self._pause_later(session_id), name=f"session-pause-{session_id}"
+                )
+
+    async def _pause_later(self, session_id: UUID) -> None:
+        try:
+            await asyncio.sleep(self._grace)
+            paused = _count(await self._pool.execute(_PAUSE_ONE, session_id, self._grace))
+        except _DB_ERRORS as error:
+            logger.warning("session %s not paused (the sweep will): %s", session_id, error)
+        else:
+            if paused:
+                logger.info("paused session %s: its last connection left", session_id)
+        finally:
+            if self._timers.get(session_id) is asyncio.current_task():
+                del self._timers[session_id]
+
+    # Sweeps and retention (tasks the gateway owns)
+
+    async def sweep(self) -> int:
+        """Pause the abandoned `active` sessions (see the module); how many."""
+        status = await self._pool.execute(_SWEEP, self._grace, self.attached())
+        paused = _count(status)
+        if paused:
+            logger.info("paused %d active sessions no connection holds", paused)
+        return paused
+
+    async def run_sweeps(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except _DB_ERRORS as error:
+                logger.warning("abandoned sessions not paused: %s", error)
+            await asyncio.sleep(SWEEP_SECONDS)
+
+    async def cleanup(self) -> int:
+        """Delete completed and cancelled sessions older than 30 days (the seed's
+        cleanup_old_sessions()); how many."""
+        removed: int = await self._pool.fetchval(_CLEANUP)
+        self._metrics.sessions_cleaned.inc(removed)
+        logger.info("cleanup_old_sessions() removed %d sessions", removed)
+        return removed
+
+    async def run_cleanups(self) -> None:
+        if not self._cleanup_interval:
+            return
+        while True:
+            try:
+                await self.cleanup()
+            except _DB_ERRORS as error:
+                logger.warning("old sessions not cleaned up: %s", error)
+            await asyncio.sleep(self._cleanup_interval)
+
+    async def close(self) -> None:
+        """Shutdown: cancel the pending pauses (the next start's sweep will do them)."""
+        self._closed = True
+        timers = list(self._timers.values())
+        self._timers.clear()
+        for timer in timers:
+            timer.cancel()
+        for timer in timers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
