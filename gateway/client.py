@@ -27,7 +27,7 @@ from db.feed import Position
 from gateway import rpc
 from gateway.hub import Subscription
 from gateway.limits import TokenBucket
-from gateway.presence import group_by_user
+from gateway.presence import Meta, group_by_user
 from gateway.project_lists import ListSubscription
 from gateway.rpc import Call
 from gateway.rpc_methods import METHODS
@@ -329,7 +329,7 @@ class Client:
                 online=self._gateway.online_users,
                 timeout_seconds=self._settings.rpc_timeout_seconds,
                 request_tag=rpc.request_tag(self._gateway.instance, self.id, frame.ref),
-                origin=self._gateway.sessions.origin(self, self.ws),
+                origin=self._gateway.sessions.origin(self, self.ws, self._show_session),
             )
             self.send(await rpc.call(METHODS, frame, caller))
         elif isinstance(frame, PresenceUpdate):
@@ -563,6 +563,9 @@ class Client:
             subscription.presence = False
             presence = self._gateway.presence
             self._spawn(presence.leave(subscription.project_id, self.connection_id))
+
+    async def _show_session(self, project_id: UUID, session: Meta | None) -> None:
+        await self._gateway.presence.set_session(project_id, self.connection_id, session)
 
     def _update_presence(self, frame: PresenceUpdate) -> None:
         subscription = self._subscriptions.get(frame.project_id)

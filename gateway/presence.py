@@ -44,6 +44,8 @@ class PresenceEntry:
     meta: Meta
     joined_at: datetime
     last_active: datetime
+    # The builder session this connection drives, set by the server (session.* RPCs).
+    session: Meta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,11 @@ class Presence(Protocol):
 
     async def update(self, project_id: UUID, connection_id: str, meta: Meta) -> None:
         """Replace the connection's meta (and `last_active`); ignored when it left."""
+        ...
+
+    async def set_session(self, project_id: UUID, connection_id: str, session: Meta | None) -> None:
+        """Show (None: stop showing) the builder session the connection drives, beside
+        the client's own meta; ignored when the connection is not there."""
         ...
 
     async def list(self, project_id: UUID) -> list[PresenceEntry]:
@@ -120,6 +127,15 @@ class InMemoryPresence:
         entries[connection_id] = new
         self._emit(PresenceChange(project_id, (new,), (old,)))
 
+    async def set_session(self, project_id: UUID, connection_id: str, session: Meta | None) -> None:
+        entries = self._projects.get(project_id)
+        old = None if entries is None else entries.get(connection_id)
+        if entries is None or old is None:
+            return
+        new = replace(old, session=session, last_active=_now())
+        entries[connection_id] = new
+        self._emit(PresenceChange(project_id, (new,), (old,)))
+
     async def list(self, project_id: UUID) -> list[PresenceEntry]:
         return list(self._projects.get(project_id, {}).values())
 
@@ -140,6 +156,7 @@ def group_by_user(entries: Iterable[PresenceEntry]) -> dict[UUID, PresenceUser]:
             PresenceMeta(
                 connection_id=entry.connection_id,
                 meta=entry.meta,
+                session=entry.session,
                 joined_at=entry.joined_at,
                 last_active=entry.last_active,
             )

@@ -98,6 +98,7 @@ async def create(call: Call, params: SessionCreate) -> OwnedSession:
     session = OwnedSession.model_validate_json(row)
     if origin is not None:
         origin.attach(session.id)
+        await origin.show_session(session.model_dump())
     return session
 
 
@@ -120,7 +121,10 @@ async def update_progress(call: Call, params: SessionProgress) -> SessionRow:
         )
         if row is None:
             raise await _refusal(conn, "id", params.id, str(params.id))
-    return SessionRow.model_validate_json(row)
+    session = SessionRow.model_validate_json(row)
+    if call.origin is not None:
+        await call.origin.show_session(session.model_dump())
+    return session
 
 
 async def _end(status: str, call: Call, params: SessionId) -> SessionRow:
@@ -128,9 +132,11 @@ async def _end(status: str, call: Call, params: SessionId) -> SessionRow:
         row = await conn.fetchval(_END, params.id, status)
         if row is None:
             raise await _refusal(conn, "id", params.id, str(params.id))
+    session = SessionRow.model_validate_json(row)
     if call.origin is not None:
         call.origin.end(params.id)
-    return SessionRow.model_validate_json(row)
+        await call.origin.show_session(session.model_dump(), active=False)
+    return session
 
 
 async def complete(call: Call, params: SessionId) -> SessionRow:
@@ -149,6 +155,7 @@ async def resume(call: Call, params: SessionToken) -> OwnedSession:
     session = OwnedSession.model_validate_json(row)
     if call.origin is not None:
         call.origin.attach(session.id)
+        await call.origin.show_session(session.model_dump())
     return session
 
 

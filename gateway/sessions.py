@@ -28,14 +28,16 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 from websockets.asyncio.server import ServerConnection
 
 from gateway.metrics import Metrics
+from gateway.presence import Meta
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -77,9 +79,26 @@ class Origin:
     ip_address: str | None
     user_agent: str | None
     sessions: LiveSessions
+    # Where the connection's presence shows the session it drives.
+    show: Callable[[UUID, Meta | None], Awaitable[None]] | None = None
 
     def attach(self, session_id: UUID) -> None:
         self.sessions.attach(session_id, self.connection)
+
+    async def show_session(self, session: Mapping[str, Any], *, active: bool = True) -> None:
+        """Put the session's step in its owner's presence meta (or take it out)."""
+        if self.show is None:
+            return
+        shown: Meta | None = (
+            {
+                "id": str(session["id"]),
+                "current_step": session.get("current_step"),
+                "status": session.get("status"),
+            }
+            if active
+            else None
+        )
+        await self.show(UUID(str(session["project_id"])), shown)
 
     def end(self, session_id: UUID) -> None:
         self.sessions.end(session_id)
@@ -99,7 +118,12 @@ class LiveSessions:
 
     # The handshake
 
-    def origin(self, connection: Hashable, ws: ServerConnection) -> Origin:
+    def origin(
+        self,
+        connection: Hashable,
+        ws: ServerConnection,
+        show: Callable[[UUID, Meta | None], Awaitable[None]] | None = None,
+    ) -> Origin:
         headers = ws.request.headers if ws.request is not None else None
         address = None
         if self._trust_proxy and headers is not None:
@@ -112,7 +136,7 @@ class LiveSessions:
         agent = headers.get("User-Agent") if headers is not None else None
         if agent is not None:
             agent = agent[:USER_AGENT_MAX_CHARS]
-        return Origin(connection, address, agent, self)
+        return Origin(connection, address, agent, self, show)
 
     # Attachments
 

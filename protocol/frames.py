@@ -338,6 +338,10 @@ class PresenceMeta(Frame):
 
     connection_id: str = Field(description="Opaque, unique per connection and gateway.")
     meta: dict[str, JsonValue]
+    session: dict[str, JsonValue] | None = Field(
+        None,
+        description="The builder session this connection drives: {id, current_step, status}.",
+    )
     joined_at: datetime
     last_active: datetime
 

@@ -252,3 +252,82 @@ async def test_public_reader_is_in_presence(
     assert reply["type"] == "ok"
     diff = await next_diff(a)
     assert diff["joins"][str(reader)]["metas"][0]["meta"] == {"page": "about"}
+
+
+async def rpc_result(client: WsClient, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The `result` of an rpc; the changes it causes may come first (with its ref)."""
+    ref = client.next_ref()
+    await client.send({"type": "rpc", "ref": ref, "method": method, "params": params})
+
+    async def reply() -> dict[str, Any]:
+        while True:
+            frame = await client.recv()
+            if frame.get("ref") == ref and frame["type"] in ("result", "error"):
+                return frame
+
+    frame = await asyncio.wait_for(reply(), TIMEOUT)
+    assert frame["type"] == "result", frame
+    data: dict[str, Any] = frame["data"]
+    return data
+
+
+async def test_builder_session_step_shows_in_its_owners_presence(
+    conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
+) -> None:
+    """The collaborator's `session.update_progress` reaches the owner twice over: as a
+    `session` change and in the collaborator's presence, with no extra request."""
+    owner, collaborator = await make_user(), await make_user()
+    project = await make_project(conn, owner, collaborators=[collaborator])
+    a, _ = await joined(ws_client, owner, project)
+    b, state = await joined(ws_client, collaborator, project)
+    b_id = own_connection(state, collaborator, set())
+    await next_diff(a)  # b joined
+
+    created = await rpc_result(
+        b, "session.create", {"project_id": str(project), "current_step": "sitemap-generation"}
+    )
+    session_id = created["id"]
+    await rpc_result(
+        b,
+        "session.update_progress",
+        {
+            "id": session_id,
+            "current_step": "wireframe-design",
+            "progress": {"completed": 25, "total": 100},
+        },
+    )
+
+    async def until_both() -> tuple[dict[str, Any], dict[str, Any]]:
+        change: dict[str, Any] | None = None
+        shown: dict[str, Any] | None = None
+        while change is None or shown is None:
+            frame = await a.recv()
+            if frame["type"] == "change" and frame["entity"] == "session":
+                if frame["new"]["current_step"] == "wireframe-design":
+                    change = frame
+            elif frame["type"] == "presence.diff":
+                for meta in frame["joins"].get(str(collaborator), {"metas": []})["metas"]:
+                    session = meta["session"] or {}
+                    if meta["connection_id"] == b_id and session.get("current_step") == (
+                        "wireframe-design"
+                    ):
+                        shown = meta
+        return change, shown
+
+    change, shown = await asyncio.wait_for(until_both(), TIMEOUT)
+    assert change["new"]["progress"] == {"completed": 25, "total": 100}
+    assert "session_token" not in change["new"]
+    assert shown["session"] == {
+        "id": session_id,
+        "current_step": "wireframe-design",
+        "status": "active",
+    }
+
+    await rpc_result(b, "session.complete", {"id": session_id})
+    await diff_until(
+        a,
+        lambda d: any(
+            m["connection_id"] == b_id and m["session"] is None
+            for m in d["joins"].get(str(collaborator), {"metas": []})["metas"]
+        ),
+    )
