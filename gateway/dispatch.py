@@ -127,7 +127,7 @@ class Dispatcher:
             and change.new is not None
             and any(change.old.get(c) != change.new.get(c) for c in ACCESS_COLUMNS)
         ):
-            await self._gateway.recheck_access(UUID(str(change.new["id"])))
+            await self._gateway.recheck_access(UUID(str(change.new["id"])), change.xid)
 
     def _publish_list(self, change: RowChange) -> None:
         """To the project lists of its members (owner and collaborators), old and new:

@@ -112,8 +112,9 @@ class Gateway:
 
     # Authorization changes
 
-    async def recheck_access(self, project_id: UUID) -> None:
-        """Ask PostgreSQL, as each subscriber, whether they may still see the project."""
+    async def recheck_access(self, project_id: UUID, xid: int) -> None:
+        """Ask PostgreSQL, as each subscriber, whether they may still see the project,
+        once transaction `xid` (which changed who may) is visible to the question."""
         by_user: dict[UUID, list[Client]] = {}
         for subscription in self.hub.subscriptions_of(project_id):
             client = subscription.subscriber
@@ -122,6 +123,10 @@ class Gateway:
         if not by_user:
             return
         async with self.pool.acquire() as conn:
+            if not await queries.wait_until_visible(conn, xid):
+                logger.error("transaction %s stayed invisible: revoking to be safe", xid)
+                self.revoke_all(project_id, "access could not be confirmed; subscribe again")
+                return
             for user_id, clients in by_user.items():
                 editable = await queries.project_access(conn, user_id, project_id)
                 for client in clients:
