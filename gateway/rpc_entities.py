@@ -110,6 +110,7 @@ TABLES = (
     ),
 )
 
+SITEMAPS, WIREFRAMES, STYLE_GUIDES = TABLES
 
 # SQL. Values travel as one JSON document per statement and become typed columns
 # through jsonb_populate_record, so no per-column type handling is needed here.
@@ -201,12 +202,18 @@ async def _refusal(conn: Conn, table: Table, entity_id: UUID) -> RpcError:
     return RpcError(ErrorCode.CONFLICT, message, {"current": current})
 
 
+async def insert_row(conn: Conn, table: Table, values: str) -> Row:
+    """The INSERT of `X.create`, for any transaction as the user (batch uses it);
+    `values` is the row's columns as one JSON object."""
+    row = await conn.fetchval(_insert_sql(table), values)
+    return table.row.model_validate_json(row)
+
+
 async def create(table: Table, call: Call, params: Versioned) -> Row:
     values = params.model_dump_json(exclude=set(Versioned.model_fields))
     async with _writing(call, table) as conn:
         await _note(conn, params)
-        row = await conn.fetchval(_insert_sql(table), values)
-    return table.row.model_validate_json(row)
+        return await insert_row(conn, table, values)
 
 
 async def update(table: Table, call: Call, params: Update[Any, Any]) -> Row:
