@@ -21,6 +21,7 @@ from db.notify_feed import NotifyFeed
 from db.provision import migrate_up, open_database
 from db.replication_feed import ReplicationFeed
 from db.replication_stream import replication_possible
+from gateway.demo import Demo, seed_demo
 from gateway.secrets import jwt_secret
 from gateway.server import Gateway
 from gateway.settings import Settings
@@ -87,6 +88,23 @@ class FeedUnavailable(RuntimeError):
     """The configured change feed cannot run on this database."""
 
 
+class DemoUnavailable(RuntimeError):
+    """Demo mode asked for where the gateway cannot mint the demo users' tokens."""
+
+
+async def start_demo(settings: Settings, pool: asyncpg.Pool) -> Demo | None:
+    """In demo mode, the seeded demo and its token minter; else None (no demo routes)."""
+    if not settings.demo:
+        return None
+    if settings.jwt_jwks_file is not None or settings.jwt_public_key_file is not None:
+        raise DemoUnavailable(
+            "--demo mints HS256 tokens: unset SITEBUILDER_JWT_PUBLIC_KEY_FILE/JWKS_FILE"
+        )
+    await seed_demo(pool)
+    logger.warning("demo mode: anyone who reaches this port can sign in as a demo user")
+    return Demo(jwt_secret(settings), settings.jwt_audience)
+
+
 def _stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
     """Turn SIGINT and SIGTERM into `stop`; returns the function that undoes it."""
     loop = asyncio.get_running_loop()
@@ -124,10 +142,16 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             )
             try:
                 feed = await choose_feed(settings, database.dsn)
-                gateway = Gateway(settings, pool, feed, verifier)
+                demo = await start_demo(settings, pool)
+                gateway = Gateway(settings, pool, feed, verifier, demo)
                 async with gateway.running():
                     for url in listening_addresses(gateway.server):
                         logger.info("listening on %s (HTTP: /healthz, /readyz, /metrics)", url)
+                        if demo is not None:
+                            logger.info(
+                                "demo editor: open %s in two windows (alice, bob, carol)",
+                                url.replace("ws://", "http://", 1),
+                            )
                     await stop.wait()
             finally:
                 await pool.close()

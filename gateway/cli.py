@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway (embedded PostgreSQL by default)")
     serve.add_argument("--host", help="bind address (overrides SITEBUILDER_HOST)")
     serve.add_argument("--port", type=int, help="port (overrides SITEBUILDER_PORT)")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="seed demo users and a project, serve the demo editor at / (SITEBUILDER_DEMO)",
+    )
 
     migrate = commands.add_parser("migrate", help="apply, roll back or list schema migrations")
     steps = migrate.add_subparsers(dest="direction", required=True, metavar="ACTION")
@@ -225,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     if args.command == "serve":
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        if args.demo:
+            overrides["demo"] = True
         settings = settings.model_copy(update=overrides)
     configure_logging(settings)
     try:
@@ -245,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         MigrationError,
         EmbeddedPostgresError,
         app.FeedUnavailable,
+        app.DemoUnavailable,
         ReplicationError,
     ) as error:
         print(f"sitebuilder-gateway: {error}", file=sys.stderr)

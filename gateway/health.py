@@ -3,6 +3,8 @@
 Load balancers and orchestrators probe `/healthz` (the process runs) and `/readyz`
 (it can serve: the database answers). They are answered in the websocket
 handshake hook, so one port serves both and a probe never becomes a connection.
+The same hook serves the browser client (`/sitebuilder-client.js` and its `.d.ts`),
+and, in demo mode only, the demo editor at `/` and its `/demo/*` routes.
 """
 
 from __future__ import annotations
@@ -11,17 +13,35 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from gateway.demo import Demo, DemoReply
+
 logger = logging.getLogger(__name__)
 
 # (the problem, or None when ready; detail lines shown either way)
 ReadinessCheck = Callable[[], Awaitable[tuple[str | None, list[str]]]]
 READINESS_TIMEOUT_SECONDS = 2.0
+
+STATIC_DIR = Path(__file__).parent / "static"
+CONTENT_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".ts": "text/plain; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+# Files anyone may fetch: the client, for any front end to import.
+CLIENT_FILES = {
+    "/sitebuilder-client.js": "sitebuilder-client.js",
+    "/sitebuilder-client.d.ts": "sitebuilder-client.d.ts",
+}
+# The demo editor's files, served only in demo mode.
+DEMO_FILES = {"/": "index.html", "/demo.js": "demo.js", "/demo.css": "demo.css"}
 
 
 def text_response(status: HTTPStatus, body: str) -> Response:
@@ -34,6 +54,32 @@ def text_response(status: HTTPStatus, body: str) -> Response:
         ]
     )
     return Response(status.value, status.phrase, headers, data)
+
+
+def static_response(name: str) -> Response:
+    """A file of gateway/static, read on each request (small, and edits show at once)."""
+    path = STATIC_DIR / name
+    data = path.read_bytes()
+    headers = Headers(
+        [
+            ("Content-Type", CONTENT_TYPES[path.suffix]),
+            ("Content-Length", str(len(data))),
+            ("Cache-Control", "no-cache"),
+        ]
+    )
+    return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, data)
+
+
+def json_response(reply: DemoReply) -> Response:
+    status = HTTPStatus(reply.status)
+    headers = Headers(
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(reply.body))),
+            ("Cache-Control", "no-store"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, reply.body)
 
 
 def metrics_response(body: bytes) -> Response:
@@ -60,9 +106,13 @@ async def readiness(check: ReadinessCheck) -> Response:
 
 
 def http_router(
-    check: ReadinessCheck, render_metrics: Callable[[], bytes] | None = None
+    check: ReadinessCheck,
+    render_metrics: Callable[[], bytes] | None = None,
+    demo: Demo | None = None,
 ) -> Callable[[ServerConnection, Request], Awaitable[Response | None]]:
-    """The `process_request` hook: HTTP paths get a response, `/` upgrades to websocket."""
+    """The `process_request` hook: HTTP paths get a response, `/` upgrades to websocket.
+
+    Without `demo`, the demo's paths are 404 like any unknown path."""
 
     async def route(connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
@@ -72,10 +122,19 @@ def http_router(
             return await readiness(check)
         if path == "/metrics" and render_metrics is not None:
             return metrics_response(render_metrics())
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return text_response(
-                HTTPStatus.NOT_FOUND, "sitebuilder-realtime: connect a websocket to /\n"
-            )
-        return None
+        if path in CLIENT_FILES:
+            return static_response(CLIENT_FILES[path])
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        if demo is not None:
+            if path in DEMO_FILES:
+                return static_response(DEMO_FILES[path])
+            if path == "/demo/users":
+                return json_response(demo.users())
+            if path == "/demo/token":
+                return json_response(demo.token(request.path))
+        return text_response(
+            HTTPStatus.NOT_FOUND, "sitebuilder-realtime: connect a websocket to /\n"
+        )
 
     return route

@@ -21,6 +21,7 @@ from db import queries
 from db.feed import ChangeFeed
 from gateway import rpc
 from gateway.client import Client
+from gateway.demo import Demo
 from gateway.dispatch import Dispatcher
 from gateway.health import http_router
 from gateway.history import History
@@ -43,9 +44,15 @@ IDEMPOTENCY_SWEEP_SECONDS = 60.0
 
 class Gateway:
     def __init__(
-        self, settings: Settings, pool: asyncpg.Pool, feed: ChangeFeed, verifier: TokenVerifier
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        feed: ChangeFeed,
+        verifier: TokenVerifier,
+        demo: Demo | None = None,
     ) -> None:
         self.settings = settings
+        self.demo = demo
         self.pool = pool
         self.feed = feed
         self.verifier = verifier
@@ -217,7 +224,7 @@ class Gateway:
             self._handle,
             self.settings.host,
             self.settings.port,
-            process_request=http_router(self.readiness, self.metrics.render),
+            process_request=http_router(self.readiness, self.metrics.render, self.demo),
             compression="deflate" if self.settings.compression else None,
             max_size=self.settings.max_frame_bytes * 4,
             ping_interval=self.settings.ping_interval_seconds,

@@ -262,6 +262,16 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 3600.0
+    demo: Annotated[
+        bool,
+        Field(
+            description=(
+                "Demo mode (`serve --demo`): seed demo users and a shared demo project, serve "
+                "the demo editor at `/` and hand out their tokens at `/demo/token` to anyone "
+                "who reaches the port. Never on a server others can reach."
+            )
+        ),
+    ] = False
 
     @property
     def pgdata(self) -> Path:

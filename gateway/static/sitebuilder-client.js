@@ -1,0 +1,561 @@
+// sitebuilder-client.js: the browser (and Node ≥ 20) client of sitebuilder-realtime.
+//
+// One dependency-free ES module; the gateway serves it at /sitebuilder-client.js and its
+// types at /sitebuilder-client.d.ts. The protocol it speaks is docs/protocol.md.
+//
+//   import { connect } from "/sitebuilder-client.js";
+//   const client = connect("ws://127.0.0.1:8765/", { getToken: async () => myToken() });
+//   const stop = client.project(projectId).subscribe((change, state) => render(state), {
+//     onPresence: (users) => showAvatars(users),
+//     onReset: (snapshot, state) => render(state),
+//   });
+//   await client.rpc("wireframe.update", { id, patch: { layout }, expected_version: 3 });
+//
+// A lost connection is reopened by itself, with exponential backoff and jitter: it
+// authenticates again (asking getToken for a token), resumes every subscription from
+// the last position it applied (subscribe {since}), so nothing is missed or applied
+// twice, and when the gateway cannot replay (reset) the fresh snapshot replaces the
+// local state and onReset says so. The token is refreshed before it expires.
+
+const DEFAULTS = {
+  baseDelayMs: 250,
+  maxDelayMs: 10_000,
+  refreshMarginMs: 60_000,
+  requestTimeoutMs: 15_000,
+  heartbeatMs: 15_000,
+};
+// Close codes after which reconnecting cannot help (a token for another audience…
+// is still retried: getToken may return a better one).
+const NORMAL_CLOSURE = 1000;
+
+/** A refused request: `code` is the protocol's error code (docs/protocol.md), or
+ * "disconnected" (the connection dropped before the reply) or "closed" (client closed). */
+export class SitebuilderError extends Error {
+  constructor(code, message, { details = null, retryAfterMs = null } = {}) {
+    super(message);
+    this.name = "SitebuilderError";
+    this.code = code;
+    this.details = details;
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+/** Delay before reconnect attempt `attempt` (0-based): base·2^attempt capped at max,
+ * then "equal jitter" (half fixed, half random) so that many clients dropped by one
+ * restart do not all come back in the same millisecond. */
+export function backoffDelay(attempt, options = {}) {
+  const base = options.baseDelayMs ?? DEFAULTS.baseDelayMs;
+  const max = options.maxDelayMs ?? DEFAULTS.maxDelayMs;
+  const random = options.random ?? Math.random;
+  const ceiling = Math.min(max, base * 2 ** attempt);
+  return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+export function connect(url, options = {}) {
+  return new Client(url, options);
+}
+
+function emptyState() {
+  return {
+    project: null,
+    sitemaps: new Map(),
+    wireframes: new Map(),
+    style_guides: new Map(),
+    sessions: new Map(),
+    access: null,
+    position: null,
+  };
+}
+
+const COLLECTIONS = {
+  sitemap: "sitemaps",
+  wireframe: "wireframes",
+  "style-guide": "style_guides",
+  session: "sessions",
+};
+
+function stateFromSnapshot(snapshot) {
+  const state = emptyState();
+  state.project = snapshot.project;
+  state.access = snapshot.access;
+  state.position = snapshot.position;
+  for (const key of Object.values(COLLECTIONS)) {
+    for (const row of snapshot[key] ?? []) state[key].set(row.id, row);
+  }
+  return state;
+}
+
+function applyChange(state, change) {
+  state.position = change.position;
+  if (change.entity === "project") {
+    state.project = change.new;
+    return;
+  }
+  const key = COLLECTIONS[change.entity];
+  if (key === undefined) return; // versions: history, not state
+  if (change.op === "delete") state[key].delete(change.old.id);
+  else state[key].set(change.new.id, change.new);
+}
+
+function applyPresence(presence, frame) {
+  if (frame.type === "presence.state") {
+    for (const key of Object.keys(presence)) delete presence[key];
+    Object.assign(presence, structuredClone(frame.users));
+    return;
+  }
+  for (const [userId, { metas }] of Object.entries(frame.leaves ?? {})) {
+    const gone = new Set(metas.map((m) => m.connection_id));
+    const user = presence[userId];
+    if (!user) continue;
+    user.metas = user.metas.filter((m) => !gone.has(m.connection_id));
+    if (user.metas.length === 0) delete presence[userId];
+  }
+  for (const [userId, { metas }] of Object.entries(frame.joins ?? {})) {
+    const user = (presence[userId] ??= { metas: [] });
+    user.metas.push(...structuredClone(metas));
+  }
+}
+
+/** One project followed over whatever connection the client has at the moment. */
+class ProjectHandle {
+  constructor(client, id) {
+    this.client = client;
+    this.id = id;
+    this.state = emptyState();
+    this.presence = {};
+    this.listeners = new Set();
+    this.subscribed = false; // the gateway confirmed it on the current connection
+    this.hasSnapshot = false;
+    this.snapshot = null;
+    this.resetReason = null;
+    this._ready = null;
+  }
+
+  ready() {
+    if (this.hasSnapshot) return Promise.resolve(this.state);
+    this._ready ??= deferred();
+    return this._ready.promise;
+  }
+
+  subscribe(onChange, options = {}) {
+    const listener = { onChange, ...options };
+    this.listeners.add(listener);
+    if (this.listeners.size === 1) this.client._subscribe(this);
+    else if (this.hasSnapshot) queueMicrotask(() => listener.onSnapshot?.(this.snapshot, this.state));
+    return () => {
+      if (!this.listeners.delete(listener) || this.listeners.size > 0) return;
+      this.client._unsubscribe(this);
+    };
+  }
+
+  /** Where a new connection resumes: the last change applied, else the snapshot. */
+  get since() {
+    return this.hasSnapshot ? this.state.position : null;
+  }
+
+  _emit(name, ...args) {
+    for (const listener of [...this.listeners]) {
+      try {
+        listener[name]?.(...args);
+      } catch (error) {
+        queueMicrotask(() => {
+          throw error;
+        });
+      }
+    }
+  }
+
+  _frame(frame) {
+    switch (frame.type) {
+      case "snapshot": {
+        const fresh = !this.hasSnapshot;
+        this.state = stateFromSnapshot(frame);
+        this.snapshot = frame;
+        this.hasSnapshot = true;
+        if (fresh && this.resetReason === null) {
+          this._emit("onSnapshot", frame, this.state);
+          this._ready?.resolve(this.state);
+          this._ready = null;
+        } else {
+          this._emit("onReset", frame, this.state, this.resetReason ?? "history_unavailable");
+        }
+        this.resetReason = null;
+        return;
+      }
+      case "change":
+        if (!this.hasSnapshot) return; // cannot happen: the gateway sends a snapshot first
+        applyChange(this.state, frame);
+        this._emit("onChange", frame, this.state);
+        return;
+      case "reset":
+        this.resetReason = frame.reason;
+        return;
+      case "presence.state":
+      case "presence.diff":
+        applyPresence(this.presence, frame);
+        this._emit("onPresence", this.presence);
+        return;
+      case "unsubscribed":
+        this.subscribed = false;
+        this.client._forget(this);
+        this._emit("onUnsubscribed", frame);
+        return;
+    }
+  }
+}
+
+function deferred() {
+  let resolve;
+  let reject;
+  const promise = new Promise((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+class Client {
+  constructor(url, options) {
+    if (!options.token && !options.getToken) throw new TypeError("connect() needs token or getToken");
+    this.url = url;
+    this.options = { ...DEFAULTS, ...options };
+    this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this.status = "connecting";
+    this.userId = null;
+    this.projects = new Map(); // id -> ProjectHandle, while it has listeners
+    this.pending = new Map(); // ref -> {resolve, reject, frame, timer, resend}
+    this.queue = []; // requests made while not authenticated
+    this.statusListeners = new Set();
+    if (options.onStatus) this.statusListeners.add(options.onStatus);
+    this.meta = null; // the presence meta to set in every project
+    this.sessions = new Map(); // builder sessions started or resumed here: id -> token
+    this.refs = 0;
+    this.attempt = 0;
+    this.ws = null;
+    this.authed = false;
+    this.closed = false;
+    this.timers = { reconnect: null, refresh: null, heartbeat: null };
+    this.minDelayMs = 0; // a `closing` frame's reconnect_after_ms
+    this._ready = deferred();
+    this.presence = { update: (meta) => this._updatePresence(meta) };
+    this.session = {
+      start: (projectId, currentStep, metadata) =>
+        this.rpc("session.create", {
+          project_id: projectId,
+          current_step: currentStep,
+          ...(metadata ? { metadata } : {}),
+        }).then((row) => this._remember(row)),
+      progress: (id, progress) =>
+        this.rpc("session.update_progress", { id, ...progress }).then((row) => this._ended(row)),
+      complete: (id) => this.rpc("session.complete", { id }).then((row) => this._ended(row)),
+      cancel: (id) => this.rpc("session.cancel", { id }).then((row) => this._ended(row)),
+      resume: (sessionToken) =>
+        this.rpc("session.resume", { session_token: sessionToken }).then((row) => this._remember(row)),
+    };
+    this._open();
+  }
+
+  ready() {
+    return this._ready.promise;
+  }
+
+  onStatus(listener) {
+    this.statusListeners.add(listener);
+    return () => this.statusListeners.delete(listener);
+  }
+
+  project(id) {
+    let handle = this.projects.get(id);
+    if (!handle) {
+      handle = new ProjectHandle(this, id);
+      this.projects.set(id, handle);
+    }
+    return handle;
+  }
+
+  /** Call an RPC method; resolves with its result, rejects with a SitebuilderError.
+   * Made while reconnecting, it is sent once the connection is back. With an
+   * idempotencyKey it is also sent again if the connection drops before the reply. */
+  rpc(method, params = {}, { idempotencyKey, timeoutMs } = {}) {
+    const frame = { type: "rpc", method, params };
+    if (idempotencyKey) frame.idempotency_key = idempotencyKey;
+    return this._request(frame, { resend: Boolean(idempotencyKey), timeoutMs });
+  }
+
+  close() {
+    this.closed = true;
+    this._setStatus("closed", {});
+    for (const timer of Object.values(this.timers)) clearTimeout(timer);
+    this._failPending(new SitebuilderError("closed", "the client was closed"), true);
+    if (this.ws) this.ws.close(NORMAL_CLOSURE);
+  }
+
+  // Connection
+
+  async _open() {
+    if (this.closed) return;
+    let token;
+    try {
+      token = await this._token();
+    } catch (error) {
+      this._scheduleReconnect({ error: new SitebuilderError("invalid_token", String(error)) });
+      return;
+    }
+    if (this.closed) return;
+    const ws = new this.WebSocket(this.url);
+    this.ws = ws;
+    this.authed = false;
+    ws.onopen = () => {
+      // Sent outside `pending`: it must precede every queued request.
+      this.authRef = this._ref();
+      this._send({ type: "auth", token, ref: this.authRef });
+    };
+    ws.onmessage = (event) => this._message(ws, event.data);
+    ws.onclose = (event) => this._closed(ws, event.code);
+    ws.onerror = () => {}; // a close event always follows
+  }
+
+  async _token() {
+    if (this.options.getToken) return await this.options.getToken();
+    return this.options.token;
+  }
+
+  _closed(ws, code) {
+    if (ws !== this.ws) return;
+    this.ws = null;
+    this.authed = false;
+    clearTimeout(this.timers.refresh);
+    clearInterval(this.timers.heartbeat);
+    for (const handle of this.projects.values()) handle.subscribed = false;
+    this._failPending(new SitebuilderError("disconnected", "the connection was lost"), false);
+    if (!this.closed) this._scheduleReconnect({ closeCode: code });
+  }
+
+  _scheduleReconnect(info) {
+    const delayMs = Math.max(this.minDelayMs, backoffDelay(this.attempt, this.options));
+    this.minDelayMs = 0;
+    this.attempt += 1;
+    this._setStatus("reconnecting", { ...info, attempt: this.attempt, delayMs });
+    clearTimeout(this.timers.reconnect);
+    this.timers.reconnect = setTimeout(() => this._open(), delayMs);
+  }
+
+  _setStatus(status, info) {
+    this.status = status;
+    for (const listener of [...this.statusListeners]) listener(status, { attempt: this.attempt, ...info });
+  }
+
+  _authenticated(data) {
+    this.authed = true;
+    this.userId = data.user_id;
+    this.attempt = 0;
+    this._scheduleRefresh(data.expires_at);
+    this._startHeartbeat();
+    this._setStatus("connected", {});
+    for (const handle of this.projects.values()) this._sendSubscribe(handle);
+    for (const [id, token] of this.sessions) {
+      // Reattach our builder sessions to this connection before their pause grace ends.
+      this.rpc("session.resume", { session_token: token }).catch(() => this.sessions.delete(id));
+    }
+    for (const entry of this.pending.values()) {
+      if (entry.resend && !entry.sent) this._sendPending(entry);
+    }
+    const queued = this.queue.splice(0);
+    for (const entry of queued) this._sendPending(entry);
+    this._ready.resolve();
+  }
+
+  _scheduleRefresh(expiresAt) {
+    clearTimeout(this.timers.refresh);
+    if (!this.options.getToken || !expiresAt) return;
+    const lifetime = expiresAt * 1000 - Date.now();
+    const wait = Math.max(1000, Math.min(lifetime - this.options.refreshMarginMs, lifetime * 0.8));
+    this.timers.refresh = setTimeout(() => this._refresh(), wait);
+  }
+
+  async _refresh() {
+    try {
+      const token = await this.options.getToken();
+      const data = await this._request({ type: "auth.refresh", token });
+      this._scheduleRefresh(data.expires_at);
+    } catch {
+      // Try again shortly; if the token expires meanwhile the gateway closes (4003)
+      // and the reconnect asks getToken again.
+      this.timers.refresh = setTimeout(() => this._refresh(), 5000);
+    }
+  }
+
+  _startHeartbeat() {
+    clearInterval(this.timers.heartbeat);
+    const ws = this.ws;
+    this.timers.heartbeat = setInterval(() => {
+      this._request({ type: "ping" }, { timeoutMs: this.options.heartbeatMs }).catch((error) => {
+        if (error.code === "timeout" && ws === this.ws) ws.close(4000, "heartbeat timeout");
+      });
+    }, this.options.heartbeatMs);
+  }
+
+  // Frames
+
+  _ref() {
+    this.refs += 1;
+    return this.refs;
+  }
+
+  _send(frame) {
+    this.ws.send(JSON.stringify(frame));
+  }
+
+  _request(frame, { resend = false, timeoutMs } = {}) {
+    const entry = { frame, resend, sent: false, ...deferred() };
+    const timeout = timeoutMs ?? this.options.requestTimeoutMs;
+    entry.timer = setTimeout(() => {
+      this.pending.delete(entry.frame.ref);
+      this.queue = this.queue.filter((e) => e !== entry);
+      entry.reject(new SitebuilderError("timeout", `no reply to ${frame.type} within ${timeout} ms`));
+    }, timeout);
+    if (this.closed) {
+      clearTimeout(entry.timer);
+      entry.reject(new SitebuilderError("closed", "the client was closed"));
+    } else if (this.authed) this._sendPending(entry);
+    else this.queue.push(entry);
+    return entry.promise;
+  }
+
+  _sendPending(entry) {
+    this.pending.delete(entry.frame.ref);
+    entry.frame = { ...entry.frame, ref: this._ref() };
+    entry.sent = true;
+    this.pending.set(entry.frame.ref, entry);
+    this._send(entry.frame);
+  }
+
+  _failPending(error, all) {
+    for (const [ref, entry] of [...this.pending]) {
+      if (entry.resend && !all) {
+        entry.sent = false; // sent again after the reconnect, same idempotency key
+        continue;
+      }
+      this.pending.delete(ref);
+      clearTimeout(entry.timer);
+      entry.reject(error);
+    }
+    if (all) {
+      for (const entry of this.queue.splice(0)) {
+        clearTimeout(entry.timer);
+        entry.reject(error);
+      }
+    }
+  }
+
+  _message(ws, data) {
+    if (ws !== this.ws) return;
+    const frame = JSON.parse(data);
+    switch (frame.type) {
+      case "ok":
+      case "result":
+      case "error":
+        this._reply(frame);
+        return;
+      case "closing":
+        this.minDelayMs = frame.reconnect_after_ms ?? 0;
+        return;
+      case "project_list":
+        return;
+      default: {
+        if (frame.type === "change" && frame.list) return;
+        const handle = this.projects.get(frame.project_id);
+        if (handle) handle._frame(frame);
+      }
+    }
+  }
+
+  _reply(frame) {
+    if (frame.ref === this.authRef && !this.authed) {
+      // An auth error is followed by a close (4003); the reconnect asks for a new token.
+      if (frame.type === "ok") this._authenticated(frame.data);
+      return;
+    }
+    const entry = this.pending.get(frame.ref);
+    if (!entry) return; // no ref: e.g. token_expired, and a close follows
+    this.pending.delete(frame.ref);
+    clearTimeout(entry.timer);
+    if (frame.type === "error") {
+      entry.reject(
+        new SitebuilderError(frame.code, frame.message, {
+          details: frame.details ?? null,
+          retryAfterMs: frame.retry_after_ms ?? null,
+        }),
+      );
+    } else entry.resolve(frame.data);
+  }
+
+  // Subscriptions
+
+  _subscribe(handle) {
+    this.projects.set(handle.id, handle);
+    if (this.authed) this._sendSubscribe(handle);
+  }
+
+  _sendSubscribe(handle) {
+    const frame = { type: "subscribe", project_id: handle.id };
+    const since = handle.since;
+    if (since) frame.since = since;
+    this._request(frame)
+      .then(() => {
+        handle.subscribed = true;
+        if (this.projects.get(handle.id) !== handle) {
+          this._unsubscribe(handle); // unsubscribed while the subscribe was under way
+          return;
+        }
+        if (this.meta) return this._request({ type: "presence.update", project_id: handle.id, meta: this.meta });
+      })
+      .catch((error) => {
+        handle.subscribed = false;
+        if (error.code === "disconnected" || error.code === "closed") return;
+        if (error.code === "unavailable" || error.code === "timeout" || error.code === "rate_limited") {
+          setTimeout(() => {
+            if (this.authed && !handle.subscribed && this.projects.get(handle.id) === handle) {
+              this._sendSubscribe(handle);
+            }
+          }, backoffDelay(1, this.options));
+          return;
+        }
+        handle._emit("onError", error);
+      });
+  }
+
+  _unsubscribe(handle) {
+    this._forget(handle);
+    if (this.authed && handle.subscribed) {
+      handle.subscribed = false;
+      this._request({ type: "unsubscribe", project_id: handle.id }).catch(() => {});
+    }
+  }
+
+  _forget(handle) {
+    if (this.projects.get(handle.id) === handle) this.projects.delete(handle.id);
+  }
+
+  // Presence and builder sessions
+
+  async _updatePresence(meta) {
+    this.meta = meta;
+    if (!this.authed) return;
+    await Promise.all(
+      [...this.projects.values()]
+        .filter((handle) => handle.subscribed)
+        .map((handle) => this._request({ type: "presence.update", project_id: handle.id, meta })),
+    );
+  }
+
+  _remember(row) {
+    if (row.session_token) this.sessions.set(row.id, row.session_token);
+    return row;
+  }
+
+  _ended(row) {
+    if (row.status === "completed" || row.status === "cancelled") this.sessions.delete(row.id);
+    return row;
+  }
+}
