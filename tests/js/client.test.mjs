@@ -1,0 +1,194 @@
+// The client's reconnect, resume, reset, backoff and token refresh, against a real
+// gateway process (see gateway.mjs). Run by tests/test_js_client.py.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+
+import { backoffDelay, connect, SitebuilderError } from "../../gateway/static/sitebuilder-client.js";
+import { Gateway, notify, psql, waitFor } from "./gateway.mjs";
+
+const gateway = new Gateway();
+let demo;
+
+before(async () => {
+  await gateway.start();
+  demo = await gateway.demo();
+});
+
+after(async () => {
+  await gateway.kill();
+});
+
+function follow(client, projectId) {
+  const seen = { changes: [], resets: [], presence: null, snapshot: null };
+  const handle = client.project(projectId);
+  handle.subscribe(
+    (change) => {
+      seen.changes.push(change);
+      notify();
+    },
+    {
+      onSnapshot: (snapshot) => {
+        seen.snapshot = snapshot;
+        notify();
+      },
+      onReset: (snapshot, state, reason) => {
+        seen.resets.push({ snapshot, state, reason });
+        notify();
+      },
+      onPresence: (users) => {
+        seen.presence = users;
+        notify();
+      },
+    },
+  );
+  return { handle, seen };
+}
+
+function statuses(client) {
+  const log = [];
+  client.onStatus((status, info) => {
+    log.push({ status, ...info });
+    notify();
+  });
+  return log;
+}
+
+test("backoff doubles per attempt up to the maximum, with jitter in the upper half", () => {
+  const low = () => 0;
+  const high = () => 1;
+  assert.deepEqual(
+    [0, 1, 2, 3].map((n) => backoffDelay(n, { baseDelayMs: 100, maxDelayMs: 1000, random: low })),
+    [50, 100, 200, 400],
+  );
+  assert.equal(backoffDelay(3, { baseDelayMs: 100, maxDelayMs: 1000, random: high }), 800);
+  assert.equal(backoffDelay(20, { baseDelayMs: 100, maxDelayMs: 1000, random: high }), 1000);
+  for (let n = 0; n < 200; n++) {
+    const delay = backoffDelay(5, { baseDelayMs: 100, maxDelayMs: 10_000 });
+    assert.ok(delay >= 1600 && delay <= 3200, String(delay));
+  }
+});
+
+test("an rpc refused for a stale expected_version rejects with code conflict and the current row", async () => {
+  const client = connect(gateway.wsUrl, { getToken: gateway.tokens("carol") });
+  try {
+    const { handle } = follow(client, demo.project_id);
+    const state = await handle.ready();
+    const sitemap = [...state.sitemaps.values()][0];
+    const first = await client.rpc("sitemap.update", {
+      id: sitemap.id,
+      set: { description: "first" },
+      expected_version: sitemap.version,
+    });
+    await assert.rejects(
+      client.rpc("sitemap.update", { id: sitemap.id, set: { description: "second" }, expected_version: sitemap.version }),
+      (error) => {
+        assert.ok(error instanceof SitebuilderError);
+        assert.equal(error.code, "conflict");
+        assert.equal(error.details.current.version, first.version);
+        return true;
+      },
+    );
+  } finally {
+    client.close();
+  }
+});
+
+test("after a gateway crash the client reconnects with backoff, signs in again and resumes exactly where it was", async () => {
+  const getToken = gateway.tokens("alice");
+  const client = connect(gateway.wsUrl, { getToken, baseDelayMs: 100, maxDelayMs: 800 });
+  const log = statuses(client);
+  const { handle, seen } = follow(client, demo.project_id);
+  try {
+    const state = await handle.ready();
+    const sitemap = [...state.sitemaps.values()][0];
+    await client.rpc("sitemap.update", { id: sitemap.id, patch: { metadata: { before: 1 } } });
+    await waitFor(() => seen.changes.some((c) => c.entity === "sitemap"), 10_000, "the change before the crash");
+    const tokensBefore = getToken.calls;
+
+    await gateway.kill();
+    await waitFor(() => log.filter((s) => s.status === "reconnecting").length >= 3, 20_000, "three reconnect attempts");
+    const attempts = log.filter((s) => s.status === "reconnecting");
+    assert.deepEqual(attempts.slice(0, 3).map((s) => s.attempt), [1, 2, 3]);
+    assert.ok(attempts.every((s) => s.delayMs <= 800), JSON.stringify(attempts));
+
+    const changesBefore = seen.changes.length;
+    for (const n of [1, 2, 3]) {
+      await psql(`UPDATE sitemaps SET metadata = '{"while_down": ${n}}' WHERE id = '${sitemap.id}'`);
+    }
+    await gateway.start();
+    await waitFor(
+      () => seen.changes.filter((c) => c.entity === "sitemap").length >= 4,
+      30_000,
+      "the three updates made while the gateway was down",
+    );
+    const missed = seen.changes.slice(changesBefore).filter((c) => c.entity === "sitemap");
+    assert.deepEqual(missed.map((c) => c.new.metadata.while_down), [1, 2, 3]);
+    assert.equal(seen.resets.length, 0, "resumed, not reset");
+    assert.ok(getToken.calls > tokensBefore, "a fresh token for every new connection");
+    assert.equal(client.status, "connected");
+    const positions = seen.changes.map((c) => c.position);
+    assert.deepEqual([...positions].sort(), positions, "positions only grow");
+    assert.equal(new Set(positions).size, positions.length, "nothing twice");
+    assert.deepEqual(handle.state.sitemaps.get(sitemap.id).metadata, { while_down: 3 });
+  } finally {
+    client.close();
+  }
+});
+
+test("when the gateway cannot replay, onReset hands over a fresh snapshot as the new state", async () => {
+  const client = connect(gateway.wsUrl, { getToken: gateway.tokens("bob"), baseDelayMs: 50 });
+  const { handle, seen } = follow(client, demo.project_id);
+  try {
+    await handle.ready();
+    handle.state.position = "not-a-position"; // as if it came from a forgotten past
+    const sitemap = [...handle.state.sitemaps.values()][0];
+    handle.state.sitemaps.delete(sitemap.id);
+    client.ws.close(); // the network drops
+    await waitFor(() => seen.resets.length === 1, 20_000, "the reset");
+    const [{ snapshot, state, reason }] = seen.resets;
+    assert.equal(reason, "history_unavailable");
+    assert.equal(snapshot.project_id, demo.project_id);
+    assert.ok(state.sitemaps.has(sitemap.id), "the fresh snapshot replaced the local state");
+    assert.notEqual(handle.state.position, "not-a-position");
+  } finally {
+    client.close();
+  }
+});
+
+test("the token is refreshed before it expires, on the same connection", async () => {
+  const getToken = gateway.tokens("carol", 5);
+  const client = connect(gateway.wsUrl, { getToken, refreshMarginMs: 2_000 });
+  const log = statuses(client);
+  try {
+    await client.ready();
+    const firstExpiry = getToken.last.expires_at * 1000;
+    await waitFor(() => getToken.calls >= 2 && Date.now() > firstExpiry + 1_000, 15_000, "past the first token's expiry");
+    const reply = await client.rpc("analytics.get_user_analytics", { days: 1 });
+    assert.equal(reply.days, 1);
+    assert.deepEqual(log.map((s) => s.status), ["connected"], "never reconnected");
+  } finally {
+    client.close();
+  }
+});
+
+test("presence follows who is subscribed, with the meta each set", async () => {
+  const alice = connect(gateway.wsUrl, { getToken: gateway.tokens("alice") });
+  const bob = connect(gateway.wsUrl, { getToken: gateway.tokens("bob") });
+  try {
+    const a = follow(alice, demo.project_id);
+    follow(bob, demo.project_id);
+    await bob.presence.update({ editing: "page home" });
+    const bobId = demo.users.find((u) => u.key === "bob").id;
+    await waitFor(
+      () => a.seen.presence?.[bobId]?.metas.some((m) => m.meta.editing === "page home"),
+      10_000,
+      "bob's presence",
+    );
+    bob.close();
+    await waitFor(() => a.seen.presence && !(bobId in a.seen.presence), 10_000, "bob leaving");
+  } finally {
+    alice.close();
+    bob.close();
+  }
+});
