@@ -277,3 +277,21 @@ async def test_after_a_gateway_crash_both_editors_reconnect_and_show_what_change
 
     await bob.fill(page_title(bob, "contact"), "Visit us")
     await expect(alice.locator(page_title(alice, "contact"))).to_have_value("Visit us")
+
+
+async def test_a_new_page_and_a_revert_from_the_history_show_in_both_editors(
+    browser: Browser, demo_server: DemoServer
+) -> None:
+    alice = await open_editor(browser, demo_server, "alice")
+    bob = await open_editor(browser, demo_server, "bob")
+    await bob.fill("#new-page-title", "Opening hours")
+    await bob.click("text=Add page")
+    await expect(alice.locator(page_title(alice, "opening-hours"))).to_have_value("Opening hours")
+
+    history = alice.locator("#history li")
+    await expect(history).to_have_count(2)
+    await expect(history.first).to_contain_text("v2 · Bob")
+    await history.nth(1).locator("text=Revert").click()  # back to v1: no such page
+    await expect(bob.locator('[data-page="opening-hours"]')).to_have_count(0)
+    await expect(bob.locator("#history li").first).to_contain_text("v3 · Alice")
+    await expect(bob.locator("#sitemap-version")).to_have_text("v3")
