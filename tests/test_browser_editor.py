@@ -184,6 +184,13 @@ def page_title(page: Page, key: str) -> str:
     return f'[data-page="{key}"] .page-title'
 
 
+async def type_at_end(page: Page, selector: str, text: str) -> None:
+    """Key by key, as a person types, after what the field holds."""
+    field = page.locator(selector)
+    await field.press("End")
+    await field.press_sequentially(text, delay=40)
+
+
 async def screenshot(page: Page, name: str) -> None:
     folder = os.environ.get("DEMO_SCREENSHOT_DIR")
     if folder:
@@ -206,8 +213,18 @@ async def test_an_edit_in_one_editor_shows_in_the_other_and_presence_shows_both(
     started = time.monotonic()
     await alice.fill(page_title(alice, "menu"), "Fresh pastries")
     await expect(bob.locator(page_title(bob, "menu"))).to_have_value("Fresh pastries")
-    # The title saves 300 ms after the last keystroke; then it must arrive at once.
+    # The title saves 150 ms after the last keystroke; then it must arrive at once.
     assert time.monotonic() - started < 2.0
+
+    # Both typing at once, in different pages: both edits land, no conflict.
+    await asyncio.gather(
+        type_at_end(alice, page_title(alice, "about"), " and more"),
+        type_at_end(bob, page_title(bob, "contact"), " us today"),
+    )
+    for page in (alice, bob):
+        await expect(page.locator(page_title(page, "about"))).to_have_value("About us and more")
+        await expect(page.locator(page_title(page, "contact"))).to_have_value("Contact us today")
+        await expect(page.locator("#sitemap-status .conflict")).to_have_count(0)
 
     await bob.click("#session-start")
     await expect(alice.locator("#session-label")).to_contain_text("Bob's session")
@@ -219,7 +236,7 @@ async def test_an_edit_in_one_editor_shows_in_the_other_and_presence_shows_both(
 
     await alice.click('[data-page="about"] .page-title')
     await expect(bob.locator('#presence [data-user="alice"]')).to_contain_text("editing page about")
-    await expect(alice.locator("#history li")).to_have_count(2)  # v2: Fresh pastries
+    await expect(alice.locator("#history li").first).to_contain_text("Edited by")
     await screenshot(alice, "demo-editor-alice.png")
     await screenshot(bob, "demo-editor-bob.png")
 

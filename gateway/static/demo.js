@@ -8,7 +8,7 @@
 import { connect } from "/sitebuilder-client.js";
 
 const STEPS = ["sitemap-generation", "wireframe-design", "style-guide", "content", "publish"];
-const SAVE_DELAY_MS = 300; // page titles save this long after the last keystroke
+const SAVE_DELAY_MS = 150; // page titles save this long after the last keystroke
 const $ = (selector) => document.querySelector(selector);
 
 let client = null;
@@ -16,6 +16,7 @@ let project = null;
 let me = null;
 let usersById = new Map();
 const lastActor = new Map(); // row id -> user id of the last change to it
+const dirtyPages = new Set(); // sitemap pages edited here and not saved yet
 
 function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -113,12 +114,13 @@ function renderAll(state, { force = false } = {}) {
 // Forms: one row each, saved with expected_version
 
 class EntityForm {
-  constructor({ name, method, entityType, statusId, versionId, fill, read }) {
-    Object.assign(this, { name, method, entityType, fill, read });
+  constructor({ name, method, entityType, statusId, versionId, fill, read, rebase, saved }) {
+    Object.assign(this, { name, method, entityType, fill, read, rebase, saved });
     this.status = $(statusId);
     this.versionLabel = $(versionId);
     this.row = null;
     this.base = null; // the version the inputs were loaded from
+    this.baseRow = null; // and that row
     this.dirty = false;
     this.edits = 0;
     this.saving = null;
@@ -128,16 +130,23 @@ class EntityForm {
   /** A newer row arrived: show it, unless the user is editing (then a save conflicts). */
   update(row, { force = false } = {}) {
     if (!row) return;
-    const remote = this.row !== null && row.version !== this.row.version;
+    const previous = this.row;
+    const remote = previous !== null && row.version !== previous.version;
     this.row = row;
     this.versionLabel.textContent = `v${row.version}`;
+    if (this.dirty && !force && remote && this.rebase?.(previous, row)) {
+      // Someone changed other parts than those being edited here: no conflict.
+      this.setBase(row);
+      this.fill(row, remote);
+      return;
+    }
     if (this.dirty && !force) {
       if (remote && row.version !== this.base && lastActor.get(row.id) !== me.id) {
         this.say(`${nameOf(lastActor.get(row.id))} saved v${row.version} while you edit`);
       }
       return;
     }
-    this.base = row.version;
+    this.setBase(row);
     this.dirty = false;
     this.fill(row, remote);
   }
@@ -164,16 +173,27 @@ class EntityForm {
     });
     try {
       const row = await this.saving;
-      this.base = row.version;
+      this.setBase(row);
       this.say(`saved v${row.version}`);
       if (this.edits === edits) {
         this.dirty = false;
+        this.saved?.();
         this.update(row);
       }
     } catch (error) {
-      if (error.code === "conflict") this.conflict(error.details.current);
-      else this.say(`not saved: ${error.message}`);
-      this.again = false;
+      const current = error.details?.current;
+      if (error.code === "conflict" && this.rebase?.(this.baseRow, current)) {
+        // Saved at the same moment as someone else, who changed other parts: the
+        // patch touches only ours, so apply it on top of theirs.
+        this.setBase(current);
+        this.again = true;
+      } else if (error.code === "conflict") {
+        this.conflict(current);
+        this.again = false;
+      } else {
+        this.say(`not saved: ${error.message}`);
+        this.again = false;
+      }
     } finally {
       this.saving = null;
     }
@@ -198,14 +218,20 @@ class EntityForm {
 
   takeTheirs(current) {
     this.dirty = false;
+    this.saved?.();
     this.say("");
     this.update(current.version >= (this.row?.version ?? 0) ? current : this.row, { force: true });
   }
 
   overwrite(current) {
-    this.base = current.version;
+    this.setBase(current);
     this.say("");
     this.save();
+  }
+
+  setBase(row) {
+    this.base = row.version;
+    this.baseRow = row;
   }
 
   say(text) {
@@ -228,11 +254,12 @@ function fillPages(row, remote) {
       line = el(
         "div",
         { class: "page", "data-page": key },
-        el("input", { class: "page-title", "aria-label": `${key} title`, oninput: () => forms.sitemap.edited({ autosave: true }), onfocus: () => editing(`page ${key}`) }),
-        el("input", { class: "page-path", "aria-label": `${key} path`, oninput: () => forms.sitemap.edited({ autosave: true }), onfocus: () => editing(`page ${key}`) }),
+        el("input", { class: "page-title", "aria-label": `${key} title`, oninput: () => pageEdited(key), onfocus: () => editing(`page ${key}`) }),
+        el("input", { class: "page-path", "aria-label": `${key} path`, oninput: () => pageEdited(key), onfocus: () => editing(`page ${key}`) }),
       );
       box.append(line);
     }
+    if (dirtyPages.has(key)) continue; // being edited here: saving it decides
     const [title, path] = line.querySelectorAll("input");
     if (title.value !== (page.title ?? "") && document.activeElement !== title) title.value = page.title ?? "";
     if (path.value !== (page.path ?? "") && document.activeElement !== path) path.value = page.path ?? "";
@@ -245,6 +272,18 @@ function fillPages(row, remote) {
   for (const line of box.querySelectorAll(".page")) {
     if (!known.has(line.dataset.page)) line.remove();
   }
+}
+
+function pageEdited(key) {
+  dirtyPages.add(key);
+  forms.sitemap.edited({ autosave: true });
+}
+
+/** Whether a sitemap change left alone every page edited here. */
+function otherPagesChanged(previous, row) {
+  const before = previous.pages ?? {};
+  const after = row.pages ?? {};
+  return [...dirtyPages].every((key) => JSON.stringify(before[key]) === JSON.stringify(after[key]));
 }
 
 function readPages(row) {
@@ -314,6 +353,8 @@ const forms = {
     versionId: "#sitemap-version",
     fill: fillPages,
     read: readPages,
+    rebase: otherPagesChanged,
+    saved: () => dirtyPages.clear(),
   }),
   wireframe: new EntityForm({
     name: "wireframe",
