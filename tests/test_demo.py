@@ -8,7 +8,7 @@ while every gateway serves the browser client for front ends to import.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -46,7 +46,7 @@ async def test_every_gateway_serves_the_client_and_its_types(gateway: Gateway) -
 
 
 @pytest.fixture
-async def demo_gateway(gateway_settings: Settings, database_dsn: str) -> Any:
+async def demo_gateway(gateway_settings: Settings, database_dsn: str) -> AsyncIterator[Gateway]:
     """A gateway with the demo seeded and its routes on, as `serve --demo` runs it."""
     gw, pool = await start_gateway(gateway_settings.model_copy(update={"demo": True}), database_dsn)
     await asyncio.wait_for(seed_demo(pool), 10)
