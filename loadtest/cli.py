@@ -1,0 +1,185 @@
+"""`sitebuilder-gateway bench SCENARIO [options]`, also `python -m loadtest`.
+
+By default a gateway with an embedded PostgreSQL is started for the run and torn down
+after it; `--url` with `--database-url` measure an existing deployment instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+import uvloop
+
+from loadtest.deployment import DeploymentError
+from loadtest.report import table
+from loadtest.scenarios import SCENARIOS, Options
+
+DEFAULTS = Options()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sitebuilder-gateway bench",
+        description=(
+            "Load-test the gateway: simulated editors in a process of their own, a writer "
+            "committing to PostgreSQL, figures printed as a table and written as JSON + PNG."
+        ),
+    )
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    load = parser.add_argument_group("load")
+    load.add_argument(
+        "--subscribers",
+        type=int,
+        default=DEFAULTS.subscribers,
+        help="editors on the one project (fanout, reconnect, idle, reference; default %(default)s)",
+    )
+    load.add_argument(
+        "--rate",
+        type=float,
+        default=DEFAULTS.rate,
+        help="commits per second (the start rate with --ramp; default %(default)s)",
+    )
+    load.add_argument(
+        "--duration",
+        type=float,
+        default=DEFAULTS.duration,
+        help="seconds of writing (idle: of idling; default %(default)s)",
+    )
+    load.add_argument(
+        "--users",
+        type=int,
+        default=DEFAULTS.users,
+        help="distinct users the editors sign in as (default %(default)s)",
+    )
+    load.add_argument(
+        "--wireframes",
+        type=int,
+        default=DEFAULTS.wireframes,
+        help="wireframes per project the writer updates in turn (default %(default)s)",
+    )
+    load.add_argument(
+        "--projects",
+        type=int,
+        default=DEFAULTS.projects,
+        help="projects (projects scenario; storm: projects the clients spread over; "
+        "default %(default)s)",
+    )
+    load.add_argument(
+        "--editors-per-project",
+        type=int,
+        default=DEFAULTS.editors_per_project,
+        help="(projects scenario; default %(default)s)",
+    )
+    load.add_argument(
+        "--clients",
+        type=int,
+        default=DEFAULTS.clients,
+        help="clients connecting at once (storm; default %(default)s)",
+    )
+    load.add_argument(
+        "--drop-fraction",
+        type=float,
+        default=DEFAULTS.drop_fraction,
+        help="share of editors dropped mid-stream (reconnect; default %(default)s)",
+    )
+    load.add_argument(
+        "--client-procs",
+        type=int,
+        default=DEFAULTS.client_procs,
+        help="processes the editors are spread over (default %(default)s)",
+    )
+    load.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=DEFAULTS.connect_concurrency,
+        help="editors connecting at a time while setting up (default %(default)s)",
+    )
+    load.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=DEFAULTS.drain_seconds,
+        help="longest wait for the last deliveries after writing stops (default %(default)s)",
+    )
+    ramp = parser.add_argument_group("ramp (fanout, reference)")
+    ramp.add_argument(
+        "--ramp",
+        action="store_true",
+        help="raise the rate step by step until p99 passes the bound; report the sustained maximum",
+    )
+    ramp.add_argument("--ramp-factor", type=float, default=DEFAULTS.ramp_factor)
+    ramp.add_argument("--step-seconds", type=float, default=DEFAULTS.step_seconds)
+    ramp.add_argument("--max-steps", type=int, default=DEFAULTS.max_steps)
+    ramp.add_argument("--p99-bound-ms", type=float, default=DEFAULTS.p99_bound_ms)
+    parser.add_argument(
+        "--with-reference",
+        action="store_true",
+        help="also run the bare websockets broadcast server (fanout, idle) and print the ratios",
+    )
+    target = parser.add_argument_group("target (default: a gateway started for this run)")
+    target.add_argument("--url", help="websocket URL of an existing gateway")
+    target.add_argument(
+        "--database-url",
+        help="its PostgreSQL (the writer commits there); without --url: the server a "
+        "started gateway uses",
+    )
+    target.add_argument(
+        "--jwt-secret",
+        help="HS256 secret of an existing gateway (default: SITEBUILDER_JWT_SECRET or the "
+        "data directory's)",
+    )
+    target.add_argument(
+        "--gateway-pid",
+        type=int,
+        help="pid of an existing gateway on this host, for its CPU and memory",
+    )
+    target.add_argument(
+        "--feed",
+        default=DEFAULTS.feed,
+        choices=["auto", "replication", "notify"],
+        help="change feed of a started gateway",
+    )
+    target.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for a started gateway, e.g. SITEBUILDER_MAX_OUTBOUND_BYTES=16777216",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="write the figures as JSON here and the plot beside it (.png)"
+    )
+    return parser
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    names = {f.name for f in fields(Options)} - {"gateway_env"}
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    env = dict(item.split("=", 1) for item in args.gateway_env)
+    return Options(**values, gateway_env=env)
+
+
+def raise_open_files_limit() -> None:
+    """Thousands of editors need thousands of descriptors: lift the soft limit to the hard."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    raise_open_files_limit()
+    try:
+        report = uvloop.run(SCENARIOS[args.scenario](options_from(args)))
+    except (DeploymentError, OSError, RuntimeError, TimeoutError) as error:
+        print(f"sitebuilder-gateway bench: {error}", file=sys.stderr)
+        return 1
+    print(table(report))
+    if args.out:
+        plot = report.write(args.out)
+        print(f"figures: {args.out}" + (f", plot: {plot}" if plot else ""))
+    return 0

@@ -1,0 +1,505 @@
+"""Simulated editors: a process of its own (`python -m loadtest.editors`), driven over stdio.
+
+The benchmark's clients must cost as little as possible, or the machine's second core
+goes to them instead of the server being measured: picows (a Cython websocket client)
+on uvloop, one orjson parse per frame and nothing else per frame but counting.
+
+The driver writes one JSON object per line on stdin and reads one per line on stdout.
+The first line is the job (see `Job`); then commands:
+
+- `{"cmd": "interval"}`: report the latency histogram since the last interval, reset it;
+- `{"cmd": "drop", "fraction": 0.3}`: abort that share of the connections (no close
+  frame, as a dropped network does); their editors remember their last position;
+- `{"cmd": "resume", "targets": {wireframe_id: seq}}`: reconnect the dropped editors
+  with `subscribe {since}` and time how long until each has the given seqs;
+- `{"cmd": "finish", "expected": {wireframe_id: commits}, "drain_seconds": s}`: wait
+  until every editor has every expected commit (or the drain time passed), close all,
+  report the result and exit.
+
+Events (`event` key): `progress` (every half second), `ready` (every editor connected,
+authenticated and subscribed, or failed), `interval`, `dropped`, `resumed`, `result`.
+Counting: each wireframe change carries the writer's sequence number in
+`new.layout.bench_seq`; an editor keeps a bitmap of the seqs it saw per wireframe, so
+a repeat is a duplicate, a seq below the highest seen is out of order, and whatever
+the writer committed that never arrived is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psutil
+import uvloop
+from hdrh.histogram import HdrHistogram
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+SLOW_CONSUMER_CLOSE = 4008
+CHANGE_PREFIX = b'{"type":"change"'
+DIGITS = frozenset(b"0123456789")
+LATENCY_MAX_US = 600_000_000  # ten minutes: anything later is recorded as this
+STEP_TIMEOUT = 60.0  # longest wait for one reply (connect, auth, subscribe)
+PROGRESS_EVERY = 0.5
+
+
+def new_histogram() -> HdrHistogram:
+    """Latencies in microseconds, three significant digits."""
+    return HdrHistogram(1, LATENCY_MAX_US, 3)
+
+
+def field_text(payload: bytes, key: bytes) -> str:
+    """The string value of the first `key` (which ends in its opening quote), or ""."""
+    start = payload.find(key)
+    if start < 0:
+        return ""
+    start += len(key)
+    return payload[start : payload.index(b'"', start)].decode()
+
+
+def emit(event: str, **fields: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps({"event": event, **fields}) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+@dataclass
+class Job:
+    """What the driver asks for: where to connect and as whom."""
+
+    url: str
+    protocol: str  # "gateway": auth + subscribe; "reference": a bare broadcast server
+    editors: list[dict[str, Any]]  # {token, project_id}
+    snapshot: bool = False
+    connect_concurrency: int = 200
+
+    @classmethod
+    def parse(cls, line: bytes) -> Job:
+        return cls(**orjson.loads(line))
+
+
+@dataclass
+class Tally:
+    """Everything the editors of this process received, shared by all of them."""
+
+    started: float = field(default_factory=time.time)
+    latency: HdrHistogram = field(default_factory=new_histogram)
+    interval: HdrHistogram = field(default_factory=new_histogram)
+    per_second: list[int] = field(default_factory=list)
+    deliveries: int = 0
+    bytes_by_entity: dict[str, int] = field(default_factory=dict)
+    frames_by_entity: dict[str, int] = field(default_factory=dict)
+    duplicated: int = 0
+    out_of_order: int = 0
+    resets: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    closes: dict[int, int] = field(default_factory=dict)
+
+    def delivered(self, entity: str, size: int, committed_at: str) -> None:
+        now = time.time()
+        micros = int((now - datetime.fromisoformat(committed_at).timestamp()) * 1e6)
+        micros = min(max(micros, 1), LATENCY_MAX_US)
+        self.latency.record_value(micros)
+        self.interval.record_value(micros)
+        second = int(now - self.started)
+        while len(self.per_second) <= second:
+            self.per_second.append(0)
+        self.per_second[second] += 1
+        self.deliveries += 1
+        self.bytes_by_entity[entity] = self.bytes_by_entity.get(entity, 0) + size
+        self.frames_by_entity[entity] = self.frames_by_entity.get(entity, 0) + 1
+
+
+class Seen:
+    """The seqs one editor received of one wireframe: a growable bitmap."""
+
+    __slots__ = ("bits", "count", "highest")
+
+    def __init__(self) -> None:
+        self.bits = bytearray(64)
+        self.count = 0
+        self.highest = 0
+
+    def add(self, seq: int, tally: Tally) -> None:
+        byte, bit = divmod(seq, 8)
+        if byte >= len(self.bits):
+            self.bits.extend(bytes(max(byte + 1 - len(self.bits), len(self.bits))))
+        if self.bits[byte] >> bit & 1:
+            tally.duplicated += 1
+            return
+        self.bits[byte] |= 1 << bit
+        self.count += 1
+        if seq < self.highest:
+            tally.out_of_order += 1
+        self.highest = max(self.highest, seq)
+
+    def has_all(self, upto: int) -> bool:
+        """Seqs start at 1: all of 1..upto arrived."""
+        return self.count >= upto and self.highest >= upto
+
+
+class Editor(WSListener):
+    """One simulated browser tab: one connection at a time, state kept across reconnects."""
+
+    def __init__(self, tally: Tally, token: str, project_id: str, wireframes: list[str]) -> None:
+        self.tally = tally
+        self.token = token
+        self.project_id = project_id
+        self.wireframes = wireframes
+        self.transport: WSTransport | None = None
+        self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.seen: dict[str, Seen] = {}
+        self.position: str | None = None
+        self.closed: asyncio.Future[int] | None = None
+        self.refs = 0
+
+    # picows callbacks (run inside the event loop, must not block)
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.TEXT:
+            self.on_message(frame.get_payload_as_bytes())
+        elif frame.msg_type == WSMsgType.CLOSE:
+            close = frame.get_close_code()
+            code: int = close.value
+            self.tally.closes[code] = self.tally.closes.get(code, 0) + 1
+            transport.send_close(close)
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(0)
+        for waiter in self.waiting.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("connection closed"))
+        self.waiting.clear()
+
+    def on_message(self, payload: bytes) -> None:
+        if payload.startswith(CHANGE_PREFIX):
+            self.on_change(payload)
+            return
+        message = orjson.loads(payload)
+        kind = message.get("type")
+        if kind == "reset":
+            self.tally.resets += 1
+            self.position = message.get("snapshot", {}).get("position", self.position)
+        if kind == "error":
+            code = message.get("code", "?")
+            self.tally.errors[code] = self.tally.errors.get(code, 0) + 1
+        if kind == "snapshot":
+            self.position = message.get("position", self.position)
+            snapshot = self.waiting.pop("snapshot", None)
+            if snapshot is not None and not snapshot.done():
+                snapshot.set_result(message)
+        ref = message.get("ref")
+        waiter = self.waiting.get(f"{ref}:{kind}") or self.waiting.get(f"{ref}:*")
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message)
+
+    def on_change(self, payload: bytes) -> None:
+        """Read the few fields counted straight from the bytes: a full JSON parse of every
+        5 KB frame would make this process, not the server, the bottleneck."""
+        entity = field_text(payload, b'"entity":"')
+        self.tally.delivered(entity, len(payload), field_text(payload, b'"committed_at":"'))
+        position = field_text(payload, b'"position":"')
+        if position:
+            self.position = position
+        if entity != "wireframe":
+            return
+        new = payload.find(b'"new":{"id":"')
+        seq_at = payload.find(b'"bench_seq":', new)
+        if new < 0 or seq_at < 0:
+            return
+        wireframe_id = payload[new + 13 : new + 49].decode()
+        end = seq_at + 12
+        while payload[end] in DIGITS:
+            end += 1
+        seen = self.seen.get(wireframe_id)
+        if seen is None:
+            seen = self.seen[wireframe_id] = Seen()
+        seen.add(int(payload[seq_at + 12 : end]), self.tally)
+
+    # requests
+
+    def expect_snapshot(self) -> asyncio.Future[dict[str, Any]]:
+        """The next snapshot (it follows the subscribe's `ok` and carries no ref)."""
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiting["snapshot"] = waiter
+        return waiter
+
+    async def request(self, frame: dict[str, Any], reply: str = "*") -> dict[str, Any]:
+        """Send a frame with a fresh ref; the first reply of that kind (or any), or an error."""
+        self.refs += 1
+        ref = str(self.refs)
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiting[f"{ref}:{reply}"] = waiter
+        if reply != "*":
+            self.waiting[f"{ref}:error"] = waiter
+        assert self.transport is not None
+        self.transport.send(WSMsgType.TEXT, orjson.dumps({**frame, "ref": ref}))
+        try:
+            answer = await asyncio.wait_for(waiter, STEP_TIMEOUT)
+        finally:
+            self.waiting.pop(f"{ref}:{reply}", None)
+            self.waiting.pop(f"{ref}:error", None)
+        if answer.get("type") == "error":
+            raise RuntimeError(f"{frame['type']}: {answer.get('code')}: {answer.get('message')}")
+        return dict(answer)
+
+    def abort(self) -> None:
+        """Vanish as a dropped network does: no close frame."""
+        if self.transport is not None:
+            self.transport.underlying_transport.abort()
+
+    def close(self) -> None:
+        if self.transport is not None and self.closed is not None and not self.closed.done():
+            self.transport.send_close()
+            self.transport.disconnect()
+
+
+@dataclass
+class Steps:
+    """Per-step timings of connecting editors, in microseconds."""
+
+    connect: HdrHistogram = field(default_factory=new_histogram)
+    auth: HdrHistogram = field(default_factory=new_histogram)
+    subscribe: HdrHistogram = field(default_factory=new_histogram)
+    ready: HdrHistogram = field(default_factory=new_histogram)
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def failed(self, step: str, error: BaseException) -> None:
+        key = f"{step}: {type(error).__name__}: {error}"[:160]
+        self.failures[key] = self.failures.get(key, 0) + 1
+
+    def encoded(self) -> dict[str, Any]:
+        return {
+            "connect": self.connect.encode().decode(),
+            "auth": self.auth.encode().decode(),
+            "subscribe": self.subscribe.encode().decode(),
+            "ready": self.ready.encode().decode(),
+            "failures": self.failures,
+        }
+
+
+def since(start: float) -> int:
+    return max(1, int((time.perf_counter() - start) * 1e6))
+
+
+async def open_editor(job: Job, editor: Editor, steps: Steps, since_position: str | None) -> bool:
+    """Connect, authenticate and subscribe one editor; record each step's time."""
+    start = time.perf_counter()
+    step = "connect"
+    try:
+        await asyncio.wait_for(
+            ws_connect(lambda: editor, job.url, enable_auto_ping=False, max_frame_size=16 << 20),
+            STEP_TIMEOUT,
+        )
+        steps.connect.record_value(since(start))
+        if job.protocol == "gateway":
+            step = "auth"
+            mark = time.perf_counter()
+            await editor.request({"type": "auth", "token": editor.token}, "ok")
+            steps.auth.record_value(since(mark))
+            step = "subscribe"
+            mark = time.perf_counter()
+            await subscribe(job, editor, since_position)
+            steps.subscribe.record_value(since(mark))
+    except (OSError, RuntimeError, TimeoutError, ConnectionError) as error:
+        steps.failed(step, error)
+        editor.close()
+        return False
+    steps.ready.record_value(since(start))
+    return True
+
+
+async def subscribe(job: Job, editor: Editor, since_position: str | None) -> None:
+    frame: dict[str, Any] = {"type": "subscribe", "project_id": editor.project_id}
+    if since_position is not None:
+        frame["since"] = since_position
+    else:
+        frame["snapshot"] = job.snapshot
+    if not job.snapshot or since_position is not None:
+        await editor.request(frame, "ok")
+        return
+    snapshot = editor.expect_snapshot()
+    await editor.request(frame, "ok")
+    await asyncio.wait_for(snapshot, STEP_TIMEOUT)
+
+
+async def open_all(job: Job, editors: list[Editor], resume: bool) -> Steps:
+    steps = Steps()
+    gate = asyncio.Semaphore(max(1, job.connect_concurrency))
+
+    async def one(editor: Editor) -> bool:
+        async with gate:
+            return await open_editor(job, editor, steps, editor.position if resume else None)
+
+    await asyncio.gather(*(one(editor) for editor in editors))
+    return steps
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:  # noqa: ASYNC109
+    """Poll a cheap predicate (the frames arrive through callbacks, not awaitables)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def has_targets(editor: Editor, targets: dict[str, int]) -> bool:
+    for wireframe_id, seq in targets.items():
+        seen = editor.seen.get(wireframe_id)
+        if seq > 0 and (seen is None or not seen.has_all(seq)):
+            return False
+    return True
+
+
+class Session:
+    """The editors of this process and the commands the driver sends them."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.tally = Tally()
+        self.editors = [
+            Editor(self.tally, e.get("token", ""), e.get("project_id", ""), e.get("wireframes", []))
+            for e in job.editors
+        ]
+        self.dropped: list[int] = []
+        self.process = psutil.Process()
+        self.cpu_start = sum(self.process.cpu_times()[:2])
+
+    def connected(self) -> int:
+        return sum(1 for e in self.editors if e.closed is not None and not e.closed.done())
+
+    async def report_progress(self) -> None:
+        while True:
+            emit("progress", connected=self.connected(), received=self.tally.deliveries)
+            await asyncio.sleep(PROGRESS_EVERY)
+
+    async def open(self) -> None:
+        started = time.perf_counter()
+        steps = await open_all(self.job, self.editors, resume=False)
+        emit(
+            "ready",
+            seconds=time.perf_counter() - started,
+            connected=self.connected(),
+            steps=steps.encoded(),
+        )
+
+    def interval(self) -> None:
+        emit(
+            "interval",
+            latency=self.tally.interval.encode().decode(),
+            received=self.tally.deliveries,
+        )
+        self.tally.interval.reset()
+
+    def drop(self, fraction: float) -> None:
+        count = int(len(self.editors) * fraction)
+        self.dropped = random.sample(range(len(self.editors)), count)
+        for index in self.dropped:
+            self.editors[index].abort()
+        emit("dropped", count=count)
+
+    async def resume(self, targets: dict[str, int]) -> None:
+        editors = [self.editors[i] for i in self.dropped]
+        started = time.perf_counter()
+        steps = await open_all(self.job, editors, resume=True)
+        catchup = new_histogram()
+
+        async def caught_up(editor: Editor) -> None:
+            mine = {w: targets.get(w, 0) for w in editor.wireframes}
+            if await wait_until(lambda: has_targets(editor, mine), STEP_TIMEOUT):
+                catchup.record_value(since(started))
+
+        await asyncio.gather(*(caught_up(editor) for editor in editors))
+        emit(
+            "resumed",
+            count=len(editors),
+            steps=steps.encoded(),
+            catchup=catchup.encode().decode(),
+            seconds=time.perf_counter() - started,
+        )
+
+    async def finish(self, expected: dict[str, int], drain_seconds: float) -> None:
+        def complete() -> bool:
+            return all(
+                has_targets(editor, {w: expected.get(w, 0) for w in editor.wireframes})
+                for editor in self.editors
+                if editor.closed is not None and not editor.closed.done()
+            )
+
+        drained = await wait_until(complete, drain_seconds)
+        lost = 0
+        for editor in self.editors:
+            for wireframe_id in editor.wireframes:
+                seen = editor.seen.get(wireframe_id)
+                lost += max(0, expected.get(wireframe_id, 0) - (seen.count if seen else 0))
+        for editor in self.editors:
+            editor.close()
+        await wait_until(lambda: self.connected() == 0, 5.0)
+        tally = self.tally
+        emit(
+            "result",
+            drained=drained,
+            latency=tally.latency.encode().decode(),
+            per_second=tally.per_second,
+            started=tally.started,
+            deliveries=tally.deliveries,
+            bytes_by_entity=tally.bytes_by_entity,
+            frames_by_entity=tally.frames_by_entity,
+            lost=lost,
+            duplicated=tally.duplicated,
+            out_of_order=tally.out_of_order,
+            resets=tally.resets,
+            errors=tally.errors,
+            closes={str(code): n for code, n in tally.closes.items()},
+            slow_consumer_closes=tally.closes.get(SLOW_CONSUMER_CLOSE, 0),
+            cpu_seconds=sum(self.process.cpu_times()[:2]) - self.cpu_start,
+        )
+
+
+async def commands() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 28)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def run() -> None:
+    reader = await commands()
+    session = Session(Job.parse(await reader.readline()))
+    progress = asyncio.create_task(session.report_progress())
+    try:
+        await session.open()
+        while line := await reader.readline():
+            command = orjson.loads(line)
+            match command["cmd"]:
+                case "interval":
+                    session.interval()
+                case "drop":
+                    session.drop(float(command["fraction"]))
+                case "resume":
+                    await session.resume(command["targets"])
+                case "finish":
+                    await session.finish(command["expected"], float(command["drain_seconds"]))
+                    return
+    finally:
+        progress.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await progress
+
+
+if __name__ == "__main__":
+    uvloop.run(run())

@@ -1,0 +1,175 @@
+"""What a benchmark prints and writes: a table, a JSON file and a PNG plot beside it.
+
+Latencies live in HDR histograms (microseconds) until here; the report quotes them in
+milliseconds. Every figure is printed as measured, never judged: on a shared machine a
+number means something only beside another measured in the same run, hence the ratios
+to the reference server.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from hdrh.histogram import HdrHistogram
+
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
+CURVE = [0, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 99.999]
+
+
+def latency_ms(histogram: HdrHistogram) -> dict[str, float]:
+    """Percentiles and max in milliseconds (all 0 when nothing was recorded)."""
+    if histogram.get_total_count() == 0:
+        return {**dict.fromkeys(PERCENTILES, 0.0), "max": 0.0}
+    figures = {
+        name: histogram.get_value_at_percentile(percentile) / 1000
+        for name, percentile in PERCENTILES.items()
+    }
+    figures["max"] = histogram.get_max_value() / 1000
+    return {name: round(value, 3) for name, value in figures.items()}
+
+
+def curve_ms(histogram: HdrHistogram) -> list[tuple[float, float]]:
+    if histogram.get_total_count() == 0:
+        return []
+    return [(p, histogram.get_value_at_percentile(p) / 1000) for p in CURVE]
+
+
+@dataclass
+class Run:
+    """One measured run: the gateway's, the reference's, or one step of a ramp."""
+
+    name: str
+    figures: dict[str, Any]
+    latency: HdrHistogram | None = None
+    throughput: list[int] = field(default_factory=list)  # deliveries in each second
+
+    def as_json(self) -> dict[str, Any]:
+        out = dict(self.figures)
+        if self.latency is not None:
+            out["latency_ms"] = latency_ms(self.latency)
+            out["latency_curve_ms"] = curve_ms(self.latency)
+        if self.throughput:
+            out["throughput_per_second"] = self.throughput
+        return out
+
+
+@dataclass
+class Report:
+    scenario: str
+    config: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+    ratios: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "config": self.config,
+            "machine": {"cpus": _cpu_count(), "python": platform.python_version()},
+            "runs": [run.as_json() for run in self.runs],
+            **self.ratios,
+            "notes": self.notes,
+        }
+
+    def write(self, out: Path) -> Path | None:
+        """The JSON at `out`, the plot beside it (same name, .png); the plot's path."""
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(orjson.dumps(self.as_json(), option=orjson.OPT_INDENT_2))
+        return plot(self, out.with_suffix(".png"))
+
+
+def _cpu_count() -> int | None:
+    import os
+
+    return os.cpu_count()
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    return "-" if value is None else str(value)
+
+
+def table(report: Report) -> str:
+    """Rows are figures, columns are runs: side by side is how they are compared."""
+    rows: dict[str, list[str]] = {}
+    for index, run in enumerate(report.runs):
+        figures = dict(run.figures)
+        if run.latency is not None:
+            for name, value in latency_ms(run.latency).items():
+                figures[f"latency {name} (ms)"] = value
+        for key, value in figures.items():
+            rows.setdefault(key, [""] * len(report.runs))[index] = _cell(value)
+    head = ["", *(run.name for run in report.runs)]
+    width = [max(len(r) for r in [head[0], *rows]) + 2]
+    width += [
+        max([len(head[i + 1]), *(len(cells[i]) for cells in rows.values())]) + 2
+        for i in range(len(report.runs))
+    ]
+    lines = [f"== {report.scenario} " + " ".join(f"{k}={v}" for k, v in report.config.items())]
+    lines.append(
+        "".join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(head, width, strict=True))
+        )
+    )
+    for key, cells in rows.items():
+        lines.append(
+            key.ljust(width[0]) + "".join(c.rjust(w) for c, w in zip(cells, width[1:], strict=True))
+        )
+    for name, value in report.ratios.items():
+        lines.append(f"{name}: {value:.3f}")
+    lines.extend(report.notes)
+    return "\n".join(lines)
+
+
+def plot(report: Report, path: Path) -> Path | None:
+    """Latency percentile curve and deliveries per second over time, one line per run."""
+    runs = [run for run in report.runs if run.latency is not None or run.throughput]
+    if not runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, (curve_axes, rate_axes) = pyplot.subplots(1, 2, figsize=(13, 4.8))
+    for run in runs:
+        points = curve_ms(run.latency) if run.latency is not None else []
+        if points:
+            curve_axes.plot(
+                [1 / (1 - p / 100) if p < 100 else 1e6 for p, _ in points],
+                [value for _, value in points],
+                marker="o",
+                label=run.name,
+            )
+        if run.throughput:
+            rate_axes.plot(range(len(run.throughput)), run.throughput, label=run.name)
+    curve_axes.set_xscale("log")
+    curve_axes.set_xticks([1, 2, 10, 100, 1000, 10000, 100000])
+    curve_axes.set_xticklabels(["0", "50", "90", "99", "99.9", "99.99", "99.999"])
+    curve_axes.set_xlabel("percentile")
+    curve_axes.set_ylabel("commit → receive latency (ms)")
+    curve_axes.set_title("latency by percentile")
+    curve_axes.grid(True, which="both", alpha=0.3)
+    curve_axes.legend()
+    rate_axes.set_xlabel("seconds")
+    rate_axes.set_ylabel("deliveries per second")
+    rate_axes.set_title("throughput over time")
+    rate_axes.grid(True, alpha=0.3)
+    rate_axes.legend()
+    figure.suptitle(
+        f"{report.scenario}: " + ", ".join(f"{k}={v}" for k, v in report.config.items()), fontsize=9
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+    return path

@@ -1,0 +1,708 @@
+"""The benchmark scenarios: each sets up its editors and writer, runs, and returns a Report.
+
+- fanout: N editors on one project, one writer at W commits/s (`--ramp`: W raised step
+  by step until p99 passes a bound);
+- projects: many projects with a few editors each, writes spread over them;
+- storm: N editors connect, authenticate and subscribe with a snapshot all at once;
+- reconnect: a share of the editors drops mid-stream and resumes from its position;
+- idle: N subscribed editors doing nothing: memory per connection, CPU at rest;
+- reference: fanout through a bare websockets broadcast server (the ceiling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from loadtest import deployment as deployments
+from loadtest.deployment import Deployment
+from loadtest.editor_pool import EditorPool, merged
+from loadtest.population import Project, create_projects, create_users, tokens
+from loadtest.report import Report, Run, latency_ms
+from loadtest.usage import Usage
+from loadtest.writer import Writer
+
+READY_TIMEOUT = 600.0  # connecting 10,000 editors on a busy 2-core machine
+STEP_TIMEOUT = 120.0
+# The frames one commit sends each editor when no gateway run measured them: the
+# wireframe change (new and old row) and the version row the update records.
+DEFAULT_FRAMES = [{"entity": "wireframe", "bytes": 4700}, {"entity": "version", "bytes": 7200}]
+
+
+@dataclass
+class Options:
+    """Every knob of every scenario (the CLI fills it; each scenario reads its own)."""
+
+    subscribers: int = 1000
+    rate: float = 20.0
+    duration: float = 20.0
+    users: int = 100
+    wireframes: int = 4
+    projects: int = 2000
+    editors_per_project: int = 5
+    clients: int = 1000
+    drop_fraction: float = 0.3
+    snapshot: bool = False
+    client_procs: int = 1
+    connect_concurrency: int = 200
+    drain_seconds: float = 30.0
+    ramp: bool = False
+    ramp_factor: float = 1.5
+    step_seconds: float = 10.0
+    max_steps: int = 12
+    p99_bound_ms: float = 250.0
+    with_reference: bool = False
+    url: str | None = None
+    database_url: str | None = None
+    jwt_secret: str | None = None
+    gateway_pid: int | None = None
+    feed: str = "auto"
+    gateway_env: dict[str, str] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def target(options: Options) -> AsyncIterator[Deployment]:
+    if options.url:
+        if not options.database_url:
+            raise deployments.DeploymentError(
+                "--url needs --database-url (the writer commits there)"
+            )
+        async with deployments.attached(
+            options.url, options.database_url, options.jwt_secret, options.gateway_pid
+        ) as existing:
+            yield existing
+    else:
+        async with deployments.started(
+            options.database_url, options.feed, options.gateway_env
+        ) as fresh:
+            yield fresh
+
+
+class Progress:
+    """One line on stderr, rewritten in place: elapsed time, editors connected, rate."""
+
+    def __init__(self, pool: EditorPool, total: int, label: str) -> None:
+        self.pool = pool
+        self.total = total
+        self.label = label
+        self.started = time.monotonic()
+        self.last = (self.started, pool.received)
+        self.rate = 0.0
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        received = self.pool.received
+        if now - self.last[0] >= 1.0:
+            self.rate = (received - self.last[1]) / (now - self.last[0])
+            self.last = (now, received)
+        sys.stderr.write(
+            f"\r{self.label}: {now - self.started:6.1f} s  editors {self.pool.connected:,}/"
+            f"{self.total:,}  {self.rate:,.0f} deliveries/s  received {received:,}   "
+        )
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    async def during(self, work: Awaitable[Any]) -> Any:
+        task = asyncio.ensure_future(work)
+        while not task.done():
+            self.tick()
+            await asyncio.wait([task], timeout=0.5)
+        self.tick()
+        return task.result()
+
+
+def editors_of(
+    projects: list[Project], tokens_by_user: dict[uuid.UUID, str], per_project: int
+) -> list[dict[str, Any]]:
+    """`per_project` editors on each project, members taken in turn."""
+    return [
+        {
+            "token": tokens_by_user[project.members[index % len(project.members)]],
+            "project_id": project.id,
+            "wireframes": project.wireframes,
+        }
+        for project in projects
+        for index in range(per_project)
+    ]
+
+
+@dataclass
+class Stream:
+    """A pool of connected editors and a writer feeding them: a fanout-shaped run."""
+
+    name: str
+    pool: EditorPool
+    editors: int
+    progress: Progress
+    processes: dict[str, Usage]
+
+    def start_usage(self) -> None:
+        for usage in self.processes.values():
+            usage.start()
+
+    def usage_figures(self) -> dict[str, Any]:
+        figures: dict[str, Any] = {}
+        for name, usage in self.processes.items():
+            sample = usage.stop()
+            if sample is not None:
+                figures[f"{name} cpu %"] = round(sample.cpu_percent, 1)
+                figures[f"{name} memory MiB"] = round(sample.memory_mb, 1)
+        return figures
+
+
+async def open_stream(
+    name: str,
+    url: str,
+    protocol: str,
+    editors: list[dict[str, Any]],
+    options: Options,
+    processes: dict[str, int | None],
+    *,
+    snapshot: bool = False,
+    connect_concurrency: int | None = None,
+) -> tuple[Stream, list[dict[str, Any]]]:
+    pool = await EditorPool.start(
+        url,
+        protocol,
+        editors,
+        options.client_procs,
+        snapshot=snapshot,
+        connect_concurrency=connect_concurrency or options.connect_concurrency,
+    )
+    progress = Progress(pool, len(editors), f"{name} connecting")
+    ready = await pool.ready(READY_TIMEOUT, progress.tick)
+    progress.done()
+    usage = {
+        "gateway": Usage(processes.get("gateway"), children=False),
+        "postgres": Usage(processes.get("postgres"), children=True),
+        "editors": Usage(pool.processes[0].process.pid, children=False),
+    }
+    usage = {key: value for key, value in usage.items() if value.pid is not None}
+    stream = Stream(name, pool, len(editors), Progress(pool, len(editors), name), usage)
+    return stream, ready
+
+
+def connect_failures(ready: list[dict[str, Any]]) -> int:
+    return sum(sum(event["steps"]["failures"].values()) for event in ready)
+
+
+def result_figures(
+    results: list[dict[str, Any]], stream_started: float
+) -> tuple[dict[str, Any], Any, list[int]]:
+    """Merged figures of every editor process's `result`, the latency and per-second series."""
+    latency = merged([r["latency"] for r in results])
+    deliveries = sum(r["deliveries"] for r in results)
+    frames: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    closes: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for result in results:
+        for key, count in result["frames_by_entity"].items():
+            frames[key] = frames.get(key, 0) + count
+        for key, size in result["bytes_by_entity"].items():
+            sizes[key] = sizes.get(key, 0) + size
+        for key, count in result["closes"].items():
+            closes[key] = closes.get(key, 0) + count
+        for key, count in result["errors"].items():
+            errors[key] = errors.get(key, 0) + count
+    series = per_second_since(results, stream_started)
+    busy = [count for count in series if count]
+    figures = {
+        "deliveries": deliveries,
+        "deliveries_per_s": round(sum(busy) / len(busy), 1) if busy else 0.0,
+        "lost": sum(r["lost"] for r in results),
+        "duplicated": sum(r["duplicated"] for r in results),
+        "out_of_order": sum(r["out_of_order"] for r in results),
+        "resets": sum(r["resets"] for r in results),
+        "slow_consumer_closes": sum(r["slow_consumer_closes"] for r in results),
+        "other_closes": {k: v for k, v in closes.items() if k != "4008"},
+        "errors": errors,
+        "frame_bytes": {k: round(sizes[k] / frames[k]) for k in frames},
+        "frames": frames,
+    }
+    return figures, latency, series
+
+
+def per_second_since(results: list[dict[str, Any]], stream_started: float) -> list[int]:
+    """Deliveries per wall-clock second from the stream's start, all processes added."""
+    total: list[int] = []
+    for result in results:
+        offset = round(result["started"] - stream_started)
+        for second, count in enumerate(result["per_second"]):
+            at = second + offset
+            if at < 0:
+                continue
+            while len(total) <= at:
+                total.append(0)
+            total[at] += count
+    while total and total[-1] == 0:
+        total.pop()
+    return total
+
+
+async def finish(
+    stream: Stream, expected: dict[str, int], options: Options
+) -> list[dict[str, Any]]:
+    command = {"cmd": "finish", "expected": expected, "drain_seconds": options.drain_seconds}
+    results: list[dict[str, Any]] = await stream.progress.during(
+        stream.pool.gather(command, "result", options.drain_seconds + STEP_TIMEOUT)
+    )
+    return results
+
+
+def throughput_ratio_note(gateway: Run, reference: Run) -> dict[str, float]:
+    ratios: dict[str, float] = {}
+    ours, theirs = (
+        gateway.figures.get("deliveries_per_s"),
+        reference.figures.get("deliveries_per_s"),
+    )
+    if ours and theirs:
+        ratios["ratio_throughput"] = round(ours / theirs, 3)
+    if gateway.latency is not None and reference.latency is not None:
+        p99_ours = latency_ms(gateway.latency)["p99"]
+        p99_theirs = latency_ms(reference.latency)["p99"]
+        if p99_theirs:
+            ratios["ratio_p99"] = round(p99_ours / p99_theirs, 3)
+    return ratios
+
+
+# --- writing while editors listen ------------------------------------------------------
+
+
+async def ramp_steps(
+    stream: Stream, commit: Callable[[float, float], Awaitable[Any]], options: Options
+) -> tuple[list[dict[str, Any]], float]:
+    """Raise the rate step by step until a step's p99 passes the bound; the best step's rate."""
+    steps: list[dict[str, Any]] = []
+    rate = options.rate
+    sustained = 0.0
+    for _ in range(options.max_steps):
+        before = stream.pool.received
+        started = time.monotonic()
+        await stream.progress.during(commit(rate, options.step_seconds))
+        intervals = await stream.pool.gather({"cmd": "interval"}, "interval", STEP_TIMEOUT)
+        elapsed = time.monotonic() - started
+        latency = merged([event["latency"] for event in intervals])
+        received = sum(event["received"] for event in intervals) - before
+        step = {
+            "rate": round(rate, 1),
+            "deliveries_per_s": round(received / elapsed, 1),
+            "latency_ms": latency_ms(latency),
+        }
+        steps.append(step)
+        if step["latency_ms"]["p99"] > options.p99_bound_ms:
+            break
+        sustained = step["deliveries_per_s"]
+        rate *= options.ramp_factor
+    return steps, sustained
+
+
+async def stream_gateway(
+    name: str,
+    deployment: Deployment,
+    projects: list[Project],
+    editors: list[dict[str, Any]],
+    owner: uuid.UUID,
+    options: Options,
+) -> Run:
+    wireframes = [w for project in projects for w in project.wireframes]
+    writer = Writer(deployment.database_url, wireframes, str(owner))
+    await writer.open()
+    processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
+    stream, ready = await open_stream(name, deployment.url, "gateway", editors, options, processes)
+    try:
+        stream.start_usage()
+        started = time.time()
+        figures: dict[str, Any] = {
+            "editors": len(editors),
+            "connect_failures": connect_failures(ready),
+        }
+        if options.ramp:
+            steps, sustained = await ramp_steps(stream, writer.run, options)
+            figures["ramp"] = steps
+            figures["sustained_deliveries_per_s"] = sustained
+        else:
+            await stream.progress.during(writer.run(options.rate, options.duration))
+        results = await finish(stream, writer.seqs(), options)
+        stream.progress.done()
+        measured, latency, series = result_figures(results, started)
+        figures.update(measured)
+        figures["commits"] = writer.writes.total
+        figures["writer_behind_s"] = round(writer.writes.behind_seconds, 3)
+        commit_ms = latency_ms(writer.writes.durations)
+        figures["commit statement p50/p99 (ms)"] = f"{commit_ms['p50']}/{commit_ms['p99']}"
+        figures.update(stream.usage_figures())
+        return Run(name, figures, latency, series)
+    finally:
+        await stream.pool.stop()
+        await writer.close()
+
+
+async def stream_reference(options: Options, frames: list[dict[str, Any]], editors: int) -> Run:
+    """The same editors and rate through the bare broadcast server."""
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "loadtest.reference_server",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert server.stdin is not None
+    assert server.stdout is not None
+    try:
+        listening = orjson.loads(await asyncio.wait_for(server.stdout.readline(), STEP_TIMEOUT))
+        url = f"ws://127.0.0.1:{listening['port']}/"
+        wireframes = [str(uuid.uuid4()) for _ in range(options.wireframes)]
+        clients = [{"wireframes": wireframes} for _ in range(editors)]
+        stream, ready = await open_stream(
+            "reference", url, "reference", clients, options, {"gateway": server.pid}
+        )
+        stdin, stdout = server.stdin, server.stdout
+
+        async def commit(rate: float, seconds: float) -> dict[str, int]:
+            command = {
+                "cmd": "run",
+                "rate": rate,
+                "seconds": seconds,
+                "wireframes": wireframes,
+                "frames": frames,
+            }
+            stdin.write(orjson.dumps(command) + b"\n")
+            done: dict[str, int] = orjson.loads(await stdout.readline())["commits"]
+            for key, count in done.items():
+                commits[key] = commits.get(key, 0) + count
+            return done
+
+        commits: dict[str, int] = {}
+        try:
+            stream.start_usage()
+            started = time.time()
+            figures: dict[str, Any] = {
+                "editors": editors,
+                "connect_failures": connect_failures(ready),
+            }
+            if options.ramp:
+                steps, sustained = await ramp_steps(stream, commit, options)
+                figures["ramp"] = steps
+                figures["sustained_deliveries_per_s"] = sustained
+            else:
+                await stream.progress.during(commit(options.rate, options.duration))
+            results = await finish(stream, commits, options)
+            stream.progress.done()
+            measured, latency, series = result_figures(results, started)
+            figures.update(measured)
+            figures["commits"] = sum(commits.values())
+            usage = stream.usage_figures()
+            figures.update({k.replace("gateway", "server"): v for k, v in usage.items()})
+            return Run("reference", figures, latency, series)
+        finally:
+            await stream.pool.stop()
+    finally:
+        server.kill()
+        await server.wait()
+
+
+def frames_of(run: Run) -> list[dict[str, Any]]:
+    """The frames one commit sent each editor in a gateway run (entity, mean size)."""
+    commits = run.figures.get("commits") or 0
+    editors = run.figures.get("editors") or 0
+    frames: dict[str, int] = run.figures.get("frames", {})
+    sizes: dict[str, int] = run.figures.get("frame_bytes", {})
+    if not commits or not editors or not frames:
+        return DEFAULT_FRAMES
+    shape: list[dict[str, Any]] = []
+    for entity, count in frames.items():
+        per_commit = round(count / (commits * editors))
+        shape.extend({"entity": entity, "bytes": sizes[entity]} for _ in range(per_commit))
+    wireframe_first = sorted(shape, key=lambda frame: frame["entity"] != "wireframe")
+    return wireframe_first or DEFAULT_FRAMES
+
+
+# --- the scenarios ---------------------------------------------------------------------
+
+
+def config_of(options: Options, *keys: str) -> dict[str, Any]:
+    values = asdict(options)
+    return {key: values[key] for key in keys}
+
+
+async def one_project(
+    deployment: Deployment, options: Options
+) -> tuple[list[Project], list[dict[str, Any]], uuid.UUID]:
+    users = await create_users(
+        deployment.database_url, max(1, min(options.users, options.subscribers))
+    )
+    tokens_by_user = tokens(deployment, users, ttl=int(options.duration * 20 + 3600))
+    projects = await create_projects(
+        deployment, tokens_by_user, [(users[0], users)], options.wireframes
+    )
+    return projects, editors_of(projects, tokens_by_user, options.subscribers), users[0]
+
+
+async def fanout(options: Options) -> Report:
+    keys = ["subscribers", "rate", "duration", "wireframes", "client_procs"]
+    if options.ramp:
+        keys += ["ramp_factor", "step_seconds", "p99_bound_ms"]
+    report = Report("fanout", config_of(options, *keys))
+    async with target(options) as deployment:
+        projects, editors, owner = await one_project(deployment, options)
+        gateway = await stream_gateway("gateway", deployment, projects, editors, owner, options)
+    report.runs.append(gateway)
+    if options.with_reference:
+        reference = await stream_reference(options, frames_of(gateway), options.subscribers)
+        report.runs.append(reference)
+        report.ratios = throughput_ratio_note(gateway, reference)
+        if options.ramp:
+            ours = gateway.figures.get("sustained_deliveries_per_s") or 0.0
+            theirs = reference.figures.get("sustained_deliveries_per_s") or 0.0
+            if theirs:
+                report.ratios["ratio_throughput"] = round(ours / theirs, 3)
+    return report
+
+
+async def reference(options: Options) -> Report:
+    report = Report(
+        "reference", config_of(options, "subscribers", "rate", "duration", "client_procs")
+    )
+    report.runs.append(await stream_reference(options, DEFAULT_FRAMES, options.subscribers))
+    return report
+
+
+async def projects(options: Options) -> Report:
+    report = Report(
+        "projects",
+        config_of(options, "projects", "editors_per_project", "rate", "duration", "client_procs"),
+    )
+    async with target(options) as deployment:
+        users = await create_users(deployment.database_url, options.projects)
+        tokens_by_user = tokens(deployment, users, ttl=int(options.duration * 20 + 3600))
+        size = min(options.editors_per_project, len(users))
+        plans = [
+            (users[p], [users[(p + k) % len(users)] for k in range(size)])
+            for p in range(options.projects)
+        ]
+        created = await create_projects(deployment, tokens_by_user, plans, wireframes=1)
+        editors = editors_of(created, tokens_by_user, options.editors_per_project)
+        report.runs.append(
+            await stream_gateway("gateway", deployment, created, editors, users[0], options)
+        )
+    return report
+
+
+async def storm(options: Options) -> Report:
+    """Everyone at once: connect, authenticate, subscribe with a snapshot."""
+    report = Report("storm", config_of(options, "clients", "projects", "client_procs"))
+    async with target(options) as deployment:
+        users = await create_users(
+            deployment.database_url, max(1, min(options.users, options.clients))
+        )
+        tokens_by_user = tokens(deployment, users, ttl=3600)
+        count = max(1, min(options.projects, options.clients))
+        plans = [(users[p % len(users)], users) for p in range(count)]
+        created = await create_projects(deployment, tokens_by_user, plans, options.wireframes)
+        per_project = -(-options.clients // count)
+        editors = editors_of(created, tokens_by_user, per_project)[: options.clients]
+        processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
+        started = time.monotonic()
+        stream, ready = await open_stream(
+            "storm",
+            deployment.url,
+            "gateway",
+            editors,
+            options,
+            processes,
+            snapshot=True,
+            connect_concurrency=len(editors),
+        )
+        try:
+            figures: dict[str, Any] = {
+                "clients": len(editors),
+                "ready_s": round(max(event["seconds"] for event in ready), 3),
+                "wall_s": round(time.monotonic() - started, 3),
+                "failures": connect_failures(ready),
+            }
+            for step in ("connect", "auth", "subscribe", "ready"):
+                latency = merged([event["steps"][step] for event in ready])
+                for name, value in latency_ms(latency).items():
+                    if name in ("p50", "p99", "max"):
+                        figures[f"{step} {name} (ms)"] = value
+            failures: dict[str, int] = {}
+            for event in ready:
+                for reason, count in event["steps"]["failures"].items():
+                    failures[reason] = failures.get(reason, 0) + count
+            figures["failure_reasons"] = failures
+            await finish(stream, {}, options)
+            stream.progress.done()
+            report.runs.append(Run("gateway", figures))
+        finally:
+            await stream.pool.stop()
+    return report
+
+
+async def reconnect(options: Options) -> Report:
+    """A share of the editors vanishes mid-stream and comes back with `since`."""
+    report = Report(
+        "reconnect",
+        config_of(options, "subscribers", "rate", "duration", "drop_fraction", "client_procs"),
+    )
+    async with target(options) as deployment:
+        projects, editors, owner = await one_project(deployment, options)
+        wireframes = [w for project in projects for w in project.wireframes]
+        writer = Writer(deployment.database_url, wireframes, str(owner))
+        await writer.open()
+        processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
+        stream, ready = await open_stream(
+            "reconnect", deployment.url, "gateway", editors, options, processes
+        )
+        try:
+            stream.start_usage()
+            started = time.time()
+            writing = asyncio.ensure_future(writer.run(options.rate, options.duration))
+            try:
+                await stream.progress.during(asyncio.sleep(options.duration * 0.3))
+                dropped = await stream.pool.gather(
+                    {"cmd": "drop", "fraction": options.drop_fraction}, "dropped", STEP_TIMEOUT
+                )
+                await stream.progress.during(asyncio.sleep(min(2.0, options.duration * 0.2)))
+                resumed = await stream.progress.during(
+                    stream.pool.gather(
+                        {"cmd": "resume", "targets": writer.seqs()}, "resumed", STEP_TIMEOUT * 2
+                    )
+                )
+                await stream.progress.during(writing)
+            finally:
+                writing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writing
+            results = await finish(stream, writer.seqs(), options)
+            stream.progress.done()
+            measured, latency, series = result_figures(results, started)
+            catchup = merged([event["catchup"] for event in resumed])
+            resubscribe = merged([event["steps"]["ready"] for event in resumed])
+            figures: dict[str, Any] = {
+                "editors": len(editors),
+                "connect_failures": connect_failures(ready),
+                "dropped": sum(event["count"] for event in dropped),
+                "resume_failures": connect_failures(resumed),
+                "resumed_caught_up": catchup.get_total_count(),
+                "resume ready p99 (ms)": latency_ms(resubscribe)["p99"],
+                "replay p50 (ms)": latency_ms(catchup)["p50"],
+                "replay p99 (ms)": latency_ms(catchup)["p99"],
+                "replay max (ms)": latency_ms(catchup)["max"],
+                "replay_s": round(max(event["seconds"] for event in resumed), 3),
+                **measured,
+                "commits": writer.writes.total,
+            }
+            figures.update(stream.usage_figures())
+            report.runs.append(Run("gateway", figures, latency, series))
+        finally:
+            await stream.pool.stop()
+            await writer.close()
+    return report
+
+
+async def idle(options: Options) -> Report:
+    """Memory each subscribed connection costs the gateway, and CPU when nothing happens."""
+    report = Report("idle", config_of(options, "subscribers", "duration", "client_procs"))
+    async with target(options) as deployment:
+        _projects, editors, _owner = await one_project(deployment, options)
+        gateway = Usage(deployment.gateway_pid, children=False)
+        baseline = gateway.memory_now()
+        processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
+        stream, ready = await open_stream(
+            "idle", deployment.url, "gateway", editors, options, processes
+        )
+        try:
+            await asyncio.sleep(2.0)
+            loaded = gateway.memory_now()
+            stream.start_usage()
+            await stream.progress.during(asyncio.sleep(options.duration))
+            figures: dict[str, Any] = {
+                "connections": len(editors),
+                "connect_failures": connect_failures(ready),
+                "baseline memory MiB": round(baseline / 2**20, 1),
+                "memory MiB": round(loaded / 2**20, 1),
+                "KiB per connection": round((loaded - baseline) / 1024 / max(1, len(editors)), 2),
+            }
+            figures.update(stream.usage_figures())
+            await finish(stream, {}, options)
+            stream.progress.done()
+            report.runs.append(Run("gateway", figures))
+        finally:
+            await stream.pool.stop()
+    if options.with_reference:
+        report.runs.append(await idle_reference(options))
+        ours = report.runs[0].figures["KiB per connection"]
+        theirs = report.runs[1].figures["KiB per connection"]
+        if theirs:
+            report.ratios["ratio_memory_per_connection"] = round(ours / theirs, 3)
+    return report
+
+
+async def idle_reference(options: Options) -> Run:
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "loadtest.reference_server",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert server.stdout is not None
+    try:
+        listening = orjson.loads(await asyncio.wait_for(server.stdout.readline(), STEP_TIMEOUT))
+        usage = Usage(server.pid, children=False)
+        await asyncio.sleep(0.5)
+        baseline = usage.memory_now()
+        clients: list[dict[str, Any]] = [{} for _ in range(options.subscribers)]
+        stream, ready = await open_stream(
+            "idle reference",
+            f"ws://127.0.0.1:{listening['port']}/",
+            "reference",
+            clients,
+            options,
+            {"gateway": server.pid},
+        )
+        try:
+            await asyncio.sleep(2.0)
+            loaded = usage.memory_now()
+            stream.start_usage()
+            await stream.progress.during(asyncio.sleep(options.duration))
+            figures: dict[str, Any] = {
+                "connections": len(clients),
+                "connect_failures": connect_failures(ready),
+                "baseline memory MiB": round(baseline / 2**20, 1),
+                "memory MiB": round(loaded / 2**20, 1),
+                "KiB per connection": round((loaded - baseline) / 1024 / max(1, len(clients)), 2),
+            }
+            figures.update(
+                {k.replace("gateway", "server"): v for k, v in stream.usage_figures().items()}
+            )
+            await finish(stream, {}, options)
+            stream.progress.done()
+            return Run("reference", figures)
+        finally:
+            await stream.pool.stop()
+    finally:
+        server.kill()
+        await server.wait()
+
+
+SCENARIOS = {
+    "fanout": fanout,
+    "projects": projects,
+    "storm": storm,
+    "reconnect": reconnect,
+    "idle": idle,
+    "reference": reference,
+}

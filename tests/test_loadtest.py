@@ -1,0 +1,195 @@
+"""Every benchmark scenario at toy scale: it runs end to end and counts correctly.
+
+Timings are printed by the benchmark, never checked here (the machine is shared); what
+is checked is what must hold at any speed: every committed change reached every editor
+once and in order, the report was written, and nothing was left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import psutil
+
+BENCH_TIMEOUT = 240.0
+TOY = ["--subscribers", "12", "--users", "4", "--rate", "10", "--duration", "2"]
+
+
+def bench_processes() -> set[int]:
+    """Editor and reference-server processes of any benchmark on this machine."""
+    found = set()
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "loadtest.editors" in cmdline or "loadtest.reference_server" in cmdline:
+            found.add(process.info["pid"])
+    return found
+
+
+async def bench(tmp_path: Path, database_dsn: str, *args: str) -> dict[str, Any]:
+    """Run `python -m loadtest ARGS` against the test database; its JSON report."""
+    out = tmp_path / "report.json"
+    before = bench_processes()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "loadtest",
+        *args,
+        "--database-url",
+        database_dsn,
+        "--out",
+        str(out),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), BENCH_TIMEOUT)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    assert "==" in stdout.decode(), "the table was printed"
+    assert bench_processes() - before == set(), "an editor or reference process was left behind"
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        slots = await conn.fetchval(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bench\\_%'"
+        )
+    finally:
+        await conn.close()
+    assert slots == 0, "the run's replication slot was dropped"
+    report: dict[str, Any] = orjson.loads(out.read_bytes())
+    return report
+
+
+def assert_exact(run: dict[str, Any]) -> None:
+    assert run["lost"] == 0
+    assert run["duplicated"] == 0
+    assert run["out_of_order"] == 0
+    assert run["resets"] == 0
+    assert run["slow_consumer_closes"] == 0
+    assert run["connect_failures"] == 0
+
+
+async def test_fanout_with_reference_counts_every_delivery(
+    tmp_path: Path, database_dsn: str
+) -> None:
+    report = await bench(tmp_path, database_dsn, "fanout", *TOY, "--with-reference")
+    gateway, reference = report["runs"]
+    for run in (gateway, reference):
+        assert_exact(run)
+        # every commit reached every editor: its wireframe change and its version
+        assert run["frames"]["wireframe"] == run["commits"] * 12
+        assert set(run["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
+        assert run["deliveries_per_s"] > 0
+    assert gateway["frames"]["version"] == gateway["commits"] * 12
+    assert gateway["commits"] == 20
+    assert report["ratio_throughput"] > 0
+    assert report["ratio_p99"] > 0
+    assert (tmp_path / "report.png").stat().st_size > 0
+
+
+async def test_fanout_ramp_reports_steps(tmp_path: Path, database_dsn: str) -> None:
+    report = await bench(
+        tmp_path,
+        database_dsn,
+        "fanout",
+        *TOY,
+        "--ramp",
+        "--step-seconds",
+        "1",
+        "--max-steps",
+        "2",
+        "--p99-bound-ms",
+        "100000",
+    )
+    (gateway,) = report["runs"]
+    assert_exact(gateway)
+    assert [step["rate"] for step in gateway["ramp"]] == [10.0, 15.0]
+    assert gateway["sustained_deliveries_per_s"] > 0
+
+
+async def test_projects_spread_writes(tmp_path: Path, database_dsn: str) -> None:
+    report = await bench(
+        tmp_path,
+        database_dsn,
+        "projects",
+        "--projects",
+        "6",
+        "--editors-per-project",
+        "3",
+        "--rate",
+        "12",
+        "--duration",
+        "2",
+    )
+    (gateway,) = report["runs"]
+    assert_exact(gateway)
+    # each commit goes to one project's wireframe and reaches that project's 3 editors
+    assert gateway["frames"]["wireframe"] == gateway["commits"] * 3
+
+
+async def test_storm_gets_everyone_ready(tmp_path: Path, database_dsn: str) -> None:
+    report = await bench(
+        tmp_path, database_dsn, "storm", "--clients", "20", "--users", "5", "--projects", "4"
+    )
+    (gateway,) = report["runs"]
+    assert gateway["clients"] == 20
+    assert gateway["failures"] == 0
+    assert gateway["subscribe p99 (ms)"] > 0
+
+
+async def test_reconnect_resumes_without_loss(tmp_path: Path, database_dsn: str) -> None:
+    report = await bench(
+        tmp_path,
+        database_dsn,
+        "reconnect",
+        "--subscribers",
+        "20",
+        "--users",
+        "4",
+        "--rate",
+        "10",
+        "--duration",
+        "4",
+    )
+    (gateway,) = report["runs"]
+    assert_exact(gateway)
+    assert gateway["dropped"] == 6
+    assert gateway["resume_failures"] == 0
+    assert gateway["resumed_caught_up"] == 6
+    assert gateway["frames"]["wireframe"] == gateway["commits"] * 20
+
+
+async def test_idle_measures_memory_per_connection(tmp_path: Path, database_dsn: str) -> None:
+    report = await bench(
+        tmp_path, database_dsn, "idle", "--subscribers", "20", "--duration", "1", "--with-reference"
+    )
+    gateway, reference = report["runs"]
+    for run in (gateway, reference):
+        assert run["connections"] == 20
+        assert run["connect_failures"] == 0
+        assert "KiB per connection" in run
+
+
+async def test_reference_alone(tmp_path: Path, database_dsn: str) -> None:
+    report = await bench(tmp_path, database_dsn, "reference", *TOY)
+    (reference,) = report["runs"]
+    assert_exact(reference)
+    assert reference["frames"]["wireframe"] == reference["commits"] * 12
+
+
+async def test_an_existing_deployment_needs_its_database() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "loadtest",
+        "fanout",
+        "--url",
+        "ws://127.0.0.1:9/",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), BENCH_TIMEOUT)
+    assert process.returncode == 1
+    assert b"--url needs --database-url" in stderr
