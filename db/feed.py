@@ -114,6 +114,9 @@ class ChangeFeed(Protocol):
     """A source of committed changes; reconnects by itself until the iterator is closed."""
 
     name: str
+    # True when a transaction's events follow each other without the feed yielding to
+    # the event loop in between, so a consumer may hold its output until TransactionEnd.
+    whole_transactions: bool
 
     @property
     def connected(self) -> bool:

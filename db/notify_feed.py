@@ -43,6 +43,8 @@ class NotifyFeed:
     """Changes from the NOTIFY triggers, over one asyncpg connection."""
 
     name = "notify"
+    # Each notification is awaited from a queue (with a timeout: a task of its own).
+    whole_transactions = False
 
     def __init__(
         self,

@@ -76,6 +76,8 @@ class ReplicationFeed:
     """Changes from a pgoutput replication slot, over psycopg2 (see replication_stream)."""
 
     name = "replication"
+    # A transaction is decoded whole, then its events are yielded back to back.
+    whole_transactions = True
 
     def __init__(
         self,

@@ -57,13 +57,22 @@ class Dispatcher:
         self._deleted_projects: list[UUID] = []
 
     async def run(self) -> None:
+        """Frames wait in the outbox while a transaction is handled, so each connection
+        gets all of its frames in one write; it is flushed before anything else may run
+        (see gateway.wire): at the transaction's end, before every await that can yield
+        to the loop, and after every change when the feed itself may yield between them."""
         metrics = self._gateway.metrics
+        outbox = self._gateway.outbox
         async with aclosing(self._feed.events()) as events:
             async for event in events:
                 if isinstance(event, RowChange):
                     metrics.feed_backlog.set(getattr(self._feed, "backlog", 0))
                     await self._on_change(event)
-                elif isinstance(event, TransactionEnd):
+                    if not self._feed.whole_transactions:
+                        outbox.flush()
+                    continue
+                outbox.flush()
+                if isinstance(event, TransactionEnd):
                     self._end_transaction()
                     # A backlog must not starve requests (subscribes, resumes) on this loop.
                     await asyncio.sleep(0)
@@ -95,6 +104,7 @@ class Dispatcher:
         )
         if change.op is ChangeOp.TRUNCATE:
             # Nothing before a truncation can be replayed on top of what is left.
+            self._gateway.outbox.flush()
             self._history.start(change.position)
             self._gateway.resync_all(ResetReason.TRUNCATED, f"table {change.table} was truncated")
             return
@@ -127,6 +137,7 @@ class Dispatcher:
             and change.new is not None
             and any(change.old.get(c) != change.new.get(c) for c in ACCESS_COLUMNS)
         ):
+            self._gateway.outbox.flush()
             await self._gateway.recheck_access(UUID(str(change.new["id"])), change.xid)
 
     def _publish_list(self, change: RowChange) -> None:

@@ -23,7 +23,7 @@ from websockets.asyncio.server import ServerConnection
 from db.feed import Position
 from db.queries import VisibilitySnapshot
 from gateway.metrics import Metrics
-from gateway.wire import write_text
+from gateway.wire import Outbox, write_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +81,10 @@ class Subscription:
 
 
 class Hub:
-    def __init__(self, metrics: Metrics, max_pending_events: int) -> None:
+    def __init__(self, metrics: Metrics, max_pending_events: int, outbox: Outbox) -> None:
         self._metrics = metrics
         self._max_pending = max_pending_events
+        self._outbox = outbox
         self._topics: dict[UUID, dict[int, Subscription]] = {}
 
     def subscribe(self, subscriber: Subscriber, project_id: UUID) -> Subscription:
@@ -128,9 +129,7 @@ class Hub:
 
     def send_to(self, subscription: Subscription, data: bytes) -> None:
         """One change frame to one subscriber (replays and held changes)."""
-        write_text([subscription.subscriber.ws], data)
-        self._metrics.events_delivered.inc()
-        self._metrics.frames_out.labels("change").inc()
+        send_now(self._metrics, subscription.subscriber.ws, data)
 
     def suspend(self, subscription: Subscription) -> None:
         """Hold events again (a new snapshot is being read) until the next `go_live`."""
@@ -173,8 +172,8 @@ class Hub:
             elif subscription.subscriber.can_send():
                 mine = event.own is not None and event.own[0] == subscription.subscriber.id
                 (own if mine else targets).append(subscription.subscriber.ws)
-        return deliver(self._metrics, targets, event.data) + (
-            deliver(self._metrics, own, event.own[1]) if own and event.own else 0
+        return deliver(self._metrics, self._outbox, targets, event.data) + (
+            deliver(self._metrics, self._outbox, own, event.own[1]) if own and event.own else 0
         )
 
     def _hold(self, subscription: Subscription, event: Event) -> None:
@@ -190,10 +189,18 @@ class Hub:
         return topic.get(subscription.subscriber.id) is subscription
 
 
-def deliver(metrics: Metrics, targets: list[ServerConnection], data: bytes) -> int:
-    """Write one change frame to `targets`; how many they were."""
+def send_now(metrics: Metrics, connection: ServerConnection, data: bytes) -> None:
+    """One change frame to one connection, written at once: replays and held changes go
+    out from a client's own task, not the dispatcher's, which flushes the outbox."""
+    write_text([connection], data)
+    metrics.events_delivered.inc()
+    metrics.frames_out.labels("change").inc()
+
+
+def deliver(metrics: Metrics, outbox: Outbox, targets: list[ServerConnection], data: bytes) -> int:
+    """Queue one change frame for `targets` (the dispatcher flushes); how many they were."""
     if targets:
-        write_text(targets, data)
+        outbox.add(targets, data)
         metrics.events_delivered.inc(len(targets))
         metrics.frames_out.labels("change").inc(len(targets))
     return len(targets)

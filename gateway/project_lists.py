@@ -20,8 +20,9 @@ from uuid import UUID
 from websockets.asyncio.server import ServerConnection
 
 from db.queries import VisibilitySnapshot
-from gateway.hub import Event, Subscriber, deliver
+from gateway.hub import Event, Subscriber, deliver, send_now
 from gateway.metrics import Metrics
+from gateway.wire import Outbox
 from protocol.frames import ResetReason
 
 
@@ -41,9 +42,10 @@ class ListSubscription:
 
 
 class ProjectLists:
-    def __init__(self, metrics: Metrics, max_pending_events: int) -> None:
+    def __init__(self, metrics: Metrics, max_pending_events: int, outbox: Outbox) -> None:
         self._metrics = metrics
         self._max_pending = max_pending_events
+        self._outbox = outbox
         self._by_user: dict[UUID, dict[int, ListSubscription]] = {}
 
     def subscribe(self, subscriber: Subscriber) -> ListSubscription:
@@ -97,8 +99,11 @@ class ProjectLists:
                 continue
             if not subscription.subscriber.can_send():
                 return
-            data = event.data_for(subscription.subscriber.id)
-            deliver(self._metrics, [subscription.subscriber.ws], data)
+            send_now(
+                self._metrics,
+                subscription.subscriber.ws,
+                event.data_for(subscription.subscriber.id),
+            )
 
     def publish(self, users: Iterable[UUID], event: Event) -> int:
         """Hand `event` to every list subscription of `users`; returns how many got it."""
@@ -111,8 +116,8 @@ class ProjectLists:
                 elif subscription.wants(event) and subscription.subscriber.can_send():
                     mine = event.own is not None and event.own[0] == subscription.subscriber.id
                     (own if mine else targets).append(subscription.subscriber.ws)
-        return deliver(self._metrics, targets, event.data) + (
-            deliver(self._metrics, own, event.own[1]) if own and event.own else 0
+        return deliver(self._metrics, self._outbox, targets, event.data) + (
+            deliver(self._metrics, self._outbox, own, event.own[1]) if own and event.own else 0
         )
 
     def subscription(self, user_id: UUID, subscriber_id: int) -> ListSubscription | None:

@@ -52,8 +52,13 @@ def _uuid(value: Any) -> UUID | None:
 
 
 class Router:
-    def __init__(self, pool: asyncpg.Pool, capacity: int) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, capacity: int, before_lookup: Callable[[], None]
+    ) -> None:
+        """`before_lookup` runs before a parent is read from the database, which yields
+        to the event loop (the dispatcher flushes its outbox there)."""
         self._pool = pool
+        self._before_lookup = before_lookup
         self._sitemap_project = BoundedMap(capacity)
         self._wireframe_sitemap = BoundedMap(capacity)
         self._style_guide_wireframe = BoundedMap(capacity)
@@ -117,6 +122,7 @@ class Router:
             return None
         parent = known.get(child)
         if parent is None:
+            self._before_lookup()
             async with self._pool.acquire() as conn:
                 parent = await lookup(conn, child)
             if parent is not None:

@@ -33,6 +33,7 @@ from gateway.router import Router
 from gateway.sessions import LiveSessions
 from gateway.settings import Settings
 from gateway.tokens import TokenVerifier
+from gateway.wire import Outbox
 from protocol.frames import ResetReason
 
 logger = logging.getLogger(__name__)
@@ -57,14 +58,16 @@ class Gateway:
         self.feed = feed
         self.verifier = verifier
         self.metrics = Metrics()
-        self.hub = Hub(self.metrics, settings.max_pending_events)
-        self.project_lists = ProjectLists(self.metrics, settings.max_pending_events)
+        # Change frames wait here while the dispatcher handles a transaction.
+        self.outbox = Outbox()
+        self.hub = Hub(self.metrics, settings.max_pending_events, self.outbox)
+        self.project_lists = ProjectLists(self.metrics, settings.max_pending_events, self.outbox)
         self.history = History(
             max_per_project=settings.history_max_per_project,
             max_bytes=settings.history_max_bytes,
             max_age_seconds=settings.history_max_age_seconds,
         )
-        self.router = Router(pool, settings.route_cache_size)
+        self.router = Router(pool, settings.route_cache_size, before_lookup=self.outbox.flush)
         self.sessions = LiveSessions(pool, settings, self.metrics)
         self.presence: Presence = InMemoryPresence()
         self.presence.subscribe(PresenceFanout(self.hub, self.metrics))

@@ -1,4 +1,5 @@
-"""One text frame to many connections, its bytes built once.
+"""One text frame to many connections, its bytes built once; an outbox that writes each
+connection's frames of one transaction at once.
 
 `websockets.broadcast` builds the frame again for every connection (header, a copy of
 the payload, the protocol's write queue) before the kernel's send; a server frame is
@@ -6,12 +7,18 @@ unmasked, so without compression its bytes are the same on every connection. Wri
 those bytes straight to each transport is what the websockets protocol object would
 write itself: it keeps no per-frame state for an unfragmented server message, and the
 transport keeps the order of everything written to it.
+
+A transaction usually changes several rows (an update and the version it records),
+and each write to a socket is a system call (~10 µs here, most of a delivery's cost):
+the outbox joins the frames each connection gets from one transaction into one write.
+Whoever fills it must flush it before yielding to the event loop, so that nothing
+else written to a connection meanwhile (a reply, `unsubscribed`) can overtake them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
@@ -30,16 +37,73 @@ def write_text(connections: Iterable[ServerConnection], data: bytes) -> None:
     """Send `data` as a text frame to every open connection; skip the ones closing."""
     wire: bytes | None = None
     for connection in connections:
-        protocol = connection.protocol
-        if protocol.state is not State.OPEN:
-            continue
-        if protocol.extensions or connection.send_in_progress is not None:
-            # permessage-deflate compresses per connection; websockets does that.
-            broadcast([connection], data, text=True)
+        if not _shares_frames(connection):
+            _send_each(connection, (data,))
             continue
         if wire is None:
             wire = text_frame(data)
-        try:
-            connection.transport.write(wire)
-        except RuntimeError as error:  # uvloop: the transport closed under us
-            logger.debug("skipped a closed connection: %s", error)
+        _write(connection, wire)
+
+
+class Outbox:
+    """Text frames queued per connection until `flush`, then one write per connection."""
+
+    def __init__(self) -> None:
+        self._queued: dict[ServerConnection, list[bytes]] = {}
+
+    def add(self, connections: Iterable[ServerConnection], data: bytes) -> None:
+        for connection in connections:
+            frames = self._queued.get(connection)
+            if frames is None:
+                self._queued[connection] = [data]
+            else:
+                frames.append(data)
+
+    def flush(self) -> None:
+        """Write everything queued. Connections that got the same frames share the bytes."""
+        if not self._queued:
+            return
+        queued, self._queued = self._queued, {}
+        framed: dict[int, bytes] = {}
+        joined: dict[tuple[int, ...], bytes] = {}
+        # ids stay unique while `queued` holds every frame alive
+        for connection, frames in queued.items():
+            if not _shares_frames(connection):
+                _send_each(connection, frames)
+                continue
+            key = tuple(map(id, frames))
+            wire = joined.get(key)
+            if wire is None:
+                wire = joined[key] = b"".join(_framed(framed, data) for data in frames)
+            _write(connection, wire)
+
+
+def _framed(cache: dict[int, bytes], data: bytes) -> bytes:
+    wire = cache.get(id(data))
+    if wire is None:
+        wire = cache[id(data)] = text_frame(data)
+    return wire
+
+
+def _shares_frames(connection: ServerConnection) -> bool:
+    """Open, uncompressed, not in the middle of a fragmented message."""
+    protocol = connection.protocol
+    return (
+        protocol.state is State.OPEN
+        and not protocol.extensions
+        and connection.send_in_progress is None
+    )
+
+
+def _send_each(connection: ServerConnection, frames: Sequence[bytes]) -> None:
+    """permessage-deflate compresses per connection: websockets frames those itself
+    (and skips connections that are not open)."""
+    for data in frames:
+        broadcast([connection], data, text=True)
+
+
+def _write(connection: ServerConnection, wire: bytes) -> None:
+    try:
+        connection.transport.write(wire)
+    except RuntimeError as error:  # uvloop: the transport closed under us
+        logger.debug("skipped a closed connection: %s", error)
