@@ -73,10 +73,16 @@ class Subscription:
     presence: bool = False
 
     def wants(self, event: Event) -> bool:
-        if self.seen is not None and self.seen.sees(event.xid):
-            return False
-        if self.after is not None and event.position <= self.after:
-            return False
+        """Events come in commit order: once one is new to the client, so is every later
+        one, and the checks against what it already has are dropped for good."""
+        if self.seen is not None:
+            if self.seen.sees(event.xid):
+                return False
+            self.seen = None
+        if self.after is not None:
+            if event.position <= self.after:
+                return False
+            self.after = None
         return self.editable or not event.members_only
 
 
@@ -164,14 +170,14 @@ class Hub:
             return 0
         targets: list[ServerConnection] = []
         own: list[ServerConnection] = []
+        own_id = event.own[0] if event.own is not None else None
         for subscription in list(topic.values()):
             if not subscription.live:
                 self._hold(subscription, event)  # access is known, and checked, at go_live
-            elif not subscription.wants(event):
-                continue
-            elif subscription.subscriber.can_send():
-                mine = event.own is not None and event.own[0] == subscription.subscriber.id
-                (own if mine else targets).append(subscription.subscriber.ws)
+            elif subscription.wants(event):
+                subscriber = subscription.subscriber
+                if subscriber.can_send():
+                    (own if subscriber.id == own_id else targets).append(subscriber.ws)
         return deliver(self._metrics, self._outbox, targets, event.data) + (
             deliver(self._metrics, self._outbox, own, event.own[1]) if own and event.own else 0
         )

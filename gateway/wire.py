@@ -35,38 +35,36 @@ def text_frame(data: bytes) -> bytes:
 
 def write_text(connections: Iterable[ServerConnection], data: bytes) -> None:
     """Send `data` as a text frame to every open connection; skip the ones closing."""
-    wire: bytes | None = None
-    for connection in connections:
-        if not _shares_frames(connection):
-            _send_each(connection, (data,))
-            continue
-        if wire is None:
-            wire = text_frame(data)
-        _write(connection, wire)
+    _write_all(connections, [data])
 
 
 class Outbox:
-    """Text frames queued per connection until `flush`, then one write per connection."""
+    """Text frames queued with their recipients until `flush`, then one write per
+    connection."""
 
     def __init__(self) -> None:
-        self._queued: dict[ServerConnection, list[bytes]] = {}
+        self._batches: list[tuple[list[ServerConnection], bytes]] = []
 
-    def add(self, connections: Iterable[ServerConnection], data: bytes) -> None:
-        for connection in connections:
-            frames = self._queued.get(connection)
-            if frames is None:
-                self._queued[connection] = [data]
-            else:
-                frames.append(data)
+    def add(self, connections: list[ServerConnection], data: bytes) -> None:
+        self._batches.append((connections, data))
 
     def flush(self) -> None:
         """Write everything queued. Connections that got the same frames share the bytes."""
-        if not self._queued:
+        if not self._batches:
             return
-        queued, self._queued = self._queued, {}
+        batches, self._batches = self._batches, []
+        first = batches[0][0]
+        if all(connections == first for connections, _ in batches[1:]):
+            # The usual transaction: every frame went to the same subscribers.
+            _write_all(first, [data for _, data in batches])
+            return
+        queued: dict[ServerConnection, list[bytes]] = {}
+        for connections, data in batches:
+            for connection in connections:
+                queued.setdefault(connection, []).append(data)
         framed: dict[int, bytes] = {}
         joined: dict[tuple[int, ...], bytes] = {}
-        # ids stay unique while `queued` holds every frame alive
+        # ids stay unique while `batches` holds every frame alive
         for connection, frames in queued.items():
             if not _shares_frames(connection):
                 _send_each(connection, frames)
@@ -76,6 +74,15 @@ class Outbox:
             if wire is None:
                 wire = joined[key] = b"".join(_framed(framed, data) for data in frames)
             _write(connection, wire)
+
+
+def _write_all(connections: Iterable[ServerConnection], frames: list[bytes]) -> None:
+    wire = b"".join(map(text_frame, frames))
+    for connection in connections:
+        if _shares_frames(connection):
+            _write(connection, wire)
+        else:
+            _send_each(connection, frames)
 
 
 def _framed(cache: dict[int, bytes], data: bytes) -> bytes:

@@ -76,3 +76,38 @@ async def test_many_subscribers_get_identical_bytes(
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_members_and_public_readers_of_one_transaction(
+    gateway: Gateway, conn: asyncpg.Connection, make_user: UserFactory
+) -> None:
+    """One transaction, different frames per subscriber (versions are members-only):
+    each connection gets exactly its own frames, in commit order."""
+    owner, stranger = await make_user(), await make_user()
+    project_id = await make_project(conn, owner, name="Bakery", public=True)
+    url = gateway_url(gateway)
+    member = WsClient(await asyncio.wait_for(connect(url, compression=None), TIMEOUT))
+    reader = WsClient(await asyncio.wait_for(connect(url, compression=None), TIMEOUT))
+    try:
+        await member.auth(owner)
+        await reader.auth(stranger)
+        for client in (member, reader):
+            await client.subscribe(project_id, snapshot=False)
+        for name in ("Bakery 2", "Bakery 3"):
+            await conn.execute("UPDATE projects SET name = $2 WHERE id = $1", project_id, name)
+        seen_by_member = [await member.recv_type("change") for _ in range(4)]
+        assert [(f["entity"], f["new"].get("name")) for f in seen_by_member] == [
+            ("project", "Bakery 2"),
+            ("version", None),
+            ("project", "Bakery 3"),
+            ("version", None),
+        ]
+        seen_by_reader = [await reader.recv_type("change") for _ in range(2)]
+        assert [(f["entity"], f["new"]["name"]) for f in seen_by_reader] == [
+            ("project", "Bakery 2"),
+            ("project", "Bakery 3"),
+        ]
+        await reader.ping()  # nothing else was queued before the reply
+    finally:
+        await member.close()
+        await reader.close()
