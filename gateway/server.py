@@ -229,6 +229,7 @@ class Gateway:
             self.settings.port,
             process_request=http_router(self.readiness, self.metrics.render, self.demo),
             compression="deflate" if self.settings.compression else None,
+            backlog=self.settings.listen_backlog,
             max_size=self.settings.max_frame_bytes * 4,
             ping_interval=self.settings.ping_interval_seconds,
             ping_timeout=self.settings.ping_timeout_seconds,

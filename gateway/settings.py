@@ -151,6 +151,17 @@ class Settings(BaseSettings):
             )
         ),
     ] = False
+    listen_backlog: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Connections the kernel queues before the gateway accepts them (capped by "
+                "`net.core.somaxconn`). Too small for a reconnect storm: the kernel drops "
+                "the excess and clients retry after 1 s, then 3 s."
+            ),
+        ),
+    ] = 4096
     route_cache_size: Annotated[
         int, Field(gt=0, description="Parent ids remembered per table for routing changes.")
     ] = 100_000

@@ -7,16 +7,20 @@ after it; `--url` with `--database-url` measure an existing deployment instead.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import resource
+import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Coroutine, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
 from loadtest.deployment import DeploymentError
-from loadtest.report import table
+from loadtest.report import Report, table
 from loadtest.scenarios import SCENARIOS, Options
 
 DEFAULTS = Options()
@@ -151,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a setting for a started gateway, e.g. SITEBUILDER_MAX_OUTBOUND_BYTES=16777216",
     )
     parser.add_argument(
-        "--out", type=Path, help="write the figures as JSON here and the plot beside it (.png)"
+        "--out",
+        type=Path,
+        help="write the figures as JSON here and the plot beside it (.png); default: "
+        "bench-results/SCENARIO-YYYYMMDD-HHMMSS.json",
     )
     return parser
 
@@ -170,16 +177,34 @@ def raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+async def cancellable(work: Coroutine[Any, Any, Report]) -> Report:
+    """SIGTERM cancels the run like Ctrl-C does, so every process it started is stopped."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await work
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     raise_open_files_limit()
     try:
-        report = uvloop.run(SCENARIOS[args.scenario](options_from(args)))
+        report = uvloop.run(cancellable(SCENARIOS[args.scenario](options_from(args))))
     except (DeploymentError, OSError, RuntimeError, TimeoutError) as error:
-        print(f"sitebuilder-gateway bench: {error}", file=sys.stderr)
+        print(f"\nsitebuilder-gateway bench: {error}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(
+            "\nsitebuilder-gateway bench: interrupted; everything it started is stopped",
+            file=sys.stderr,
+        )
+        return 130
     print(table(report))
-    if args.out:
-        plot = report.write(args.out)
-        print(f"figures: {args.out}" + (f", plot: {plot}" if plot else ""))
+    out = args.out or default_out(args.scenario)
+    plot = report.write(out)
+    print(f"figures: {out}" + (f", plot: {plot}" if plot else ""))
     return 0
+
+
+def default_out(scenario: str) -> Path:
+    return Path("bench-results") / f"{scenario}-{time.strftime('%Y%m%d-%H%M%S')}.json"

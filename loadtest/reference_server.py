@@ -11,9 +11,9 @@ object per line:
 - `{"cmd": "run", "rate": commits/s, "seconds": s, "wireframes": [ids],
   "frames": [{"entity": e, "bytes": n}, ...]}`: for each simulated commit, broadcast
   one frame per entry, shaped as the gateway's `change` frames (entity, committed_at
-  = now, the wireframe's `new.layout.bench_seq`) and padded to the given size, the
-  wireframes taken in turn; answers `{"event": "done", "commits": {id: count}}`;
-- `{"cmd": "connections"}`: answers `{"event": "connections", "count": n}`.
+  = when the commit was due, the wireframe's `new.layout.bench_seq`) and padded to the
+  given size, the wireframes taken in turn, each one's seq going on from the previous
+  run; answers `{"event": "done", "commits": {id: commits in this run}}`.
 """
 
 from __future__ import annotations
@@ -35,13 +35,15 @@ def emit(event: str, **fields: Any) -> None:
     sys.stdout.buffer.flush()
 
 
-def change_frame(entity: str, size: int, wireframe_id: str, seq: int) -> bytes:
-    """A frame the editors count exactly as they count the gateway's."""
+def change_frame(entity: str, size: int, wireframe_id: str, seq: int, due: float) -> bytes:
+    """A frame the editors count exactly as they count the gateway's. Its commit time is
+    when the simulated commit was due, not when this busy loop got to it: an overloaded
+    server must show as latency, as an overloaded gateway does."""
     frame: dict[str, Any] = {
         "type": "change",
         "entity": entity,
         "op": "update",
-        "committed_at": datetime.now(UTC).isoformat(),
+        "committed_at": datetime.fromtimestamp(due, UTC).isoformat(),
         "new": {"id": wireframe_id, "layout": {"bench_seq": seq}},
         "pad": "",
     }
@@ -53,6 +55,8 @@ def change_frame(entity: str, size: int, wireframe_id: str, seq: int) -> bytes:
 class Broadcaster:
     def __init__(self) -> None:
         self.connections: set[ServerConnection] = set()
+        # Seqs go on across runs (a ramp is several), as the writer's do.
+        self.seqs: dict[str, int] = {}
 
     async def handler(self, connection: ServerConnection) -> None:
         self.connections.add(connection)
@@ -68,16 +72,18 @@ class Broadcaster:
         total = int(float(command["rate"]) * float(command["seconds"]))
         interval = 1.0 / float(command["rate"])
         commits = dict.fromkeys(wireframes, 0)
+        seqs = self.seqs
         start = time.monotonic()
+        wall_start = time.time()
         for index in range(total):
             delay = start + index * interval - time.monotonic()
             await asyncio.sleep(max(0.0, delay))
+            due = wall_start + index * interval
             wireframe_id = wireframes[index % len(wireframes)]
             commits[wireframe_id] += 1
+            seqs[wireframe_id] = seq = seqs.get(wireframe_id, 0) + 1
             for shape in frames:
-                message = change_frame(
-                    shape["entity"], int(shape["bytes"]), wireframe_id, commits[wireframe_id]
-                )
+                message = change_frame(shape["entity"], int(shape["bytes"]), wireframe_id, seq, due)
                 broadcast(self.connections, message, text=True)
         emit("done", commits=commits)
 
@@ -101,8 +107,6 @@ async def main(port: int) -> None:
             command = orjson.loads(line)
             if command["cmd"] == "run":
                 await broadcaster.run(command)
-            elif command["cmd"] == "connections":
-                emit("connections", count=len(broadcaster.connections))
 
 
 if __name__ == "__main__":

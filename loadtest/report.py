@@ -8,6 +8,7 @@ to the reference server.
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,8 +84,6 @@ class Report:
 
 
 def _cpu_count() -> int | None:
-    import os
-
     return os.cpu_count()
 
 
@@ -107,6 +106,8 @@ def table(report: Report) -> str:
             for name, value in latency_ms(run.latency).items():
                 figures[f"latency {name} (ms)"] = value
         for key, value in figures.items():
+            if isinstance(value, list):
+                continue  # ramp steps: a section of their own below
             rows.setdefault(key, [""] * len(report.runs))[index] = _cell(value)
     head = ["", *(run.name for run in report.runs)]
     width = [max(len(r) for r in [head[0], *rows]) + 2]
@@ -125,6 +126,14 @@ def table(report: Report) -> str:
         lines.append(
             key.ljust(width[0]) + "".join(c.rjust(w) for c, w in zip(cells, width[1:], strict=True))
         )
+    for run in report.runs:
+        for step in run.figures.get("ramp", []):
+            figures = step["latency_ms"]
+            lines.append(
+                f"ramp {run.name}: {step['rate']:>8,.1f} commits/s  "
+                f"{step['deliveries_per_s']:>10,.0f} deliveries/s  arrived {step['arrived']:.3f}  "
+                f"p50 {figures['p50']:.1f} ms  p99 {figures['p99']:.1f} ms"
+            )
     for name, value in report.ratios.items():
         lines.append(f"{name}: {value:.3f}")
     lines.extend(report.notes)
