@@ -17,6 +17,7 @@ announced as a leave of the old entry and a join of the new one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -24,11 +25,11 @@ from typing import Protocol
 from uuid import UUID
 
 from pydantic import JsonValue
-from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
 
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.wire import write_text
 from protocol.codec import encode_frame
 from protocol.frames import PresenceDiff, PresenceMeta, PresenceUser
 
@@ -164,25 +165,77 @@ def group_by_user(entries: Iterable[PresenceEntry]) -> dict[UUID, PresenceUser]:
     return {user_id: PresenceUser(metas=m) for user_id, m in metas.items()}
 
 
-class PresenceFanout:
-    """Listener that encodes each diff once and writes it to the project's subscribers
-    on this gateway that already have its `presence.state`."""
+@dataclass(slots=True)
+class _Segment:
+    """Changes merged into one diff. Leaves apply before joins, so a change may join
+    the segment unless it undoes one of its joins (a leave, or a new meta, of a
+    connection that joined in it): that must follow as a diff of its own."""
 
-    def __init__(self, hub: Hub, metrics: Metrics) -> None:
+    joins: dict[str, PresenceEntry]
+    leaves: dict[str, PresenceEntry]
+
+    def takes(self, change: PresenceChange) -> bool:
+        return not any(
+            entry.connection_id in self.joins for entry in (*change.leaves, *change.joins)
+        )
+
+    def add(self, change: PresenceChange) -> None:
+        for entry in change.leaves:
+            self.leaves.setdefault(entry.connection_id, entry)
+        for entry in change.joins:
+            self.joins[entry.connection_id] = entry
+
+
+class PresenceFanout:
+    """Listener that writes a project's presence changes to its subscribers on this
+    gateway that already have its `presence.state`, at most once per interval.
+
+    A diff per change costs a write to every subscriber: a thousand editors coming
+    back at once after a deploy made a million writes. Changes within one interval
+    are merged into as few diffs as stay correct when applied leaves-first (usually
+    one), each encoded once. A subscriber that took its `presence.state` during the
+    interval gets those diffs too; applying again what its state already shows
+    leaves it unchanged, and the last word on every connection is the latest.
+    """
+
+    def __init__(self, hub: Hub, metrics: Metrics, interval_seconds: float) -> None:
         self._hub = hub
         self._metrics = metrics
+        self._interval = interval_seconds
+        self._pending: dict[UUID, list[_Segment]] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
     def __call__(self, change: PresenceChange) -> None:
+        segments = self._pending.setdefault(change.project_id, [])
+        if not segments or not segments[-1].takes(change):
+            segments.append(_Segment({}, {}))
+        segments[-1].add(change)
+        if self._interval <= 0:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
+
+    def flush(self) -> None:
+        """Send every pending diff now (also on shutdown, before the last goodbye)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, {}
+        for project_id, segments in pending.items():
+            self._send(project_id, segments)
+
+    def _send(self, project_id: UUID, segments: list[_Segment]) -> None:
         targets: list[ServerConnection] = []
-        for subscription in self._hub.subscriptions_of(change.project_id):
+        for subscription in self._hub.subscriptions_of(project_id):
             if subscription.presence and subscription.subscriber.can_send():
                 targets.append(subscription.subscriber.ws)
         if not targets:
             return
-        frame = PresenceDiff(
-            project_id=change.project_id,
-            joins=group_by_user(change.joins),
-            leaves=group_by_user(change.leaves),
-        )
-        broadcast(targets, encode_frame(frame), text=True)
-        self._metrics.frames_out.labels("presence.diff").inc(len(targets))
+        for segment in segments:
+            frame = PresenceDiff(
+                project_id=project_id,
+                joins=group_by_user(segment.joins.values()),
+                leaves=group_by_user(segment.leaves.values()),
+            )
+            write_text(targets, encode_frame(frame))
+            self._metrics.frames_out.labels("presence.diff").inc(len(targets))

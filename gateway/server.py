@@ -70,7 +70,10 @@ class Gateway:
         self.router = Router(pool, settings.route_cache_size, before_lookup=self.outbox.flush)
         self.sessions = LiveSessions(pool, settings, self.metrics)
         self.presence: Presence = InMemoryPresence()
-        self.presence.subscribe(PresenceFanout(self.hub, self.metrics))
+        self.presence_fanout = PresenceFanout(
+            self.hub, self.metrics, settings.presence_diff_interval_seconds
+        )
+        self.presence.subscribe(self.presence_fanout)
         # Tells this process's connections from another gateway's in request tags
         # (changes carry the ref of the rpc that made them back to its connection).
         self.instance = secrets.token_hex(4)
@@ -261,6 +264,7 @@ class Gateway:
             for client in list(self._clients):
                 client.ws.transport.abort()
             await server.wait_closed()
+        self.presence_fanout.flush()  # every connection is gone: this only stops its timer
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -117,6 +117,17 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 20.0
+    presence_diff_interval_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            description=(
+                "Presence changes of a project are sent as one `presence.diff` at most this "
+                "often (a mass reconnect otherwise costs a diff per joiner to every "
+                "subscriber); 0: each change at once."
+            ),
+        ),
+    ] = 0.05
     max_presence_meta_bytes: Annotated[
         int,
         Field(gt=0, description="Largest presence `meta` (as JSON) a `presence.update` may set."),

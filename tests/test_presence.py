@@ -39,6 +39,41 @@ def own_connection(state: dict[str, Any], user: UUID, known: set[str]) -> str:
     return mine
 
 
+class View:
+    """What a client knows of a project's presence: its state with every diff applied
+    leaves-first by connection, as docs/protocol.md tells clients to."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.metas: dict[str, dict[str, Any]] = {}  # connection id -> meta entry
+        self.users: dict[str, str] = {}  # connection id -> user id
+        self.apply({"joins": state["users"], "leaves": {}})
+
+    def apply(self, diff: dict[str, Any]) -> None:
+        for entry in diff["leaves"].values():
+            for meta in entry["metas"]:
+                self.metas.pop(meta["connection_id"], None)
+                self.users.pop(meta["connection_id"], None)
+        for user, entry in diff["joins"].items():
+            for meta in entry["metas"]:
+                self.metas[meta["connection_id"]] = meta
+                self.users[meta["connection_id"]] = user
+
+    def connections(self) -> dict[str, set[str]]:
+        grouped: dict[str, set[str]] = {}
+        for connection, user in self.users.items():
+            grouped.setdefault(user, set()).add(connection)
+        return grouped
+
+    async def until(self, client: WsClient, expected: dict[str, set[str]]) -> None:
+        """Apply the client's diffs until it sees exactly `expected` (bounded)."""
+
+        async def read() -> None:
+            while self.connections() != expected:
+                self.apply(await client.recv_type("presence.diff"))
+
+        await asyncio.wait_for(read(), TIMEOUT)
+
+
 async def next_diff(client: WsClient) -> dict[str, Any]:
     """The next frame, which must be a `presence.diff`."""
     return await client.recv_type("presence.diff")
@@ -74,36 +109,65 @@ async def test_state_joins_and_leaves_across_three_clients(
     assert meta["joined_at"]
     assert meta["last_active"]
     a_id = meta["connection_id"]
+    a_view = View(state)
 
     b1, state = await joined(ws_client, collaborator, project)
     assert connections(state["users"])[str(owner)] == {a_id}
     b1_id = own_connection(state, collaborator, set())
-    diff = await next_diff(a)
-    assert diff["project_id"] == str(project)
-    assert connections(diff["joins"]) == {str(collaborator): {b1_id}}
-    assert diff["leaves"] == {}
+    b1_view = View(state)
+    await a_view.until(a, {str(owner): {a_id}, str(collaborator): {b1_id}})
 
     b2, state = await joined(ws_client, collaborator, project)
     b2_id = own_connection(state, collaborator, {b1_id})
-    assert connections(state["users"]) == {
-        str(owner): {a_id},
-        str(collaborator): {b1_id, b2_id},
-    }
-    for other in (a, b1):
-        diff = await next_diff(other)
-        assert connections(diff["joins"]) == {str(collaborator): {b2_id}}
+    everyone = {str(owner): {a_id}, str(collaborator): {b1_id, b2_id}}
+    assert connections(state["users"]) == everyone
+    for view, other in ((a_view, a), (b1_view, b1)):
+        await view.until(other, everyone)
 
+    b2.presence = False  # its own join may still be on its way: only the reply matters
     reply = await b2.request({"type": "unsubscribe", "project_id": str(project)})
     assert reply["type"] == "ok"
-    for other in (a, b1):
-        diff = await next_diff(other)
-        assert diff["joins"] == {}
-        assert connections(diff["leaves"]) == {str(collaborator): {b2_id}}
+    for view, other in ((a_view, a), (b1_view, b1)):
+        await view.until(other, {str(owner): {a_id}, str(collaborator): {b1_id}})
 
     await b1.close()
-    diff = await next_diff(a)
-    assert connections(diff["leaves"]) == {str(collaborator): {b1_id}}
+    await a_view.until(a, {str(owner): {a_id}})
     await b2.ping()  # no longer subscribed: it got no diff of b1 leaving
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"presence_diff_interval_seconds": 2.0}])
+async def test_changes_within_an_interval_are_merged(
+    conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
+) -> None:
+    """Editors arriving together cost the others a diff or two, not one each; one that
+    came and went meanwhile is gone from what they see."""
+    owner, collaborator = await make_user(), await make_user()
+    project = await make_project(conn, owner, collaborators=[collaborator])
+    a, state = await joined(ws_client, owner, project)
+    a_view = View(state)
+    (a_id,) = connections(state["users"])[str(owner)]
+
+    arrivals = await asyncio.gather(*(joined(ws_client, collaborator, project) for _ in range(5)))
+    passing, _ = await joined(ws_client, collaborator, project)
+    await passing.close()
+    ids: set[str] = set()
+    for _, arrival_state in arrivals:
+        ids |= connections(arrival_state["users"]).get(str(collaborator), set())
+    assert len(ids) == 5
+
+    diffs = 0
+
+    async def read() -> None:
+        nonlocal diffs
+        while a_view.connections() != {str(owner): {a_id}, str(collaborator): ids}:
+            a_view.apply(await a.recv_type("presence.diff", timeout=TIMEOUT))
+            diffs += 1
+
+    await asyncio.wait_for(read(), 3 * TIMEOUT)
+    # 6 joins and a leave: the joins in one diff, the leave after them in another
+    # (a third if the arrivals straddled two intervals)
+    assert diffs <= 3, f"{diffs} diffs for 7 changes"
+    await a.ping()  # nothing else was pending: the reply comes next
 
 
 async def test_meta_update_reaches_the_others(
@@ -113,6 +177,7 @@ async def test_meta_update_reaches_the_others(
     project = await make_project(conn, owner, collaborators=[collaborator])
     a, _ = await joined(ws_client, owner, project)
     b, state = await joined(ws_client, collaborator, project)
+    b.presence = False  # what b hears does not matter here
     b_id = own_connection(state, collaborator, set())
     await next_diff(a)  # b joined
 
@@ -226,7 +291,14 @@ async def test_revoked_collaborator_leaves(
 
     await conn.execute("UPDATE projects SET collaborators = '{}' WHERE id = $1", project)
 
-    gone = await b.recv_type("unsubscribed")
+    async def unsubscribed() -> dict[str, Any]:
+        while True:  # diffs sent before the revocation may come first
+            frame = await b.recv()
+            if frame["type"] != "presence.diff":
+                return frame
+
+    gone = await asyncio.wait_for(unsubscribed(), TIMEOUT)
+    assert gone["type"] == "unsubscribed"
     assert gone["reason"] == "access_revoked"
     diff, _ = await diff_until(a, lambda d: bool(d["leaves"]))
     assert connections(diff["leaves"]) == {str(collaborator): {b_id}}
@@ -239,12 +311,14 @@ async def test_public_reader_is_in_presence(
     """Presence shows who is connected, read-only viewers of a public project included."""
     owner, reader = await make_user(), await make_user()
     project = await make_project(conn, owner, public=True)
-    a, _ = await joined(ws_client, owner, project)
+    a, a_state = await joined(ws_client, owner, project)
+    a_view = View(a_state)
+    (a_id,) = connections(a_state["users"])[str(owner)]
     r, state = await joined(ws_client, reader, project)
+    r.presence = False  # what the reader hears does not matter here
     assert set(state["users"]) == {str(owner), str(reader)}
     r_id = own_connection(state, reader, set())
-    diff = await next_diff(a)
-    assert connections(diff["joins"]) == {str(reader): {r_id}}
+    await a_view.until(a, {str(owner): {a_id}, str(reader): {r_id}})
 
     reply = await r.request(
         {"type": "presence.update", "project_id": str(project), "meta": {"page": "about"}}

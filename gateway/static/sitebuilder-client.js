@@ -110,8 +110,11 @@ function applyPresence(presence, frame) {
     user.metas = user.metas.filter((m) => !gone.has(m.connection_id));
     if (user.metas.length === 0) delete presence[userId];
   }
+  // A join replaces the connection's entry: a diff may repeat what the state showed.
   for (const [userId, { metas }] of Object.entries(frame.joins ?? {})) {
     const user = (presence[userId] ??= { metas: [] });
+    const fresh = new Set(metas.map((m) => m.connection_id));
+    user.metas = user.metas.filter((m) => !fresh.has(m.connection_id));
     user.metas.push(...structuredClone(metas));
   }
 }
