@@ -413,17 +413,24 @@ class Session:
         emit("dropped", count=count)
 
     async def resume(self, targets: dict[str, int]) -> None:
+        """Reconnect the dropped editors; for each, the time from its reconnecting to
+        having every commit the writer had made when the resume began."""
         editors = [self.editors[i] for i in self.dropped]
         started = time.perf_counter()
-        steps = await open_all(self.job, editors, resume=True)
+        steps = Steps()
         catchup = new_histogram()
+        gate = asyncio.Semaphore(max(1, self.job.connect_concurrency))
 
-        async def caught_up(editor: Editor) -> None:
+        async def one(editor: Editor) -> None:
+            async with gate:
+                began = time.perf_counter()
+                if not await open_editor(self.job, editor, steps, editor.position):
+                    return
             mine = {w: targets.get(w, 0) for w in editor.wireframes}
             if await wait_until(lambda: has_targets(editor, mine), STEP_TIMEOUT):
-                catchup.record_value(since(started))
+                catchup.record_value(since(began))
 
-        await asyncio.gather(*(caught_up(editor) for editor in editors))
+        await asyncio.gather(*(one(editor) for editor in editors))
         emit(
             "resumed",
             count=len(editors),
