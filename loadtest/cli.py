@@ -20,8 +20,9 @@ from typing import Any
 import uvloop
 
 from loadtest.deployment import DeploymentError
+from loadtest.options import Options
 from loadtest.report import Report, table
-from loadtest.scenarios import SCENARIOS, Options
+from loadtest.scenarios import SCENARIOS
 
 DEFAULTS = Options()
 

@@ -13,60 +13,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Any
-
-import orjson
 
 from loadtest import deployment as deployments
 from loadtest.deployment import Deployment
-from loadtest.editor_pool import EditorPool, merged
-from loadtest.editors import PROGRESS_EVERY
+from loadtest.editor_pool import merged
+from loadtest.options import Options
 from loadtest.population import Project, create_projects, create_users, tokens
 from loadtest.report import Report, Run, latency_ms
-from loadtest.usage import Usage
+from loadtest.streams import (
+    DEFAULT_FRAMES,
+    STEP_TIMEOUT,
+    connect_failures,
+    editors_of,
+    finish,
+    frames_of,
+    idle_run,
+    open_stream,
+    reference_server,
+    result_figures,
+    stream_gateway,
+    stream_reference,
+)
 from loadtest.writer import Writer
-
-READY_TIMEOUT = 600.0  # connecting 10,000 editors on a busy 2-core machine
-STEP_TIMEOUT = 120.0
-# The frames one commit sends each editor when no gateway run measured them: the
-# wireframe change (new and old row) and the version row the update records.
-DEFAULT_FRAMES = [{"entity": "wireframe", "bytes": 4700}, {"entity": "version", "bytes": 7200}]
-
-
-@dataclass
-class Options:
-    """Every knob of every scenario (the CLI fills it; each scenario reads its own)."""
-
-    subscribers: int = 1000
-    rate: float = 20.0
-    duration: float = 20.0
-    users: int = 100
-    wireframes: int = 4
-    projects: int = 2000
-    editors_per_project: int = 5
-    clients: int = 1000
-    drop_fraction: float = 0.3
-    snapshot: bool = False
-    client_procs: int = 1
-    connect_concurrency: int = 200
-    drain_seconds: float = 30.0
-    ramp: bool = False
-    ramp_factor: float = 1.5
-    step_seconds: float = 10.0
-    max_steps: int = 12
-    p99_bound_ms: float = 250.0
-    with_reference: bool = False
-    url: str | None = None
-    database_url: str | None = None
-    jwt_secret: str | None = None
-    gateway_pid: int | None = None
-    feed: str = "auto"
-    gateway_env: dict[str, str] = field(default_factory=dict)
 
 
 @contextlib.asynccontextmanager
@@ -87,182 +60,7 @@ async def target(options: Options) -> AsyncIterator[Deployment]:
             yield fresh
 
 
-class Progress:
-    """One line on stderr, rewritten in place: elapsed time, editors connected, rate."""
-
-    def __init__(self, pool: EditorPool, total: int, label: str) -> None:
-        self.pool = pool
-        self.total = total
-        self.label = label
-        self.started = time.monotonic()
-        self.last = (self.started, pool.received)
-        self.rate = 0.0
-
-    def tick(self) -> None:
-        now = time.monotonic()
-        received = self.pool.received
-        if now - self.last[0] >= 1.0:
-            self.rate = (received - self.last[1]) / (now - self.last[0])
-            self.last = (now, received)
-        sys.stderr.write(
-            f"\r{self.label}: {now - self.started:6.1f} s  editors {self.pool.connected:,}/"
-            f"{self.total:,}  {self.rate:,.0f} deliveries/s  received {received:,}   "
-        )
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    async def during(self, work: Awaitable[Any]) -> Any:
-        task = asyncio.ensure_future(work)
-        while not task.done():
-            self.tick()
-            await asyncio.wait([task], timeout=0.5)
-        self.tick()
-        return task.result()
-
-
-def editors_of(
-    projects: list[Project], tokens_by_user: dict[uuid.UUID, str], per_project: int
-) -> list[dict[str, Any]]:
-    """`per_project` editors on each project, members taken in turn."""
-    return [
-        {
-            "token": tokens_by_user[project.members[index % len(project.members)]],
-            "project_id": project.id,
-            "wireframes": project.wireframes,
-        }
-        for project in projects
-        for index in range(per_project)
-    ]
-
-
-@dataclass
-class Stream:
-    """A pool of connected editors and a writer feeding them: a fanout-shaped run."""
-
-    name: str
-    pool: EditorPool
-    editors: int
-    progress: Progress
-    processes: dict[str, Usage]
-
-    def start_usage(self) -> None:
-        for usage in self.processes.values():
-            usage.start()
-
-    def usage_figures(self) -> dict[str, Any]:
-        figures: dict[str, Any] = {}
-        for name, usage in self.processes.items():
-            sample = usage.stop()
-            if sample is not None:
-                figures[f"{name} cpu %"] = round(sample.cpu_percent, 1)
-                figures[f"{name} memory MiB"] = round(sample.memory_mb, 1)
-        return figures
-
-
-async def open_stream(
-    name: str,
-    url: str,
-    protocol: str,
-    editors: list[dict[str, Any]],
-    options: Options,
-    processes: dict[str, int | None],
-    *,
-    snapshot: bool = False,
-    connect_concurrency: int | None = None,
-) -> tuple[Stream, list[dict[str, Any]]]:
-    pool = await EditorPool.start(
-        url,
-        protocol,
-        editors,
-        options.client_procs,
-        snapshot=snapshot,
-        connect_concurrency=connect_concurrency or options.connect_concurrency,
-    )
-    progress = Progress(pool, len(editors), f"{name} connecting")
-    ready = await pool.ready(READY_TIMEOUT, progress.tick)
-    progress.done()
-    usage = {
-        "gateway": Usage(processes.get("gateway"), children=False),
-        "postgres": Usage(processes.get("postgres"), children=True),
-        "editors": Usage(pool.processes[0].process.pid, children=False),
-    }
-    usage = {key: value for key, value in usage.items() if value.pid is not None}
-    stream = Stream(name, pool, len(editors), Progress(pool, len(editors), name), usage)
-    return stream, ready
-
-
-def connect_failures(ready: list[dict[str, Any]]) -> int:
-    return sum(sum(event["steps"]["failures"].values()) for event in ready)
-
-
-def result_figures(
-    results: list[dict[str, Any]], stream_started: float
-) -> tuple[dict[str, Any], Any, list[int]]:
-    """Merged figures of every editor process's `result`, the latency and per-second series."""
-    latency = merged([r["latency"] for r in results])
-    deliveries = sum(r["deliveries"] for r in results)
-    frames: dict[str, int] = {}
-    sizes: dict[str, int] = {}
-    closes: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    for result in results:
-        for key, count in result["frames_by_entity"].items():
-            frames[key] = frames.get(key, 0) + count
-        for key, size in result["bytes_by_entity"].items():
-            sizes[key] = sizes.get(key, 0) + size
-        for key, count in result["closes"].items():
-            closes[key] = closes.get(key, 0) + count
-        for key, count in result["errors"].items():
-            errors[key] = errors.get(key, 0) + count
-    series = per_second_since(results, stream_started)
-    busy = [count for count in series if count]
-    figures = {
-        "deliveries": deliveries,
-        "deliveries_per_s": round(sum(busy) / len(busy), 1) if busy else 0.0,
-        "lost": sum(r["lost"] for r in results),
-        "duplicated": sum(r["duplicated"] for r in results),
-        "out_of_order": sum(r["out_of_order"] for r in results),
-        "resets": sum(r["resets"] for r in results),
-        "slow_consumer_closes": sum(r["slow_consumer_closes"] for r in results),
-        "other_closes": {k: v for k, v in closes.items() if k != "4008"},
-        "errors": errors,
-        "frame_bytes": {k: round(sizes[k] / frames[k]) for k in frames},
-        "frames": frames,
-    }
-    return figures, latency, series
-
-
-def per_second_since(results: list[dict[str, Any]], stream_started: float) -> list[int]:
-    """Deliveries per wall-clock second from the stream's start, all processes added."""
-    total: list[int] = []
-    for result in results:
-        offset = round(result["started"] - stream_started)
-        for second, count in enumerate(result["per_second"]):
-            at = second + offset
-            if at < 0:
-                continue
-            while len(total) <= at:
-                total.append(0)
-            total[at] += count
-    while total and total[-1] == 0:
-        total.pop()
-    return total
-
-
-async def finish(
-    stream: Stream, expected: dict[str, int], options: Options
-) -> list[dict[str, Any]]:
-    command = {"cmd": "finish", "expected": expected, "drain_seconds": options.drain_seconds}
-    results: list[dict[str, Any]] = await stream.progress.during(
-        stream.pool.gather(command, "result", options.drain_seconds + STEP_TIMEOUT)
-    )
-    return results
-
-
-def throughput_ratio_note(gateway: Run, reference: Run) -> dict[str, float]:
+def ratios_of(gateway: Run, reference: Run) -> dict[str, float]:
     ratios: dict[str, float] = {}
     ours, theirs = (
         gateway.figures.get("deliveries_per_s"),
@@ -276,183 +74,6 @@ def throughput_ratio_note(gateway: Run, reference: Run) -> dict[str, float]:
         if p99_theirs:
             ratios["ratio_p99"] = round(p99_ours / p99_theirs, 3)
     return ratios
-
-
-# --- writing while editors listen ------------------------------------------------------
-
-
-async def settle(pool: EditorPool, before: int, expected: float | None, limit: float) -> None:
-    """Give a step's last frames time to arrive: until `expected` have (the first step:
-    until the count stops growing between two progress reports), at most `limit` s."""
-    deadline = time.monotonic() + max(2.0, limit)
-    last = -1
-    while time.monotonic() < deadline:
-        received = pool.received - before
-        if expected is not None and received >= expected:
-            return
-        if expected is None and received == last:
-            return
-        last = received
-        await asyncio.sleep(2 * PROGRESS_EVERY + 0.1)
-
-
-async def ramp_steps(
-    stream: Stream, commit: Callable[[float, float], Awaitable[Any]], options: Options
-) -> tuple[list[dict[str, Any]], float]:
-    """Raise the rate step by step until a step is not sustained: its p99 passes the
-    bound, or fewer than 90% of the frames it offered arrived within the step (the
-    first step tells how many frames a commit sends each editor). The best step's rate."""
-    steps: list[dict[str, Any]] = []
-    rate = options.rate
-    sustained = 0.0
-    frames_per_commit: float | None = None
-    for _ in range(options.max_steps):
-        before = stream.pool.received
-        started = time.monotonic()
-        await stream.progress.during(commit(rate, options.step_seconds))
-        elapsed = time.monotonic() - started
-        offered_commits = int(rate * options.step_seconds) * stream.editors
-        expected = None if frames_per_commit is None else offered_commits * frames_per_commit
-        await stream.progress.during(settle(stream.pool, before, expected, options.step_seconds))
-        intervals = await stream.pool.gather({"cmd": "interval"}, "interval", STEP_TIMEOUT)
-        latency = merged([event["latency"] for event in intervals])
-        received = sum(event["received"] for event in intervals) - before
-        if frames_per_commit is None:
-            frames_per_commit = max(1.0, round(received / max(1, offered_commits)))
-        arrived = received / (offered_commits * frames_per_commit)
-        step = {
-            "rate": round(rate, 1),
-            "deliveries_per_s": round(received / elapsed, 1),
-            "arrived": round(arrived, 3),
-            "latency_ms": latency_ms(latency),
-        }
-        steps.append(step)
-        if step["latency_ms"]["p99"] > options.p99_bound_ms or arrived < 0.9:
-            break
-        sustained = step["deliveries_per_s"]
-        rate *= options.ramp_factor
-    return steps, sustained
-
-
-async def stream_gateway(
-    name: str,
-    deployment: Deployment,
-    projects: list[Project],
-    editors: list[dict[str, Any]],
-    owner: uuid.UUID,
-    options: Options,
-) -> Run:
-    wireframes = [w for project in projects for w in project.wireframes]
-    writer = Writer(deployment.database_url, wireframes, str(owner))
-    await writer.open()
-    processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
-    stream, ready = await open_stream(name, deployment.url, "gateway", editors, options, processes)
-    try:
-        stream.start_usage()
-        started = time.time()
-        figures: dict[str, Any] = {
-            "editors": len(editors),
-            "connect_failures": connect_failures(ready),
-        }
-        if options.ramp:
-            steps, sustained = await ramp_steps(stream, writer.run, options)
-            figures["ramp"] = steps
-            figures["sustained_deliveries_per_s"] = sustained
-        else:
-            await stream.progress.during(writer.run(options.rate, options.duration))
-        results = await finish(stream, writer.seqs(), options)
-        stream.progress.done()
-        measured, latency, series = result_figures(results, started)
-        figures.update(measured)
-        figures["commits"] = writer.writes.total
-        figures["writer_behind_s"] = round(writer.writes.behind_seconds, 3)
-        commit_ms = latency_ms(writer.writes.durations)
-        figures["commit statement p50/p99 (ms)"] = f"{commit_ms['p50']}/{commit_ms['p99']}"
-        figures.update(stream.usage_figures())
-        return Run(name, figures, latency, series)
-    finally:
-        await stream.pool.stop()
-        await writer.close()
-
-
-async def stream_reference(options: Options, frames: list[dict[str, Any]], editors: int) -> Run:
-    """The same editors and rate through the bare broadcast server."""
-    server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "loadtest.reference_server",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert server.stdin is not None
-    assert server.stdout is not None
-    try:
-        listening = orjson.loads(await asyncio.wait_for(server.stdout.readline(), STEP_TIMEOUT))
-        url = f"ws://127.0.0.1:{listening['port']}/"
-        wireframes = [str(uuid.uuid4()) for _ in range(options.wireframes)]
-        clients = [{"wireframes": wireframes} for _ in range(editors)]
-        stream, ready = await open_stream(
-            "reference", url, "reference", clients, options, {"gateway": server.pid}
-        )
-        stdin, stdout = server.stdin, server.stdout
-
-        async def commit(rate: float, seconds: float) -> dict[str, int]:
-            command = {
-                "cmd": "run",
-                "rate": rate,
-                "seconds": seconds,
-                "wireframes": wireframes,
-                "frames": frames,
-            }
-            stdin.write(orjson.dumps(command) + b"\n")
-            done: dict[str, int] = orjson.loads(await stdout.readline())["commits"]
-            for key, count in done.items():
-                commits[key] = commits.get(key, 0) + count
-            return done
-
-        commits: dict[str, int] = {}
-        try:
-            stream.start_usage()
-            started = time.time()
-            figures: dict[str, Any] = {
-                "editors": editors,
-                "connect_failures": connect_failures(ready),
-            }
-            if options.ramp:
-                steps, sustained = await ramp_steps(stream, commit, options)
-                figures["ramp"] = steps
-                figures["sustained_deliveries_per_s"] = sustained
-            else:
-                await stream.progress.during(commit(options.rate, options.duration))
-            results = await finish(stream, commits, options)
-            stream.progress.done()
-            measured, latency, series = result_figures(results, started)
-            figures.update(measured)
-            figures["commits"] = sum(commits.values())
-            usage = stream.usage_figures()
-            figures.update({k.replace("gateway", "server"): v for k, v in usage.items()})
-            return Run("reference", figures, latency, series)
-        finally:
-            await stream.pool.stop()
-    finally:
-        server.kill()
-        await server.wait()
-
-
-def frames_of(run: Run) -> list[dict[str, Any]]:
-    """The frames one commit sent each editor in a gateway run (entity, mean size)."""
-    commits = run.figures.get("commits") or 0
-    editors = run.figures.get("editors") or 0
-    frames: dict[str, int] = run.figures.get("frames", {})
-    sizes: dict[str, int] = run.figures.get("frame_bytes", {})
-    if not commits or not editors or not frames:
-        return DEFAULT_FRAMES
-    shape: list[dict[str, Any]] = []
-    for entity, count in frames.items():
-        per_commit = round(count / (commits * editors))
-        shape.extend({"entity": entity, "bytes": sizes[entity]} for _ in range(per_commit))
-    wireframe_first = sorted(shape, key=lambda frame: frame["entity"] != "wireframe")
-    return wireframe_first or DEFAULT_FRAMES
 
 
 def ramp_ratios(gateway: Run, reference: Run, bound_ms: float) -> dict[str, float]:
@@ -477,9 +98,6 @@ def ramp_ratios(gateway: Run, reference: Run, bound_ms: float) -> dict[str, floa
         )
         ratios["ratio_p99_at_rate"] = ours_step["rate"]
     return ratios
-
-
-# --- the scenarios ---------------------------------------------------------------------
 
 
 def config_of(options: Options, *keys: str) -> dict[str, Any]:
@@ -512,7 +130,7 @@ async def fanout(options: Options) -> Report:
     if options.with_reference:
         reference = await stream_reference(options, frames_of(gateway), options.subscribers)
         report.runs.append(reference)
-        report.ratios = throughput_ratio_note(gateway, reference)
+        report.ratios = ratios_of(gateway, reference)
         if options.ramp:
             report.ratios = ramp_ratios(gateway, reference, options.p99_bound_ms)
     return report
@@ -664,85 +282,23 @@ async def idle(options: Options) -> Report:
     report = Report("idle", config_of(options, "subscribers", "duration", "client_procs"))
     async with target(options) as deployment:
         _projects, editors, _owner = await one_project(deployment, options)
-        gateway = Usage(deployment.gateway_pid, children=False)
-        baseline = gateway.memory_now()
         processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
-        stream, ready = await open_stream(
-            "idle", deployment.url, "gateway", editors, options, processes
+        report.runs.append(
+            await idle_run("gateway", deployment.url, "gateway", editors, options, processes)
         )
-        try:
-            await asyncio.sleep(2.0)
-            loaded = gateway.memory_now()
-            stream.start_usage()
-            await stream.progress.during(asyncio.sleep(options.duration))
-            figures: dict[str, Any] = {
-                "connections": len(editors),
-                "connect_failures": connect_failures(ready),
-                "baseline memory MiB": round(baseline / 2**20, 1),
-                "memory MiB": round(loaded / 2**20, 1),
-                "KiB per connection": round((loaded - baseline) / 1024 / max(1, len(editors)), 2),
-            }
-            figures.update(stream.usage_figures())
-            await finish(stream, {}, options)
-            stream.progress.done()
-            report.runs.append(Run("gateway", figures))
-        finally:
-            await stream.pool.stop()
     if options.with_reference:
-        report.runs.append(await idle_reference(options))
+        async with reference_server() as (url, server):
+            clients: list[dict[str, Any]] = [{} for _ in range(options.subscribers)]
+            run = await idle_run(
+                "reference", url, "reference", clients, options, {"gateway": server.pid}
+            )
+        run.figures = {k.replace("gateway", "server"): v for k, v in run.figures.items()}
+        report.runs.append(run)
         ours = report.runs[0].figures["KiB per connection"]
-        theirs = report.runs[1].figures["KiB per connection"]
+        theirs = run.figures["KiB per connection"]
         if theirs:
             report.ratios["ratio_memory_per_connection"] = round(ours / theirs, 3)
     return report
-
-
-async def idle_reference(options: Options) -> Run:
-    server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "loadtest.reference_server",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert server.stdout is not None
-    try:
-        listening = orjson.loads(await asyncio.wait_for(server.stdout.readline(), STEP_TIMEOUT))
-        usage = Usage(server.pid, children=False)
-        await asyncio.sleep(0.5)
-        baseline = usage.memory_now()
-        clients: list[dict[str, Any]] = [{} for _ in range(options.subscribers)]
-        stream, ready = await open_stream(
-            "idle reference",
-            f"ws://127.0.0.1:{listening['port']}/",
-            "reference",
-            clients,
-            options,
-            {"gateway": server.pid},
-        )
-        try:
-            await asyncio.sleep(2.0)
-            loaded = usage.memory_now()
-            stream.start_usage()
-            await stream.progress.during(asyncio.sleep(options.duration))
-            figures: dict[str, Any] = {
-                "connections": len(clients),
-                "connect_failures": connect_failures(ready),
-                "baseline memory MiB": round(baseline / 2**20, 1),
-                "memory MiB": round(loaded / 2**20, 1),
-                "KiB per connection": round((loaded - baseline) / 1024 / max(1, len(clients)), 2),
-            }
-            figures.update(
-                {k.replace("gateway", "server"): v for k, v in stream.usage_figures().items()}
-            )
-            await finish(stream, {}, options)
-            stream.progress.done()
-            return Run("reference", figures)
-        finally:
-            await stream.pool.stop()
-    finally:
-        server.kill()
-        await server.wait()
 
 
 SCENARIOS = {

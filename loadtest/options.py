@@ -1,0 +1,36 @@
+"""Every knob of every scenario, in one place: the CLI fills it, each part reads its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Options:
+    """The command line's options (see `sitebuilder-gateway bench --help`)."""
+
+    subscribers: int = 1000
+    rate: float = 20.0
+    duration: float = 20.0
+    users: int = 100
+    wireframes: int = 4
+    projects: int = 2000
+    editors_per_project: int = 5
+    clients: int = 1000
+    drop_fraction: float = 0.3
+    snapshot: bool = False
+    client_procs: int = 1
+    connect_concurrency: int = 200
+    drain_seconds: float = 30.0
+    ramp: bool = False
+    ramp_factor: float = 1.5
+    step_seconds: float = 10.0
+    max_steps: int = 12
+    p99_bound_ms: float = 250.0
+    with_reference: bool = False
+    url: str | None = None
+    database_url: str | None = None
+    jwt_secret: str | None = None
+    gateway_pid: int | None = None
+    feed: str = "auto"
+    gateway_env: dict[str, str] = field(default_factory=dict)
