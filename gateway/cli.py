@@ -232,11 +232,13 @@ def _without_traceback(record: logging.LogRecord) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "bench":
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # Its options are the load test's own (listed by `bench --help`), not ours.
         from loadtest.cli import main as bench_main
 
-        return bench_main(args.bench_args)
+        return bench_main(argv[1:])
+    args = build_parser().parse_args(argv)
     settings = Settings()
     if args.command == "serve":
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}

@@ -197,3 +197,21 @@ async def test_an_existing_deployment_needs_its_database() -> None:
     _, stderr = await asyncio.wait_for(process.communicate(), BENCH_TIMEOUT)
     assert process.returncode == 1
     assert b"--url needs --database-url" in stderr
+
+
+async def test_the_gateway_command_runs_the_benchmark() -> None:
+    """`sitebuilder-gateway bench …` is `python -m loadtest …`, its options included."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "bench",
+        "--help",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, _ = await asyncio.wait_for(process.communicate(), BENCH_TIMEOUT)
+    assert process.returncode == 0
+    assert b"--with-reference" in stdout
+    for scenario in (b"fanout", b"projects", b"storm", b"reconnect", b"idle", b"reference"):
+        assert scenario in stdout
