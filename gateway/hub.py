@@ -73,12 +73,16 @@ class Subscription:
     presence: bool = False
 
     def wants(self, event: Event) -> bool:
-        """Events come in commit order: once one is new to the client, so is every later
-        one, and the checks against what it already has are dropped for good."""
+        """Events come in commit order, so the checks against what the client already
+        has are dropped for good once the stream is past it: past the resume point, or
+        at a transaction that began after the snapshot (every transaction the snapshot
+        saw committed before that one did). A transaction merely unseen is not enough:
+        commits become visible in a slightly different order than they are logged."""
         if self.seen is not None:
             if self.seen.sees(event.xid):
                 return False
-            self.seen = None
+            if event.xid >= self.seen.xmax:
+                self.seen = None
         if self.after is not None:
             if event.position <= self.after:
                 return False
