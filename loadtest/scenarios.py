@@ -250,6 +250,7 @@ async def reconnect(options: Options) -> Report:
                 writing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await writing
+            usage = stream.usage_figures()  # before the editors' processes exit
             results = await finish(stream, writer.seqs(), options)
             stream.progress.done()
             measured, latency, series = result_figures(results, started)
@@ -268,8 +269,8 @@ async def reconnect(options: Options) -> Report:
                 "replay_s": round(max(event["seconds"] for event in resumed), 3),
                 **measured,
                 "commits": writer.writes.total,
+                **usage,
             }
-            figures.update(stream.usage_figures())
             report.runs.append(Run("gateway", figures, latency, series))
         finally:
             await stream.pool.stop()

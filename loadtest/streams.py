@@ -8,6 +8,7 @@ import contextlib
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -128,13 +129,18 @@ async def open_stream(
     ready = await pool.ready(READY_TIMEOUT, progress.tick)
     progress.done()
     usage = {
-        "gateway": Usage(processes.get("gateway"), children=False),
-        "postgres": Usage(processes.get("postgres"), children=True),
-        "editors": Usage(pool.processes[0].process.pid, children=False),
+        "gateway": Usage(*known(processes.get("gateway")), children=False),
+        "postgres": Usage(*known(processes.get("postgres")), children=True),
+        "editors": Usage(*(p.process.pid for p in pool.processes), children=False),
     }
-    usage = {key: value for key, value in usage.items() if value.pid is not None}
+    usage = {key: value for key, value in usage.items() if value.pids}
     stream = Stream(name, pool, len(editors), Progress(pool, len(editors), name), usage)
     return stream, ready
+
+
+def known(pid: int | None) -> tuple[int, ...]:
+    """A process this host can see, or none (a remote gateway or database)."""
+    return () if pid is None else (pid,)
 
 
 def connect_failures(ready: list[dict[str, Any]]) -> int:
@@ -147,19 +153,15 @@ def result_figures(
     """Merged figures of every editor process's `result`, the latency and per-second series."""
     latency = merged([r["latency"] for r in results])
     deliveries = sum(r["deliveries"] for r in results)
-    frames: dict[str, int] = {}
-    sizes: dict[str, int] = {}
-    closes: dict[str, int] = {}
-    errors: dict[str, int] = {}
+    frames: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    closes: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
     for result in results:
-        for key, count in result["frames_by_entity"].items():
-            frames[key] = frames.get(key, 0) + count
-        for key, size in result["bytes_by_entity"].items():
-            sizes[key] = sizes.get(key, 0) + size
-        for key, count in result["closes"].items():
-            closes[key] = closes.get(key, 0) + count
-        for key, count in result["errors"].items():
-            errors[key] = errors.get(key, 0) + count
+        frames.update(result["frames_by_entity"])
+        sizes.update(result["bytes_by_entity"])
+        closes.update(result["closes"])
+        errors.update(result["errors"])
     series = per_second_since(results, stream_started)
     busy = [count for count in series if count]
     figures = {
@@ -171,9 +173,9 @@ def result_figures(
         "resets": sum(r["resets"] for r in results),
         "slow_consumer_closes": sum(r["slow_consumer_closes"] for r in results),
         "other_closes": {k: v for k, v in closes.items() if k != "4008"},
-        "errors": errors,
+        "errors": dict(errors),
         "frame_bytes": {k: round(sizes[k] / frames[k]) for k in frames},
-        "frames": frames,
+        "frames": dict(frames),
     }
     return figures, latency, series
 
@@ -258,6 +260,35 @@ async def ramp_steps(
     return steps, sustained
 
 
+async def measure(
+    stream: Stream,
+    ready: list[dict[str, Any]],
+    commit: Callable[[float, float], Awaitable[Any]],
+    commits: Callable[[], dict[str, int]],
+    options: Options,
+) -> tuple[dict[str, Any], Any, list[int]]:
+    """Commit at the fixed rate (or ramp it up) while the editors listen, then let them
+    drain: figures, latency, deliveries per second. CPU and memory are read while the
+    writing ends, before the editors' processes exit."""
+    stream.start_usage()
+    started = time.time()
+    figures: dict[str, Any] = {
+        "editors": stream.editors,
+        "connect_failures": connect_failures(ready),
+    }
+    if options.ramp:
+        steps, sustained = await ramp_steps(stream, commit, options)
+        figures["ramp"] = steps
+        figures["sustained_deliveries_per_s"] = sustained
+    else:
+        await stream.progress.during(commit(options.rate, options.duration))
+    usage = stream.usage_figures()
+    results = await finish(stream, commits(), options)
+    stream.progress.done()
+    measured, latency, series = result_figures(results, started)
+    return {**figures, **measured, **usage}, latency, series
+
+
 async def stream_gateway(
     name: str,
     deployment: Deployment,
@@ -272,27 +303,11 @@ async def stream_gateway(
     processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
     stream, ready = await open_stream(name, deployment.url, "gateway", editors, options, processes)
     try:
-        stream.start_usage()
-        started = time.time()
-        figures: dict[str, Any] = {
-            "editors": len(editors),
-            "connect_failures": connect_failures(ready),
-        }
-        if options.ramp:
-            steps, sustained = await ramp_steps(stream, writer.run, options)
-            figures["ramp"] = steps
-            figures["sustained_deliveries_per_s"] = sustained
-        else:
-            await stream.progress.during(writer.run(options.rate, options.duration))
-        results = await finish(stream, writer.seqs(), options)
-        stream.progress.done()
-        measured, latency, series = result_figures(results, started)
-        figures.update(measured)
+        figures, latency, series = await measure(stream, ready, writer.run, writer.seqs, options)
         figures["commits"] = writer.writes.total
         figures["writer_behind_s"] = round(writer.writes.behind_seconds, 3)
         commit_ms = latency_ms(writer.writes.durations)
         figures["commit statement p50/p99 (ms)"] = f"{commit_ms['p50']}/{commit_ms['p99']}"
-        figures.update(stream.usage_figures())
         return Run(name, figures, latency, series)
     finally:
         await stream.pool.stop()
@@ -346,25 +361,11 @@ async def stream_reference(options: Options, frames: list[dict[str, Any]], edito
 
         commits: dict[str, int] = {}
         try:
-            stream.start_usage()
-            started = time.time()
-            figures: dict[str, Any] = {
-                "editors": editors,
-                "connect_failures": connect_failures(ready),
-            }
-            if options.ramp:
-                steps, sustained = await ramp_steps(stream, commit, options)
-                figures["ramp"] = steps
-                figures["sustained_deliveries_per_s"] = sustained
-            else:
-                await stream.progress.during(commit(options.rate, options.duration))
-            results = await finish(stream, commits, options)
-            stream.progress.done()
-            measured, latency, series = result_figures(results, started)
-            figures.update(measured)
+            figures, latency, series = await measure(
+                stream, ready, commit, lambda: commits, options
+            )
             figures["commits"] = sum(commits.values())
-            usage = stream.usage_figures()
-            figures.update({k.replace("gateway", "server"): v for k, v in usage.items()})
+            figures = {k.replace("gateway", "server"): v for k, v in figures.items()}
             return Run("reference", figures, latency, series)
         finally:
             await stream.pool.stop()
@@ -396,7 +397,7 @@ async def idle_run(
 ) -> Run:
     """Connect the editors and let them sit: the server's memory per connection (its
     growth over the baseline before they came) and everyone's CPU at rest."""
-    server = Usage(processes.get("gateway"), children=False)
+    server = Usage(*known(processes.get("gateway")), children=False)
     baseline = server.memory_now()
     stream, ready = await open_stream(name, url, protocol, editors, options, processes)
     try:

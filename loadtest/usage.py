@@ -14,14 +14,13 @@ from dataclasses import dataclass
 import psutil
 
 
-def tree(pid: int | None, children: bool) -> list[psutil.Process]:
-    if pid is None:
-        return []
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)] if children else [root]
-    except psutil.NoSuchProcess:
-        return []
+def tree(pids: tuple[int, ...], children: bool) -> list[psutil.Process]:
+    found: list[psutil.Process] = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            found += [root, *root.children(recursive=True)] if children else [root]
+    return found
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
@@ -51,20 +50,21 @@ class Sample:
 
 
 class Usage:
-    """CPU used between `start` and `stop`, and the memory at `stop`, of a process tree."""
+    """CPU used between `start` and `stop`, and the memory at `stop`, of some processes
+    (with `children`: and all their descendants), added up."""
 
-    def __init__(self, pid: int | None, *, children: bool) -> None:
-        self.pid = pid
+    def __init__(self, *pids: int, children: bool) -> None:
+        self.pids = pids
         self.children = children
         self.started = 0.0
         self.cpu: dict[int, float] = {}
 
     def start(self) -> None:
         self.started = time.monotonic()
-        self.cpu = cpu_seconds(tree(self.pid, self.children))
+        self.cpu = cpu_seconds(tree(self.pids, self.children))
 
     def stop(self) -> Sample | None:
-        processes = tree(self.pid, self.children)
+        processes = tree(self.pids, self.children)
         if not processes:
             return None
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -74,4 +74,4 @@ class Usage:
         return Sample(cpu_percent=100.0 * used / elapsed, memory_mb=memory / 2**20)
 
     def memory_now(self) -> int:
-        return memory_bytes(tree(self.pid, self.children), proportional=self.children)
+        return memory_bytes(tree(self.pids, self.children), proportional=self.children)

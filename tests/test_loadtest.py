@@ -30,24 +30,27 @@ def bench_processes() -> set[int]:
     return found
 
 
-async def bench(tmp_path: Path, database_dsn: str, *args: str) -> dict[str, Any]:
-    """Run `python -m loadtest ARGS` against the test database; its JSON report."""
-    out = tmp_path / "report.json"
-    before = bench_processes()
+async def run_module(*args: str) -> tuple[int | None, bytes, bytes]:
+    """`python -m ARGS`: its exit status, stdout and stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "loadtest",
         *args,
-        "--database-url",
-        database_dsn,
-        "--out",
-        str(out),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), BENCH_TIMEOUT)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    return process.returncode, stdout, stderr
+
+
+async def bench(tmp_path: Path, database_dsn: str, *args: str) -> dict[str, Any]:
+    """Run `python -m loadtest ARGS` against the test database; its JSON report."""
+    out = tmp_path / "report.json"
+    before = bench_processes()
+    status, stdout, stderr = await run_module(
+        "loadtest", *args, "--database-url", database_dsn, "--out", str(out)
+    )
+    assert status == 0, stderr.decode()[-3000:]
     assert "==" in stdout.decode(), "the table was printed"
     assert bench_processes() - before == set(), "an editor or reference process was left behind"
     conn = await asyncpg.connect(database_dsn)
@@ -184,34 +187,15 @@ async def test_reference_alone(tmp_path: Path, database_dsn: str) -> None:
 
 
 async def test_an_existing_deployment_needs_its_database() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "loadtest",
-        "fanout",
-        "--url",
-        "ws://127.0.0.1:9/",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), BENCH_TIMEOUT)
-    assert process.returncode == 1
+    status, _, stderr = await run_module("loadtest", "fanout", "--url", "ws://127.0.0.1:9/")
+    assert status == 1
     assert b"--url needs --database-url" in stderr
 
 
 async def test_the_gateway_command_runs_the_benchmark() -> None:
     """`sitebuilder-gateway bench …` is `python -m loadtest …`, its options included."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "bench",
-        "--help",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, _ = await asyncio.wait_for(process.communicate(), BENCH_TIMEOUT)
-    assert process.returncode == 0
+    status, stdout, _ = await run_module("gateway.cli", "bench", "--help")
+    assert status == 0
     assert b"--with-reference" in stdout
     for scenario in (b"fanout", b"projects", b"storm", b"reconnect", b"idle", b"reference"):
         assert scenario in stdout
