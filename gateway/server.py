@@ -84,6 +84,12 @@ class Gateway:
         self._server: Server | None = None
 
     @property
+    def node_id(self) -> str:
+        """This process among every gateway process on the database (stable across
+        restarts of the process, unlike `instance`)."""
+        return self.settings.node_name
+
+    @property
     def feed_connected(self) -> bool:
         return self.feed.connected
 

@@ -191,6 +191,16 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 10.0
+    node_name: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-z0-9_]{1,24}$",
+            description=(
+                "Name of this gateway node, unique among the nodes sharing one database: it "
+                "names the node's replication slots and its presence on the shared bus."
+            ),
+        ),
+    ] = "gateway"
     feed: Annotated[
         Literal["auto", "replication", "notify"],
         Field(
