@@ -116,7 +116,10 @@ async def open_stream(
     *,
     snapshot: bool = False,
     connect_concurrency: int | None = None,
+    follow: bool = False,
 ) -> tuple[Stream, list[dict[str, Any]]]:
+    """Start the editors and wait until they are connected. The gateway's CPU and memory
+    are its process and all its children (a supervisor's workers), added up."""
     pool = await EditorPool.start(
         url,
         protocol,
@@ -124,12 +127,13 @@ async def open_stream(
         options.client_procs,
         snapshot=snapshot,
         connect_concurrency=connect_concurrency or options.connect_concurrency,
+        follow=follow,
     )
     progress = Progress(pool, len(editors), f"{name} connecting")
     ready = await pool.ready(READY_TIMEOUT, progress.tick)
     progress.done()
     usage = {
-        "gateway": Usage(*known(processes.get("gateway")), children=False),
+        "gateway": Usage(*known(processes.get("gateway")), children=True),
         "postgres": Usage(*known(processes.get("postgres")), children=True),
         "editors": Usage(*(p.process.pid for p in pool.processes), children=False),
     }
@@ -145,6 +149,15 @@ def known(pid: int | None) -> tuple[int, ...]:
 
 def connect_failures(ready: list[dict[str, Any]]) -> int:
     return sum(sum(event["steps"]["failures"].values()) for event in ready)
+
+
+def spread(events: list[dict[str, Any]]) -> dict[str, int]:
+    """Editors per gateway worker (as the gateway names them in `auth`'s reply), all
+    editor processes added up, in the workers' order; empty if the gateway does not say."""
+    nodes: Counter[str] = Counter()
+    for event in events:
+        nodes.update(event.get("nodes", {}))
+    return dict(sorted(nodes.items()))
 
 
 def result_figures(
@@ -170,6 +183,9 @@ def result_figures(
         "lost": sum(r["lost"] for r in results),
         "duplicated": sum(r["duplicated"] for r in results),
         "out_of_order": sum(r["out_of_order"] for r in results),
+        "editors_lost": sum(r["editors_lost"] for r in results),
+        "editors_duplicated": sum(r["editors_duplicated"] for r in results),
+        "editors_out_of_order": sum(r["editors_out_of_order"] for r in results),
         "resets": sum(r["resets"] for r in results),
         "slow_consumer_closes": sum(r["slow_consumer_closes"] for r in results),
         "other_closes": {k: v for k, v in closes.items() if k != "4008"},
@@ -276,6 +292,8 @@ async def measure(
         "editors": stream.editors,
         "connect_failures": connect_failures(ready),
     }
+    if spread(ready):
+        figures["editors per worker"] = spread(ready)
     if options.ramp:
         steps, sustained = await ramp_steps(stream, commit, options)
         figures["ramp"] = steps
@@ -397,7 +415,7 @@ async def idle_run(
 ) -> Run:
     """Connect the editors and let them sit: the server's memory per connection (its
     growth over the baseline before they came) and everyone's CPU at rest."""
-    server = Usage(*known(processes.get("gateway")), children=False)
+    server = Usage(*known(processes.get("gateway")), children=True)
     baseline = server.memory_now()
     stream, ready = await open_stream(name, url, protocol, editors, options, processes)
     try:
