@@ -35,9 +35,9 @@ import psutil
 from db.embedded import running_dsn
 from gateway.secrets import jwt_secret
 from gateway.settings import Settings
+from gateway.supervisor import WORKER_INDEX_ENV
 
 READY_TIMEOUT = 300.0  # a first start runs initdb and every migration
-WORKER_INDEX_ENV = "SITEBUILDER_WORKER_INDEX"  # set by the supervisor (gateway.worker)
 STOP_TIMEOUT = 30.0
 
 
