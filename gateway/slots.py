@@ -82,6 +82,22 @@ async def prune_slots(dsn: str, settings: Settings, keep: int, *, force: bool = 
     return pruned
 
 
+async def drop_when_released(dsn: str, name: str, wait_seconds: float) -> bool:
+    """Drop a slot once the process that read it has let go (a stopped worker's
+    walsender exits just after the worker); False when there is no such slot.
+
+    Raises SlotInUse when it is still in use after `wait_seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    while True:
+        try:
+            return await drop_slot(dsn, name)
+        except SlotInUse:
+            if loop.time() >= deadline:
+                raise
+        await asyncio.sleep(SLOT_POLL_SECONDS)
+
+
 async def _holder(dsn: str, pid: int | None) -> str:
     """Who reads a slot, as far as the server knows: its backend and client address."""
     if pid is None:

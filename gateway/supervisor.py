@@ -8,10 +8,12 @@ spreads new connections over them; the supervisor's own socket on it is bound bu
 never listens, so it receives none, and keeps the port ours while workers restart.
 
 A worker that exits is started again, after a delay that doubles while it keeps
-dying young. One that fails before it ever listened on the first start stops the
-node: that is a configuration error, not a crash. SIGTERM or SIGINT stops every
+dying young. One that exits before every worker listened on the first start stops
+the node: that is a configuration error, not a crash. SIGTERM or SIGINT stops every
 worker with SIGTERM (each closes its connections within the shutdown grace), kills
-those that outlast it, then stops the embedded database.
+those that outlast it, then stops the embedded database. SIGTTIN adds a worker and
+SIGTTOU removes the last one, as gunicorn does; a removed worker's slot is dropped
+once it has stopped.
 
 Metrics: workers write prometheus-client's multiprocess files to a directory of
 this run, and any worker's /metrics shows them merged; a dead worker's live gauges
@@ -30,13 +32,16 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import asyncpg
 from prometheus_client import multiprocess
 
 from db.provision import open_database
+from db.replication_stream import ReplicationError
 from gateway.app import log_listening, prepare_database, token_verifier
-from gateway.settings import Settings
+from gateway.settings import MAX_WORKERS, Settings
+from gateway.slots import drop_when_released
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +71,29 @@ class Worker:
     process: asyncio.subprocess.Process
     started_at: float
     ready_fd: int
+
+
+@dataclass
+class Keeper:
+    """What keeps worker `index` running: its task, and the event that tells it to let
+    the worker go (the node stops, or SIGTTOU removed this worker)."""
+
+    index: int
+    leave: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    worker: Worker | None = None
+
+    def terminate(self) -> None:
+        self.leave.set()
+        if self.worker is not None and self.worker.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.worker.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.worker is not None and self.worker.process.returncode is None:
+            logger.warning("worker %d did not stop in time: killing it", self.index)
+            with contextlib.suppress(ProcessLookupError):
+                self.worker.process.kill()
 
 
 def reserve_port(host: str, port: int) -> list[socket.socket]:
@@ -112,75 +140,128 @@ def metrics_directory() -> Iterator[str]:
 
 
 class Supervisor:
+    """Keeps the workers running; SIGTTIN adds one, SIGTTOU removes the last one (whose
+    slot is then dropped: no worker of that index will read it)."""
+
     def __init__(self, settings: Settings, env: dict[str, str], count: int) -> None:
         self._settings = settings
         self._env = env
-        self._count = count
-        self._workers: dict[int, Worker] = {}
-        self._stopping = asyncio.Event()
+        self._initial = count
+        self._keepers: dict[int, Keeper] = {}
+        self._leaving: dict[int, Keeper] = {}  # removed by SIGTTOU, not yet stopped
+        self._stopping = False
+        self._failure: WorkersError | None = None
+        self._failed = asyncio.Event()
         self._metrics_dir = env["PROMETHEUS_MULTIPROC_DIR"]
         self._ready: set[int] = set()
         self.all_ready = asyncio.Event()
 
     @property
     def count(self) -> int:
-        return self._count
+        return len(self._keepers)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep every worker running until `stop`; raises WorkersError when one fails
-        before it ever listened."""
-        keepers = [
-            asyncio.create_task(self._keep_running(index), name=f"worker-{index}")
-            for index in range(self._count)
-        ]
-        stopped = asyncio.create_task(stop.wait(), name="supervisor-stop")
+        before every worker listened on the first start."""
+        for index in range(self._initial):
+            self._start(index)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTTIN, self.grow)
+        loop.add_signal_handler(signal.SIGTTOU, self.shrink)
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self._failed.wait())]
         try:
-            done, _ = await asyncio.wait([stopped, *keepers], return_when=asyncio.FIRST_COMPLETED)
-            for task in done - {stopped}:
-                task.result()  # a keeper ends before the stop only by raising
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stopped.cancel()
-            await self._stop_all(keepers)
+            for signum in (signal.SIGTTIN, signal.SIGTTOU):
+                loop.remove_signal_handler(signum)
+            for wait in waits:
+                wait.cancel()
+            await asyncio.wait(waits)
+            await self._stop_all()
+        if self._failure is not None:
+            raise self._failure
 
-    async def _keep_running(self, index: int) -> None:
+    def grow(self) -> None:
+        index = len(self._keepers)
+        if index >= MAX_WORKERS:
+            logger.warning("SIGTTIN: already %d workers, the most a node runs", index)
+        elif index in self._leaving:
+            logger.warning("SIGTTIN: worker %d is still stopping; ask again once it has", index)
+        else:
+            logger.info("SIGTTIN: adding worker %d (%d workers)", index, index + 1)
+            self._start(index)
+
+    def shrink(self) -> None:
+        if len(self._keepers) <= 1:
+            logger.warning("SIGTTOU: the last worker stays (stop the node with SIGTERM)")
+            return
+        keeper = self._keepers.pop(len(self._keepers) - 1)
+        self._leaving[keeper.index] = keeper
+        self._ready.discard(keeper.index)
+        logger.info("SIGTTOU: removing worker %d (%d workers)", keeper.index, keeper.index)
+        keeper.terminate()
+
+    def _start(self, index: int) -> None:
+        keeper = Keeper(index)
+        keeper.task = asyncio.create_task(self._keep_running(keeper), name=f"worker-{index}")
+        self._keepers[index] = keeper
+
+    async def _keep_running(self, keeper: Keeper) -> None:
         loop = asyncio.get_running_loop()
         delay = RESTART_DELAY_INITIAL_SECONDS
         while True:
-            worker = await self._spawn(index)
+            worker = await self._spawn(keeper)
             if await _wait_ready(worker.ready_fd):
-                self._on_ready(index)
+                self._on_ready(keeper.index)
             status = await worker.process.wait()
             multiprocess.mark_process_dead(worker.process.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
-            if self._stopping.is_set():
-                return
-            if index not in self._ready:
-                raise WorkersError(
-                    f"worker {index} exited with status {status} before it listened "
-                    "(its log above says why)"
+            if keeper.leave.is_set():
+                break
+            if not self.all_ready.is_set():
+                self._failure = WorkersError(
+                    f"worker {keeper.index} exited with status {status} before every worker "
+                    "listened (its log above says why)"
                 )
+                self._failed.set()
+                return
             if loop.time() - worker.started_at >= HEALTHY_RUN_SECONDS:
                 delay = RESTART_DELAY_INITIAL_SECONDS
             logger.warning(
                 "worker %d (pid %d) exited with status %s: restarting it in %.1fs",
-                index,
+                keeper.index,
                 worker.process.pid,
                 status,
                 delay,
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
-                return
+                await asyncio.wait_for(keeper.leave.wait(), delay)
+                break
             delay = min(delay * 2, RESTART_DELAY_MAX_SECONDS)
+        if not self._stopping:  # removed by SIGTTOU
+            await self._drop_slot(keeper.index)
+            self._leaving.pop(keeper.index, None)
 
     def _on_ready(self, index: int) -> None:
         if index in self._ready:
             logger.info("worker %d listens again", index)
             return
         self._ready.add(index)
-        if len(self._ready) == self._count:
+        if not self.all_ready.is_set() and self._ready >= set(range(self._initial)):
             self.all_ready.set()
 
-    async def _spawn(self, index: int) -> Worker:
+    async def _drop_slot(self, index: int) -> None:
+        name = self._settings.slot_name(index)
+        try:
+            dropped = await drop_when_released(
+                self._env["SITEBUILDER_DATABASE_URL"], name, self._settings.slot_wait_seconds
+            )
+        except (ReplicationError, OSError, asyncpg.PostgresError) as error:
+            logger.warning("replication slot %s of removed worker %d kept: %s", name, index, error)
+            return
+        if dropped:
+            logger.info("dropped replication slot %s of removed worker %d", name, index)
+
+    async def _spawn(self, keeper: Keeper) -> Worker:
         read_fd, write_fd = os.pipe()
         try:
             process = await asyncio.create_subprocess_exec(
@@ -189,7 +270,7 @@ class Supervisor:
                 "gateway.worker",
                 env={
                     **self._env,
-                    WORKER_INDEX_ENV: str(index),
+                    WORKER_INDEX_ENV: str(keeper.index),
                     SUPERVISOR_PID_ENV: str(os.getpid()),
                     READY_FD_ENV: str(write_fd),
                 },
@@ -201,31 +282,25 @@ class Supervisor:
             raise
         finally:
             os.close(write_fd)
-        logger.info("worker %d started (pid %d)", index, process.pid)
-        worker = Worker(index, process, asyncio.get_running_loop().time(), read_fd)
-        self._workers[index] = worker
-        if self._stopping.is_set():  # stopped while it was being started
-            process.send_signal(signal.SIGTERM)
-        return worker
+        logger.info("worker %d started (pid %d)", keeper.index, process.pid)
+        keeper.worker = Worker(keeper.index, process, asyncio.get_running_loop().time(), read_fd)
+        if keeper.leave.is_set():  # let go while it was being started
+            keeper.terminate()
+        return keeper.worker
 
-    async def _stop_all(self, keepers: list[asyncio.Task[None]]) -> None:
+    async def _stop_all(self) -> None:
         """SIGTERM every worker; SIGKILL those still running after the grace."""
-        self._stopping.set()
-        for worker in self._workers.values():
-            if worker.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.process.send_signal(signal.SIGTERM)
+        self._stopping = True
+        keepers = [*self._keepers.values(), *self._leaving.values()]
+        for keeper in keepers:
+            keeper.terminate()
+        tasks = [keeper.task for keeper in keepers if keeper.task is not None]
         timeout = self._settings.shutdown_grace_seconds + STOP_MARGIN_SECONDS
-        _, late = await asyncio.wait(keepers, timeout=timeout)
+        _, late = await asyncio.wait(tasks, timeout=timeout)
         if late:
-            for worker in self._workers.values():
-                if worker.process.returncode is None:
-                    logger.warning("worker %d did not stop in time: killing it", worker.index)
-                    with contextlib.suppress(ProcessLookupError):
-                        worker.process.kill()
+            for keeper in keepers:
+                keeper.kill()
             await asyncio.wait(late)
-        for keeper in keepers:  # run() raised the first failure; the others are the same
-            keeper.exception()
 
 
 async def _wait_ready(fd: int) -> bool:

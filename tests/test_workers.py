@@ -77,6 +77,17 @@ def worker_pids(gateway: Gateway) -> dict[int, int]:
     return {int(m["index"]): int(m["pid"]) for m in STARTED.finditer(gateway.log())}
 
 
+async def logged(gateway: Gateway, pattern: str) -> str:
+    """The first line of the gateway's log matching `pattern`, once it is there (the
+    log is read by a background task: this watches what it collected)."""
+    for _ in range(int(TIMEOUT / POLL_SECONDS)):
+        for line in gateway.serving.log:
+            if re.search(pattern, line):
+                return line
+        await asyncio.sleep(POLL_SECONDS)
+    raise AssertionError(f"not logged: {pattern!r}\n{gateway.log()}")
+
+
 async def metric(port: int, name: str) -> float:
     body = (await http_get(port, "/metrics")).body
     match = re.search(rf"^{name} (\S+)$", body, re.MULTILINE)
@@ -156,10 +167,8 @@ async def test_clients_on_three_workers_get_every_change_once_across_a_killed_wo
         )
         assert await _gather(readers, DELIVERY_TIMEOUT) == ["done"] * TABS
 
-        await asyncio.wait_for(
-            gateway.serving.wait_for_log(rf"worker {victim} \(pid {victim_pid}\) exited"), TIMEOUT
-        )
-        await asyncio.wait_for(gateway.serving.wait_for_log(rf"worker {victim} listens"), TIMEOUT)
+        await logged(gateway, rf"worker {victim} \(pid {victim_pid}\) exited")
+        await logged(gateway, rf"worker {victim} listens again")
         assert worker_pids(gateway)[victim] != victim_pid
         # Every worker's connections, the dead one's gone: the kernel balanced the
         # reconnections, the merged gauge counts each tab once.
@@ -233,5 +242,52 @@ async def test_a_second_node_with_the_same_name_exits_naming_the_clash(
         assert "SITEBUILDER_NODE_NAME=gateway" in err
         assert "Traceback" not in err
         assert (await http_get(gateway.serving.port, "/readyz")).status == 200
+    finally:
+        await discard(gateway)
+
+
+async def test_sigttin_adds_a_worker_and_sigttou_removes_it_with_its_slot(
+    tmp_path: Path, database_dsn: str, conn: asyncpg.Connection, make_user: UserFactory
+) -> None:
+    user = await make_user()
+    env = serve_env(tmp_path, database_dsn, workers="2")
+    names = [worker_slot(database_dsn, i) for i in range(3)]
+    gateway: Gateway | None = None
+    try:
+        gateway = await start_gateway(env)
+        supervisor = gateway.serving.process
+        supervisor.send_signal(signal.SIGTTIN)
+        await logged(gateway, r"worker gateway_2 ready")
+        assert await slots(conn) == dict.fromkeys(names, True)
+        assert await metric(gateway.serving.port, "sitebuilder_feed_up") == 1
+
+        supervisor.send_signal(signal.SIGTTOU)
+        await logged(gateway, rf"dropped replication slot {names[2]} of removed")
+        assert await slots(conn) == dict.fromkeys(names[:2], True)
+        nodes = set()
+        for _ in range(8):  # whichever worker the kernel picks, never the removed one
+            client = await open_client(gateway.url)
+            nodes.add((await client.auth(user))["data"]["node"])
+            await client.close()
+        assert nodes <= {"gateway_0", "gateway_1"}
+        assert await stop_gateway(gateway) == 0, gateway.log()
+    finally:
+        await discard(gateway)
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(
+    tmp_path: Path, database_dsn: str, conn: asyncpg.Connection
+) -> None:
+    env = serve_env(tmp_path, database_dsn, workers="2")
+    gateway: Gateway | None = None
+    try:
+        gateway = await start_gateway(env)
+        workers = [psutil.Process(pid) for pid in worker_pids(gateway).values()]
+        gateway.serving.kill()
+        _, alive = await asyncio.to_thread(psutil.wait_procs, workers, TIMEOUT)
+        assert alive == []
+        # They shut down gracefully: their slots are let go, ready for the next start.
+        names = [worker_slot(database_dsn, i) for i in range(2)]
+        assert await until_inactive(conn, names) == dict.fromkeys(names, False)
     finally:
         await discard(gateway)
