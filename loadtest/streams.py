@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
 import uuid
@@ -21,7 +22,7 @@ from loadtest.editors import PROGRESS_EVERY
 from loadtest.options import Options
 from loadtest.population import Project
 from loadtest.report import Run, latency_ms
-from loadtest.usage import Usage
+from loadtest.usage import CpuMeter, Usage
 from loadtest.writer import Writer
 
 READY_TIMEOUT = 600.0  # connecting 10,000 editors on a busy 2-core machine
@@ -95,6 +96,11 @@ class Stream:
     def start_usage(self) -> None:
         for usage in self.processes.values():
             usage.start()
+
+    def cpu_meter(self) -> CpuMeter:
+        """CPU from now on of the processes measured, this one (the writer), and the
+        rest of the machine."""
+        return CpuMeter({**self.processes, "writer": Usage(os.getpid(), children=False)})
 
     def usage_figures(self) -> dict[str, Any]:
         figures: dict[str, Any] = {}
@@ -243,7 +249,8 @@ async def ramp_steps(
 ) -> tuple[list[dict[str, Any]], float]:
     """Raise the rate step by step until a step is not sustained: its p99 passes the
     bound, or fewer than 90% of the frames it offered arrived within the step (the
-    first step tells how many frames a commit sends each editor). The best step's rate."""
+    first step tells how many frames a commit sends each editor). The best step's rate.
+    Each step says who used the CPU (and how much went to other work on the machine)."""
     steps: list[dict[str, Any]] = []
     rate = options.rate
     sustained = 0.0
@@ -251,6 +258,7 @@ async def ramp_steps(
     for _ in range(options.max_steps):
         before = stream.pool.received
         started = time.monotonic()
+        meter = stream.cpu_meter()
         await stream.progress.during(commit(rate, options.step_seconds))
         elapsed = time.monotonic() - started
         offered_commits = int(rate * options.step_seconds) * stream.editors
@@ -267,6 +275,7 @@ async def ramp_steps(
             "deliveries_per_s": round(received / elapsed, 1),
             "arrived": round(arrived, 3),
             "latency_ms": latency_ms(latency),
+            "cpu_percent": meter.stop(),
         }
         steps.append(step)
         if step["latency_ms"]["p99"] > options.p99_bound_ms or arrived < 0.9:
@@ -384,6 +393,10 @@ async def stream_reference(options: Options, frames: list[dict[str, Any]], edito
             )
             figures["commits"] = sum(commits.values())
             figures = {k.replace("gateway", "server"): v for k, v in figures.items()}
+            for step in figures.get("ramp", []):
+                step["cpu_percent"] = {
+                    k.replace("gateway", "server"): v for k, v in step["cpu_percent"].items()
+                }
             return Run("reference", figures, latency, series)
         finally:
             await stream.pool.stop()

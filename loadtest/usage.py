@@ -67,11 +67,46 @@ class Usage:
         processes = tree(self.pids, self.children)
         if not processes:
             return None
+        memory = memory_bytes(processes, proportional=self.children)
+        return Sample(cpu_percent=self.cpu_percent(processes), memory_mb=memory / 2**20)
+
+    def cpu_percent(self, processes: list[psutil.Process] | None = None) -> float:
+        """Since `start`; a process that started since counts from its beginning, one
+        that ended since is missing."""
+        if processes is None:
+            processes = tree(self.pids, self.children)
         elapsed = max(time.monotonic() - self.started, 1e-6)
         now = cpu_seconds(processes)
         used = sum(seconds - self.cpu.get(pid, 0.0) for pid, seconds in now.items())
-        memory = memory_bytes(processes, proportional=self.children)
-        return Sample(cpu_percent=100.0 * used / elapsed, memory_mb=memory / 2**20)
+        return 100.0 * used / elapsed
 
     def memory_now(self) -> int:
         return memory_bytes(tree(self.pids, self.children), proportional=self.children)
+
+
+def machine_busy_seconds() -> float:
+    """CPU time every core of this machine spent on anything but idling, so far."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+class CpuMeter:
+    """CPU of each group of processes over one interval, and of everything else on the
+    machine (`others`: on a shared machine, what a figure competed with), in percent of
+    one core."""
+
+    def __init__(self, groups: dict[str, Usage]) -> None:
+        self.groups = {
+            name: Usage(*usage.pids, children=usage.children) for name, usage in groups.items()
+        }
+        for usage in self.groups.values():
+            usage.start()
+        self.started = time.monotonic()
+        self.machine = machine_busy_seconds()
+
+    def stop(self) -> dict[str, float]:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        machine = 100.0 * (machine_busy_seconds() - self.machine) / elapsed
+        figures = {name: round(usage.cpu_percent(), 1) for name, usage in self.groups.items()}
+        figures["others"] = round(max(0.0, machine - sum(figures.values())), 1)
+        return figures
