@@ -210,7 +210,8 @@ class Settings(BaseSettings):
             description=(
                 "Worker processes `serve` starts on one port (SO_REUSEPORT), each a full "
                 "gateway with its own connections, feed and history; `auto`: one per core. "
-                "Above 1, a supervisor restarts crashed workers and stops them on SIGTERM."
+                "Above 1, a supervisor restarts crashed workers, stops them on SIGTERM, adds "
+                "one on SIGTTIN and removes one on SIGTTOU."
             ),
         ),
     ] = 1
@@ -244,7 +245,9 @@ class Settings(BaseSettings):
             description=(
                 "At start, how long this node's replication slots may stay in use by another "
                 "process (a killed gateway's connection can outlive it briefly); past it, "
-                "another node runs with the same `SITEBUILDER_NODE_NAME`: exit with an error."
+                "another node runs with the same `SITEBUILDER_NODE_NAME`: exit with an error. "
+                "Also how long a worker removed by SIGTTOU may hold its slot before it is "
+                "dropped."
             ),
         ),
     ] = 10.0

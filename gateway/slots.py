@@ -105,13 +105,12 @@ async def _holder(dsn: str, pid: int | None) -> str:
     conn = await asyncpg.connect(dsn)
     try:
         address = await conn.fetchval(
-            "SELECT coalesce(host(client_addr), 'local socket') FROM pg_stat_activity"
-            " WHERE pid = $1",
-            pid,
+            "SELECT host(client_addr) FROM pg_stat_activity WHERE pid = $1", pid
         )
     finally:
         await conn.close()
-    return f"PostgreSQL backend {pid} (client {address or 'gone'})"
+    # No address: a Unix socket, or a role that may not see other sessions' details.
+    return f"PostgreSQL backend {pid} (client {address or 'on this host or not shown'})"
 
 
 async def claim_node_slots(dsn: str, settings: Settings, workers: int) -> None:

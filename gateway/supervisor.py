@@ -368,7 +368,8 @@ async def supervise(settings: Settings, count: int) -> None:
                 supervisor = Supervisor(settings, env, count)
                 announce = asyncio.create_task(_announce(supervisor, settings, sockets))
                 try:
-                    await supervisor.run(stop)
+                    if not stop.is_set():  # a signal during the preparations
+                        await supervisor.run(stop)
                 finally:
                     announce.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
