@@ -28,6 +28,7 @@ from tests.gateway_fixtures import (
     make_project,
     make_sitemap,
     open_client,
+    slot_for,
     worker_slot,
 )
 from tests.support import http_get, run_cli
@@ -40,6 +41,9 @@ from tests.test_resume_processes import (
     _gather,
     assert_exactly_the_commits,
     discard,
+    expect_reset_and_snapshot,
+    is_change,
+    kill_gateway,
     project_named,
     retitle,
     serve_env,
@@ -291,3 +295,78 @@ async def test_workers_stop_when_the_supervisor_is_killed(
         assert await until_inactive(conn, names) == dict.fromkeys(names, False)
     finally:
         await discard(gateway)
+
+
+async def test_a_client_of_a_killed_node_resumes_on_another_node_with_exactly_the_commits(
+    tmp_path: Path, database_dsn: str, conn: asyncpg.Connection, make_user: UserFactory
+) -> None:
+    owner = await make_user()
+    project = await make_project(conn, owner)
+    sitemaps = [await make_sitemap(conn, project, f"S{i}") for i in range(2)]
+    alpha_env = serve_env(tmp_path / "alpha", database_dsn, node_name="alpha")
+    beta_env = serve_env(tmp_path / "beta", database_dsn, node_name="beta")
+    tab = WorkerTab("tab", owner, project)
+    ledger = Ledger(stop_at=BURST)
+    alpha: Gateway | None = None
+    beta: Gateway | None = None
+    try:
+        alpha = await start_gateway(alpha_env)
+        beta = await start_gateway(beta_env)
+        prefix = slot_for(database_dsn)
+        assert await slots(conn) == {f"{prefix}_alpha_0": True, f"{prefix}_beta_0": True}
+        await tab.subscribe(alpha.url)
+        assert tab.snapshot is not None
+        snapshot_versions = {s["id"]: s["version"] for s in tab.snapshot["sitemaps"]}
+        for n in range(20):
+            await retitle(conn, sitemaps[n % 2], f"before-{n}", ledger)
+        assert await tab.follow(lambda f: len(tab.sitemap_updates()) == 20, TIMEOUT) == "done"
+
+        assert await kill_gateway(alpha) == -signal.SIGKILL
+        assert await tab.follow(lambda f: False, TIMEOUT) == "closed"
+        for n in range(30):  # while the tab is away
+            await retitle(conn, sitemaps[n % 2], f"away-{n}", ledger)
+        reply = await tab.resume(beta.url, ledger.__len__)
+        assert reply["data"]["resumed"] is True, beta.log()
+        for n in range(10):
+            await retitle(conn, sitemaps[n % 2], f"after-{n}", ledger)
+        await asyncio.wait_for(
+            conn.execute("UPDATE projects SET name = 'marker' WHERE id = $1", project), TIMEOUT
+        )
+        assert await tab.follow(project_named("marker"), DELIVERY_TIMEOUT) == "done"
+    finally:
+        await tab.close()
+        await discard(alpha)
+        await discard(beta)
+
+    assert tab.nodes == ["alpha_0", "beta_0"]
+    assert tab.others == []
+    assert_exactly_the_commits(tab, ledger, snapshot_versions)
+
+
+async def test_with_the_notify_feed_a_client_moving_node_gets_reset_and_a_true_snapshot(
+    tmp_path: Path, database_dsn: str, conn: asyncpg.Connection, make_user: UserFactory
+) -> None:
+    """Positions of the NOTIFY feed belong to one feed connection: another node cannot
+    vouch for them, and says so (docs/deployment-workers.md)."""
+    owner = await make_user()
+    project = await make_project(conn, owner)
+    sitemap = await make_sitemap(conn, project)
+    ledger = Ledger(stop_at=BURST)
+    tab = WorkerTab("tab", owner, project)
+    nodes: list[Gateway] = []
+    try:
+        for name in ("alpha", "beta"):
+            env = serve_env(tmp_path / name, database_dsn, node_name=name)
+            nodes.append(await start_gateway({**env, "SITEBUILDER_FEED": "notify"}))
+        alpha, beta = nodes
+        await tab.subscribe(alpha.url)
+        await retitle(conn, sitemap, "seen", ledger)
+        assert await tab.follow(lambda f: is_change(f, "version"), TIMEOUT) == "done"
+        assert await kill_gateway(alpha) == -signal.SIGKILL
+        await retitle(conn, sitemap, "missed", ledger)
+        snapshot = await expect_reset_and_snapshot(tab, beta.url, conn, tab.position)
+        assert snapshot["sitemaps"][0]["title"] == "missed"
+    finally:
+        await tab.close()
+        for node in nodes:
+            await discard(node)
