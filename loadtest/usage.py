@@ -84,16 +84,20 @@ class Usage:
         return memory_bytes(tree(self.pids, self.children), proportional=self.children)
 
 
-def machine_busy_seconds() -> float:
-    """CPU time every core of this machine spent on anything but idling, so far."""
+def machine_seconds() -> tuple[float, float]:
+    """CPU time all cores of this machine spent so far: in processes, and in interrupts
+    (the kernel's network processing, loopback included, is mostly softirq, which no
+    process is charged for)."""
     times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+    interrupts = getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return float(sum(times) - idle - interrupts), float(interrupts)
 
 
 class CpuMeter:
-    """CPU of each group of processes over one interval, and of everything else on the
-    machine (`others`: on a shared machine, what a figure competed with), in percent of
-    one core."""
+    """CPU of each group of processes over one interval, of the kernel's interrupt work
+    (`irq`) and of every other process on the machine (`others`: on a shared machine,
+    what a figure competed with), in percent of one core."""
 
     def __init__(self, groups: dict[str, Usage]) -> None:
         self.groups = {
@@ -102,11 +106,14 @@ class CpuMeter:
         for usage in self.groups.values():
             usage.start()
         self.started = time.monotonic()
-        self.machine = machine_busy_seconds()
+        self.machine = machine_seconds()
 
     def stop(self) -> dict[str, float]:
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        machine = 100.0 * (machine_busy_seconds() - self.machine) / elapsed
+        processes, interrupts = (
+            100.0 * (now - then) / elapsed
+            for now, then in zip(machine_seconds(), self.machine, strict=True)
+        )
         figures = {name: round(usage.cpu_percent(), 1) for name, usage in self.groups.items()}
-        figures["others"] = round(max(0.0, machine - sum(figures.values())), 1)
-        return figures
+        others = max(0.0, processes - sum(figures.values()))
+        return {**figures, "irq": round(interrupts, 1), "others": round(others, 1)}
