@@ -105,14 +105,21 @@ class DemoUnavailable(RuntimeError):
     """Demo mode asked for where the gateway cannot mint the demo users' tokens."""
 
 
-def demo_minter(settings: Settings) -> Demo | None:
-    """In demo mode, the demo users' token minter; else None (no demo routes)."""
-    if not settings.demo:
-        return None
-    if settings.jwt_jwks_file is not None or settings.jwt_public_key_file is not None:
+def demo_wanted(settings: Settings) -> bool:
+    """Whether demo mode is on; raises DemoUnavailable where it cannot work."""
+    if settings.demo and (
+        settings.jwt_jwks_file is not None or settings.jwt_public_key_file is not None
+    ):
         raise DemoUnavailable(
             "--demo mints HS256 tokens: unset SITEBUILDER_JWT_PUBLIC_KEY_FILE/JWKS_FILE"
         )
+    return settings.demo
+
+
+def demo_minter(settings: Settings) -> Demo | None:
+    """In demo mode, the demo users' token minter; else None (no demo routes)."""
+    if not demo_wanted(settings):
+        return None
     return Demo(jwt_secret(settings), settings.jwt_audience)
 
 
@@ -124,7 +131,7 @@ async def prepare_database(settings: Settings, dsn: str, workers: int) -> FeedNa
         await migrate_up(dsn, settings.migration_parameters)
     kind = await decide_feed(settings, dsn)
     await claim_node_slots(dsn, settings, workers)
-    if demo_minter(settings) is not None:
+    if demo_wanted(settings):
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
         try:
             await seed_demo(pool)
@@ -182,7 +189,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     restore_signals = _stop_on_signals(stop)
     try:
-        token_verifier(settings)  # a bad key file fails before the database starts
+        verifier = token_verifier(settings)  # a bad key file fails before the database starts
         async with open_database(
             settings.database_url,
             settings.pgdata,
@@ -190,7 +197,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         ) as database:
             logger.info("database: %s", database.describe())
             kind = await prepare_database(settings, database.dsn, workers=1)
-            await serve(settings.model_copy(update={"feed": kind}), database.dsn, stop)
+            chosen = settings.model_copy(update={"feed": kind})
+            await serve(chosen, database.dsn, verifier, stop)
         logger.info("stopped")
     finally:
         restore_signals()
@@ -205,7 +213,10 @@ async def run_worker(
     restore_signals = _stop_on_signals(stop)
     try:
         assert settings.database_url is not None
-        await serve(settings, settings.database_url, stop, worker_index=index, ready=ready)
+        verifier = token_verifier(settings)
+        await serve(
+            settings, settings.database_url, verifier, stop, worker_index=index, ready=ready
+        )
         logger.info("stopped")
     finally:
         restore_signals()
@@ -214,6 +225,7 @@ async def run_worker(
 async def serve(
     settings: Settings,
     dsn: str,
+    verifier: TokenVerifier,
     stop: asyncio.Event,
     *,
     worker_index: int | None = None,
@@ -221,7 +233,6 @@ async def serve(
 ) -> None:
     """One gateway on a prepared database until `stop`: worker `worker_index` of a
     supervisor (sharing its port), or the only process of the node when None."""
-    verifier = token_verifier(settings)
     pool = await asyncpg.create_pool(dsn, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE)
     try:
         feed = await choose_feed(settings, dsn, worker_index or 0)
