@@ -375,8 +375,18 @@ def recovery_figures(recovered: list[dict[str, Any]]) -> dict[str, Any]:
         "failed reconnect attempts": connect_failures(recovered),
         **seconds_figures("kill → reconnected", back),
         **seconds_figures("kill → caught up", caught_up),
+        **rejoin_steps(recovered),
         "editors per worker after": spread(recovered),
     }
+
+
+def rejoin_steps(recovered: list[dict[str, Any]]) -> dict[str, str]:
+    """Where a reconnect's time went once it was attempted (the rest is the backoff)."""
+    figures: dict[str, str] = {}
+    for step in ("connect", "auth", "subscribe"):
+        latency = latency_ms(merged([event["steps"][step] for event in recovered]))
+        figures[f"reconnect {step} p50/max (ms)"] = f"{latency['p50']}/{latency['max']}"
+    return figures
 
 
 def window_latency(results: list[dict[str, Any]]) -> dict[str, float]:
