@@ -430,6 +430,7 @@ async def failover(options: Options) -> Report:
             try:
                 await stream.progress.during(asyncio.sleep(options.duration * KILL_AT))
                 await stream.pool.gather({"cmd": "arm"}, "armed", STEP_TIMEOUT)
+                meter = stream.cpu_meter()
                 killed_at = time.time()
                 os.kill(victim.pid, signal.SIGKILL)
                 replacing = asyncio.ensure_future(replaced(deployment, victim, workers))
@@ -446,6 +447,7 @@ async def failover(options: Options) -> Report:
                     stream.pool.gather(command, "recovered", timeout + STEP_TIMEOUT)
                 )
                 window_s = time.time() - killed_at
+                window_cpu = meter.stop()
                 await stream.pool.gather({"cmd": "disarm"}, "disarmed", STEP_TIMEOUT)
                 await stream.progress.during(writing)
             finally:
@@ -465,6 +467,7 @@ async def failover(options: Options) -> Report:
                 "killed worker": victim.node or f"pid {victim.pid}",
                 **recovery_figures(recovered),
                 "failover window (s)": round(window_s, 3),
+                "cpu % in the window": window_cpu,
                 "replacement listening after (s)": replacement,
                 **measured,
                 **window_latency(results),
