@@ -11,10 +11,10 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterable
 
 import asyncpg
-from websockets.asyncio.server import Server
 
 from db.feed import ChangeFeed
 from db.feed_triggers import FeedName, use_feed_triggers
@@ -39,10 +39,10 @@ GC_MIDDLE_THRESHOLD = 20
 GC_OLD_THRESHOLD = 10
 
 
-def listening_addresses(server: Server) -> list[str]:
-    """ws:// URLs of every socket the server listens on (the real port when 0 was asked)."""
+def socket_urls(sockets: Iterable[socket.socket]) -> list[str]:
+    """ws:// URLs of bound sockets (the real port when 0 was asked)."""
     urls = []
-    for sock in server.sockets:
+    for sock in sockets:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         urls.append(f"ws://{shown}:{port}/")
@@ -248,7 +248,7 @@ async def serve(
         async with gateway.running():
             tune_garbage_collector()
             if ready is None:
-                log_listening(listening_addresses(gateway.server), settings)
+                log_listening(socket_urls(gateway.server.sockets), settings)
             else:
                 logger.info("worker %s ready", gateway.node_id)
                 ready()

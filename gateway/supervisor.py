@@ -39,7 +39,7 @@ from prometheus_client import multiprocess
 
 from db.provision import open_database
 from db.replication_stream import ReplicationError
-from gateway.app import log_listening, prepare_database, token_verifier
+from gateway.app import log_listening, prepare_database, socket_urls, token_verifier
 from gateway.settings import MAX_WORKERS, Settings
 from gateway.slots import drop_when_released
 
@@ -118,15 +118,6 @@ def reserve_port(host: str, port: int) -> list[socket.socket]:
             sock.close()
         raise
     return sockets
-
-
-def listening_urls(sockets: list[socket.socket]) -> list[str]:
-    urls = []
-    for sock in sockets:
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        urls.append(f"ws://{shown}:{port}/")
-    return urls
 
 
 @contextlib.contextmanager
@@ -360,7 +351,12 @@ async def supervise(settings: Settings, count: int) -> None:
     ) as database:
         logger.info("database: %s", database.describe())
         feed = await prepare_database(settings, database.dsn, workers=count)
-        sockets = reserve_port(settings.host, settings.port)
+        try:
+            sockets = reserve_port(settings.host, settings.port)
+        except OSError as error:
+            raise WorkersError(
+                f"cannot listen on {settings.host}:{settings.port}: {error}"
+            ) from error
         try:
             with metrics_directory() as metrics_dir:
                 port = sockets[0].getsockname()[1]
@@ -385,4 +381,4 @@ async def _announce(
 ) -> None:
     """The `listening on` line once every worker listens (not when the first does)."""
     await supervisor.all_ready.wait()
-    log_listening(listening_urls(sockets), settings, f" with {supervisor.count} workers")
+    log_listening(socket_urls(sockets), settings, f" with {supervisor.count} workers")
