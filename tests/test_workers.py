@@ -370,3 +370,13 @@ async def test_with_the_notify_feed_a_client_moving_node_gets_reset_and_a_true_s
         await tab.close()
         for node in nodes:
             await discard(node)
+
+
+async def test_a_worker_count_out_of_range_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    env = serve_env(tmp_path, "postgresql://nobody@/nowhere")
+    for count in ("0", "1000", "many"):
+        status, _, err = await run_cli("serve", "--workers", count, env=env)
+        assert status == 2
+        assert "a number from 1 to 999, or auto" in err
