@@ -11,13 +11,13 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterable
 
 import asyncpg
-from websockets.asyncio.server import Server
 
 from db.feed import ChangeFeed
-from db.feed_triggers import use_feed_triggers
+from db.feed_triggers import FeedName, use_feed_triggers
 from db.notify_feed import NotifyFeed
 from db.provision import migrate_up, open_database
 from db.replication_feed import ReplicationFeed
@@ -26,6 +26,7 @@ from gateway.demo import Demo, seed_demo
 from gateway.secrets import jwt_secret
 from gateway.server import Gateway
 from gateway.settings import Settings
+from gateway.slots import claim_node_slots
 from gateway.tokens import TokenVerifier
 
 logger = logging.getLogger(__name__)
@@ -38,10 +39,10 @@ GC_MIDDLE_THRESHOLD = 20
 GC_OLD_THRESHOLD = 10
 
 
-def listening_addresses(server: Server) -> list[str]:
-    """ws:// URLs of every socket the server listens on (the real port when 0 was asked)."""
+def socket_urls(sockets: Iterable[socket.socket]) -> list[str]:
+    """ws:// URLs of bound sockets (the real port when 0 was asked)."""
     urls = []
-    for sock in server.sockets:
+    for sock in sockets:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         urls.append(f"ws://{shown}:{port}/")
@@ -61,7 +62,7 @@ def token_verifier(settings: Settings) -> TokenVerifier:
     return TokenVerifier(audience=settings.jwt_audience, secret=jwt_secret(settings))
 
 
-async def choose_feed(settings: Settings, dsn: str) -> ChangeFeed:
+async def decide_feed(settings: Settings, dsn: str) -> FeedName:
     """The feed the settings ask for (`auto`: replication when the server and role allow
     it), with the database's triggers set for it. Logs which, and why."""
     kind = settings.feed
@@ -77,13 +78,20 @@ async def choose_feed(settings: Settings, dsn: str) -> ChangeFeed:
         await use_feed_triggers(conn, kind)
     finally:
         await conn.close()
+    return kind
+
+
+async def choose_feed(settings: Settings, dsn: str, worker_index: int = 0) -> ChangeFeed:
+    """The change feed of worker `worker_index` (see decide_feed)."""
+    kind = await decide_feed(settings, dsn)
     if kind == "notify":
         logger.info("feed=notify")
         return NotifyFeed(dsn)
-    logger.info("feed=replication slot=%s", settings.replication_slot)
+    slot = settings.slot_name(worker_index)
+    logger.info("feed=replication slot=%s", slot)
     return ReplicationFeed(
         dsn,
-        slot=settings.replication_slot,
+        slot=slot,
         publication=settings.publication,
         status_interval_seconds=settings.replication_status_interval_seconds,
     )
@@ -97,17 +105,40 @@ class DemoUnavailable(RuntimeError):
     """Demo mode asked for where the gateway cannot mint the demo users' tokens."""
 
 
-async def start_demo(settings: Settings, pool: asyncpg.Pool) -> Demo | None:
-    """In demo mode, the seeded demo and its token minter; else None (no demo routes)."""
-    if not settings.demo:
-        return None
-    if settings.jwt_jwks_file is not None or settings.jwt_public_key_file is not None:
+def demo_wanted(settings: Settings) -> bool:
+    """Whether demo mode is on; raises DemoUnavailable where it cannot work."""
+    if settings.demo and (
+        settings.jwt_jwks_file is not None or settings.jwt_public_key_file is not None
+    ):
         raise DemoUnavailable(
             "--demo mints HS256 tokens: unset SITEBUILDER_JWT_PUBLIC_KEY_FILE/JWKS_FILE"
         )
-    await seed_demo(pool)
-    logger.warning("demo mode: anyone who reaches this port can sign in as a demo user")
+    return settings.demo
+
+
+def demo_minter(settings: Settings) -> Demo | None:
+    """In demo mode, the demo users' token minter; else None (no demo routes)."""
+    if not demo_wanted(settings):
+        return None
     return Demo(jwt_secret(settings), settings.jwt_audience)
+
+
+async def prepare_database(settings: Settings, dsn: str, workers: int) -> FeedName:
+    """What a node does once before its workers serve: migrations, the feed's triggers,
+    its replication slots claimed (and those of workers it no longer runs dropped), the
+    demo's rows. Returns the feed every worker is to run."""
+    if settings.migrate_on_start:
+        await migrate_up(dsn, settings.migration_parameters)
+    kind = await decide_feed(settings, dsn)
+    await claim_node_slots(dsn, settings, workers)
+    if demo_wanted(settings):
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+        try:
+            await seed_demo(pool)
+        finally:
+            await pool.close()
+        logger.warning("demo mode: anyone who reaches this port can sign in as a demo user")
+    return kind
 
 
 def _stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
@@ -143,39 +174,84 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, GC_MIDDLE_THRESHOLD, GC_OLD_THRESHOLD)
 
 
+def log_listening(urls: list[str], settings: Settings, suffix: str = "") -> None:
+    for url in urls:
+        logger.info("listening on %s (HTTP: /healthz, /readyz, /metrics)%s", url, suffix)
+        if settings.demo:
+            logger.info(
+                "demo editor: open %s in two windows (alice, bob, carol)",
+                url.replace("ws://", "http://", 1),
+            )
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set or SIGINT/SIGTERM arrives."""
+    """Serve in this process until `stop` is set or SIGINT/SIGTERM arrives."""
     stop = stop or asyncio.Event()
     restore_signals = _stop_on_signals(stop)
     try:
-        verifier = token_verifier(settings)
+        verifier = token_verifier(settings)  # a bad key file fails before the database starts
         async with open_database(
             settings.database_url,
             settings.pgdata,
             max_slot_wal_keep_size=settings.embedded_max_slot_wal_keep_size,
         ) as database:
             logger.info("database: %s", database.describe())
-            if settings.migrate_on_start:
-                await migrate_up(database.dsn, settings.migration_parameters)
-            pool = await asyncpg.create_pool(
-                database.dsn, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE
-            )
-            try:
-                feed = await choose_feed(settings, database.dsn)
-                demo = await start_demo(settings, pool)
-                gateway = Gateway(settings, pool, feed, verifier, demo)
-                async with gateway.running():
-                    tune_garbage_collector()
-                    for url in listening_addresses(gateway.server):
-                        logger.info("listening on %s (HTTP: /healthz, /readyz, /metrics)", url)
-                        if demo is not None:
-                            logger.info(
-                                "demo editor: open %s in two windows (alice, bob, carol)",
-                                url.replace("ws://", "http://", 1),
-                            )
-                    await stop.wait()
-            finally:
-                await pool.close()
+            kind = await prepare_database(settings, database.dsn, workers=1)
+            chosen = settings.model_copy(update={"feed": kind})
+            await serve(chosen, database.dsn, verifier, stop)
         logger.info("stopped")
     finally:
         restore_signals()
+
+
+async def run_worker(
+    settings: Settings, index: int, ready: Callable[[], None], stop: asyncio.Event | None = None
+) -> None:
+    """Serve as worker `index` of a supervisor, which prepared the database (named by
+    `database_url`) and reserved the port; `ready` is called once it listens."""
+    stop = stop or asyncio.Event()
+    restore_signals = _stop_on_signals(stop)
+    try:
+        assert settings.database_url is not None
+        verifier = token_verifier(settings)
+        await serve(
+            settings, settings.database_url, verifier, stop, worker_index=index, ready=ready
+        )
+        logger.info("stopped")
+    finally:
+        restore_signals()
+
+
+async def serve(
+    settings: Settings,
+    dsn: str,
+    verifier: TokenVerifier,
+    stop: asyncio.Event,
+    *,
+    worker_index: int | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """One gateway on a prepared database until `stop`: worker `worker_index` of a
+    supervisor (sharing its port), or the only process of the node when None."""
+    pool = await asyncpg.create_pool(dsn, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE)
+    try:
+        feed = await choose_feed(settings, dsn, worker_index or 0)
+        gateway = Gateway(
+            settings,
+            pool,
+            feed,
+            verifier,
+            demo_minter(settings),
+            worker_index=worker_index or 0,
+            share_port=worker_index is not None,
+        )
+        async with gateway.running():
+            tune_garbage_collector()
+            if ready is None:
+                log_listening(socket_urls(gateway.server.sockets), settings)
+            else:
+                logger.info("worker %s ready", gateway.node_id)
+                ready()
+            await stop.wait()
+    finally:
+        await pool.close()

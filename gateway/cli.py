@@ -8,7 +8,7 @@ import asyncio
 import logging
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import orjson
@@ -23,11 +23,12 @@ from db.replication_stream import (
     SlotStatus,
     drop_slot,
     lsn_to_str,
-    slot_status,
 )
 from gateway import app
 from gateway.secrets import jwt_secret
-from gateway.settings import Settings
+from gateway.settings import MAX_WORKERS, Settings
+from gateway.slots import NodeNameInUse, node_slots, prune_slots
+from gateway.supervisor import WorkersError, supervise
 from gateway.tokens import mint_token
 from protocol.schema import protocol_json_schema
 
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="seed demo users and a project, serve the demo editor at / (SITEBUILDER_DEMO)",
     )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N|auto",
+        help="worker processes on the one port (overrides SITEBUILDER_WORKERS; auto: one per core)",
+    )
 
     migrate = commands.add_parser("migrate", help="apply, roll back or list schema migrations")
     steps = migrate.add_subparsers(dest="direction", required=True, metavar="ACTION")
@@ -85,14 +92,31 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"lifetime in seconds (default {DEFAULT_TOKEN_TTL_SECONDS})",
     )
 
-    slot = commands.add_parser("slot", help="inspect or drop this node's replication slot")
+    slot = commands.add_parser("slot", help="inspect, drop or prune this node's replication slots")
     slot_actions = slot.add_subparsers(dest="action", required=True, metavar="ACTION")
-    slot_actions.add_parser("status", help="the slot's positions, WAL held back, state")
-    drop = slot_actions.add_parser(
-        "drop", help="drop the slot (frees its WAL; resuming clients then get a reset)"
+    status = slot_actions.add_parser(
+        "status", help="positions, WAL held back and state of this node's slots"
     )
+    status.add_argument("--worker", type=int, metavar="I", help="only worker I's slot")
+    drop = slot_actions.add_parser(
+        "drop",
+        help="drop this node's slots (frees their WAL; resuming clients then get a reset)",
+    )
+    drop.add_argument("--worker", type=int, metavar="I", help="only worker I's slot")
     drop.add_argument(
         "--force", action="store_true", help="also end the gateway connection streaming from it"
+    )
+    prune = slot_actions.add_parser(
+        "prune", help="drop the slots of workers this node no longer runs (index >= N)"
+    )
+    prune.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N|auto",
+        help="workers the node runs (default: SITEBUILDER_WORKERS)",
+    )
+    prune.add_argument(
+        "--force", action="store_true", help="also end the gateway connections streaming from them"
     )
 
     commands.add_parser("db", help="print the DSN of the database in use")
@@ -162,24 +186,69 @@ def _token(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"a number from 1 to {MAX_WORKERS}, or auto")
+    return count
+
+
 async def _slot(settings: Settings, args: argparse.Namespace) -> None:
-    name = settings.replication_slot
     async with open_database(settings.database_url, settings.pgdata) as database:
+        if args.action == "prune":
+            await _prune(settings, args, database.dsn)
+            return
+        slots = await node_slots(database.dsn, settings)
+        if args.worker is not None:
+            slots = [slot for slot in slots if slot.index == args.worker]
+        if not slots:
+            if args.worker is not None:
+                print(f"no slot {settings.slot_name(args.worker)} (the feed creates it on start)")
+            else:
+                print(f"no slots of node {settings.node_name} (the feed creates them on start)")
+            return
         if args.action == "drop":
-            try:
-                dropped = await drop_slot(database.dsn, name, terminate=args.force)
-            except SlotInUse as error:
-                raise CommandError(
-                    f"{error}: a gateway streams from it; stop it or pass --force"
-                ) from error
-            print(f"dropped slot {name}" if dropped else f"no slot {name}")
+            await _drop(database.dsn, [slot.status.slot_name for slot in slots], args.force)
             return
-        status = await slot_status(database.dsn, name)
-        if status is None:
-            print(f"no slot {name} (the replication feed creates it on start)")
-            return
-        for field, value in _slot_lines(status):
-            print(f"{field:<20} {value}")
+        for n, slot in enumerate(slots):
+            if n:
+                print()
+            for field, value in _slot_lines(slot.status):
+                print(f"{field:<20} {value}")
+
+
+async def _drop(dsn: str, names: list[str], force: bool) -> None:
+    in_use = []
+    for name in names:
+        try:
+            if await drop_slot(dsn, name, terminate=force):
+                print(f"dropped slot {name}")
+        except SlotInUse:
+            in_use.append(name)
+    if in_use:
+        raise CommandError(
+            f"slot {', '.join(in_use)} in use: a gateway streams from it; stop it or pass --force"
+        )
+
+
+async def _prune(settings: Settings, args: argparse.Namespace, dsn: str) -> None:
+    if args.workers is not None:
+        settings = settings.model_copy(update={"workers": args.workers})
+    pruned = await prune_slots(dsn, settings, settings.worker_count, force=args.force)
+    for name in pruned.dropped:
+        print(f"dropped slot {name}")
+    if pruned.in_use:
+        raise CommandError(
+            f"slot {', '.join(pruned.in_use)} in use: a worker of this node streams from it; "
+            "stop the node first or pass --force"
+        )
+    if not pruned.dropped:
+        print(f"no slots of node {settings.node_name} beyond {settings.worker_count} workers")
 
 
 def _slot_lines(status: SlotStatus) -> list[tuple[str, object]]:
@@ -211,11 +280,12 @@ def _db(settings: Settings) -> None:
     print(dsn)
 
 
-def configure_logging(settings: Settings) -> None:
-    """Log to stderr; the websockets library's per-request lines only at DEBUG."""
+def configure_logging(settings: Settings, prefix: str = "") -> None:
+    """Log to stderr (each line with `prefix`: a worker's index); the websockets
+    library's per-request lines only at DEBUG."""
     logging.basicConfig(
         level=settings.log_level_number,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
         stream=sys.stderr,
     )
     if settings.log_level != "DEBUG":
@@ -244,21 +314,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         if args.demo:
             overrides["demo"] = True
+        if args.workers is not None:
+            overrides["workers"] = args.workers
         settings = settings.model_copy(update=overrides)
     configure_logging(settings)
+    return guarded(lambda: _run(args, settings))
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
+    if args.command == "serve":
+        _serve(settings)
+    elif args.command == "migrate":
+        asyncio.run(_migrate(settings, args))
+    elif args.command == "token":
+        _token(settings, args)
+    elif args.command == "slot":
+        asyncio.run(_slot(settings, args))
+    elif args.command == "schema":
+        print(orjson.dumps(protocol_json_schema(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        _db(settings)
+
+
+def _serve(settings: Settings) -> None:
+    """One process, or a supervisor of `workers` processes (see gateway.supervisor)."""
+    if settings.worker_count == 1:
+        uvloop.run(app.run(settings))
+    else:
+        asyncio.run(supervise(settings, settings.worker_count))
+
+
+def guarded(command: Callable[[], None]) -> int:
+    """Run `command`; an expected failure becomes one line on stderr and status 1."""
     try:
-        if args.command == "serve":
-            uvloop.run(app.run(settings))
-        elif args.command == "migrate":
-            asyncio.run(_migrate(settings, args))
-        elif args.command == "token":
-            _token(settings, args)
-        elif args.command == "slot":
-            asyncio.run(_slot(settings, args))
-        elif args.command == "schema":
-            print(orjson.dumps(protocol_json_schema(), option=orjson.OPT_INDENT_2).decode())
-        else:
-            _db(settings)
+        command()
     except (
         CommandError,
         MigrationError,
@@ -266,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         app.FeedUnavailable,
         app.DemoUnavailable,
         ReplicationError,
+        NodeNameInUse,
+        WorkersError,
     ) as error:
         print(f"sitebuilder-gateway: {error}", file=sys.stderr)
         return 1

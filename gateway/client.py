@@ -273,7 +273,16 @@ class Client:
         self.user_id = user_id
         self._claims = claims
         self._expire_at(float(claims["exp"]))
-        self.send(Ok(ref=frame.ref, data={"user_id": str(user_id), "expires_at": claims["exp"]}))
+        self.send(
+            Ok(
+                ref=frame.ref,
+                data={
+                    "user_id": str(user_id),
+                    "expires_at": claims["exp"],
+                    "node": self._gateway.node_id,
+                },
+            )
+        )
         return True
 
     def _expire_at(self, exp: float) -> None:

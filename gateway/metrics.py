@@ -1,8 +1,19 @@
-"""Prometheus metrics of one gateway, in its own registry (several may share a process)."""
+"""Prometheus metrics of one gateway, in its own registry (several may share a process).
+
+Under `serve --workers N` the supervisor sets PROMETHEUS_MULTIPROC_DIR: every worker
+then also writes its values to files there, and /metrics of any worker renders all
+of them merged (counters and histograms summed; each gauge as its mode below says,
+over the workers alive).
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -10,19 +21,26 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Gauge modes for workers: livesum adds up what each holds, livemax/livemin show
+        # the worst worker.
         r = self.registry
         self.connections = Gauge(
-            "sitebuilder_connections", "Open websocket connections.", registry=r
+            "sitebuilder_connections",
+            "Open websocket connections.",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.subscriptions = Gauge(
             "sitebuilder_subscriptions",
             "Project subscriptions by state (pending: snapshot being taken).",
             ["state"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.project_lists = Gauge(
             "sitebuilder_project_list_subscriptions",
             "Connections following their user's project list (subscribe_projects).",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.frames_in = Counter(
@@ -58,26 +76,33 @@ class Metrics:
             registry=r,
         )
         self.feed_up = Gauge(
-            "sitebuilder_feed_up", "1 while the change feed receives changes.", registry=r
+            "sitebuilder_feed_up",
+            "1 while the change feed receives changes.",
+            multiprocess_mode="livemin",
+            registry=r,
         )
         self.feed_lag = Gauge(
             "sitebuilder_feed_lag_seconds",
             "Age of the last change the feed delivered, at delivery.",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.feed_backlog = Gauge(
             "sitebuilder_feed_backlog",
             "Changes received from PostgreSQL, not yet routed.",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.slot_lag_bytes = Gauge(
             "sitebuilder_slot_lag_bytes",
             "WAL the server keeps for the replication slot beyond what the gateway confirmed.",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.history_bytes = Gauge(
             "sitebuilder_history_bytes",
             "Memory held by recent changes kept for resuming clients.",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.feed_resets = Counter(
@@ -92,4 +117,9 @@ class Metrics:
             self.subscriptions.labels(state)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        directory = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if directory is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, directory)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

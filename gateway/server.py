@@ -51,8 +51,15 @@ class Gateway:
         feed: ChangeFeed,
         verifier: TokenVerifier,
         demo: Demo | None = None,
+        *,
+        worker_index: int = 0,
+        share_port: bool = False,
     ) -> None:
         self.settings = settings
+        self.worker_index = worker_index
+        # Workers of one node listen on one port (SO_REUSEPORT); a lone gateway does not,
+        # so a second one started by mistake fails instead of taking half the traffic.
+        self._share_port = share_port
         self.demo = demo
         self.pool = pool
         self.feed = feed
@@ -85,9 +92,9 @@ class Gateway:
 
     @property
     def node_id(self) -> str:
-        """This process among every gateway process on the database (stable across
-        restarts of the process, unlike `instance`)."""
-        return self.settings.node_name
+        """This process among every gateway process on the database: node name and
+        worker index (stable across restarts of the process, unlike `instance`)."""
+        return f"{self.settings.node_name}_{self.worker_index}"
 
     @property
     def feed_connected(self) -> bool:
@@ -176,7 +183,11 @@ class Gateway:
 
     async def readiness(self) -> tuple[str | None, list[str]]:
         """What /readyz reports: a problem (or None) and details for operators."""
-        details = [f"feed={self.feed.name}", f"history_bytes={self.history.size_bytes}"]
+        details = [
+            f"node={self.node_id}",
+            f"feed={self.feed.name}",
+            f"history_bytes={self.history.size_bytes}",
+        ]
         if not self.feed.connected:
             return "change feed not connected", details
         try:
@@ -239,6 +250,7 @@ class Gateway:
             process_request=http_router(self.readiness, self.metrics.render, self.demo),
             compression="deflate" if self.settings.compression else None,
             backlog=self.settings.listen_backlog,
+            reuse_port=self._share_port,
             max_size=self.settings.max_frame_bytes * 4,
             ping_interval=self.settings.ping_interval_seconds,
             ping_timeout=self.settings.ping_timeout_seconds,

@@ -7,6 +7,7 @@ generated from this class (`python -m gateway.settings`), so the two cannot drif
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,6 +16,8 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 APP_NAME = "sitebuilder-realtime"
+# Worker indexes end slot names, which PostgreSQL limits to 63 characters.
+MAX_WORKERS = 999
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
@@ -201,6 +204,17 @@ class Settings(BaseSettings):
             ),
         ),
     ] = "gateway"
+    workers: Annotated[
+        Annotated[int, Field(ge=1, le=MAX_WORKERS)] | Literal["auto"],
+        Field(
+            description=(
+                "Worker processes `serve` starts on one port (SO_REUSEPORT), each a full "
+                "gateway with its own connections, feed and history; `auto`: one per core. "
+                "Above 1, a supervisor restarts crashed workers, stops them on SIGTERM, adds "
+                "one on SIGTTIN and removes one on SIGTTOU."
+            ),
+        ),
+    ] = 1
     feed: Annotated[
         Literal["auto", "replication", "notify"],
         Field(
@@ -215,13 +229,28 @@ class Settings(BaseSettings):
     replication_slot: Annotated[
         str,
         Field(
-            pattern=r"^[a-z0-9_]{1,63}$",
+            pattern=r"^[a-z0-9_]{1,32}$",
             description=(
-                "Replication slot of this gateway node; give every node its own. A slot "
-                "no gateway reads keeps WAL on the server: drop it with `slot drop`."
+                "Prefix of the replication slots: worker I of node N streams from slot "
+                "`<prefix>_<N>_<I>` (`sitebuilder_gateway_0` by default). Slots of workers "
+                "that no longer run are dropped at start (`slot prune` drops them by hand); a "
+                "slot no gateway reads keeps WAL on the server."
             ),
         ),
-    ] = "sitebuilder_gateway"
+    ] = "sitebuilder"
+    slot_wait_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            description=(
+                "At start, how long this node's replication slots may stay in use by another "
+                "process (a killed gateway's connection can outlive it briefly); past it, "
+                "another node runs with the same `SITEBUILDER_NODE_NAME`: exit with an error. "
+                "Also how long a worker removed by SIGTTOU may hold its slot before it is "
+                "dropped."
+            ),
+        ),
+    ] = 10.0
     replication_status_interval_seconds: Annotated[
         float,
         Field(gt=0, description="How often the replication feed reports its position."),
@@ -309,6 +338,17 @@ class Settings(BaseSettings):
     def pgdata(self) -> Path:
         """Data directory of the embedded PostgreSQL."""
         return self.data_dir / "postgres"
+
+    @property
+    def worker_count(self) -> int:
+        """`workers` with `auto` resolved to the number of cores."""
+        if self.workers == "auto":
+            return os.cpu_count() or 1
+        return self.workers
+
+    def slot_name(self, worker_index: int) -> str:
+        """The replication slot of this node's worker `worker_index`."""
+        return f"{self.replication_slot}_{self.node_name}_{worker_index}"
 
     @property
     def jwt_secret_file(self) -> Path:

@@ -140,13 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--gateway-pid",
         type=int,
-        help="pid of an existing gateway on this host, for its CPU and memory",
+        help="pid of an existing gateway on this host, for its CPU and memory (a "
+        "supervisor's: its workers are counted, and failover kills one of them)",
     )
     target.add_argument(
         "--feed",
         default=DEFAULTS.feed,
         choices=["auto", "replication", "notify"],
         help="change feed of a started gateway",
+    )
+    target.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULTS.workers,
+        help="worker processes of a started gateway: `serve --workers N` (default: plain "
+        "`serve`; failover: 3)",
     )
     target.add_argument(
         "--gateway-env",

@@ -1,11 +1,12 @@
 """The gateway under test: one this benchmark starts and stops, or an existing deployment.
 
-Started here (the default), it is `sitebuilder-gateway serve` in a process of its own,
-with an embedded PostgreSQL in a temporary directory (or the server of
-`--database-url`), a fresh signing secret, a replication slot named for this run and
-per-user connection limits lifted (one simulated user holds many connections). On the
-way out it gets SIGTERM like any deployment, its slot is dropped and its directory
-removed, so a run leaves no process and no slot behind.
+Started here (the default), it is `sitebuilder-gateway serve` (`--workers N`: a
+supervisor and N worker processes on the one port) in a process of its own, with an
+embedded PostgreSQL in a temporary directory (or the server of `--database-url`), a
+fresh signing secret, replication slots named for this run and per-user connection
+limits lifted (one simulated user holds many connections). On the way out it gets
+SIGTERM like any deployment, its slots are dropped and its directory removed, so a run
+leaves no process and no slot behind.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ import psutil
 from db.embedded import running_dsn
 from gateway.secrets import jwt_secret
 from gateway.settings import Settings
+from gateway.supervisor import WORKER_INDEX_ENV
 
 READY_TIMEOUT = 300.0  # a first start runs initdb and every migration
 STOP_TIMEOUT = 30.0
@@ -48,8 +51,44 @@ class Deployment:
     database_url: str
     jwt_secret: str
     audience: str
-    gateway_pid: int | None
+    gateway_pid: int | None  # `serve`, or the supervisor of its workers
     postgres_pid: int | None
+    workers: int | None = None  # started with `--workers N`
+
+    def worker_pids(self) -> list[int]:
+        """The gateway's worker processes: the supervisor's children that listen on the
+        port (not the PostgreSQL it may have started, nor any helper process)."""
+        return listening_children(self.gateway_pid, port_of(self.url))
+
+
+def worker_index(pid: int) -> str | None:
+    """The index the supervisor gave a worker process (in its environment), if any."""
+    try:
+        return psutil.Process(pid).environ().get(WORKER_INDEX_ENV)
+    except psutil.Error:
+        return None
+
+
+def port_of(ws_url: str) -> int:
+    port = urllib.parse.urlsplit(ws_url).port
+    if port is None:
+        return 443 if ws_url.startswith("wss:") else 80
+    return port
+
+
+def listening_children(parent: int | None, port: int) -> list[int]:
+    found: list[int] = []
+    if parent is None:
+        return found
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(parent).children():
+            with contextlib.suppress(psutil.Error):
+                if any(
+                    c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                    for c in child.net_connections("tcp")
+                ):
+                    found.append(child.pid)
+    return found
 
 
 def free_port() -> int:
@@ -68,6 +107,14 @@ def log_tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:]
 
 
+def all_ready(ws_url: str, process: subprocess.Popen[bytes] | None, workers: int) -> bool:
+    if workers > 1 and process is not None:
+        listening = listening_children(process.pid, port_of(ws_url))
+        if len(listening) < workers:
+            return False
+    return is_ready(ws_url)
+
+
 def is_ready(ws_url: str) -> bool:
     try:
         with urllib.request.urlopen(http_url(ws_url, "/readyz"), timeout=2) as response:
@@ -77,10 +124,12 @@ def is_ready(ws_url: str) -> bool:
 
 
 async def wait_ready(
-    ws_url: str, process: subprocess.Popen[bytes] | None, log: Path | None
+    ws_url: str, process: subprocess.Popen[bytes] | None, log: Path | None, workers: int = 1
 ) -> None:
+    """Until /readyz answers 200 and, with workers, every one of them listens (each opens
+    the port once its change feed runs), so the editors can spread over all of them."""
     deadline = time.monotonic() + READY_TIMEOUT
-    while not await asyncio.to_thread(is_ready, ws_url):
+    while not await asyncio.to_thread(all_ready, ws_url, process, workers):
         if process is not None and process.poll() is not None:
             tail = await asyncio.to_thread(log_tail, log) if log else ""
             raise DeploymentError(f"the gateway exited with {process.returncode}:\n{tail}")
@@ -129,13 +178,13 @@ async def attached(
 
 @contextlib.asynccontextmanager
 async def started(
-    database_url: str | None, feed: str, extra_env: dict[str, str]
+    database_url: str | None, feed: str, extra_env: dict[str, str], workers: int | None = None
 ) -> AsyncIterator[Deployment]:
     """A gateway process of this run's own, torn down whatever happens."""
     data_dir = Path(tempfile.mkdtemp(prefix="sitebuilder-bench-"))
     port = free_port()
     secret = secrets.token_urlsafe(32)
-    slot = f"bench_{os.getpid()}_{port}"
+    slot = f"bench_{os.getpid()}_{port}"  # the prefix of every worker's slot
     env = {
         **os.environ,
         "SITEBUILDER_DATA_DIR": str(data_dir),
@@ -154,10 +203,10 @@ async def started(
         env.pop("SITEBUILDER_DATABASE_URL", None)
     log = data_dir / "gateway.log"
     url = f"ws://127.0.0.1:{port}/"
-    process = spawn_gateway(env, log)
+    process = spawn_gateway(env, log, workers)
     postmaster: int | None = None
     try:
-        await wait_ready(url, process, log)
+        await wait_ready(url, process, log, workers or 1)
         dsn = database_url or running_dsn(data_dir / "postgres")
         if dsn is None:
             raise DeploymentError("the embedded PostgreSQL is not running")
@@ -169,21 +218,25 @@ async def started(
             audience=Settings().jwt_audience,
             gateway_pid=process.pid,
             postgres_pid=postmaster,
+            workers=workers,
         )
     finally:
         await asyncio.to_thread(stop, process)
         if database_url:
-            await drop_slot_if_any(database_url, slot)
+            await drop_slots(database_url, slot)
         elif postmaster is not None:
             await asyncio.to_thread(stop_leftover, postmaster)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def spawn_gateway(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def spawn_gateway(env: dict[str, str], log: Path, workers: int | None) -> subprocess.Popen[bytes]:
     """`serve` in a session of its own, so a hung one can be killed with its children."""
+    command = [sys.executable, "-m", "gateway.cli", "serve"]
+    if workers is not None:
+        command += ["--workers", str(workers)]
     with log.open("wb") as log_file:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve"],
+            command,
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -214,19 +267,23 @@ def stop_leftover(postmaster: int) -> None:
             server.kill()
 
 
-async def drop_slot_if_any(database_url: str, slot: str) -> None:
-    """The run's slot would hold WAL on a shared server forever: drop it once it is idle."""
+async def drop_slots(database_url: str, prefix: str) -> None:
+    """The run's slots (`prefix` and every worker's `prefix_…`) would hold WAL on a shared
+    server forever: drop each once it is idle."""
     conn = await asyncpg.connect(database_url)
     try:
         deadline = time.monotonic() + STOP_TIMEOUT
         while time.monotonic() < deadline:
-            active = await conn.fetchval(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot
+            slots = await conn.fetch(
+                "SELECT slot_name, active FROM pg_replication_slots"
+                " WHERE slot_name = $1 OR starts_with(slot_name, $1 || '_')",
+                prefix,
             )
-            if active is None:
-                return
-            if not active:
-                await conn.execute("SELECT pg_drop_replication_slot($1)", slot)
+            for slot in slots:
+                if not slot["active"]:
+                    with contextlib.suppress(asyncpg.UndefinedObjectError):
+                        await conn.execute("SELECT pg_drop_replication_slot($1)", slot["slot_name"])
+            if all(not slot["active"] for slot in slots):
                 return
             await asyncio.sleep(0.2)
     finally:

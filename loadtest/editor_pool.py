@@ -91,6 +91,7 @@ class EditorPool:
         *,
         snapshot: bool = False,
         connect_concurrency: int = 200,
+        follow: bool = False,
     ) -> EditorPool:
         procs = max(1, min(procs, len(editors) or 1))
         started = []
@@ -111,6 +112,7 @@ class EditorPool:
                     "editors": editors[index::procs],
                     "snapshot": snapshot,
                     "connect_concurrency": max(1, connect_concurrency // procs),
+                    "follow": follow,
                 }
             )
             started.append(editor_process)

@@ -12,16 +12,28 @@ The first line is the job (see `Job`); then commands:
   frame, as a dropped network does); their editors remember their last position;
 - `{"cmd": "resume", "targets": {wireframe_id: seq}}`: reconnect the dropped editors
   with `subscribe {since}` and time how long until each has the given seqs;
+- `{"cmd": "arm"}` / `{"cmd": "disarm"}`: open and close the failover window (its
+  deliveries' latency is kept apart from the rest);
+- `{"cmd": "recovery", "killed_at": t, "node": n, "timeout": s}`: a gateway worker was
+  killed at `t` (wall clock): wait until every editor it held (those on node `n`, or
+  whichever were cut when the node is unknown) has reconnected and caught up, and
+  report how long each took;
 - `{"cmd": "finish", "expected": {wireframe_id: commits}, "drain_seconds": s}`: wait
   until every editor has every expected commit (or the drain time passed), close all,
   report the result and exit.
 
+With `follow` in the job, an editor whose connection is cut without its asking
+reconnects by itself, as the product's client does (exponential backoff with jitter,
+250 ms base), to the same URL, and resumes with `subscribe {since}` from its last
+position.
+
 Events (`event` key): `progress` (every half second), `ready` (every editor connected,
-authenticated and subscribed, or failed), `interval`, `dropped`, `resumed`, `result`.
+authenticated and subscribed, or failed), `interval`, `dropped`, `resumed`, `armed`,
+`recovered`, `disarmed`, `result`.
 Counting: each wireframe change carries the writer's sequence number in
 `new.layout.bench_seq`; an editor keeps a bitmap of the seqs it saw per wireframe, so
 a repeat is a duplicate, a seq below the highest seen is out of order, and whatever
-the writer committed that never arrived is lost.
+the writer committed that never arrived is lost; each is counted per editor as well.
 """
 
 from __future__ import annotations
@@ -48,6 +60,11 @@ DIGITS = frozenset(b"0123456789")
 LATENCY_MAX_US = 600_000_000  # ten minutes: anything later is recorded as this
 STEP_TIMEOUT = 60.0  # longest wait for one reply (connect, auth, subscribe)
 PROGRESS_EVERY = 0.5
+# The product's client (gateway/static/sitebuilder-client.js): base * 2^attempt capped,
+# half of it fixed and half random, so a worker's editors do not all return at once.
+BACKOFF_BASE = 0.25
+BACKOFF_MAX = 10.0
+NEW, DUPLICATE, OUT_OF_ORDER = 0, 1, 2
 
 
 def new_histogram() -> HdrHistogram:
@@ -64,6 +81,11 @@ def field_text(payload: bytes, key: bytes) -> str:
     return payload[start : payload.index(b'"', start)].decode()
 
 
+def backoff_delay(attempt: int) -> float:
+    ceiling = min(BACKOFF_MAX, BACKOFF_BASE * 2.0**attempt)
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
 def emit(event: str, **fields: Any) -> None:
     sys.stdout.buffer.write(orjson.dumps({"event": event, **fields}) + b"\n")
     sys.stdout.buffer.flush()
@@ -78,6 +100,7 @@ class Job:
     editors: list[dict[str, Any]]  # {token, project_id}
     snapshot: bool = False
     connect_concurrency: int = 200
+    follow: bool = False  # reconnect by itself when the server cuts the connection
 
     @classmethod
     def parse(cls, line: bytes) -> Job:
@@ -91,6 +114,10 @@ class Tally:
     started: float = field(default_factory=time.time)
     latency: HdrHistogram = field(default_factory=new_histogram)
     interval: HdrHistogram = field(default_factory=new_histogram)
+    # Deliveries while a failover window is open, and the others.
+    during: HdrHistogram = field(default_factory=new_histogram)
+    outside: HdrHistogram = field(default_factory=new_histogram)
+    window_open: bool = False
     per_second: list[int] = field(default_factory=list)
     deliveries: int = 0
     bytes_by_entity: dict[str, int] = field(default_factory=dict)
@@ -101,12 +128,13 @@ class Tally:
     errors: dict[str, int] = field(default_factory=dict)
     closes: dict[int, int] = field(default_factory=dict)
 
-    def delivered(self, entity: str, size: int, committed_at: str) -> None:
+    def delivered(self, entity: str, size: int, committed: float) -> float:
+        """Count one frame committed at `committed` (epoch seconds); the time it arrived."""
         now = time.time()
-        micros = int((now - datetime.fromisoformat(committed_at).timestamp()) * 1e6)
-        micros = min(max(micros, 1), LATENCY_MAX_US)
+        micros = min(max(int((now - committed) * 1e6), 1), LATENCY_MAX_US)
         self.latency.record_value(micros)
         self.interval.record_value(micros)
+        (self.during if self.window_open else self.outside).record_value(micros)
         second = int(now - self.started)
         while len(self.per_second) <= second:
             self.per_second.append(0)
@@ -114,6 +142,7 @@ class Tally:
         self.deliveries += 1
         self.bytes_by_entity[entity] = self.bytes_by_entity.get(entity, 0) + size
         self.frames_by_entity[entity] = self.frames_by_entity.get(entity, 0) + 1
+        return now
 
 
 class Seen:
@@ -126,22 +155,62 @@ class Seen:
         self.count = 0
         self.highest = 0
 
-    def add(self, seq: int, tally: Tally) -> None:
+    def add(self, seq: int) -> int:
+        """NEW, DUPLICATE or OUT_OF_ORDER."""
         byte, bit = divmod(seq, 8)
         if byte >= len(self.bits):
             self.bits.extend(bytes(max(byte + 1 - len(self.bits), len(self.bits))))
         if self.bits[byte] >> bit & 1:
-            tally.duplicated += 1
-            return
+            return DUPLICATE
         self.bits[byte] |= 1 << bit
         self.count += 1
         if seq < self.highest:
-            tally.out_of_order += 1
-        self.highest = max(self.highest, seq)
+            return OUT_OF_ORDER
+        self.highest = seq
+        return NEW
 
     def has_all(self, upto: int) -> bool:
         """Seqs start at 1: all of 1..upto arrived."""
         return self.count >= upto and self.highest >= upto
+
+
+class Outage:
+    """One editor's latest cut connection and its recovery, in wall-clock seconds.
+
+    Caught up means every change committed before the editor was subscribed again has
+    arrived; that is known at the first change committed after it (changes come in
+    commit order, which the counting checks), and it happened when the last change
+    committed before it arrived."""
+
+    __slots__ = ("attempts", "back_at", "caught_up_at", "cut_at", "last_replayed", "node")
+
+    def __init__(self) -> None:
+        self.cut_at: float | None = None
+        self.node: str | None = None  # the worker that held the editor when it was cut
+        self.back_at: float | None = None
+        self.last_replayed = 0.0
+        self.caught_up_at: float | None = None
+        self.attempts = 0
+
+    def begin(self, node: str | None) -> None:
+        self.cut_at = time.time()
+        self.node = node
+        self.back_at = None
+        self.last_replayed = 0.0
+        self.caught_up_at = None
+        self.attempts = 0
+
+    @property
+    def open(self) -> bool:
+        return self.cut_at is not None and self.caught_up_at is None
+
+    def delivered(self, committed: float, arrived: float) -> None:
+        if self.cut_at is None or self.caught_up_at is not None:
+            return
+        if self.back_at is None or committed < self.back_at:
+            self.last_replayed = arrived
+        else:
+            self.caught_up_at = max(self.back_at, self.last_replayed)
 
 
 class Editor(WSListener):
@@ -158,11 +227,18 @@ class Editor(WSListener):
         self.position: str | None = None
         self.closed: asyncio.Future[int] | None = None
         self.refs = 0
+        self.node: str | None = None  # the gateway worker or node serving it, when told
+        self.duplicated = 0
+        self.out_of_order = 0
+        self.leaving = False  # the close or abort was ours
+        self.on_cut: Callable[[Editor], None] | None = None
+        self.outage = Outage()
 
     # picows callbacks (run inside the event loop, must not block)
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        self.leaving = False
         self.closed = asyncio.get_running_loop().create_future()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -182,6 +258,8 @@ class Editor(WSListener):
             if not waiter.done():
                 waiter.set_exception(ConnectionError("connection closed"))
         self.waiting.clear()
+        if not self.leaving and self.on_cut is not None:
+            self.on_cut(self)
 
     def on_message(self, payload: bytes) -> None:
         if payload.startswith(CHANGE_PREFIX):
@@ -189,6 +267,7 @@ class Editor(WSListener):
             return
         message = orjson.loads(payload)
         kind = message.get("type")
+        self.note_node(message)
         if kind == "reset":
             self.tally.resets += 1
             self.position = message.get("snapshot", {}).get("position", self.position)
@@ -209,7 +288,9 @@ class Editor(WSListener):
         """Read the few fields counted straight from the bytes: a full JSON parse of every
         5 KB frame would make this process, not the server, the bottleneck."""
         entity = field_text(payload, b'"entity":"')
-        self.tally.delivered(entity, len(payload), field_text(payload, b'"committed_at":"'))
+        committed = datetime.fromisoformat(field_text(payload, b'"committed_at":"')).timestamp()
+        arrived = self.tally.delivered(entity, len(payload), committed)
+        self.outage.delivered(committed, arrived)
         position = field_text(payload, b'"position":"')
         if position:
             self.position = position
@@ -226,7 +307,28 @@ class Editor(WSListener):
         seen = self.seen.get(wireframe_id)
         if seen is None:
             seen = self.seen[wireframe_id] = Seen()
-        seen.add(int(payload[seq_at + 12 : end]), self.tally)
+        outcome = seen.add(int(payload[seq_at + 12 : end]))
+        if outcome == DUPLICATE:
+            self.duplicated += 1
+            self.tally.duplicated += 1
+        elif outcome == OUT_OF_ORDER:
+            self.out_of_order += 1
+            self.tally.out_of_order += 1
+
+    def note_node(self, message: dict[str, Any]) -> None:
+        """Which worker serves this connection: a `node` in a frame or in its `data`."""
+        data = message.get("data")
+        node = message.get("node") or (data.get("node") if isinstance(data, dict) else None)
+        if isinstance(node, (str, int)):
+            self.node = str(node)
+
+    def lost(self, expected: dict[str, int]) -> int:
+        """What the writer committed to this editor's wireframes that never arrived."""
+        missing = 0
+        for wireframe_id in self.wireframes:
+            seen = self.seen.get(wireframe_id)
+            missing += max(0, expected.get(wireframe_id, 0) - (seen.count if seen else 0))
+        return missing
 
     # requests
 
@@ -257,10 +359,12 @@ class Editor(WSListener):
 
     def abort(self) -> None:
         """Vanish as a dropped network does: no close frame."""
+        self.leaving = True
         if self.transport is not None:
             self.transport.underlying_transport.abort()
 
     def close(self) -> None:
+        self.leaving = True
         if self.transport is not None and self.closed is not None and not self.closed.done():
             self.transport.send_close()
             self.transport.disconnect()
@@ -376,6 +480,8 @@ class Session:
             for e in job.editors
         ]
         self.dropped: list[int] = []
+        self.rejoining: dict[int, asyncio.Task[None]] = {}  # by id(editor)
+        self.rejoin_steps = Steps()
         self.process = psutil.Process()
         self.cpu_start = sum(self.process.cpu_times()[:2])
 
@@ -387,14 +493,100 @@ class Session:
             emit("progress", connected=self.connected(), received=self.tally.deliveries)
             await asyncio.sleep(PROGRESS_EVERY)
 
+    def nodes(self) -> dict[str, int]:
+        """How the connected editors spread over the gateway's workers, when they say."""
+        spread: dict[str, int] = {}
+        for editor in self.editors:
+            if editor.node is not None and editor.closed is not None and not editor.closed.done():
+                spread[editor.node] = spread.get(editor.node, 0) + 1
+        return spread
+
     async def open(self) -> None:
         started = time.perf_counter()
         steps = await open_all(self.job, self.editors, resume=False)
+        if self.job.follow:
+            for editor in self.editors:
+                editor.on_cut = self.cut
         emit(
             "ready",
             seconds=time.perf_counter() - started,
             connected=self.connected(),
             steps=steps.encoded(),
+            nodes=self.nodes(),
+        )
+
+    def cut(self, editor: Editor) -> None:
+        """The server cut this editor's connection: reconnect it (a cut while it is
+        still recovering continues the same outage)."""
+        if id(editor) in self.rejoining:
+            return
+        if not editor.outage.open:
+            editor.outage.begin(editor.node)
+        self.rejoining[id(editor)] = asyncio.get_running_loop().create_task(self.rejoin(editor))
+
+    async def rejoin(self, editor: Editor) -> None:
+        try:
+            while True:
+                await asyncio.sleep(backoff_delay(editor.outage.attempts))
+                editor.outage.attempts += 1
+                if await open_editor(self.job, editor, self.rejoin_steps, editor.position):
+                    editor.outage.back_at = time.time()
+                    return
+        finally:
+            self.rejoining.pop(id(editor), None)
+
+    async def stop_rejoining(self) -> None:
+        tasks = list(self.rejoining.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def window(self, open_: bool) -> None:
+        self.tally.window_open = open_
+        emit("armed" if open_ else "disarmed")
+
+    async def recovery(self, killed_at: float, node: str | None, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until every editor the killed worker held is back and caught up.
+
+        Those are the editors it served (`node`), or, when the gateway does not say
+        which worker serves a connection, those cut since the kill."""
+
+        def held() -> list[Editor]:
+            if node is None:
+                return [e for e in self.editors if (e.outage.cut_at or 0) >= killed_at]
+            return [
+                e
+                for e in self.editors
+                if (e.outage.node if (e.outage.cut_at or 0) >= killed_at else e.node) == node
+            ]
+
+        def recovered() -> bool:
+            editors = held()
+            return all(
+                (e.outage.cut_at or 0) >= killed_at and not e.outage.open for e in editors
+            ) and bool(editors or node is not None)
+
+        await wait_until(recovered, timeout)
+        editors = held()
+        cut = [e for e in editors if (e.outage.cut_at or 0) >= killed_at]
+        back = [e.outage.back_at - killed_at for e in cut if e.outage.back_at is not None]
+        caught_up = [
+            e.outage.caught_up_at - killed_at for e in cut if e.outage.caught_up_at is not None
+        ]
+        mine = {id(e) for e in editors}
+        others = [
+            e for e in self.editors if (e.outage.cut_at or 0) >= killed_at and id(e) not in mine
+        ]
+        emit(
+            "recovered",
+            held=len(editors),
+            cut=len(cut),
+            cut_elsewhere=len(others),
+            back_s=back,
+            caught_up_s=caught_up,
+            attempts=sum(e.outage.attempts for e in cut),
+            steps=self.rejoin_steps.encoded(),
+            nodes=self.nodes(),
         )
 
     def interval(self) -> None:
@@ -448,12 +640,11 @@ class Session:
             )
 
         drained = await wait_until(complete, drain_seconds)
-        lost = 0
+        await self.stop_rejoining()
+        lost = [editor.lost(expected) for editor in self.editors]
+        nodes = self.nodes()
         for editor in self.editors:
-            for wireframe_id in editor.wireframes:
-                seen = editor.seen.get(wireframe_id)
-                lost += max(0, expected.get(wireframe_id, 0) - (seen.count if seen else 0))
-        for editor in self.editors:
+            editor.on_cut = None
             editor.close()
         await wait_until(lambda: self.connected() == 0, 5.0)
         tally = self.tally
@@ -466,9 +657,15 @@ class Session:
             deliveries=tally.deliveries,
             bytes_by_entity=tally.bytes_by_entity,
             frames_by_entity=tally.frames_by_entity,
-            lost=lost,
+            lost=sum(lost),
             duplicated=tally.duplicated,
             out_of_order=tally.out_of_order,
+            editors_lost=sum(1 for count in lost if count),
+            editors_duplicated=sum(1 for e in self.editors if e.duplicated),
+            editors_out_of_order=sum(1 for e in self.editors if e.out_of_order),
+            latency_during=tally.during.encode().decode(),
+            latency_outside=tally.outside.encode().decode(),
+            nodes=nodes,
             resets=tally.resets,
             errors=tally.errors,
             closes={str(code): n for code, n in tally.closes.items()},
@@ -499,10 +696,17 @@ async def run() -> None:
                     session.drop(float(command["fraction"]))
                 case "resume":
                     await session.resume(command["targets"])
+                case "arm" | "disarm":
+                    session.window(command["cmd"] == "arm")
+                case "recovery":
+                    await session.recovery(
+                        float(command["killed_at"]), command.get("node"), float(command["timeout"])
+                    )
                 case "finish":
                     await session.finish(command["expected"], float(command["drain_seconds"]))
                     return
     finally:
+        await session.stop_rejoining()
         progress.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await progress

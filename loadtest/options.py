@@ -33,4 +33,5 @@ class Options:
     jwt_secret: str | None = None
     gateway_pid: int | None = None
     feed: str = "auto"
+    workers: int | None = None  # `serve --workers N`; None: plain `serve` (failover: 3)
     gateway_env: dict[str, str] = field(default_factory=dict)

@@ -133,11 +133,18 @@ def table(report: Report) -> str:
                 f"ramp {run.name}: {step['rate']:>8,.1f} commits/s  "
                 f"{step['deliveries_per_s']:>10,.0f} deliveries/s  arrived {step['arrived']:.3f}  "
                 f"p50 {figures['p50']:.1f} ms  p99 {figures['p99']:.1f} ms"
+                + cpu_line(step.get("cpu_percent", {}))
             )
     for name, value in report.ratios.items():
         lines.append(f"{name}: {value:.3f}")
     lines.extend(report.notes)
     return "\n".join(lines)
+
+
+def cpu_line(cpu: dict[str, float]) -> str:
+    if not cpu:
+        return ""
+    return "  cpu % " + " ".join(f"{name} {value:.0f}" for name, value in cpu.items())
 
 
 def plot(report: Report, path: Path) -> Path | None:

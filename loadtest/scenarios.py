@@ -6,21 +6,28 @@
 - storm: N editors connect, authenticate and subscribe with a snapshot all at once;
 - reconnect: a share of the editors drops mid-stream and resumes from its position;
 - idle: N subscribed editors doing nothing: memory per connection, CPU at rest;
-- reference: fanout through a bare websockets broadcast server (the ceiling).
+- reference: fanout through a bare websockets broadcast server (the ceiling);
+- failover: editors spread over the workers of `serve --workers 3`, one worker killed
+  mid-stream; its editors reconnect to the same URL and resume from their position.
+
+`--workers N` makes the started gateway `serve --workers N` in any scenario.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from loadtest import deployment as deployments
-from loadtest.deployment import Deployment
+from loadtest.deployment import Deployment, DeploymentError, worker_index
 from loadtest.editor_pool import merged
 from loadtest.options import Options
 from loadtest.population import Project, create_projects, create_users, tokens
@@ -36,6 +43,7 @@ from loadtest.streams import (
     open_stream,
     reference_server,
     result_figures,
+    spread,
     stream_gateway,
     stream_reference,
 )
@@ -55,7 +63,7 @@ async def target(options: Options) -> AsyncIterator[Deployment]:
             yield existing
     else:
         async with deployments.started(
-            options.database_url, options.feed, options.gateway_env
+            options.database_url, options.feed, options.gateway_env, options.workers
         ) as fresh:
             yield fresh
 
@@ -120,6 +128,8 @@ async def one_project(
 
 async def fanout(options: Options) -> Report:
     keys = ["subscribers", "rate", "duration", "wireframes", "client_procs"]
+    if options.workers is not None:
+        keys.append("workers")
     if options.ramp:
         keys += ["ramp_factor", "step_seconds", "p99_bound_ms"]
     report = Report("fanout", config_of(options, *keys))
@@ -302,6 +312,179 @@ async def idle(options: Options) -> Report:
     return report
 
 
+FAILOVER_WORKERS = 3
+KILL_AT = 0.35  # share of the writing done when the worker is killed
+REPLACED_POLL = 0.1
+
+
+@dataclass
+class Victim:
+    """The worker to kill, and the name its editors know it by (None: unknown)."""
+
+    pid: int
+    node: str | None
+
+
+def choose_victim(deployment: Deployment, nodes: dict[str, int]) -> Victim:
+    """The worker holding the most editors (any worker when the gateway does not say
+    which serves whom): its pid among the supervisor's children that listen."""
+    pids = deployment.worker_pids()
+    if not pids:
+        raise DeploymentError(
+            "failover kills a worker of `serve --workers N`: none listens on the gateway's "
+            "port among the children of its process on this host (--gateway-pid)"
+        )
+    by_index = {worker_index(pid): pid for pid in pids}
+    for node in sorted(nodes, key=lambda name: -nodes[name]):
+        pid = by_index.get(node.rsplit("_", 1)[-1])
+        if pid is not None:
+            return Victim(pid, node)
+    return Victim(pids[0], None)
+
+
+async def replaced(deployment: Deployment, victim: Victim, workers: int) -> float:
+    """Seconds from the kill until the supervisor's replacement listens (all `workers`
+    again, the victim not among them)."""
+    killed = time.monotonic()
+    while True:
+        pids = await asyncio.to_thread(deployment.worker_pids)
+        if len(pids) >= workers and victim.pid not in pids:
+            return round(time.monotonic() - killed, 3)
+        await asyncio.sleep(REPLACED_POLL)
+
+
+def seconds_figures(name: str, values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {f"{name} median (s)": None, f"{name} max (s)": None}
+    return {
+        f"{name} median (s)": round(statistics.median(values), 3),
+        f"{name} max (s)": round(max(values), 3),
+    }
+
+
+def recovery_figures(recovered: list[dict[str, Any]]) -> dict[str, Any]:
+    """The killed worker's editors: how many, how long until back and caught up."""
+    back = [value for event in recovered for value in event["back_s"]]
+    caught_up = [value for event in recovered for value in event["caught_up_s"]]
+    held = sum(event["held"] for event in recovered)
+    return {
+        "editors cut": sum(event["cut"] for event in recovered),
+        "editors cut on other workers": sum(event["cut_elsewhere"] for event in recovered),
+        "not recovered": held - len(caught_up),
+        "reconnect attempts": sum(event["attempts"] for event in recovered),
+        "failed reconnect attempts": connect_failures(recovered),
+        **seconds_figures("kill → reconnected", back),
+        **seconds_figures("kill → caught up", caught_up),
+        **rejoin_steps(recovered),
+        "editors per worker after": spread(recovered),
+    }
+
+
+def rejoin_steps(recovered: list[dict[str, Any]]) -> dict[str, str]:
+    """Where a reconnect's time went once it was attempted (the rest is the backoff)."""
+    figures: dict[str, str] = {}
+    for step in ("connect", "auth", "subscribe"):
+        latency = latency_ms(merged([event["steps"][step] for event in recovered]))
+        figures[f"reconnect {step} p50/max (ms)"] = f"{latency['p50']}/{latency['max']}"
+    return figures
+
+
+def window_latency(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Latency of the deliveries inside the failover window (kill → every cut editor
+    caught up) and outside it."""
+    figures: dict[str, float] = {}
+    for window in ("during", "outside"):
+        latency = latency_ms(merged([r[f"latency_{window}"] for r in results]))
+        for name in ("p50", "p99", "max"):
+            figures[f"latency {window} failover {name} (ms)"] = latency[name]
+    return figures
+
+
+async def failover(options: Options) -> Report:
+    """Kill one of the gateway's workers (SIGKILL) while the writer streams: the editors
+    it held reconnect to the same URL by themselves, land on another worker (or its
+    replacement) and resume from their last position; nothing may be lost, repeated or
+    reordered for any editor."""
+    workers = options.workers or FAILOVER_WORKERS
+    options = replace(options, workers=workers)
+    report = Report(
+        "failover",
+        config_of(options, "subscribers", "rate", "duration", "workers", "client_procs"),
+    )
+    async with target(options) as deployment:
+        projects, editors, owner = await one_project(deployment, options)
+        wireframes = [w for project in projects for w in project.wireframes]
+        writer = Writer(deployment.database_url, wireframes, str(owner))
+        await writer.open()
+        processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
+        stream, ready = await open_stream(
+            "failover", deployment.url, "gateway", editors, options, processes, follow=True
+        )
+        replacing: asyncio.Future[float] | None = None
+        try:
+            nodes = spread(ready)
+            victim = choose_victim(deployment, nodes)
+            stream.start_usage()
+            started = time.time()
+            writing = asyncio.ensure_future(writer.run(options.rate, options.duration))
+            try:
+                await stream.progress.during(asyncio.sleep(options.duration * KILL_AT))
+                await stream.pool.gather({"cmd": "arm"}, "armed", STEP_TIMEOUT)
+                meter = stream.cpu_meter()
+                killed_at = time.time()
+                os.kill(victim.pid, signal.SIGKILL)
+                replacing = asyncio.ensure_future(replaced(deployment, victim, workers))
+                # Catching up shows at the first change committed after the reconnect:
+                # past the writing's end it cannot.
+                timeout = options.duration * (1 - KILL_AT) + 2.0
+                command = {
+                    "cmd": "recovery",
+                    "killed_at": killed_at,
+                    "node": victim.node,
+                    "timeout": timeout,
+                }
+                recovered = await stream.progress.during(
+                    stream.pool.gather(command, "recovered", timeout + STEP_TIMEOUT)
+                )
+                window_s = time.time() - killed_at
+                window_cpu = meter.stop()
+                await stream.pool.gather({"cmd": "disarm"}, "disarmed", STEP_TIMEOUT)
+                await stream.progress.during(writing)
+            finally:
+                writing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writing
+            usage = stream.usage_figures()  # before the editors' processes exit
+            results = await finish(stream, writer.seqs(), options)
+            stream.progress.done()
+            measured, latency, series = result_figures(results, started)
+            replacement = replacing.result() if replacing.done() else None
+            figures: dict[str, Any] = {
+                "editors": len(editors),
+                "connect_failures": connect_failures(ready),
+                "workers": workers,
+                "editors per worker": nodes,
+                "killed worker": victim.node or f"pid {victim.pid}",
+                **recovery_figures(recovered),
+                "failover window (s)": round(window_s, 3),
+                "cpu % in the window": window_cpu,
+                "replacement listening after (s)": replacement,
+                **measured,
+                **window_latency(results),
+                "commits": writer.writes.total,
+                **usage,
+            }
+            report.runs.append(Run("gateway", figures, latency, series))
+        finally:
+            if replacing is not None:
+                replacing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await replacing
+            await stream.pool.stop()
+            await writer.close()
+    return report
+
+
 SCENARIOS = {
     "fanout": fanout,
     "projects": projects,
@@ -309,4 +492,5 @@ SCENARIOS = {
     "reconnect": reconnect,
     "idle": idle,
     "reference": reference,
+    "failover": failover,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
 import uuid
@@ -21,7 +22,7 @@ from loadtest.editors import PROGRESS_EVERY
 from loadtest.options import Options
 from loadtest.population import Project
 from loadtest.report import Run, latency_ms
-from loadtest.usage import Usage
+from loadtest.usage import CpuMeter, Usage
 from loadtest.writer import Writer
 
 READY_TIMEOUT = 600.0  # connecting 10,000 editors on a busy 2-core machine
@@ -96,6 +97,11 @@ class Stream:
         for usage in self.processes.values():
             usage.start()
 
+    def cpu_meter(self) -> CpuMeter:
+        """CPU from now on of the processes measured, this one (the writer), and the
+        rest of the machine."""
+        return CpuMeter({**self.processes, "writer": Usage(os.getpid(), children=False)})
+
     def usage_figures(self) -> dict[str, Any]:
         figures: dict[str, Any] = {}
         for name, usage in self.processes.items():
@@ -116,7 +122,10 @@ async def open_stream(
     *,
     snapshot: bool = False,
     connect_concurrency: int | None = None,
+    follow: bool = False,
 ) -> tuple[Stream, list[dict[str, Any]]]:
+    """Start the editors and wait until they are connected. The gateway's CPU and memory
+    are its process and all its children (a supervisor's workers), added up."""
     pool = await EditorPool.start(
         url,
         protocol,
@@ -124,12 +133,13 @@ async def open_stream(
         options.client_procs,
         snapshot=snapshot,
         connect_concurrency=connect_concurrency or options.connect_concurrency,
+        follow=follow,
     )
     progress = Progress(pool, len(editors), f"{name} connecting")
     ready = await pool.ready(READY_TIMEOUT, progress.tick)
     progress.done()
     usage = {
-        "gateway": Usage(*known(processes.get("gateway")), children=False),
+        "gateway": Usage(*known(processes.get("gateway")), children=True),
         "postgres": Usage(*known(processes.get("postgres")), children=True),
         "editors": Usage(*(p.process.pid for p in pool.processes), children=False),
     }
@@ -145,6 +155,15 @@ def known(pid: int | None) -> tuple[int, ...]:
 
 def connect_failures(ready: list[dict[str, Any]]) -> int:
     return sum(sum(event["steps"]["failures"].values()) for event in ready)
+
+
+def spread(events: list[dict[str, Any]]) -> dict[str, int]:
+    """Editors per gateway worker (as the gateway names them in `auth`'s reply), all
+    editor processes added up, in the workers' order; empty if the gateway does not say."""
+    nodes: Counter[str] = Counter()
+    for event in events:
+        nodes.update(event.get("nodes", {}))
+    return dict(sorted(nodes.items()))
 
 
 def result_figures(
@@ -170,6 +189,9 @@ def result_figures(
         "lost": sum(r["lost"] for r in results),
         "duplicated": sum(r["duplicated"] for r in results),
         "out_of_order": sum(r["out_of_order"] for r in results),
+        "editors_lost": sum(r["editors_lost"] for r in results),
+        "editors_duplicated": sum(r["editors_duplicated"] for r in results),
+        "editors_out_of_order": sum(r["editors_out_of_order"] for r in results),
         "resets": sum(r["resets"] for r in results),
         "slow_consumer_closes": sum(r["slow_consumer_closes"] for r in results),
         "other_closes": {k: v for k, v in closes.items() if k != "4008"},
@@ -227,7 +249,8 @@ async def ramp_steps(
 ) -> tuple[list[dict[str, Any]], float]:
     """Raise the rate step by step until a step is not sustained: its p99 passes the
     bound, or fewer than 90% of the frames it offered arrived within the step (the
-    first step tells how many frames a commit sends each editor). The best step's rate."""
+    first step tells how many frames a commit sends each editor). The best step's rate.
+    Each step says who used the CPU (and how much went to other work on the machine)."""
     steps: list[dict[str, Any]] = []
     rate = options.rate
     sustained = 0.0
@@ -235,6 +258,7 @@ async def ramp_steps(
     for _ in range(options.max_steps):
         before = stream.pool.received
         started = time.monotonic()
+        meter = stream.cpu_meter()
         await stream.progress.during(commit(rate, options.step_seconds))
         elapsed = time.monotonic() - started
         offered_commits = int(rate * options.step_seconds) * stream.editors
@@ -251,6 +275,7 @@ async def ramp_steps(
             "deliveries_per_s": round(received / elapsed, 1),
             "arrived": round(arrived, 3),
             "latency_ms": latency_ms(latency),
+            "cpu_percent": meter.stop(),
         }
         steps.append(step)
         if step["latency_ms"]["p99"] > options.p99_bound_ms or arrived < 0.9:
@@ -276,6 +301,8 @@ async def measure(
         "editors": stream.editors,
         "connect_failures": connect_failures(ready),
     }
+    if spread(ready):
+        figures["editors per worker"] = spread(ready)
     if options.ramp:
         steps, sustained = await ramp_steps(stream, commit, options)
         figures["ramp"] = steps
@@ -366,6 +393,10 @@ async def stream_reference(options: Options, frames: list[dict[str, Any]], edito
             )
             figures["commits"] = sum(commits.values())
             figures = {k.replace("gateway", "server"): v for k, v in figures.items()}
+            for step in figures.get("ramp", []):
+                step["cpu_percent"] = {
+                    k.replace("gateway", "server"): v for k, v in step["cpu_percent"].items()
+                }
             return Run("reference", figures, latency, series)
         finally:
             await stream.pool.stop()
@@ -397,7 +428,7 @@ async def idle_run(
 ) -> Run:
     """Connect the editors and let them sit: the server's memory per connection (its
     growth over the baseline before they came) and everyone's CPU at rest."""
-    server = Usage(*known(processes.get("gateway")), children=False)
+    server = Usage(*known(processes.get("gateway")), children=True)
     baseline = server.memory_now()
     stream, ready = await open_stream(name, url, protocol, editors, options, processes)
     try:

@@ -67,11 +67,53 @@ class Usage:
         processes = tree(self.pids, self.children)
         if not processes:
             return None
+        memory = memory_bytes(processes, proportional=self.children)
+        return Sample(cpu_percent=self.cpu_percent(processes), memory_mb=memory / 2**20)
+
+    def cpu_percent(self, processes: list[psutil.Process] | None = None) -> float:
+        """Since `start`; a process that started since counts from its beginning, one
+        that ended since is missing."""
+        if processes is None:
+            processes = tree(self.pids, self.children)
         elapsed = max(time.monotonic() - self.started, 1e-6)
         now = cpu_seconds(processes)
         used = sum(seconds - self.cpu.get(pid, 0.0) for pid, seconds in now.items())
-        memory = memory_bytes(processes, proportional=self.children)
-        return Sample(cpu_percent=100.0 * used / elapsed, memory_mb=memory / 2**20)
+        return 100.0 * used / elapsed
 
     def memory_now(self) -> int:
         return memory_bytes(tree(self.pids, self.children), proportional=self.children)
+
+
+def machine_seconds() -> tuple[float, float]:
+    """CPU time all cores of this machine spent so far: in processes, and in interrupts
+    (the kernel's network processing, loopback included, is mostly softirq, which no
+    process is charged for)."""
+    times = psutil.cpu_times()
+    interrupts = getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return float(sum(times) - idle - interrupts), float(interrupts)
+
+
+class CpuMeter:
+    """CPU of each group of processes over one interval, of the kernel's interrupt work
+    (`irq`) and of every other process on the machine (`others`: on a shared machine,
+    what a figure competed with), in percent of one core."""
+
+    def __init__(self, groups: dict[str, Usage]) -> None:
+        self.groups = {
+            name: Usage(*usage.pids, children=usage.children) for name, usage in groups.items()
+        }
+        for usage in self.groups.values():
+            usage.start()
+        self.started = time.monotonic()
+        self.machine = machine_seconds()
+
+    def stop(self) -> dict[str, float]:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        processes, interrupts = (
+            100.0 * (now - then) / elapsed
+            for now, then in zip(machine_seconds(), self.machine, strict=True)
+        )
+        figures = {name: round(usage.cpu_percent(), 1) for name, usage in self.groups.items()}
+        others = max(0.0, processes - sum(figures.values()))
+        return {**figures, "irq": round(interrupts, 1), "others": round(others, 1)}

@@ -63,8 +63,13 @@ def feed_kind() -> str:
 
 
 def slot_for(dsn: str) -> str:
-    """A replication slot name of the test's own (slots are per server, not database)."""
+    """A replication slot prefix of the test's own (slots are per server, not database)."""
     return "gw_" + urlsplit(dsn).path.lstrip("/")
+
+
+def worker_slot(dsn: str, index: int = 0) -> str:
+    """The slot worker `index` of the default node reads, with the prefix of slot_for."""
+    return f"{slot_for(dsn)}_gateway_{index}"
 
 
 @pytest.fixture

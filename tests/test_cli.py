@@ -19,7 +19,7 @@ from db.migrations import load_migrations
 from db.replication_stream import ReplicationStream
 from gateway.tokens import verify_token
 from tests.conftest import PUBLICATION, PostgresServer, drop_replication_slots
-from tests.gateway_fixtures import slot_for
+from tests.gateway_fixtures import slot_for, worker_slot
 from tests.support import ServeProcess, cli_env, http_get, run_cli
 
 SECRET = "test-secret-with-at-least-32-bytes-of-entropy"
@@ -183,7 +183,7 @@ async def test_serve_on_an_external_database_reports_readiness_and_leaves_it_run
 
     serving = await ServeProcess.start(env)
     try:
-        await serving.wait_for_log("feed=replication slot=sitebuilder_gateway")
+        await serving.wait_for_log("feed=replication slot=sitebuilder_gateway_0")
         ready = await http_get(serving.port, "/readyz")
         assert ready.status == 200
         assert "feed=replication" in ready.body
@@ -229,12 +229,12 @@ async def test_schema_prints_the_json_schema_of_every_frame() -> None:
 
 
 async def test_slot_status_and_drop(database_dsn: str) -> None:
-    slot = slot_for(database_dsn)
-    env = cli_env(database_url=database_dsn, replication_slot=slot)
+    slot = worker_slot(database_dsn)
+    env = cli_env(database_url=database_dsn, replication_slot=slot_for(database_dsn))
     status, out, _ = await run_cli("slot", "status", env=env)
     assert (status, out.strip()) == (
         0,
-        f"no slot {slot} (the replication feed creates it on start)",
+        "no slots of node gateway (the feed creates them on start)",
     )
 
     stream = ReplicationStream(database_dsn, slot, PUBLICATION)
@@ -242,7 +242,7 @@ async def test_slot_status_and_drop(database_dsn: str) -> None:
         await asyncio.wait_for(stream.connect(), 10)
         await asyncio.wait_for(stream.ensure_slot(), 10)
         await asyncio.wait_for(stream.start(), 10)
-        status, out, _ = await run_cli("slot", "status", env=env)
+        status, out, _ = await run_cli("slot", "status", "--worker", "0", env=env)
         assert status == 0
         lines = dict(line.split(None, 1) for line in out.strip().splitlines())
         assert lines["slot"] == slot
@@ -257,5 +257,8 @@ async def test_slot_status_and_drop(database_dsn: str) -> None:
         assert (status, out.strip()) == (0, f"dropped slot {slot}")
     finally:
         await asyncio.wait_for(stream.close(), 10)
-    status, out, _ = await run_cli("slot", "drop", env=env)
-    assert (status, out.strip()) == (0, f"no slot {slot}")
+    status, out, _ = await run_cli("slot", "drop", "--worker", "0", env=env)
+    assert (status, out.strip()) == (
+        0,
+        f"no slot {slot} (the feed creates it on start)",
+    )

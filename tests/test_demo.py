@@ -72,7 +72,11 @@ async def test_a_demo_token_signs_in_as_that_user_who_can_edit_the_demo_project(
     client = await open_client(gateway_url(demo_gateway))
     try:
         ok = await client.request({"type": "auth", "token": issued["token"]})
-        assert ok["data"] == {"user_id": issued["user_id"], "expires_at": issued["expires_at"]}
+        assert ok["data"] == {
+            "user_id": issued["user_id"],
+            "expires_at": issued["expires_at"],
+            "node": "gateway_0",
+        }
         subscribed, snapshot = await client.subscribe(DEMO_PROJECT_ID)
         assert subscribed["data"]["access"] == "read_write"
         assert snapshot is not None

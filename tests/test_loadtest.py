@@ -8,6 +8,7 @@ once and in order, the report was written, and nothing was left running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,18 @@ TOY = ["--subscribers", "12", "--users", "4", "--rate", "10", "--duration", "2"]
 
 
 def bench_processes() -> set[int]:
-    """Editor and reference-server processes of any benchmark on this machine."""
+    """Editor and reference-server processes of any benchmark on this machine, and
+    gateway processes a benchmark started (their slots are named `bench_…`)."""
     found = set()
     for process in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or [])
         if "loadtest.editors" in cmdline or "loadtest.reference_server" in cmdline:
             found.add(process.info["pid"])
+        elif "gateway.worker" in cmdline or "gateway.cli serve" in cmdline:
+            with contextlib.suppress(psutil.Error):
+                slot = process.environ().get("SITEBUILDER_REPLICATION_SLOT", "")
+                if slot.startswith("bench_"):
+                    found.add(process.info["pid"])
     return found
 
 
@@ -52,7 +59,7 @@ async def bench(tmp_path: Path, database_dsn: str, *args: str) -> dict[str, Any]
     )
     assert status == 0, stderr.decode()[-3000:]
     assert "==" in stdout.decode(), "the table was printed"
-    assert bench_processes() - before == set(), "an editor or reference process was left behind"
+    assert bench_processes() - before == set(), "a process of the benchmark was left behind"
     conn = await asyncpg.connect(database_dsn)
     try:
         slots = await conn.fetchval(
@@ -112,8 +119,61 @@ async def test_fanout_ramp_reports_steps(tmp_path: Path, database_dsn: str) -> N
         assert [step["rate"] for step in run["ramp"]] == [10.0, 15.0]
         assert run["sustained_deliveries_per_s"] > 0
         assert run["frames"]["wireframe"] == run["commits"] * 12
+    # each step says who used the CPU, and how much went to the rest of the machine
+    gateway, reference = report["runs"]
+    for step in gateway["ramp"]:
+        assert {"gateway", "editors", "writer", "irq", "others"} <= set(step["cpu_percent"])
+    for step in reference["ramp"]:
+        assert set(step["cpu_percent"]) == {"server", "editors", "writer", "irq", "others"}
     assert report["ratio_throughput"] > 0
     assert report["ratio_p99_at_rate"] == 15.0
+
+
+async def test_fanout_over_workers_counts_every_delivery(tmp_path: Path, database_dsn: str) -> None:
+    report = await bench(tmp_path, database_dsn, "fanout", *TOY, "--workers", "2")
+    (gateway,) = report["runs"]
+    assert_exact(gateway)
+    assert report["config"]["workers"] == 2
+    # every editor says which worker serves it; both workers serve some
+    assert sum(gateway["editors per worker"].values()) == 12
+    assert len(gateway["editors per worker"]) == 2
+    assert gateway["frames"]["wireframe"] == gateway["commits"] * 12
+    assert gateway["frames"]["version"] == gateway["commits"] * 12
+
+
+async def test_failover_resumes_the_killed_workers_editors(
+    tmp_path: Path, database_dsn: str
+) -> None:
+    report = await bench(
+        tmp_path,
+        database_dsn,
+        "failover",
+        "--subscribers",
+        "24",
+        "--users",
+        "4",
+        "--rate",
+        "10",
+        "--duration",
+        "4",
+    )
+    (gateway,) = report["runs"]
+    assert_exact(gateway)
+    assert gateway["editors_lost"] == 0
+    assert gateway["editors_duplicated"] == 0
+    assert gateway["editors_out_of_order"] == 0
+    assert gateway["workers"] == 3
+    spread = gateway["editors per worker"]
+    assert sum(spread.values()) == 24
+    # the killed worker's editors, and only they, were cut; all came back and caught up
+    assert gateway["editors cut"] == spread[gateway["killed worker"]] > 0
+    assert gateway["editors cut on other workers"] == 0
+    assert gateway["not recovered"] == 0
+    assert gateway["kill → caught up max (s)"] is not None
+    assert sum(gateway["editors per worker after"].values()) == 24
+    assert gateway["frames"]["wireframe"] == gateway["commits"] * 24
+    assert gateway["latency during failover p50 (ms)"] > 0
+    assert (tmp_path / "report.png").stat().st_size > 0
 
 
 async def test_projects_spread_writes(tmp_path: Path, database_dsn: str) -> None:
@@ -197,5 +257,14 @@ async def test_the_gateway_command_runs_the_benchmark() -> None:
     status, stdout, _ = await run_module("gateway.cli", "bench", "--help")
     assert status == 0
     assert b"--with-reference" in stdout
-    for scenario in (b"fanout", b"projects", b"storm", b"reconnect", b"idle", b"reference"):
+    assert b"--workers" in stdout
+    for scenario in (
+        b"fanout",
+        b"projects",
+        b"storm",
+        b"reconnect",
+        b"idle",
+        b"reference",
+        b"failover",
+    ):
         assert scenario in stdout

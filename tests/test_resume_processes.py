@@ -39,6 +39,7 @@ from tests.gateway_fixtures import (
     make_sitemap,
     open_client,
     slot_for,
+    worker_slot,
 )
 from tests.support import REPO_ROOT, ServeProcess, cli_env
 
@@ -572,7 +573,7 @@ async def test_snapshot_position_resumes_after_a_graceful_restart(
     project = await make_project(conn, owner)
     sitemap = await make_sitemap(conn, project)
     env = serve_env(tmp_path, database_dsn)
-    slot = slot_for(database_dsn)
+    slot = worker_slot(database_dsn)
     ledger = Ledger()
     offline, watcher = Tab("offline", owner, project), Tab("watcher", owner, project)
     first: Gateway | None = None

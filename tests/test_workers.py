@@ -1,0 +1,382 @@
+"""`serve --workers N` as a user runs it: one port, N real worker processes, a supervisor.
+
+Clients connect through the one port and land on different workers (the auth reply
+names the worker). Each worker reads its own replication slot, so every client must
+still receive every committed change exactly once, in order; when a worker is killed
+its clients reconnect to the same port, land wherever the kernel sends them, and
+resume from their last position with nothing lost or repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+from tests.conftest import UserFactory
+from tests.gateway_fixtures import (
+    TIMEOUT,
+    WsClient,
+    make_project,
+    make_sitemap,
+    open_client,
+    slot_for,
+    worker_slot,
+)
+from tests.support import http_get, run_cli
+from tests.test_resume_processes import (
+    DELIVERY_TIMEOUT,
+    Gateway,
+    Ledger,
+    Tab,
+    _follow_all,
+    _gather,
+    assert_exactly_the_commits,
+    discard,
+    expect_reset_and_snapshot,
+    is_change,
+    kill_gateway,
+    project_named,
+    retitle,
+    serve_env,
+    start_gateway,
+    stop_gateway,
+    write,
+)
+
+WORKERS = 3
+TABS = 12  # on 3 workers, all on one would happen once in 177,000 runs
+SITEMAPS = 4
+WRITERS = 3
+BURST = 1500
+TAIL = 30
+STOP_AT = 150
+POLL_SECONDS = 0.05
+STARTED = re.compile(r"worker (?P<index>\d+) started \(pid (?P<pid>\d+)\)")
+
+
+@dataclass
+class WorkerTab(Tab):
+    """A tab that remembers which worker each of its connections landed on."""
+
+    nodes: list[str] = field(default_factory=list)
+
+    async def open(self, url: str) -> WsClient:
+        self.client = await open_client(url)
+        reply = await self.client.auth(self.user)
+        self.nodes.append(reply["data"]["node"])
+        return self.client
+
+
+def worker_pids(gateway: Gateway) -> dict[int, int]:
+    """The latest pid of each worker index, from the supervisor's log."""
+    return {int(m["index"]): int(m["pid"]) for m in STARTED.finditer(gateway.log())}
+
+
+async def logged(gateway: Gateway, pattern: str) -> str:
+    """The first line of the gateway's log matching `pattern`, once it is there (the
+    log is read by a background task: this watches what it collected)."""
+    for _ in range(int(TIMEOUT / POLL_SECONDS)):
+        for line in gateway.serving.log:
+            if re.search(pattern, line):
+                return line
+        await asyncio.sleep(POLL_SECONDS)
+    raise AssertionError(f"not logged: {pattern!r}\n{gateway.log()}")
+
+
+async def metric(port: int, name: str) -> float:
+    body = (await http_get(port, "/metrics")).body
+    match = re.search(rf"^{name} (\S+)$", body, re.MULTILINE)
+    assert match is not None, body
+    return float(match[1])
+
+
+async def slots(conn: asyncpg.Connection) -> dict[str, bool]:
+    rows = await asyncio.wait_for(
+        conn.fetch(
+            "SELECT slot_name, active FROM pg_replication_slots WHERE database = current_database()"
+        ),
+        TIMEOUT,
+    )
+    return {row["slot_name"]: row["active"] for row in rows}
+
+
+async def until_inactive(conn: asyncpg.Connection, names: list[str]) -> dict[str, bool]:
+    """The slots once none is active: a stopped worker's walsender exits just after it."""
+    for _ in range(int(TIMEOUT / POLL_SECONDS)):
+        found = await slots(conn)
+        if not any(found.values()):
+            break
+        await asyncio.sleep(POLL_SECONDS)
+    return found
+
+
+async def test_clients_on_three_workers_get_every_change_once_across_a_killed_worker(
+    tmp_path: Path, database_dsn: str, conn: asyncpg.Connection, make_user: UserFactory
+) -> None:
+    owner = await make_user()
+    project = await make_project(conn, owner, name="Bakery")
+    sitemaps = [await make_sitemap(conn, project, f"S{i}") for i in range(SITEMAPS)]
+    env = serve_env(tmp_path, database_dsn, workers=str(WORKERS))
+    tabs = [WorkerTab(f"tab-{n}", owner, project) for n in range(TABS)]
+    ledger = Ledger(stop_at=STOP_AT)
+    gateway: Gateway | None = None
+    writers: asyncio.Future[list[None]] | None = None
+    readers: list[asyncio.Task[str]] = []
+    try:
+        gateway = await start_gateway(env)
+        for tab in tabs:
+            await tab.subscribe(gateway.url)
+        landed = Counter(tab.nodes[0] for tab in tabs)
+        assert len(landed) > 1, landed
+        assert set(landed) <= {f"gateway_{i}" for i in range(WORKERS)}
+        assert await metric(gateway.serving.port, "sitebuilder_connections") == TABS
+        snapshot_versions = {s["id"]: s["version"] for s in tabs[0].snapshot["sitemaps"]}  # type: ignore[index]
+
+        readers = _follow_all(tabs, project_named("marker"), DELIVERY_TIMEOUT)
+        writers = asyncio.gather(
+            *(write(database_dsn, sitemaps, w, BURST // WRITERS, ledger) for w in range(WRITERS))
+        )
+        waits = [ledger.reached.wait(), *(t.enough.wait() for t in tabs)]
+        await asyncio.wait_for(asyncio.gather(*waits), 30)
+        victim_node, _ = landed.most_common(1)[0]
+        victim = int(victim_node.rsplit("_", 1)[1])
+        victim_pid = worker_pids(gateway)[victim]
+        os.kill(victim_pid, signal.SIGKILL)
+        on_victim = [n for n, tab in enumerate(tabs) if tab.nodes[0] == victim_node]
+        lost = await _gather([readers[n] for n in on_victim], TIMEOUT)
+        assert lost == ["closed"] * len(on_victim)
+        assert len(ledger) < BURST, "the writers were done before the worker went"
+        for n in on_victim:
+            tab = tabs[n]
+            tab.updates_before_stop = tab.updates
+            reply = await tab.resume(gateway.url, ledger.__len__)
+            assert reply["data"]["resumed"] is True, (tab.name, tab.position, gateway.log())
+            assert tab.committed_at_resume > tab.updates_before_stop  # it did miss some
+            readers[n] = asyncio.create_task(tab.follow(project_named("marker"), DELIVERY_TIMEOUT))
+
+        await asyncio.wait_for(writers, DELIVERY_TIMEOUT)
+        for n in range(TAIL):
+            await retitle(conn, sitemaps[n % SITEMAPS], f"tail-{n}", ledger)
+        await asyncio.wait_for(
+            conn.execute("UPDATE projects SET name = 'marker' WHERE id = $1", project), TIMEOUT
+        )
+        assert await _gather(readers, DELIVERY_TIMEOUT) == ["done"] * TABS
+
+        await logged(gateway, rf"worker {victim} \(pid {victim_pid}\) exited")
+        await logged(gateway, rf"worker {victim} listens again")
+        assert worker_pids(gateway)[victim] != victim_pid
+        # Every worker's connections, the dead one's gone: the kernel balanced the
+        # reconnections, the merged gauge counts each tab once.
+        assert await metric(gateway.serving.port, "sitebuilder_connections") == TABS
+
+        pids = list(worker_pids(gateway).values())
+        assert await stop_gateway(gateway) == 0, gateway.log()
+        assert not any(psutil.pid_exists(pid) for pid in pids)
+        assert gateway.log().count("gateway.app: stopped") == WORKERS
+        assert "gateway.supervisor: stopped" in gateway.log()
+    finally:
+        for reader in readers:
+            reader.cancel()
+        if writers is not None:
+            writers.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(writers, TIMEOUT)
+        for tab in tabs:
+            await tab.close()
+        await discard(gateway)
+
+    assert len(ledger) == BURST + TAIL
+    for tab in tabs:
+        assert tab.others == []  # no reset, no second snapshot, no error
+        assert_exactly_the_commits(tab, ledger, snapshot_versions)
+
+
+async def test_fewer_workers_drop_the_slots_of_the_others_at_start_and_by_prune(
+    tmp_path: Path, database_dsn: str, conn: asyncpg.Connection
+) -> None:
+    env = serve_env(tmp_path, database_dsn, workers="3")
+    names = [worker_slot(database_dsn, i) for i in range(3)]
+    gateway: Gateway | None = None
+    try:
+        gateway = await start_gateway(env)
+        assert await slots(conn) == dict.fromkeys(names, True)
+        assert await stop_gateway(gateway) == 0, gateway.log()
+        assert await until_inactive(conn, names) == dict.fromkeys(names, False)  # kept
+
+        gateway = await start_gateway({**env, "SITEBUILDER_WORKERS": "2"})
+        assert f"dropped replication slot {names[2]}" in gateway.log()
+        assert await slots(conn) == dict.fromkeys(names[:2], True)
+        status, _, err = await run_cli("slot", "prune", "--workers", "1", env=env)
+        assert status == 1
+        assert f"slot {names[1]} in use" in err
+        status, out, _ = await run_cli("slot", "status", env=env)
+        assert status == 0
+        assert re.findall(r"^slot +(\S+)$", out, re.MULTILINE) == names[:2]
+        assert await stop_gateway(gateway) == 0, gateway.log()
+    finally:
+        await discard(gateway)
+
+    assert await until_inactive(conn, names) == dict.fromkeys(names[:2], False)
+    status, out, err = await run_cli("slot", "prune", "--workers", "1", env=env)
+    assert (status, out.strip()) == (0, f"dropped slot {names[1]}"), err
+    assert await slots(conn) == {names[0]: False}
+    status, out, _ = await run_cli("slot", "prune", "--workers", "1", env=env)
+    assert (status, out.strip()) == (0, "no slots of node gateway beyond 1 workers")
+
+
+async def test_a_second_node_with_the_same_name_exits_naming_the_clash(
+    tmp_path: Path, database_dsn: str
+) -> None:
+    env = serve_env(tmp_path, database_dsn, slot_wait_seconds="0.5")
+    gateway: Gateway | None = None
+    try:
+        gateway = await start_gateway(env)
+        status, _, err = await run_cli("serve", "--port", "0", env=env)
+        assert status == 1
+        assert f"replication slot {worker_slot(database_dsn)} is in use" in err
+        assert "SITEBUILDER_NODE_NAME=gateway" in err
+        assert "Traceback" not in err
+        assert (await http_get(gateway.serving.port, "/readyz")).status == 200
+    finally:
+        await discard(gateway)
+
+
+async def test_sigttin_adds_a_worker_and_sigttou_removes_it_with_its_slot(
+    tmp_path: Path, database_dsn: str, conn: asyncpg.Connection, make_user: UserFactory
+) -> None:
+    user = await make_user()
+    env = serve_env(tmp_path, database_dsn, workers="2")
+    names = [worker_slot(database_dsn, i) for i in range(3)]
+    gateway: Gateway | None = None
+    try:
+        gateway = await start_gateway(env)
+        supervisor = gateway.serving.process
+        supervisor.send_signal(signal.SIGTTIN)
+        await logged(gateway, r"worker gateway_2 ready")
+        assert await slots(conn) == dict.fromkeys(names, True)
+        assert await metric(gateway.serving.port, "sitebuilder_feed_up") == 1
+
+        supervisor.send_signal(signal.SIGTTOU)
+        await logged(gateway, rf"dropped replication slot {names[2]} of removed")
+        assert await slots(conn) == dict.fromkeys(names[:2], True)
+        nodes = set()
+        for _ in range(8):  # whichever worker the kernel picks, never the removed one
+            client = await open_client(gateway.url)
+            nodes.add((await client.auth(user))["data"]["node"])
+            await client.close()
+        assert nodes <= {"gateway_0", "gateway_1"}
+        assert await stop_gateway(gateway) == 0, gateway.log()
+    finally:
+        await discard(gateway)
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(
+    tmp_path: Path, database_dsn: str, conn: asyncpg.Connection
+) -> None:
+    env = serve_env(tmp_path, database_dsn, workers="2")
+    gateway: Gateway | None = None
+    try:
+        gateway = await start_gateway(env)
+        workers = [psutil.Process(pid) for pid in worker_pids(gateway).values()]
+        gateway.serving.kill()
+        _, alive = await asyncio.to_thread(psutil.wait_procs, workers, TIMEOUT)
+        assert alive == []
+        # They shut down gracefully: their slots are let go, ready for the next start.
+        names = [worker_slot(database_dsn, i) for i in range(2)]
+        assert await until_inactive(conn, names) == dict.fromkeys(names, False)
+    finally:
+        await discard(gateway)
+
+
+async def test_a_client_of_a_killed_node_resumes_on_another_node_with_exactly_the_commits(
+    tmp_path: Path, database_dsn: str, conn: asyncpg.Connection, make_user: UserFactory
+) -> None:
+    owner = await make_user()
+    project = await make_project(conn, owner)
+    sitemaps = [await make_sitemap(conn, project, f"S{i}") for i in range(2)]
+    alpha_env = serve_env(tmp_path / "alpha", database_dsn, node_name="alpha")
+    beta_env = serve_env(tmp_path / "beta", database_dsn, node_name="beta")
+    tab = WorkerTab("tab", owner, project)
+    ledger = Ledger(stop_at=BURST)
+    alpha: Gateway | None = None
+    beta: Gateway | None = None
+    try:
+        alpha = await start_gateway(alpha_env)
+        beta = await start_gateway(beta_env)
+        prefix = slot_for(database_dsn)
+        assert await slots(conn) == {f"{prefix}_alpha_0": True, f"{prefix}_beta_0": True}
+        await tab.subscribe(alpha.url)
+        assert tab.snapshot is not None
+        snapshot_versions = {s["id"]: s["version"] for s in tab.snapshot["sitemaps"]}
+        for n in range(20):
+            await retitle(conn, sitemaps[n % 2], f"before-{n}", ledger)
+        assert await tab.follow(lambda f: len(tab.sitemap_updates()) == 20, TIMEOUT) == "done"
+
+        assert await kill_gateway(alpha) == -signal.SIGKILL
+        assert await tab.follow(lambda f: False, TIMEOUT) == "closed"
+        for n in range(30):  # while the tab is away
+            await retitle(conn, sitemaps[n % 2], f"away-{n}", ledger)
+        reply = await tab.resume(beta.url, ledger.__len__)
+        assert reply["data"]["resumed"] is True, beta.log()
+        for n in range(10):
+            await retitle(conn, sitemaps[n % 2], f"after-{n}", ledger)
+        await asyncio.wait_for(
+            conn.execute("UPDATE projects SET name = 'marker' WHERE id = $1", project), TIMEOUT
+        )
+        assert await tab.follow(project_named("marker"), DELIVERY_TIMEOUT) == "done"
+    finally:
+        await tab.close()
+        await discard(alpha)
+        await discard(beta)
+
+    assert tab.nodes == ["alpha_0", "beta_0"]
+    assert tab.others == []
+    assert_exactly_the_commits(tab, ledger, snapshot_versions)
+
+
+async def test_with_the_notify_feed_a_client_moving_node_gets_reset_and_a_true_snapshot(
+    tmp_path: Path, database_dsn: str, conn: asyncpg.Connection, make_user: UserFactory
+) -> None:
+    """Positions of the NOTIFY feed belong to one feed connection: another node cannot
+    vouch for them, and says so (docs/deployment-workers.md)."""
+    owner = await make_user()
+    project = await make_project(conn, owner)
+    sitemap = await make_sitemap(conn, project)
+    ledger = Ledger(stop_at=BURST)
+    tab = WorkerTab("tab", owner, project)
+    nodes: list[Gateway] = []
+    try:
+        for name in ("alpha", "beta"):
+            env = serve_env(tmp_path / name, database_dsn, node_name=name)
+            nodes.append(await start_gateway({**env, "SITEBUILDER_FEED": "notify"}))
+        alpha, beta = nodes
+        await tab.subscribe(alpha.url)
+        await retitle(conn, sitemap, "seen", ledger)
+        assert await tab.follow(lambda f: is_change(f, "version"), TIMEOUT) == "done"
+        assert await kill_gateway(alpha) == -signal.SIGKILL
+        await retitle(conn, sitemap, "missed", ledger)
+        snapshot = await expect_reset_and_snapshot(tab, beta.url, conn, tab.position)
+        assert snapshot["sitemaps"][0]["title"] == "missed"
+    finally:
+        await tab.close()
+        for node in nodes:
+            await discard(node)
+
+
+async def test_a_worker_count_out_of_range_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    env = serve_env(tmp_path, "postgresql://nobody@/nowhere")
+    for count in ("0", "1000", "many"):
+        status, _, err = await run_cli("serve", "--workers", count, env=env)
+        assert status == 2
+        assert "a number from 1 to 999, or auto" in err
