@@ -23,6 +23,7 @@ from db.provision import migrate_up, open_database
 from db.replication_feed import ReplicationFeed
 from db.replication_stream import replication_possible
 from gateway.demo import Demo, seed_demo
+from gateway.presence_backends import open_presence
 from gateway.secrets import jwt_secret
 from gateway.server import Gateway
 from gateway.settings import Settings
@@ -163,7 +164,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             try:
                 feed = await choose_feed(settings, database.dsn)
                 demo = await start_demo(settings, pool)
-                gateway = Gateway(settings, pool, feed, verifier, demo)
+                presence = open_presence(settings, database.dsn)
+                gateway = Gateway(settings, pool, feed, verifier, presence, demo)
                 async with gateway.running():
                     tune_garbage_collector()
                     for url in listening_addresses(gateway.server):

@@ -1,0 +1,30 @@
+"""The presence backend the settings ask for (`SITEBUILDER_PRESENCE_BACKEND`)."""
+
+from __future__ import annotations
+
+from gateway.presence import InMemoryPresence, Presence
+from gateway.presence_bus import BusPresence, Transport
+from gateway.presence_postgres import PostgresTransport
+from gateway.presence_redis import RedisTransport
+from gateway.settings import Settings
+
+
+def open_presence(settings: Settings, dsn: str) -> Presence:
+    """Not started yet: the gateway starts and closes it with itself."""
+    if settings.presence_backend == "memory":
+        return InMemoryPresence()
+    timeout = settings.presence_node_timeout_seconds
+    transport: Transport
+    if settings.presence_backend == "redis":
+        assert settings.redis_url is not None  # the settings validate it
+        transport = RedisTransport(
+            settings.redis_url, settings.presence_channel, timeout_seconds=timeout
+        )
+    else:
+        transport = PostgresTransport(dsn, settings.presence_channel, timeout_seconds=timeout)
+    return BusPresence(
+        transport,
+        settings.node_name,
+        node_timeout_seconds=timeout,
+        heartbeat_seconds=settings.presence_heartbeat_interval,
+    )
