@@ -89,8 +89,9 @@ class Outgoing:
 class Transport(Protocol):
     """How messages travel between nodes."""
 
-    async def start(self) -> None:
-        """Check the bus can be reached (raises `PresenceUnavailable`)."""
+    async def start(self, node: str) -> None:
+        """Check the bus can be reached (raises `PresenceUnavailable`); `node` names
+        this node's connections, for operators."""
         ...
 
     async def run(self, bus: BusPresence) -> None:
@@ -177,6 +178,7 @@ class BusPresence:
         self._settle_timer: asyncio.TimerHandle | None = None
         self._awaited: set[str] = set()  # peers whose state the start waits for
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     # Lifecycle
 
@@ -191,7 +193,7 @@ class BusPresence:
         await self._down.wait()
 
     async def start(self) -> None:
-        await self._transport.start()
+        await self._transport.start(self.node)
         self._tasks = [
             asyncio.create_task(self._transport.run(self), name="presence-bus"),
             asyncio.create_task(self._publish_forever(), name="presence-publish"),
@@ -200,6 +202,7 @@ class BusPresence:
 
     async def close(self) -> None:
         """Send what is queued and a `bye`, then stop (the others drop us at once)."""
+        self._closing = True
         if self.connected and self._tasks:
             self._send({"type": "bye"})
             try:  # the publisher stops after the bye
@@ -208,6 +211,7 @@ class BusPresence:
                 logger.warning("presence bus: goodbye not sent in time")
         for task in self._tasks:
             task.cancel()
+        self._wake.set()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -446,7 +450,7 @@ class BusPresence:
             self._settled.set()
 
     def on_disconnected(self) -> None:
-        if self._up.is_set():
+        if self._up.is_set() and not self._closing:
             logger.warning("presence bus disconnected: reconnecting")
         self._up.clear()
         self._down.set()
@@ -491,8 +495,8 @@ class BusPresence:
             self._round_queued = False
             if batch:
                 await self._transport.publish(batch)
-                if batch[-1].message["type"] == "bye":
-                    return
+            if self._closing and not self._outbox:  # the bye is out (or cancelling failed)
+                return
 
     async def _beat_forever(self) -> None:
         """Beat every interval; drop nodes silent for the timeout, as soon as they are."""

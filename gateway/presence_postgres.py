@@ -52,7 +52,7 @@ class PostgresTransport:
         self._timeout = timeout_seconds
         self._conn: asyncpg.Connection | None = None
 
-    async def start(self) -> None:
+    async def start(self, node: str) -> None:
         """Nothing to check: the gateway has just reached this database."""
 
     async def run(self, bus: BusPresence) -> None:

@@ -42,7 +42,9 @@ from gateway.presence_bus import (
 logger = logging.getLogger(__name__)
 
 _ERRORS = (RedisError, OSError, TimeoutError)
-_NODE_FIELD = b"node"  # keeps the hash of a node without connections alive
+_NODE_FIELD = b"node"
+# Names every node's connections in CLIENT LIST.
+CLIENT_PREFIX = "sitebuilder-presence-"  # keeps the hash of a node without connections alive
 
 
 def redacted(url: str) -> str:
@@ -59,39 +61,55 @@ class RedisTransport:
     def __init__(self, url: str, channel: str, *, timeout_seconds: float) -> None:
         self._url = url
         self._channel = channel
+        self._timeout = timeout_seconds
         self._ttl_ms = max(1, int(timeout_seconds * 1000))
-        self._redis = Redis.from_url(
-            url,
-            socket_connect_timeout=timeout_seconds,
-            socket_timeout=timeout_seconds,
-            health_check_interval=max(1, int(timeout_seconds / 2)),
-        )
+        self._redis: Redis | None = None
+        self._subscriber: Redis | None = None
         self._lost = asyncio.Event()
-        self._poll = max(0.05, timeout_seconds / 5)
+
+    @property
+    def redis(self) -> Redis:
+        """For commands: each bounded by the node timeout."""
+        assert self._redis is not None, "start() first"
+        return self._redis
 
     def _key(self, node: str) -> str:
         return f"{self._channel}:node:{node}"
 
-    async def start(self) -> None:
+    async def start(self, node: str) -> None:
+        name = CLIENT_PREFIX + node.replace("/", "-")
+        self._redis = Redis.from_url(
+            self._url,
+            client_name=name,
+            socket_connect_timeout=self._timeout,
+            socket_timeout=self._timeout,
+        )
+        # The subscription waits for messages without a deadline: a read timing out
+        # there could swallow the cancellation that stops the node.
+        self._subscriber = Redis.from_url(
+            self._url, client_name=name, socket_connect_timeout=self._timeout, socket_keepalive=True
+        )
         try:
             await self._redis.ping()
         except _ERRORS as error:
-            await self._redis.aclose()
+            await self.close()
             raise PresenceUnavailable(
                 f"SITEBUILDER_PRESENCE_BACKEND=redis but Redis at {redacted(self._url)} "
                 f"is unreachable: {error}"
             ) from error
 
     async def run(self, bus: BusPresence) -> None:
+        assert self._subscriber is not None, "start() first"
         delay = RECONNECT_FIRST_SECONDS
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = self._subscriber.pubsub()
             try:
-                await self._subscribe(pubsub)
+                await pubsub.subscribe(self._channel)
+                await pubsub.get_message(timeout=None)  # subscribed: later messages are ours
                 bus.load_all(await self._read_all(bus.node))
                 bus.on_connected(peers=None)
                 delay = RECONNECT_FIRST_SECONDS
-                await self._listen(bus, pubsub)
+                await self._listen_until_lost(bus, pubsub)
             except _ERRORS as error:
                 logger.warning("presence bus (Redis) unavailable: %s", error)
             finally:
@@ -102,33 +120,37 @@ class RedisTransport:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
-    async def _subscribe(self, pubsub: PubSub) -> None:
-        """Subscribe and wait for Redis to confirm: what is published after that is
-        ours, so the hashes may be read."""
-        await pubsub.subscribe(self._channel)
-        while True:
-            message = await pubsub.get_message(timeout=self._poll)
-            if message is not None and message["type"] == "subscribe":
-                return
+    async def _listen_until_lost(self, bus: BusPresence, pubsub: PubSub) -> None:
+        """Listen until the subscription fails or a publish did (`_lost`)."""
+        listening = asyncio.create_task(self._listen(bus, pubsub), name="presence-redis-listen")
+        lost = asyncio.create_task(self._lost.wait(), name="presence-redis-lost")
+        try:
+            await asyncio.wait((listening, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (listening, lost):
+                task.cancel()
+            for task in (listening, lost):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        raise ConnectionError("a publish failed")
 
     async def _listen(self, bus: BusPresence, pubsub: PubSub) -> None:
-        while not self._lost.is_set():
-            message = await pubsub.get_message(timeout=self._poll)
+        while True:
+            message = await pubsub.get_message(timeout=None)
             if message is None or message["type"] != "message":
                 continue
             unknown = bus.receive(message["data"])
             if unknown is not None:
                 bus.load(unknown, await self._read_node(unknown))
-        raise ConnectionError("a publish failed")
 
     async def _read_node(self, node: str) -> list[bytes]:
-        fields = await self._redis.hgetall(self._key(node))
+        fields = await self.redis.hgetall(self._key(node))
         return [bytes(v) for k, v in fields.items() if k != _NODE_FIELD and isinstance(v, bytes)]
 
     async def _read_all(self, own: str) -> dict[str, list[bytes]]:
         prefix = self._key("")
         nodes: dict[str, list[bytes]] = {}
-        async for key in self._redis.scan_iter(match=f"{prefix}*", count=100):
+        async for key in self.redis.scan_iter(match=f"{prefix}*", count=100):
             node = key.decode()[len(prefix) :]
             if node != own:
                 nodes[node] = await self._read_node(node)
@@ -136,7 +158,7 @@ class RedisTransport:
 
     async def publish(self, batch: Sequence[Outgoing]) -> None:
         key = self._key(str(batch[0].message["node"]))
-        pipe = self._redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=True)
         for out in batch:
             self._store(pipe, key, out)
             pipe.publish(self._channel, out.payload)
@@ -176,4 +198,7 @@ class RedisTransport:
             pipe.delete(key)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        for client in (self._redis, self._subscriber):
+            if client is not None:
+                await client.aclose()
+        self._redis = self._subscriber = None

@@ -39,6 +39,7 @@ from websockets.asyncio.server import ServerConnection
 from gateway.metrics import Metrics
 from gateway.presence import Meta, SessionHolds
 from gateway.settings import Settings
+from protocol.rpc_sessions import STEP_MAX_CHARS
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ class Origin:
         shown: Meta | None = (
             {
                 "id": str(session["id"]),
-                "current_step": session.get("current_step"),
+                # A row written outside the RPCs may hold a longer step than they take.
+                "current_step": str(session.get("current_step"))[:STEP_MAX_CHARS],
                 "status": session.get("status"),
             }
             if active
