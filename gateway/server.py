@@ -127,9 +127,9 @@ class Gateway:
             if not connections:
                 del self._by_user[client.user_id]
 
-    def online_users(self, project_id: UUID) -> set[UUID]:
-        """Users with a subscription to the project on this gateway."""
-        return {s.subscriber.user_id for s in self.hub.subscriptions_of(project_id)}
+    async def online_users(self, project_id: UUID) -> set[UUID]:
+        """Users subscribed to the project on any gateway node (its presence)."""
+        return {entry.user_id for entry in await self.presence.list(project_id)}
 
     # Authorization changes
 

@@ -47,7 +47,7 @@ from tests.gateway_fixtures import (
     start_gateway,
 )
 from tests.support import ServeProcess, cli_env
-from tests.test_presence import View, connections
+from tests.test_presence import View, connections, rpc_result
 from tests.test_rpc_sessions import backdate, status_of, until_status
 
 Frame = dict[str, Any]
@@ -260,6 +260,10 @@ async def test_clients_on_three_nodes_see_each_other_alike(
         everyone = {owner: {on_a.id, on_c.id}, collaborator: {on_b.id}}
         for member in (on_a, on_b, on_c):
             await member.until(everyone)
+        stats = await rpc_result(
+            on_b.client, "analytics.get_project_stats", {"project_id": str(project)}
+        )
+        assert stats["editors_online"] == 2  # the owner is on the other nodes
         (owner_entry,) = [u for u in on_a.view.users.items() if u[0] == on_c.id]
         assert owner_entry == (on_c.id, str(owner))
 
@@ -400,12 +404,6 @@ async def until_shown(member: Member, user: UUID, session_id: str) -> None:
                     return
 
     await asyncio.wait_for(read(), 2 * TIMEOUT)
-
-
-async def rpc_result(client: WsClient, method: str, params: dict[str, Any]) -> Frame:
-    from tests.test_presence import rpc_result as presence_rpc_result
-
-    return await presence_rpc_result(client, method, params)
 
 
 @pytest.mark.parametrize(
