@@ -105,6 +105,10 @@ class Presence(SessionHolds, Protocol):
         """Say goodbye to the other nodes, stop every task, close the bus connection."""
         ...
 
+    def describe(self) -> str:
+        """For /readyz: the backend and, for a bus, its state and the other nodes."""
+        ...
+
     async def join(self, project_id: UUID, user_id: UUID, connection_id: str, meta: Meta) -> None:
         """Add (or replace) the connection in the project's presence."""
         ...
@@ -152,6 +156,9 @@ class InMemoryPresence:
 
     async def close(self) -> None:
         return None
+
+    def describe(self) -> str:
+        return "presence=memory"
 
     def hold_session(self, session_id: UUID) -> None:
         return None

@@ -89,6 +89,8 @@ class Outgoing:
 class Transport(Protocol):
     """How messages travel between nodes."""
 
+    name: str
+
     async def start(self, node: str) -> None:
         """Check the bus can be reached (raises `PresenceUnavailable`); `node` names
         this node's connections, for operators."""
@@ -282,6 +284,10 @@ class BusPresence:
 
     async def wait_settled(self) -> None:
         await self._settled.wait()
+
+    def describe(self) -> str:
+        state = "connected" if self.connected else "reconnecting"
+        return f"presence={self._transport.name} {state} other_nodes={len(self._nodes)}"
 
     def nodes(self) -> tuple[str, ...]:
         """The other live nodes this node knows."""

@@ -46,6 +46,8 @@ def _setter(event: asyncio.Event) -> Callable[[object], None]:
 
 
 class PostgresTransport:
+    name = "postgres"
+
     def __init__(self, dsn: str, channel: str, *, timeout_seconds: float) -> None:
         self._dsn = dsn
         self._channel = channel

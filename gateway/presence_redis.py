@@ -58,6 +58,8 @@ def redacted(url: str) -> str:
 
 
 class RedisTransport:
+    name = "redis"
+
     def __init__(self, url: str, channel: str, *, timeout_seconds: float) -> None:
         self._url = url
         self._channel = channel

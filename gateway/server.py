@@ -178,7 +178,11 @@ class Gateway:
 
     async def readiness(self) -> tuple[str | None, list[str]]:
         """What /readyz reports: a problem (or None) and details for operators."""
-        details = [f"feed={self.feed.name}", f"history_bytes={self.history.size_bytes}"]
+        details = [
+            f"feed={self.feed.name}",
+            f"history_bytes={self.history.size_bytes}",
+            self.presence.describe(),
+        ]
         if not self.feed.connected:
             return "change feed not connected", details
         try:

@@ -41,12 +41,13 @@ from tests.gateway_fixtures import (
     SECRET,
     TIMEOUT,
     WsClient,
+    gateway_port,
     gateway_url,
     make_project,
     open_client,
     start_gateway,
 )
-from tests.support import ServeProcess, cli_env
+from tests.support import ServeProcess, cli_env, http_get
 from tests.test_presence import View, connections, rpc_result
 from tests.test_rpc_sessions import backdate, status_of, until_status
 
@@ -264,6 +265,8 @@ async def test_clients_on_three_nodes_see_each_other_alike(
             on_b.client, "analytics.get_project_stats", {"project_id": str(project)}
         )
         assert stats["editors_online"] == 2  # the owner is on the other nodes
+        ready = await http_get(gateway_port(c), "/readyz")
+        assert f"presence={bus_settings['presence_backend']} connected other_nodes=2" in ready.body
         (owner_entry,) = [u for u in on_a.view.users.items() if u[0] == on_c.id]
         assert owner_entry == (on_c.id, str(owner))
 
