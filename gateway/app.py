@@ -23,6 +23,7 @@ from db.provision import migrate_up, open_database
 from db.replication_feed import ReplicationFeed
 from db.replication_stream import replication_possible
 from gateway.demo import Demo, seed_demo
+from gateway.presence_backends import open_presence
 from gateway.secrets import jwt_secret
 from gateway.server import Gateway
 from gateway.settings import Settings
@@ -241,6 +242,7 @@ async def serve(
             pool,
             feed,
             verifier,
+            open_presence(settings, dsn, worker_index or 0),
             demo_minter(settings),
             worker_index=worker_index or 0,
             share_port=worker_index is not None,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import orjson
 import uvloop
+from pydantic import ValidationError
 
 from db.embedded import EmbeddedPostgresError, running_dsn
 from db.migrations import MigrationError, Migrator, load_migrations
@@ -25,6 +26,7 @@ from db.replication_stream import (
     lsn_to_str,
 )
 from gateway import app
+from gateway.presence import PresenceUnavailable
 from gateway.secrets import jwt_secret
 from gateway.settings import MAX_WORKERS, Settings
 from gateway.slots import NodeNameInUse, node_slots, prune_slots
@@ -309,7 +311,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        for problem in error.errors():
+            where = problem["loc"]
+            name = f"SITEBUILDER_{str(where[0]).upper()}" if where else "settings"
+            print(f"sitebuilder-gateway: {name}: {problem['msg']}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         if args.demo:
@@ -357,6 +366,7 @@ def guarded(command: Callable[[], None]) -> int:
         ReplicationError,
         NodeNameInUse,
         WorkersError,
+        PresenceUnavailable,
     ) as error:
         print(f"sitebuilder-gateway: {error}", file=sys.stderr)
         return 1

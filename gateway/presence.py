@@ -2,17 +2,25 @@
 
 `Presence` is the interface the rest of the gateway uses: join, leave, update, list,
 and subscribe to diffs. Its methods are coroutines and its diffs arrive through a
-listener, so a backend may keep the state elsewhere (a shared bus, a later issue) and
-several gateway processes may share it: nothing outside this module may assume that
-every connection of a project lives in this process. Connection ids must therefore
-be unique across gateways (the client uses `<gateway instance>-<connection number>`).
+listener, because a backend may share the state with other gateway processes over a
+bus (gateway/presence_bus.py: PostgreSQL LISTEN/NOTIFY or Redis): nothing outside
+this module may assume that every connection of a project lives in this process.
+Connection ids are therefore unique across gateways (the client uses
+`<gateway instance>-<connection number>`).
 
-`InMemoryPresence` is the single-process backend. Presence is never written to
-PostgreSQL.
+Presence also carries what a node must tell the others that is not a database
+change: which builder sessions its connections hold (`SessionHolds`), so that a sweep
+on any node pauses exactly the sessions no node holds. Nothing else needs the bus:
+revocations are decided on every node from the database changes it reads itself
+(project, collaborator and deletion changes reach every node's feed), and changes
+never travel over it.
+
+`InMemoryPresence` is the single-process backend (`SITEBUILDER_PRESENCE_BACKEND=memory`):
+nobody else sees its state. Presence is never written to PostgreSQL tables.
 
 The state is grouped by user, like Phoenix Presence: a user with three tabs is one
-user with three connections (`metas`). An update of a connection's `meta` is
-announced as a leave of the old entry and a join of the new one.
+user with three connections (`metas`), wherever each tab is connected. An update of a
+connection's `meta` is announced as a leave of the old entry and a join of the new one.
 """
 
 from __future__ import annotations
@@ -61,9 +69,45 @@ class PresenceChange:
 Listener = Callable[[PresenceChange], None]
 
 
-class Presence(Protocol):
+class SessionHolds(Protocol):
+    """Which builder sessions connections of this node hold, told to every node."""
+
+    def hold_session(self, session_id: UUID) -> None:
+        """A connection of this node now holds the session (the first one does)."""
+        ...
+
+    def release_session(self, session_id: UUID) -> None:
+        """No connection of this node holds the session any more."""
+        ...
+
+    def sessions_held_elsewhere(self) -> set[UUID]:
+        """Sessions that connections of other live nodes hold."""
+        ...
+
+    def on_node_lost(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever another node is gone (its holds with it)."""
+        ...
+
+    async def wait_settled(self) -> None:
+        """Return once this node has heard every live node's state (at start)."""
+        ...
+
+
+class Presence(SessionHolds, Protocol):
     """Per-project presence; diffs go to every listener (of every gateway, for a
     shared backend)."""
+
+    async def start(self) -> None:
+        """Connect to the bus, if any (raises `PresenceUnavailable` when it cannot)."""
+        ...
+
+    async def close(self) -> None:
+        """Say goodbye to the other nodes, stop every task, close the bus connection."""
+        ...
+
+    def describe(self) -> str:
+        """For /readyz: the backend and, for a bus, its state and the other nodes."""
+        ...
 
     async def join(self, project_id: UUID, user_id: UUID, connection_id: str, meta: Meta) -> None:
         """Add (or replace) the connection in the project's presence."""
@@ -91,20 +135,49 @@ class Presence(Protocol):
         ...
 
 
-def _now() -> datetime:
+class PresenceUnavailable(RuntimeError):
+    """The presence bus cannot be reached at start."""
+
+
+def now() -> datetime:
     return datetime.now(UTC)
 
 
 class InMemoryPresence:
-    """The single-process backend: a dict per project, diffs to listeners at once."""
+    """The single-process backend: a dict per project, diffs to listeners at once.
+    Other processes see none of it, so it is right only for a lone gateway process."""
 
     def __init__(self) -> None:
         self._projects: dict[UUID, dict[str, PresenceEntry]] = {}
         self._listeners: list[Listener] = []
 
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def describe(self) -> str:
+        return "presence=memory"
+
+    def hold_session(self, session_id: UUID) -> None:
+        return None
+
+    def release_session(self, session_id: UUID) -> None:
+        return None
+
+    def sessions_held_elsewhere(self) -> set[UUID]:
+        return set()
+
+    def on_node_lost(self, callback: Callable[[], None]) -> None:
+        return None
+
+    async def wait_settled(self) -> None:
+        return None
+
     async def join(self, project_id: UUID, user_id: UUID, connection_id: str, meta: Meta) -> None:
-        now = _now()
-        entry = PresenceEntry(user_id, connection_id, meta, now, now)
+        at = now()
+        entry = PresenceEntry(user_id, connection_id, meta, at, at)
         entries = self._projects.setdefault(project_id, {})
         old = entries.get(connection_id)
         entries[connection_id] = entry
@@ -124,7 +197,7 @@ class InMemoryPresence:
         old = None if entries is None else entries.get(connection_id)
         if entries is None or old is None:
             return
-        new = replace(old, meta=meta, last_active=_now())
+        new = replace(old, meta=meta, last_active=now())
         entries[connection_id] = new
         self._emit(PresenceChange(project_id, (new,), (old,)))
 
@@ -133,7 +206,7 @@ class InMemoryPresence:
         old = None if entries is None else entries.get(connection_id)
         if entries is None or old is None:
             return
-        new = replace(old, session=session, last_active=_now())
+        new = replace(old, session=session, last_active=now())
         entries[connection_id] = new
         self._emit(PresenceChange(project_id, (new,), (old,)))
 

@@ -151,7 +151,7 @@ class Call:
     pool: asyncpg.Pool
     ref: Ref | None
     # Users subscribed to a project on this gateway right now (presence will refine it).
-    online: Callable[[UUID], set[UUID]]
+    online: Callable[[UUID], Awaitable[set[UUID]]]
     # Bound on each statement and lock wait of the request (SITEBUILDER_RPC_TIMEOUT_SECONDS).
     timeout_seconds: float | None = None
     # Set by `call()` for a request with an idempotency key.

@@ -88,7 +88,7 @@ async def get_project_stats(call: Call, params: ProjectId) -> ProjectStats:
             completed=row["completed"],
             cancelled=row["cancelled"],
         ),
-        editors_online=len(call.online(params.project_id)),
+        editors_online=len(await call.online(params.project_id)),
         last_activity=row["last_activity"],
     )
 

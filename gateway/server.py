@@ -27,7 +27,7 @@ from gateway.health import http_router
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.metrics import Metrics
-from gateway.presence import InMemoryPresence, Presence, PresenceFanout
+from gateway.presence import Presence, PresenceFanout
 from gateway.project_lists import ProjectLists
 from gateway.router import Router
 from gateway.sessions import LiveSessions
@@ -50,6 +50,7 @@ class Gateway:
         pool: asyncpg.Pool,
         feed: ChangeFeed,
         verifier: TokenVerifier,
+        presence: Presence,
         demo: Demo | None = None,
         *,
         worker_index: int = 0,
@@ -75,8 +76,9 @@ class Gateway:
             max_age_seconds=settings.history_max_age_seconds,
         )
         self.router = Router(pool, settings.route_cache_size, before_lookup=self.outbox.flush)
-        self.sessions = LiveSessions(pool, settings, self.metrics)
-        self.presence: Presence = InMemoryPresence()
+        # Built from the settings by gateway.presence_backends; started and closed here.
+        self.presence = presence
+        self.sessions = LiveSessions(pool, settings, self.metrics, presence)
         self.presence_fanout = PresenceFanout(
             self.hub, self.metrics, settings.presence_diff_interval_seconds
         )
@@ -132,9 +134,9 @@ class Gateway:
             if not connections:
                 del self._by_user[client.user_id]
 
-    def online_users(self, project_id: UUID) -> set[UUID]:
-        """Users with a subscription to the project on this gateway."""
-        return {s.subscriber.user_id for s in self.hub.subscriptions_of(project_id)}
+    async def online_users(self, project_id: UUID) -> set[UUID]:
+        """Users subscribed to the project on any gateway node (its presence)."""
+        return {entry.user_id for entry in await self.presence.list(project_id)}
 
     # Authorization changes
 
@@ -187,6 +189,7 @@ class Gateway:
             f"node={self.node_id}",
             f"feed={self.feed.name}",
             f"history_bytes={self.history.size_bytes}",
+            self.presence.describe(),
         ]
         if not self.feed.connected:
             return "change feed not connected", details
@@ -235,26 +238,32 @@ class Gateway:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         """Listen and dispatch; on exit, shut down gracefully."""
-        self._tasks = [
-            asyncio.create_task(Dispatcher(self, self.feed).run(), name="dispatcher"),
-            asyncio.create_task(self._watch_feed(), name="feed-watch"),
-            asyncio.create_task(self._expire_idempotency_keys(), name="idempotency-expiry"),
-            asyncio.create_task(self.sessions.run_sweeps(), name="session-sweep"),
-            asyncio.create_task(self.sessions.run_cleanups(), name="session-cleanup"),
-        ]
-        await self._wait_for_feed()
-        self._server = await serve(
-            self._handle,
-            self.settings.host,
-            self.settings.port,
-            process_request=http_router(self.readiness, self.metrics.render, self.demo),
-            compression="deflate" if self.settings.compression else None,
-            backlog=self.settings.listen_backlog,
-            reuse_port=self._share_port,
-            max_size=self.settings.max_frame_bytes * 4,
-            ping_interval=self.settings.ping_interval_seconds,
-            ping_timeout=self.settings.ping_timeout_seconds,
-        )
+        await self.presence.start()
+        try:
+            self._tasks = [
+                asyncio.create_task(Dispatcher(self, self.feed).run(), name="dispatcher"),
+                asyncio.create_task(self._watch_feed(), name="feed-watch"),
+                asyncio.create_task(self._expire_idempotency_keys(), name="idempotency-expiry"),
+                asyncio.create_task(self.sessions.run_sweeps(), name="session-sweep"),
+                asyncio.create_task(self.sessions.run_cleanups(), name="session-cleanup"),
+            ]
+            await self._wait_for_feed()
+            self._server = await serve(
+                self._handle,
+                self.settings.host,
+                self.settings.port,
+                process_request=http_router(self.readiness, self.metrics.render, self.demo),
+                compression="deflate" if self.settings.compression else None,
+                backlog=self.settings.listen_backlog,
+                reuse_port=self._share_port,
+                max_size=self.settings.max_frame_bytes * 4,
+                ping_interval=self.settings.ping_interval_seconds,
+                ping_timeout=self.settings.ping_timeout_seconds,
+            )
+        except BaseException:
+            await self._stop_tasks()
+            await self.presence.close()
+            raise
         try:
             yield self
         finally:
@@ -283,6 +292,10 @@ class Gateway:
                 client.ws.transport.abort()
             await server.wait_closed()
         self.presence_fanout.flush()  # every connection is gone: this only stops its timer
+        await self.presence.close()  # after every connection's leave: then the goodbye
+        await self._stop_tasks()
+
+    async def _stop_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

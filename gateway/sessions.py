@@ -1,5 +1,5 @@
-"""Live builder sessions on this gateway: which connections hold them, pausing the
-abandoned ones, and deleting the old ones.
+"""Live builder sessions: which connections hold them, pausing the abandoned ones,
+and deleting the old ones.
 
 A session created or resumed (`session.create`, `session.resume`) on a connection is
 attached to it, in memory. When the last connection attached to a session closes, a
@@ -9,17 +9,17 @@ within the grace reattaches it and changes nothing.
 Pausing is one guarded UPDATE, as the gateway (not as a user): it pauses a session only
 while it is `active` and untouched (`updated_at`, which every write moves) for the
 grace period. So a `resume` or `update_progress` that commits just before the timer
-fires wins, whatever the interleaving in this process.
+fires wins, whatever the interleaving, on whichever node.
 
-A gateway that crashed leaves its sessions `active` with nobody connected. The sweep
-(when the gateway starts, then every `SWEEP_SECONDS`) pauses every `active` session
-that no connection of this gateway holds and that was untouched for the grace period.
-
-Several gateway nodes: attachments are per node for now (a later issue shares them, with
-presence), so a node's sweep also pauses a session that a connection of another node
-holds but that its builder has not touched for the grace period. Its owner's next
-`session.update_progress` still succeeds (a paused session may be updated) and a
-`session.resume` makes it `active` again. On one node the rule is exact.
+Several gateway nodes share one database. Each tells the others, over the presence bus
+(`SessionHolds`), which sessions its connections hold, so a node knows every session
+held anywhere. A gateway that crashed leaves its sessions `active` with nobody
+connected; the sweep pauses every `active` session that no connection of any live node
+holds and that was untouched for the grace period. It runs when the gateway starts
+(once it has heard every live node's holds), every `SWEEP_SECONDS`, and one grace
+period after another node is lost (its holds go with it after
+`SITEBUILDER_PRESENCE_NODE_TIMEOUT_SECONDS`): a killed node's sessions are paused like
+those of a closed connection, a timeout later.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ import asyncpg
 from websockets.asyncio.server import ServerConnection
 
 from gateway.metrics import Metrics
-from gateway.presence import Meta
+from gateway.presence import Meta, SessionHolds
 from gateway.settings import Settings
+from protocol.rpc_sessions import STEP_MAX_CHARS
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ class Origin:
         shown: Meta | None = (
             {
                 "id": str(session["id"]),
-                "current_step": session.get("current_step"),
+                # A row written outside the RPCs may hold a longer step than they take.
+                "current_step": str(session.get("current_step"))[:STEP_MAX_CHARS],
                 "status": session.get("status"),
             }
             if active
@@ -105,16 +107,22 @@ class Origin:
 
 
 class LiveSessions:
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, settings: Settings, metrics: Metrics, holds: SessionHolds
+    ) -> None:
         self._pool = pool
+        self._holds = holds
         self._grace = settings.session_pause_grace_seconds
+        self._settle_timeout = settings.presence_node_timeout_seconds
         self._trust_proxy = settings.trust_proxy_headers
         self._cleanup_interval = settings.session_cleanup_interval_seconds
         self._metrics = metrics
         self._holders: dict[UUID, set[Hashable]] = {}
         self._held: dict[Hashable, set[UUID]] = {}
         self._timers: dict[UUID, asyncio.Task[None]] = {}
+        self._late_sweeps: set[asyncio.Task[None]] = set()
         self._closed = False
+        holds.on_node_lost(self._node_lost)
 
     # The handshake
 
@@ -144,6 +152,8 @@ class LiveSessions:
         return list(self._holders)
 
     def attach(self, session_id: UUID, connection: Hashable) -> None:
+        if session_id not in self._holders:
+            self._holds.hold_session(session_id)
         self._holders.setdefault(session_id, set()).add(connection)
         self._held.setdefault(connection, set()).add(session_id)
         timer = self._timers.pop(session_id, None)
@@ -152,6 +162,8 @@ class LiveSessions:
 
     def end(self, session_id: UUID) -> None:
         """The session completed or was cancelled: nothing to pause any more."""
+        if session_id in self._holders:
+            self._holds.release_session(session_id)
         for connection in self._holders.pop(session_id, set()):
             held = self._held.get(connection)
             if held is not None:
@@ -173,6 +185,7 @@ class LiveSessions:
             if holders:
                 continue
             del self._holders[session_id]
+            self._holds.release_session(session_id)
             if not self._closed:
                 self._timers[session_id] = asyncio.create_task(
                     self._pause_later(session_id), name=f"session-pause-{session_id}"
@@ -195,19 +208,39 @@ class LiveSessions:
 
     async def sweep(self) -> int:
         """Pause the abandoned `active` sessions (see the module); how many."""
-        status = await self._pool.execute(_SWEEP, self._grace, self.attached())
+        held = [*self.attached(), *self._holds.sessions_held_elsewhere()]
+        status = await self._pool.execute(_SWEEP, self._grace, held)
         paused = _count(status)
         if paused:
             logger.info("paused %d active sessions no connection holds", paused)
         return paused
 
+    async def _try_sweep(self) -> None:
+        try:
+            await self.sweep()
+        except _DB_ERRORS as error:
+            logger.warning("abandoned sessions not paused: %s", error)
+
     async def run_sweeps(self) -> None:
+        try:  # a node's holds not heard yet would look abandoned
+            await asyncio.wait_for(self._holds.wait_settled(), self._settle_timeout)
+        except TimeoutError:
+            logger.warning("presence bus silent: sweeping with the holds known so far")
         while True:
-            try:
-                await self.sweep()
-            except _DB_ERRORS as error:
-                logger.warning("abandoned sessions not paused: %s", error)
+            await self._try_sweep()
             await asyncio.sleep(SWEEP_SECONDS)
+
+    def _node_lost(self) -> None:
+        """Another node is gone: sweep once its sessions are untouched for the grace."""
+        if self._closed:
+            return
+        task = asyncio.create_task(self._sweep_later(), name="session-sweep-late")
+        self._late_sweeps.add(task)
+        task.add_done_callback(self._late_sweeps.discard)
+
+    async def _sweep_later(self) -> None:
+        await asyncio.sleep(self._grace)
+        await self._try_sweep()
 
     async def cleanup(self) -> int:
         """Delete completed and cancelled sessions older than 30 days (the seed's
@@ -230,7 +263,7 @@ class LiveSessions:
     async def close(self) -> None:
         """Shutdown: cancel the pending pauses (the next start's sweep will do them)."""
         self._closed = True
-        timers = list(self._timers.values())
+        timers = [*self._timers.values(), *self._late_sweeps]
         self._timers.clear()
         for timer in timers:
             timer.cancel()

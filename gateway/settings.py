@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 APP_NAME = "sitebuilder-realtime"
@@ -133,8 +133,67 @@ class Settings(BaseSettings):
     ] = 0.05
     max_presence_meta_bytes: Annotated[
         int,
-        Field(gt=0, description="Largest presence `meta` (as JSON) a `presence.update` may set."),
+        Field(
+            gt=0,
+            le=4096,
+            description=(
+                "Largest presence `meta` (as JSON) a `presence.update` may set (at most 4096: "
+                "a change must fit one NOTIFY of the presence bus)."
+            ),
+        ),
     ] = 2048
+    presence_backend: Annotated[
+        Literal["postgres", "redis", "memory"],
+        Field(
+            description=(
+                "Where gateway processes share presence. `postgres`: LISTEN/NOTIFY on the "
+                "database (nothing else to run). `redis`: Redis pub/sub and a hash per node "
+                "(`SITEBUILDER_REDIS_URL`), for clusters whose presence traffic would weigh on "
+                "PostgreSQL. `memory`: this process only; right for a single gateway process, "
+                "wrong as soon as there are two (each would show only its own clients)."
+            )
+        ),
+    ] = "postgres"
+    presence_node_timeout_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "A gateway node (process) that sent nothing on the presence bus for this long "
+                "is taken for dead: its connections leave every other node's presence and its "
+                "builder sessions are paused after the grace period."
+            ),
+        ),
+    ] = 10.0
+    presence_heartbeat_seconds: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            description=(
+                "How often a node tells the presence bus it is alive; must be shorter than "
+                "the node timeout. Unset: a fifth of `SITEBUILDER_PRESENCE_NODE_TIMEOUT_SECONDS`."
+            ),
+        ),
+    ] = None
+    presence_channel: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+            description=(
+                "NOTIFY channel of the presence bus, and prefix of its Redis keys and channel: "
+                "deployments sharing one Redis need different ones."
+            ),
+        ),
+    ] = "sitebuilder_presence"
+    redis_url: Annotated[
+        str | None,
+        Field(
+            description=(
+                "Redis for `SITEBUILDER_PRESENCE_BACKEND=redis` (`redis://host:6379/0`; "
+                "`rediss://` for TLS); required then, and checked when `serve` starts."
+            )
+        ),
+    ] = None
     max_connections_per_user: Annotated[
         int, Field(gt=0, description="Open connections per user on this gateway (4009).")
     ] = 20
@@ -333,6 +392,27 @@ class Settings(BaseSettings):
             )
         ),
     ] = False
+
+    @model_validator(mode="after")
+    def _presence_bus_is_consistent(self) -> Settings:
+        if self.presence_heartbeat_interval >= self.presence_node_timeout_seconds:
+            raise ValueError(
+                "SITEBUILDER_PRESENCE_HEARTBEAT_SECONDS must be shorter than "
+                "SITEBUILDER_PRESENCE_NODE_TIMEOUT_SECONDS"
+            )
+        if self.presence_backend == "redis" and not self.redis_url:
+            raise ValueError(
+                "SITEBUILDER_PRESENCE_BACKEND=redis needs SITEBUILDER_REDIS_URL "
+                "(e.g. redis://127.0.0.1:6379/0)"
+            )
+        return self
+
+    @property
+    def presence_heartbeat_interval(self) -> float:
+        """The heartbeat setting, or its default: a fifth of the node timeout."""
+        if self.presence_heartbeat_seconds is not None:
+            return self.presence_heartbeat_seconds
+        return self.presence_node_timeout_seconds / 5
 
     @property
     def pgdata(self) -> Path:

@@ -17,6 +17,9 @@ from protocol.rpc_projects import Params
 
 Step = str
 Token = str
+# A step is a name ("wireframe-design"); it is also shown in presence, whose messages
+# between gateway nodes must stay small (gateway/presence_bus.py).
+STEP_MAX_CHARS = 256
 
 
 class SessionCreate(Params):
@@ -24,7 +27,7 @@ class SessionCreate(Params):
     the caller's address and user agent are the server's to fill in."""
 
     project_id: UUID
-    current_step: Step = Field(min_length=1)
+    current_step: Step = Field(min_length=1, max_length=STEP_MAX_CHARS)
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
 
@@ -37,7 +40,7 @@ class SessionProgress(Params):
     `conflict`."""
 
     id: UUID
-    current_step: Step | None = Field(default=None, min_length=1)
+    current_step: Step | None = Field(default=None, min_length=1, max_length=STEP_MAX_CHARS)
     progress: dict[str, JsonValue] | None = None
     step_data: dict[str, JsonValue] | None = None
 

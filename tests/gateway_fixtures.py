@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.app import choose_feed, token_verifier
+from gateway.presence_backends import open_presence
 from gateway.server import Gateway
 from gateway.settings import Settings
 from gateway.tokens import mint_token
@@ -94,7 +95,8 @@ async def start_gateway(settings: Settings, dsn: str) -> tuple[Gateway, asyncpg.
     feed = await asyncio.wait_for(choose_feed(settings, dsn), TIMEOUT)
     pool = await asyncio.wait_for(asyncpg.create_pool(dsn, min_size=1, max_size=5), TIMEOUT)
     assert pool is not None
-    return Gateway(settings, pool, feed, token_verifier(settings)), pool
+    presence = open_presence(settings, dsn)
+    return Gateway(settings, pool, feed, token_verifier(settings), presence), pool
 
 
 @pytest.fixture

@@ -131,6 +131,24 @@ async def test_db_without_a_running_embedded_server_says_how_to_start_one(
     assert "sitebuilder-gateway serve" in err
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("presence_backend", "redis"), ("workers", "0"), ("port", "http")],
+)
+async def test_an_invalid_setting_is_named_in_one_line_not_a_traceback(
+    tmp_path: Path, setting: str, value: str
+) -> None:
+    env = cli_env(data_dir=str(tmp_path), **{setting: value})
+
+    status, out, err = await run_cli("serve", env=env)
+
+    assert status == 2
+    assert out == ""
+    assert "Traceback" not in err
+    named = "SITEBUILDER_REDIS_URL" if setting == "presence_backend" else setting.upper()
+    assert named in err
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_serve_on_embedded_postgres_stops_it_on_signal_and_keeps_data(
     tmp_path: Path, signum: signal.Signals

@@ -27,6 +27,7 @@ from db.feed import ChangeFeed
 from db.notify_feed import NotifyFeed
 from db.replication_feed import ReplicationFeed
 from gateway.app import token_verifier
+from gateway.presence_backends import open_presence
 from gateway.server import Gateway
 from gateway.settings import Settings
 from tests.conftest import PUBLICATION, UserFactory
@@ -51,7 +52,8 @@ async def running_gateway(settings: Settings, dsn: str, feed: ChangeFeed) -> Asy
     pool = await asyncio.wait_for(asyncpg.create_pool(dsn, min_size=1, max_size=3), TIMEOUT)
     assert pool is not None
     try:
-        gateway = Gateway(settings, pool, feed, token_verifier(settings))
+        presence = open_presence(settings, dsn)
+        gateway = Gateway(settings, pool, feed, token_verifier(settings), presence)
         async with gateway.running():
             yield gateway
     finally:

@@ -112,6 +112,10 @@ async def test_a_request_stuck_behind_a_lock_times_out_and_writes_nothing(
     assert await conn.fetchval("SELECT name FROM projects WHERE id = $1", UUID(project)) == "Locked"
 
 
+async def nobody_online(_project_id: UUID) -> set[UUID]:
+    return set()
+
+
 async def test_database_unreachable_is_unavailable_and_retryable(
     database_dsn: str, make_user: UserFactory
 ) -> None:
@@ -120,7 +124,7 @@ async def test_database_unreachable_is_unavailable_and_retryable(
     pool = await asyncio.wait_for(asyncpg.create_pool(database_dsn, min_size=0), 10)
     assert pool is not None
     await asyncio.wait_for(pool.close(), 10)
-    caller = Call(user, {}, pool, "r1", online=lambda _: set())
+    caller = Call(user, {}, pool, "r1", online=nobody_online)
     frame = Rpc(ref="r1", method="project.create", params={"name": "Offline"})
     reply = await asyncio.wait_for(call(METHODS, frame, caller), 10)
     assert isinstance(reply, Error)

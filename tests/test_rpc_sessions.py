@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 
 from gateway.server import Gateway
 from gateway.settings import Settings
+from protocol.rpc_sessions import STEP_MAX_CHARS
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import (
     CLOSE_TIMEOUT,
@@ -244,6 +245,26 @@ async def test_an_ended_session_cannot_change(
     assert (empty["type"], empty["code"]) == ("error", "invalid_params")
     unknown = await rpc(builder, "session.resume", session_token="nope")
     assert (unknown["type"], unknown["code"]) == ("error", "not_found")
+
+
+async def test_a_step_name_over_the_limit_is_refused(
+    ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    owner = await make_user()
+    project = await make_project(conn, owner)
+    builder = await signed_in(ws_client, owner)
+    longest, over = "s" * STEP_MAX_CHARS, "s" * (STEP_MAX_CHARS + 1)
+    refused = await rpc(builder, "session.create", project_id=str(project), current_step=over)
+    assert (refused["type"], refused["code"]) == ("error", "invalid_params")
+    created = await result(builder, "session.create", project_id=str(project), current_step=longest)
+    refused = await rpc(builder, "session.update_progress", id=created["id"], current_step=over)
+    assert (refused["type"], refused["code"]) == ("error", "invalid_params")
+    assert (
+        await conn.fetchval(
+            "SELECT current_step FROM builder_sessions WHERE id = $1", UUID(created["id"])
+        )
+        == longest
+    )
 
 
 @pytest.mark.parametrize("gateway_overrides", [{"session_pause_grace_seconds": GRACE}])
