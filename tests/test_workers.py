@@ -347,7 +347,7 @@ async def test_with_the_notify_feed_a_client_moving_node_gets_reset_and_a_true_s
     tmp_path: Path, database_dsn: str, conn: asyncpg.Connection, make_user: UserFactory
 ) -> None:
     """Positions of the NOTIFY feed belong to one feed connection: another node cannot
-    vouch for them, and says so (docs/deployment-workers.md)."""
+    vouch for them, and says so (docs/deployment.md)."""
     owner = await make_user()
     project = await make_project(conn, owner)
     sitemap = await make_sitemap(conn, project)
