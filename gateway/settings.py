@@ -176,6 +176,16 @@ class Settings(BaseSettings):
     route_cache_size: Annotated[
         int, Field(gt=0, description="Parent ids remembered per table for routing changes.")
     ] = 100_000
+    access_cache_size: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Projects whose readers are remembered for Supabase `postgres_changes` "
+                "bindings (who may see which project; forgotten when its access changes)."
+            ),
+        ),
+    ] = 10_000
     shutdown_grace_seconds: Annotated[
         float,
         Field(gt=0, description="On SIGTERM, how long in-flight requests may take to finish."),
