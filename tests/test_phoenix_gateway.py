@@ -567,3 +567,114 @@ async def test_leave_and_rejoin_with_a_new_join_ref(
     assert closed["join_ref"] == second
     ref = await client.push(topic, "broadcast", {"type": "broadcast", "event": "e"})
     assert (await client.reply(ref))["response"] == {"reason": "unmatched topic"}
+
+
+async def test_column_types_are_the_databases(conn: asyncpg.Connection) -> None:
+    rows = await conn.fetch(
+        "SELECT table_name, column_name, udt_name FROM information_schema.columns"
+        " WHERE table_schema = 'public' AND table_name = ANY($1::text[])"
+        " ORDER BY table_name, ordinal_position",
+        list(COLUMNS),
+    )
+    database: dict[str, list[tuple[str, str]]] = {}
+    for row in rows:
+        if row["column_name"] != "session_token":
+            database.setdefault(row["table_name"], []).append((row["column_name"], row["udt_name"]))
+    assert database == {table: list(columns) for table, columns in COLUMNS.items()}
+
+
+async def test_an_anon_connection_signed_in_later_reads_the_users_projects(
+    phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    owner = await make_user()
+    private = await make_project(conn, owner)
+    client = await phx_client(mint_anon_key(SECRET, ttl_seconds=3600))
+    await client.join("maps", {"postgres_changes": [{"event": "INSERT", "table": "sitemaps"}]})
+    await expect_subscribed(client, "maps")
+    await make_sitemap(conn, private, "unseen")
+    await client.quiet()
+    await client.push("realtime:maps", "access_token", {"access_token": token(owner)})
+    await client.heartbeat()
+    await make_sitemap(conn, private, "seen")
+    assert (await change(client))["data"]["record"]["title"] == "seen"
+
+
+async def test_a_project_channel_ends_when_access_is_revoked(
+    phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    owner, guest = await make_user(), await make_user()
+    project = await make_project(conn, owner, collaborators=[guest])
+    client = await phx_client(token(guest))
+    assert (await client.join(f"project:{project}"))["status"] == "ok"
+    await conn.execute("UPDATE projects SET collaborators = '{}' WHERE id = $1", project)
+    system = await client.expect("system")
+    assert system["payload"] == {
+        "extension": "system",
+        "status": "error",
+        "message": "the project is no longer shared with you",
+        "channel": f"project:{project}",
+    }
+    await client.expect("phx_close")
+    reply = await client.join(f"project:{project}")
+    assert reply["response"] == {
+        "reason": f"project {project} does not exist or is not shared with you"
+    }
+
+
+async def test_resume_replays_the_changes_after_a_position(
+    phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    owner = await make_user()
+    project = await make_project(conn, owner)
+    sitemap = await make_sitemap(conn, project)
+    name = f"project:{project}"
+    config = {"postgres_changes": [wireframes_binding(event="INSERT")]}
+    first = await phx_client(token(owner))
+    await first.join(name, config)
+    await expect_subscribed(first, name)
+    await make_wireframe(conn, sitemap, "A")
+    position = (await change(first))["data"]["position"]
+    await first.close()
+    await make_wireframe(conn, sitemap, "B")
+
+    again = await phx_client(token(owner))
+    await again.join(name, {**config, "resume": {"since": position}})
+    await expect_subscribed(again, name)
+    resumed = await again.expect("system")
+    assert resumed["payload"]["extension"] == "resume"
+    assert resumed["payload"]["status"] == "ok"
+    assert (await change(again))["data"]["record"]["title"] == "B"
+    await make_wireframe(conn, sitemap, "C")
+    assert (await change(again))["data"]["record"]["title"] == "C"
+    await again.quiet()
+
+    lost = await phx_client(token(owner))
+    await lost.join(name, {**config, "resume": {"since": "nonsense"}})
+    await expect_subscribed(lost, name)
+    refused = await lost.expect("system")
+    assert refused["payload"]["extension"] == "resume"
+    assert refused["payload"]["status"] == "error"
+    assert refused["payload"]["message"] == "'nonsense' is not a position this gateway gave out"
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"max_frame_bytes": 300, "max_subscriptions": 1}])
+async def test_frame_size_and_channel_limits(phx_client: Any, make_user: UserFactory) -> None:
+    user = await make_user()
+    client = await phx_client(token(user))
+    assert (await client.join("one"))["status"] == "ok"
+    reply = await client.join("two")
+    assert reply == {
+        "status": "error",
+        "response": {
+            "reason": "at most 1 subscriptions per connection (SITEBUILDER_MAX_SUBSCRIPTIONS)"
+        },
+    }
+    ref = await client.push(
+        "realtime:one",
+        "broadcast",
+        {"type": "broadcast", "event": "e", "payload": {"x": "y" * 400}},
+    )
+    refused = await client.reply(ref)
+    assert refused["status"] == "error"
+    assert refused["response"]["code"] == "frame_too_large"
+    await client.heartbeat()
