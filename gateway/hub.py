@@ -8,6 +8,12 @@ consumer. While a subscriber's snapshot is being read, its events wait in a
 bounded buffer; when the snapshot is sent, those the snapshot already contains are
 dropped and the rest are sent, so the stream continues exactly after it. A
 subscription resumed from a position drops, likewise, what the client already has.
+
+Supabase clients bind to tables rather than projects: their bindings are the hub's
+table watches (gateway.table_watch), handed the same events in the same call, so
+both protocols' frames of a transaction leave through the same outbox. Their
+channels also hold project subscriptions of their own (`changes` off) for presence
+and revocation.
 """
 
 from __future__ import annotations

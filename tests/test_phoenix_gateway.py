@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from gateway.server import Gateway
 from gateway.tokens import mint_anon_key
@@ -678,3 +679,32 @@ async def test_frame_size_and_channel_limits(phx_client: Any, make_user: UserFac
     assert refused["status"] == "error"
     assert refused["response"]["code"] == "frame_too_large"
     await client.heartbeat()
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"messages_per_second": 0.01, "message_burst": 2}])
+async def test_frames_over_the_rate_are_refused_unprocessed(
+    phx_client: Any, make_user: UserFactory
+) -> None:
+    user = await make_user()
+    client = await phx_client(token(user))
+    await client.heartbeat()
+    await client.heartbeat()
+    ref = await client.push("phoenix", "heartbeat", {})
+    refused = await client.reply(ref)
+    assert refused["status"] == "error"
+    assert refused["response"]["code"] == "rate_limited"
+    assert refused["response"]["retry_after_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    ("key", "vsn", "code"),
+    [(None, "2.0.0", 4003), ("not-a-jwt", "2.0.0", 4003), ("x", "9.9.9", 1003)],
+)
+async def test_a_bad_key_or_version_closes_the_socket(
+    gateway: Gateway, key: str | None, vsn: str, code: int
+) -> None:
+    ws = await asyncio.wait_for(connect(url(gateway, key, vsn), close_timeout=2), TIMEOUT)
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), TIMEOUT)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == code
