@@ -547,31 +547,130 @@ test("a push on a topic that was never joined is answered `unmatched topic`, as 
   }
 });
 
-test("supabase-js createClient(gatewayUrl, key).channel(...) works as documented", async () => {
-  const supabase = createClient(gateway.httpUrl, mintToken(DEMO.alice), {
-    auth: { persistSession: false, autoRefreshToken: false },
-    realtime: { transport: WebSocket },
+test("after a dropped connection realtime-js misses what changed meanwhile, unless it opts in to config.resume", async () => {
+  let offline = false;
+  // The network: while `offline`, connecting fails (nothing listens on port 1).
+  class FlakyWebSocket extends WebSocket {
+    constructor(url, ...rest) {
+      super(offline ? String(url).replace(/:\d+\//, ":1/") : url, ...rest);
+    }
+  }
+  const options = { transport: FlakyWebSocket, reconnectAfterMs: () => 100 };
+  const plain = realtime(gateway, mintToken(DEMO.alice), options);
+  let since = null;
+  let resumingChannel = null;
+  // The recipe of docs/supabase-compat.md: note each change's position, and have the
+  // next join of the channel (a rejoin: the first is fresh) ask for what came after it.
+  const resuming = realtime(gateway, mintToken(DEMO.alice), {
+    ...options,
+    decode: (raw, callback) =>
+      resuming.serializer.decode(raw, (message) => {
+        const position = message.event === "postgres_changes" ? message.payload?.data?.position : undefined;
+        if (position) {
+          since = position;
+          const { config } = resumingChannel.joinPush.payload();
+          resumingChannel.updateJoinPayload({ config: { ...config, resume: { since } } });
+        }
+        callback(message);
+      }),
+  });
+  try {
+    const members = [plain, resuming].map((client) => {
+      const channel = client.channel(`project:${DEMO.projectId}`);
+      const seen = watch(channel);
+      channel.on(
+        "postgres_changes",
+        { event: "UPDATE", schema: "public", table: "wireframes", filter: `sitemap_id=eq.${DEMO.sitemapId}` },
+        recordChanges(seen, "w"),
+      );
+      seen.subscribe();
+      return { client, channel, seen };
+    });
+    resumingChannel = members[1].channel;
+    await Promise.all(members.map(({ seen }) => subscribed(seen)));
+    const titles = ({ seen }) => seen.changes.map((c) => c.new.title);
+    await psql(`UPDATE wireframes SET title = 'before' WHERE id = '${DEMO.wireframeId}'`);
+    await waitFor(() => members.every((m) => titles(m).length === 1), 10_000, "the first update");
+    assert.ok(since, "the change carried its position");
+
+    offline = true;
+    for (const { client } of members) client.socketAdapter.getSocket().conn.terminate();
+    await waitFor(() => members.every(({ client }) => !client.isConnected()), 10_000, "both disconnected");
+    await psql(`UPDATE wireframes SET title = 'while away 1' WHERE id = '${DEMO.wireframeId}'`);
+    await psql(`UPDATE wireframes SET title = 'while away 2' WHERE id = '${DEMO.wireframeId}'`);
+    offline = false;
+    await waitFor(() => members.every(({ channel }) => channel.state === "joined"), 15_000, "both joined again");
+    await waitFor(() => members[1].seen.system.some((s) => s.extension === "resume"), 10_000, "the resume");
+    await psql(`UPDATE wireframes SET title = 'after' WHERE id = '${DEMO.wireframeId}'`);
+    await waitFor(() => members.every((m) => titles(m).at(-1) === "after"), 10_000, "the live update");
+
+    assert.deepEqual(titles(members[0]), ["before", "after"], "without resume, the gap");
+    assert.deepEqual(titles(members[1]), ["before", "while away 1", "while away 2", "after"]);
+    const resumed = members[1].seen.system.find((s) => s.extension === "resume");
+    assert.equal(resumed.status, "ok", JSON.stringify(resumed));
+  } finally {
+    offline = false;
+    await closeAll(plain, resuming);
+  }
+});
+
+test("supabase-js: the example of docs/supabase-compat.md, and an anon key with the user's token as accessToken", async () => {
+  const options = { auth: { persistSession: false }, realtime: { transport: WebSocket } };
+  const supabase = createClient(gateway.httpUrl, mintToken(DEMO.alice), options);
+  const signedIn = createClient(gateway.httpUrl, anonKey(), {
+    ...options,
+    accessToken: async () => mintToken(DEMO.bob),
   });
   try {
     const changes = [];
     const statuses = [];
-    supabase
+    let presence = {};
+    const channel = supabase.channel(`project:${DEMO.projectId}`);
+    channel
+      .on(
+        "postgres_changes",
+        { event: "*", schema: "public", table: "wireframes", filter: `sitemap_id=eq.${DEMO.sitemapId}` },
+        (change) => {
+          changes.push(change);
+          notify();
+        },
+      )
+      .on("presence", { event: "sync" }, () => {
+        presence = channel.presenceState();
+        notify();
+      })
+      .subscribe(async (status) => {
+        statuses.push(status);
+        notify();
+        if (status === "SUBSCRIBED") await channel.track({ page: "home" });
+      });
+    await waitFor(() => presence[DEMO.alice]?.[0].page === "home", 15_000, "alice's own presence");
+    assert.deepEqual(statuses, ["SUBSCRIBED"]);
+
+    // The project is private: the join must carry bob's token, so it is set first.
+    await signedIn.realtime.setAuth();
+    const bobChanges = [];
+    const bobStatuses = [];
+    signedIn
       .channel(`project:${DEMO.projectId}`)
-      .on("postgres_changes", { event: "UPDATE", schema: "public", table: "wireframes", filter: `sitemap_id=eq.${DEMO.sitemapId}` }, (payload) => {
-        changes.push(payload);
+      .on("postgres_changes", { event: "UPDATE", schema: "public", table: "wireframes" }, (change) => {
+        bobChanges.push(change);
         notify();
       })
       .subscribe((status) => {
-        statuses.push(status);
+        bobStatuses.push(status);
         notify();
       });
-    await waitFor(() => statuses.length > 0, 15_000, "subscribe()");
-    assert.deepEqual(statuses, ["SUBSCRIBED"]);
+    await waitFor(() => bobStatuses.length > 0, 15_000, "bob's subscribe()");
+    assert.deepEqual(bobStatuses, ["SUBSCRIBED"]);
+
     await psql(`UPDATE wireframes SET layout = '{"from": "supabase-js"}' WHERE id = '${DEMO.wireframeId}'`);
-    await waitFor(() => changes.length === 1, 10_000, "the update");
+    await waitFor(() => changes.length === 1 && bobChanges.length === 1, 10_000, "the update, at both");
+    assert.equal(changes[0].eventType, "UPDATE");
     assert.deepEqual(changes[0].new.layout, { from: "supabase-js" });
+    assert.deepEqual(bobChanges[0].new.layout, { from: "supabase-js" });
   } finally {
-    await supabase.removeAllChannels();
+    await Promise.all([supabase.removeAllChannels(), signedIn.removeAllChannels()]);
   }
 });
 
