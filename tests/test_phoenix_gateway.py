@@ -708,3 +708,21 @@ async def test_a_bad_key_or_version_closes_the_socket(
         await asyncio.wait_for(ws.recv(), TIMEOUT)
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == code
+
+
+async def test_versions_and_sessions_reach_members_only(
+    phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    owner = await make_user()
+    public = await make_project(conn, owner, public=True)
+    everything = {"postgres_changes": [{"event": "INSERT", "schema": "public"}]}
+    anon = await phx_client(mint_anon_key(SECRET, ttl_seconds=3600))
+    member = await phx_client(token(owner))
+    for client in (anon, member):
+        await client.join("all", everything)
+        await expect_subscribed(client, "all")
+    await make_sitemap(conn, public, "versioned")
+    member_tables = {(await change(member))["data"]["table"] for _ in range(2)}
+    assert member_tables == {"sitemaps", "version_history"}
+    assert (await change(anon))["data"]["table"] == "sitemaps"
+    await anon.quiet()
