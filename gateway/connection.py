@@ -170,10 +170,17 @@ class Connection:
         return self._gateway.verifier.verify(token)
 
     def _admit(self, user_id: UUID) -> str | None:
-        """Count the connection against its user's limit; the refusal when over it."""
+        """Count the connection against its user's limit (instead of the one it was
+        counted against); the refusal when over it."""
         if not self._gateway.admit(self, user_id):
-            limit = self._settings.max_connections_per_user
+            limit = self._gateway.connection_limit(user_id)
+            if user_id == ANONYMOUS:
+                return (
+                    f"already {limit} anonymous connections (SITEBUILDER_MAX_ANONYMOUS_CONNECTIONS)"
+                )
             return f"user already has {limit} connections (SITEBUILDER_MAX_CONNECTIONS_PER_USER)"
+        if self._admitted and user_id != self.user_id:
+            self._gateway.forget(self)
         self._admitted = True
         return None
 

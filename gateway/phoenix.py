@@ -123,31 +123,35 @@ class PhoenixClient(Connection):
             self._metrics.auth_failures.labels("invalid_token").inc()
             self.close(CloseCode.AUTH_FAILED, "missing apikey")
             return False
-        problem = await self._authenticate(self._apikey)
-        if problem is not None:
-            self.close(CloseCode.AUTH_FAILED, problem[:120])
+        refusal = await self._authenticate(self._apikey)
+        if refusal is not None:
+            code, problem = refusal
+            self.close(code, problem[:120])
             return False
         return True
 
-    async def _authenticate(self, token: str) -> str | None:
-        """Sign the connection in with `token`; the problem when it may not."""
+    async def _authenticate(self, token: str) -> tuple[CloseCode, str] | None:
+        """Sign the connection in with `token`; the close code and problem when it may
+        not (the socket is closed only when it has not signed in yet)."""
         try:
             claims = self._gateway.verifier.verify_key(token)
         except TokenError as error:
             self._metrics.auth_failures.labels("phoenix").inc()
-            return _token_problem(error)
+            return CloseCode.AUTH_FAILED, _token_problem(error)
         user_id = ANONYMOUS if is_anonymous(claims) else UUID(claims["sub"])
         if self._token is not None and user_id != self.user_id and self.user_id != ANONYMOUS:
-            return "access_token must be of the same user: open a new connection for another"
-        if user_id != ANONYMOUS and user_id != self.user_id:
-            async with self._gateway.pool.acquire() as conn:
-                known = await queries.user_exists(conn, user_id)
-            if not known:
-                self._metrics.auth_failures.labels("unknown_user").inc()
-                return f"user {user_id} does not exist"
+            problem = "access_token must be of the same user: open a new connection for another"
+            return CloseCode.AUTH_FAILED, problem
+        if user_id != self.user_id or not self._admitted:
+            if user_id != ANONYMOUS:
+                async with self._gateway.pool.acquire() as conn:
+                    known = await queries.user_exists(conn, user_id)
+                if not known:
+                    self._metrics.auth_failures.labels("unknown_user").inc()
+                    return CloseCode.AUTH_FAILED, f"user {user_id} does not exist"
             refused = self._admit(user_id)
             if refused is not None:
-                return refused
+                return CloseCode.TOO_MANY_CONNECTIONS, refused
         self._sign_in(user_id, claims)
         self._token = token
         self._token_expired = False
@@ -274,9 +278,9 @@ class PhoenixClient(Connection):
             self._send(phx.close(topic, existing.join_ref))
         token = payload.access_token
         if token is not None and (token != self._token or self._token_expired):
-            problem = await self._authenticate(token)
-            if problem is not None:
-                self._reply_error(message, problem)
+            refusal = await self._authenticate(token)
+            if refusal is not None:
+                self._reply_error(message, refusal[1])
                 return
         if self._token_expired:
             self._reply_error(message, "Token has expired: join with a fresh access_token")
@@ -451,9 +455,9 @@ class PhoenixClient(Connection):
         token = phx.parse_payload(phx.AccessTokenPayload, message.payload, "access_token")
         if token.access_token == self._token and not self._token_expired:
             return
-        problem = await self._authenticate(token.access_token)
-        if problem is not None:
-            self._shut_channel(channel, "system", problem)
+        refusal = await self._authenticate(token.access_token)
+        if refusal is not None:
+            self._shut_channel(channel, "system", refusal[1])
 
     def _broadcast(self, channel: Channel, message: Message) -> None:
         sent = phx.parse_payload(phx.Broadcast, message.payload, "broadcast")

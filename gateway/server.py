@@ -20,7 +20,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from db import queries
 from db.feed import ChangeFeed
 from gateway import rpc
-from gateway.access import AccessCache
+from gateway.access import ANONYMOUS, AccessCache
 from gateway.client import Client
 from gateway.connection import Connection
 from gateway.demo import Demo
@@ -121,12 +121,18 @@ class Gateway:
             self.metrics.connections.dec()
 
     def admit(self, client: Connection, user_id: UUID) -> bool:
-        """Count the connection against its user's limit; False when over it."""
+        """Count the connection against its user's limit (anonymous ones: against
+        theirs, together); False when over it."""
         connections = self._by_user.setdefault(user_id, set())
-        if len(connections) >= self.settings.max_connections_per_user:
+        if len(connections) >= self.connection_limit(user_id):
             return False
         connections.add(client)
         return True
+
+    def connection_limit(self, user_id: UUID) -> int:
+        if user_id == ANONYMOUS:
+            return self.settings.max_anonymous_connections
+        return self.settings.max_connections_per_user
 
     def forget(self, client: Connection) -> None:
         connections = self._by_user.get(client.user_id)

@@ -135,6 +135,16 @@ class Settings(BaseSettings):
     max_connections_per_user: Annotated[
         int, Field(gt=0, description="Open connections per user on this gateway (4009).")
     ] = 20
+    max_anonymous_connections: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Open connections signed in with a Supabase `anon` key, all together, on "
+                "this gateway (4009)."
+            ),
+        ),
+    ] = 1000
     max_outbound_bytes: Annotated[
         int,
         Field(

@@ -726,3 +726,22 @@ async def test_versions_and_sessions_reach_members_only(
     assert member_tables == {"sitemaps", "version_history"}
     assert (await change(anon))["data"]["table"] == "sitemaps"
     await anon.quiet()
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"max_anonymous_connections": 1}])
+async def test_anonymous_connections_share_one_limit(
+    gateway: Gateway, phx_client: Any, make_user: UserFactory
+) -> None:
+    user = await make_user()
+    anon_key = mint_anon_key(SECRET, ttl_seconds=3600)
+    first = await phx_client(anon_key)
+    await first.heartbeat()
+    ws = await asyncio.wait_for(connect(url(gateway, anon_key), close_timeout=2), TIMEOUT)
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), TIMEOUT)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4009
+    assert "SITEBUILDER_MAX_ANONYMOUS_CONNECTIONS" in closed.value.rcvd.reason
+    assert (await first.join("room", access_token=token(user)))["status"] == "ok"
+    second = await phx_client(anon_key)  # the first one is the user's now
+    await second.heartbeat()
