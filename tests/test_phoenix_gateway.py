@@ -745,3 +745,31 @@ async def test_anonymous_connections_share_one_limit(
     assert (await first.join("room", access_token=token(user)))["status"] == "ok"
     second = await phx_client(anon_key)  # the first one is the user's now
     await second.heartbeat()
+
+
+async def test_presence_in_a_channel_of_no_project_uses_the_configured_key(
+    phx_client: Any, make_user: UserFactory
+) -> None:
+    alice, bob = await make_user(), await make_user()
+    a = await phx_client(token(alice))
+    b = await phx_client(token(bob), "1.0.0")
+    await a.join("lobby", {"presence": {"key": "alice", "enabled": True}})
+    assert (await a.expect("presence_state"))["payload"] == {}
+    ref = await a.push(
+        "realtime:lobby", "presence", {"type": "presence", "event": "track", "payload": {"x": 1}}
+    )
+    assert (await a.reply(ref))["status"] == "ok"
+    (joined,) = (await a.expect("presence_diff"))["payload"]["joins"]["alice"]["metas"]
+    assert joined["x"] == 1
+    await b.join("lobby", {"presence": {"key": "", "enabled": True}})
+    state = (await b.expect("presence_state"))["payload"]
+    assert state == {"alice": {"metas": [joined]}}
+    ref = await a.push(
+        "realtime:lobby", "presence", {"type": "presence", "event": "track", "payload": {"x": 2}}
+    )
+    assert (await a.reply(ref))["status"] == "ok"
+    diff = (await b.expect("presence_diff"))["payload"]
+    (new,) = diff["joins"]["alice"]["metas"]
+    (old,) = diff["leaves"]["alice"]["metas"]
+    assert new["x"] == 2
+    assert old["phx_ref"] == joined["phx_ref"] != new["phx_ref"]
