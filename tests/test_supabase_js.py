@@ -11,8 +11,10 @@ its tests fails.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,24 +44,26 @@ def node_and_npm() -> tuple[str, str]:
 
 
 async def run(*command: str, env: dict[str, str], cwd: Path, seconds: float) -> tuple[int, str]:
-    """Run to completion; returns (status, stdout and stderr interleaved). On a timeout
-    the process is killed and what it printed so far is the failure's message."""
+    """Run to completion; returns (status, stdout and stderr interleaved). It runs in a
+    process group of its own, so that on a timeout the gateways node started go down
+    with it; what it printed so far is then the failure's message."""
     process = await asyncio.create_subprocess_exec(
         *command,
         env=env,
         cwd=cwd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         out, _ = await asyncio.wait_for(process.communicate(), seconds)
     except TimeoutError:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         out, _ = await asyncio.wait_for(process.communicate(), 10)
         raise AssertionError(f"{command[0]} ran over {seconds} s:\n{out.decode()}") from None
     finally:
         if process.returncode is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             await asyncio.wait_for(process.wait(), 10)
     assert process.returncode is not None
     return process.returncode, out.decode()
@@ -98,7 +102,6 @@ async def test_supabase_realtime_js_works_against_the_gateway(
         node,
         "--test",
         "--test-reporter=tap",
-        "--test-timeout=60000",
         *map(str, NODE_TESTS),
         env=env,
         cwd=SUITE,

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { spawn, execFile } from "node:child_process";
 import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
 import { createClient } from "@supabase/supabase-js";
@@ -40,6 +41,9 @@ before(async () => {
 
 after(async () => {
   await gateway.kill();
+  // What went wrong on the gateway's side, if anything, next to the failures.
+  const problems = gateway.log.split("\n").filter((line) => / (WARNING|ERROR|CRITICAL) /.test(line));
+  if (problems.length) console.log(`gateway warnings and errors:\n${problems.join("\n")}`);
 });
 
 test("a filtered binding receives INSERT, UPDATE and DELETE made with psql, values converted by column type", async () => {
@@ -470,6 +474,7 @@ for (const vsn of ["1.0.0", "2.0.0"]) {
         assert.ok(socket.sent.every((frame) => typeof frame === "string"), "1.0.0 clients send no binary frames");
       } else {
         assert.ok(text.every((frame) => Array.isArray(frame) && frame.length === 5), JSON.stringify(text));
+        assert.ok(binary.length > 0, "the broadcast came back as a binary frame");
         assert.ok(binary.every((frame) => frame[0] === 4), "binary frames from the server are user broadcasts");
         assert.ok(socket.sent.some((frame) => typeof frame !== "string" && frame[0] === 3), "the broadcast went as a binary frame");
       }
@@ -684,7 +689,7 @@ test("acceptance: a plain realtime-js script gets a psql UPDATE, sees a native e
   const script = spawn(
     process.execPath,
     ["acceptance.mjs", `ws://127.0.0.1:${gateway.port}/realtime/v1`, key.trim(), DEMO.sitemapId, DEMO.projectId],
-    { cwd: import.meta.dirname, stdio: ["ignore", "pipe", "pipe"] },
+    { cwd: fileURLToPath(new URL(".", import.meta.url)), stdio: ["ignore", "pipe", "pipe"] },
   );
   const lines = [];
   let stderr = "";
