@@ -715,7 +715,18 @@ async def test_versions_and_sessions_reach_members_only(
 ) -> None:
     owner = await make_user()
     public = await make_project(conn, owner, public=True)
-    everything = {"postgres_changes": [{"event": "INSERT", "schema": "public"}]}
+    # (not every table: the project's own insert may still be on its way)
+    everything = {
+        "postgres_changes": [
+            {"event": "INSERT", "schema": "public", "table": "sitemaps"},
+            {
+                "event": "INSERT",
+                "schema": "public",
+                "table": "version_history",
+                "filter": "entity_type=eq.sitemaps",
+            },
+        ]
+    }
     anon = await phx_client(mint_anon_key(SECRET, ttl_seconds=3600))
     member = await phx_client(token(owner))
     for client in (anon, member):
