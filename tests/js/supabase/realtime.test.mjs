@@ -302,6 +302,8 @@ test("presence is shared with native-protocol editors of the project: sync, join
       10_000,
       "alice's tracked state in bob's native presence",
     );
+    assert.equal(await channel.untrack(), "ok");
+    await waitFor(() => nativePresence[DEMO.alice] === undefined, 10_000, "alice untracked, in bob's native presence");
 
     bob.close();
     await waitFor(() => channel.presenceState()[DEMO.bob] === undefined, 10_000, "bob leaving");
