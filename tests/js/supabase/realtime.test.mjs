@@ -554,6 +554,30 @@ test("a push on a topic that was never joined is answered `unmatched topic`, as 
   }
 });
 
+test("without vsn in the URL the socket speaks 1.0.0, as Phoenix assumes", async () => {
+  const ws = new WebSocket(`ws://127.0.0.1:${gateway.port}/realtime/v1/websocket?apikey=${mintToken(DEMO.alice)}`);
+  const frames = [];
+  ws.on("message", (data) => {
+    frames.push(JSON.parse(data.toString()));
+    notify();
+  });
+  ws.on("open", notify);
+  try {
+    await waitFor(() => ws.readyState === WebSocket.OPEN, 10_000, "the socket");
+    ws.send(JSON.stringify({ topic: "phoenix", event: "heartbeat", payload: {}, ref: "7" }));
+    await waitFor(() => frames.length > 0, 10_000, "the heartbeat's reply");
+    assert.deepEqual(frames[0], {
+      topic: "phoenix",
+      event: "phx_reply",
+      payload: { status: "ok", response: {} },
+      ref: "7",
+      join_ref: null,
+    });
+  } finally {
+    ws.close();
+  }
+});
+
 test("after a dropped connection realtime-js misses what changed meanwhile, unless it opts in to config.resume", async () => {
   let offline = false;
   // The network: while `offline`, connecting fails (nothing listens on port 1).
