@@ -150,6 +150,13 @@ async def project_access(conn: Conn, user_id: UUID, project_id: UUID) -> bool | 
         return bool(await conn.fetchval("SELECT public.can_edit_project($1)", project_id))
 
 
+async def project_is_public(conn: Conn, project_id: UUID) -> bool:
+    """Whether anyone, signed in or not, may read the project."""
+    return bool(
+        await conn.fetchval("SELECT is_public FROM public.projects WHERE id = $1", project_id)
+    )
+
+
 async def user_exists(conn: Conn, user_id: UUID) -> bool:
     return bool(await conn.fetchval("SELECT true FROM auth.users WHERE id = $1", user_id))
 

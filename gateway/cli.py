@@ -31,7 +31,7 @@ from gateway.secrets import jwt_secret
 from gateway.settings import MAX_WORKERS, Settings
 from gateway.slots import NodeNameInUse, node_slots, prune_slots
 from gateway.supervisor import WorkersError, supervise
-from gateway.tokens import mint_token
+from gateway.tokens import mint_anon_key, mint_token
 from protocol.schema import protocol_json_schema
 
 logger = logging.getLogger("gateway")
@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--email", help="email claim (and email of a created user)")
     token.add_argument(
         "--create-user", action="store_true", help="create the user in auth.users if absent"
+    )
+    token.add_argument(
+        "--anon",
+        action="store_true",
+        help="a Supabase-style anon key instead (role anon, no user: public projects only)",
     )
     token.add_argument(
         "--ttl",
@@ -173,6 +178,9 @@ async def _create_user(settings: Settings, user_id: uuid.UUID, email: str | None
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> None:
+    if args.anon:
+        print(mint_anon_key(jwt_secret(settings), ttl_seconds=args.ttl))
+        return
     user_id = args.user_id or uuid.uuid4()
     if args.create_user:
         asyncio.run(_create_user(settings, user_id, args.email))

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import time
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
-import orjson
-from pydantic import JsonValue
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -25,13 +20,13 @@ from websockets.exceptions import ConnectionClosed
 from db import queries
 from db.feed import Position
 from gateway import rpc
+from gateway.connection import Connection, token_error_code
 from gateway.hub import Subscription
-from gateway.limits import TokenBucket
 from gateway.presence import Meta, group_by_user
 from gateway.project_lists import ListSubscription
 from gateway.rpc import Call
 from gateway.rpc_methods import METHODS
-from gateway.tokens import TokenError, TokenExpired
+from gateway.tokens import TokenError
 from protocol.codec import decode_client_frame, encode_frame, refused_frame_ref
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.frames import (
@@ -69,32 +64,12 @@ logger = logging.getLogger(__name__)
 RECONNECT_AFTER_MS = 1000
 
 
-def _token_error_code(error: TokenError) -> ErrorCode:
-    return ErrorCode.TOKEN_EXPIRED if isinstance(error, TokenExpired) else ErrorCode.INVALID_TOKEN
-
-
-class Client:
-    """A connection's state. Bounded: its subscriptions are capped by a setting."""
+class Client(Connection):
+    """A native-protocol connection: `auth` first, then requests, until it closes."""
 
     def __init__(self, gateway: Gateway, ws: ServerConnection, client_id: int) -> None:
-        self.id = client_id
-        self.ws = ws
-        self.user_id: UUID = UUID(int=0)
-        self._claims: dict[str, Any] = {}
-        self._gateway = gateway
-        self._settings = gateway.settings
-        self._metrics = gateway.metrics
-        self._bucket = TokenBucket(self._settings.messages_per_second, self._settings.message_burst)
-        self._subscriptions: dict[UUID, Subscription] = {}
-        rate = self._settings.presence_updates_per_second
-        self._presence_bucket = TokenBucket(rate, max(1, math.ceil(rate)))
-        # The latest meta of each project whose update waits for the rate limit.
-        self._presence_pending: dict[UUID, dict[str, JsonValue]] = {}
-        self._presence_timer: asyncio.TimerHandle | None = None
+        super().__init__(gateway, ws, client_id)
         self._project_list: ListSubscription | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._expiry: asyncio.TimerHandle | None = None
-        self._closing = False
         self._stopping = False
         self._busy = False
 
@@ -108,8 +83,7 @@ class Client:
             pass
         finally:
             self._release()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._wait_for_tasks()
 
     def shut_down(self) -> None:
         """Tell the client the server is going away; close once in-flight work is done."""
@@ -126,48 +100,15 @@ class Client:
             return
         if error is not None:
             self.send(error)
-        self._closing = True
-        self._release()
-        self._spawn(self.ws.close(code, reason))
+        super().close(code, reason)
 
     def _release(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        for subscription in self._subscriptions.values():
-            self._gateway.hub.unsubscribe(subscription)
-            self._leave_presence(subscription)
-        self._subscriptions.clear()
-        if self._presence_timer is not None:
-            self._presence_timer.cancel()
-            self._presence_timer = None
+        super()._release()
         if self._project_list is not None:
             self._gateway.project_lists.unsubscribe(self._project_list)
             self._project_list = None
-        self._gateway.forget(self)
-        self._gateway.sessions.detach(self)
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # Sending
-
-    def can_send(self) -> bool:
-        if self._closing:
-            return False
-        if self.ws.transport.get_write_buffer_size() > self._settings.max_outbound_bytes:
-            self.close_slow_consumer("outbound buffer over SITEBUILDER_MAX_OUTBOUND_BYTES")
-            return False
-        return True
-
-    def close_slow_consumer(self, reason: str) -> None:
-        if self._closing:
-            return
-        logger.warning("closing slow consumer %s (user %s): %s", self.id, self.user_id, reason)
-        self._metrics.slow_consumer_closes.inc()
-        self.close(CloseCode.SLOW_CONSUMER, "slow_consumer")
 
     def send(self, frame: Frame) -> None:
         if self.can_send():
@@ -181,27 +122,21 @@ class Client:
 
     def _decode(self, message: str | bytes) -> ClientFrame | None:
         """The frame, or None after answering a bad or refused one with an `error`."""
-        size = len(message.encode() if isinstance(message, str) else message)
+        refusal = self._refusal(message)
+        if refusal is not None:
+            ref = refused_frame_ref(message) if refusal.retry_after_ms else None
+            self.send(
+                Error(
+                    code=refusal.code,
+                    message=refusal.message,
+                    retry_after_ms=refusal.retry_after_ms,
+                    ref=ref,
+                )
+            )
+            if refusal.retry_after_ms is None:
+                self._metrics.frames_in.labels("invalid").inc()
+            return None
         try:
-            if size > self._settings.max_frame_bytes:
-                self._metrics.rate_limited.labels("max_frame_bytes").inc()
-                raise ProtocolError(
-                    ErrorCode.FRAME_TOO_LARGE,
-                    f"frame of {size} bytes is over the limit of "
-                    f"{self._settings.max_frame_bytes} (SITEBUILDER_MAX_FRAME_BYTES)",
-                )
-            wait = self._bucket.take()
-            if wait:
-                self._metrics.rate_limited.labels("messages_per_second").inc()
-                self.send(
-                    Error(
-                        code=ErrorCode.RATE_LIMITED,
-                        message="too many frames: the frame was not processed; slow down",
-                        retry_after_ms=max(1, round(wait * 1000)),
-                        ref=refused_frame_ref(message),
-                    )
-                )
-                return None
             frame = decode_client_frame(message)
         except ProtocolError as error:
             self.send(self._error(error.code, error.message, error.ref))
@@ -240,9 +175,9 @@ class Client:
 
     async def _accept_token(self, frame: Auth) -> bool:
         try:
-            claims = self._gateway.verifier.verify(frame.token)
+            claims = self._verify(frame.token)
         except TokenError as error:
-            code = _token_error_code(error)
+            code = token_error_code(error)
             self._metrics.auth_failures.labels(code.value).inc()
             self.close(CloseCode.AUTH_FAILED, code.value, self._error(code, str(error), frame.ref))
             return False
@@ -258,21 +193,15 @@ class Client:
                 self._error(ErrorCode.UNKNOWN_USER, message, frame.ref),
             )
             return False
-        if not self._gateway.admit(self, user_id):
-            limit = self._settings.max_connections_per_user
+        refused = self._admit(user_id)
+        if refused is not None:
             self.close(
                 CloseCode.TOO_MANY_CONNECTIONS,
                 "too_many_connections",
-                self._error(
-                    ErrorCode.TOO_MANY_CONNECTIONS,
-                    f"user already has {limit} connections (SITEBUILDER_MAX_CONNECTIONS_PER_USER)",
-                    frame.ref,
-                ),
+                self._error(ErrorCode.TOO_MANY_CONNECTIONS, refused, frame.ref),
             )
             return False
-        self.user_id = user_id
-        self._claims = claims
-        self._expire_at(float(claims["exp"]))
+        self._sign_in(user_id, claims)
         self.send(
             Ok(
                 ref=frame.ref,
@@ -285,15 +214,7 @@ class Client:
         )
         return True
 
-    def _expire_at(self, exp: float) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        loop = asyncio.get_running_loop()
-        self._expiry = loop.call_at(loop.time() + max(0.0, exp - time.time()), self._expired)
-
     def _expired(self) -> None:
-        self._expiry = None
-        self._metrics.auth_failures.labels("token_expired").inc()
         self.close(
             CloseCode.AUTH_FAILED,
             "token_expired",
@@ -356,10 +277,10 @@ class Client:
 
     def _refresh(self, frame: AuthRefresh) -> None:
         try:
-            claims = self._gateway.verifier.verify(frame.token)
+            claims = self._verify(frame.token)
         except TokenError as error:
             self._metrics.auth_failures.labels("refresh").inc()
-            self.send(self._error(_token_error_code(error), str(error), frame.ref))
+            self.send(self._error(token_error_code(error), str(error), frame.ref))
             return
         if UUID(claims["sub"]) != self.user_id:
             self.send(
@@ -382,16 +303,9 @@ class Client:
             message = f"already subscribed to {project_id}"
             self.send(self._error(ErrorCode.ALREADY_SUBSCRIBED, message, frame.ref))
             return
-        if len(self._subscriptions) >= self._settings.max_subscriptions:
-            self._metrics.rate_limited.labels("max_subscriptions").inc()
-            self.send(
-                self._error(
-                    ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                    f"at most {self._settings.max_subscriptions} subscriptions per connection "
-                    "(SITEBUILDER_MAX_SUBSCRIPTIONS)",
-                    frame.ref,
-                )
-            )
+        refused = self._too_many_subscriptions()
+        if refused is not None:
+            self.send(self._error(ErrorCode.TOO_MANY_SUBSCRIPTIONS, refused, frame.ref))
             return
         if not self._gateway.feed_connected:
             message = "the change feed is reconnecting; retry shortly"
@@ -545,15 +459,6 @@ class Client:
 
     # Presence
 
-    @property
-    def connection_id(self) -> str:
-        """Unique across gateways (a presence backend may be shared by several)."""
-        return f"{self._gateway.instance}-{self.id}"
-
-    def _subscribed_to(self, subscription: Subscription) -> bool:
-        current = self._subscriptions.get(subscription.project_id)
-        return not self._closing and current is subscription
-
     async def _join_presence(self, subscription: Subscription) -> None:
         """Join the project's presence and send its `presence.state`; diffs follow."""
         presence = self._gateway.presence
@@ -563,15 +468,8 @@ class Client:
         if entries is None or not self._subscribed_to(subscription):
             await presence.leave(project_id, self.connection_id)  # it ended meanwhile
             return
-        subscription.presence = True
+        subscription.joined = subscription.presence = True
         self.send(PresenceState(project_id=project_id, users=group_by_user(entries)))
-
-    def _leave_presence(self, subscription: Subscription) -> None:
-        self._presence_pending.pop(subscription.project_id, None)
-        if subscription.presence:
-            subscription.presence = False
-            presence = self._gateway.presence
-            self._spawn(presence.leave(subscription.project_id, self.connection_id))
 
     async def _show_session(self, project_id: UUID, session: Meta | None) -> None:
         await self._gateway.presence.set_session(project_id, self.connection_id, session)
@@ -582,37 +480,12 @@ class Client:
             message = f"not subscribed to {frame.project_id}"
             self.send(self._error(ErrorCode.NOT_SUBSCRIBED, message, frame.ref))
             return
-        size = len(orjson.dumps(frame.meta))
-        limit = self._settings.max_presence_meta_bytes
-        if size > limit:
-            self._metrics.rate_limited.labels("max_presence_meta_bytes").inc()
-            message = (
-                f"presence meta of {size} bytes is over the limit of {limit} "
-                "(SITEBUILDER_MAX_PRESENCE_META_BYTES)"
-            )
-            self.send(self._error(ErrorCode.PRESENCE_TOO_LARGE, message, frame.ref))
+        refused = self._presence_too_large(frame.meta)
+        if refused is not None:
+            self.send(self._error(ErrorCode.PRESENCE_TOO_LARGE, refused, frame.ref))
             return
         self.send(Ok(ref=frame.ref, data={"project_id": str(frame.project_id)}))
-        if frame.project_id in self._presence_pending or self._presence_timer is not None:
-            self._metrics.rate_limited.labels("presence_updates_per_second").inc()
-        self._presence_pending[frame.project_id] = frame.meta
-        if self._presence_timer is None:
-            self._flush_presence()
-
-    def _flush_presence(self) -> None:
-        """Apply pending updates while the bucket allows; the rest (at most one per
-        project, the latest) when it next does."""
-        self._presence_timer = None
-        while self._presence_pending and not self._closing:
-            wait = self._presence_bucket.take()
-            if wait:
-                loop = asyncio.get_running_loop()
-                self._presence_timer = loop.call_later(wait, self._flush_presence)
-                return
-            project_id = next(iter(self._presence_pending))
-            meta = self._presence_pending.pop(project_id)
-            presence = self._gateway.presence
-            self._spawn(presence.update(project_id, self.connection_id, meta))
+        self._queue_presence(frame.project_id, frame.meta)
 
     # The project list
 

@@ -35,6 +35,7 @@ from db.feed import (
 from gateway.history import Entry
 from gateway.hub import Event
 from gateway.rpc import parse_request_tag
+from gateway.table_watch import to_table_change
 from protocol.codec import encode_frame
 from protocol.frames import CHANGE_FRAMES, ChangeBase, Op, ProjectChange, Ref, ResetReason
 from protocol.rows import ENTITY_ROWS, TABLE_ENTITIES, Entity, ProjectRow
@@ -117,14 +118,14 @@ class Dispatcher:
         if change.table == "projects":
             await self._authorize(change)
         if change.op is ChangeOp.INSERT:
-            self._publish(change, new_project, Op.INSERT, change.new, None)
+            await self._publish(change, new_project, Op.INSERT, change.new, None)
         elif change.op is ChangeOp.DELETE:
-            self._publish(change, old_project, Op.DELETE, None, change.old)
+            await self._publish(change, old_project, Op.DELETE, None, change.old)
         elif old_project == new_project:
-            self._publish(change, new_project, Op.UPDATE, change.new, change.old)
+            await self._publish(change, new_project, Op.UPDATE, change.new, change.old)
         else:
-            self._publish(change, old_project, Op.DELETE, None, change.old)
-            self._publish(change, new_project, Op.INSERT, change.new, None)
+            await self._publish(change, old_project, Op.DELETE, None, change.old)
+            await self._publish(change, new_project, Op.INSERT, change.new, None)
         if change.table == "projects":
             self._publish_list(change)
 
@@ -210,7 +211,7 @@ class Dispatcher:
         for project_id in deleted:
             self._gateway.revoke_all(project_id, "the project was deleted")
 
-    def _publish(
+    async def _publish(
         self,
         change: RowChange,
         project_id: UUID | None,
@@ -239,6 +240,12 @@ class Dispatcher:
         members_only = entity in MEMBERS_ONLY
         self._history.record(project_id, Entry(change.position, data, members_only))
         hub = self._gateway.hub
+        table_change = None
+        if hub.tables.watching(change.table):
+            table_change = to_table_change(change.table, frame)
+            await self._gateway.access.resolve(
+                project_id, hub.tables.readers(change.table), self._gateway.outbox.flush
+            )
         origin = self._origin(change)
         own = None
         if origin is not None:
@@ -254,6 +261,7 @@ class Dispatcher:
                 change.committed_at,
                 members_only=members_only,
                 own=own,
+                change=table_change,
             )
         )
         if delivered:

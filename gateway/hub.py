@@ -8,6 +8,12 @@ consumer. While a subscriber's snapshot is being read, its events wait in a
 bounded buffer; when the snapshot is sent, those the snapshot already contains are
 dropped and the rest are sent, so the stream continues exactly after it. A
 subscription resumed from a position drops, likewise, what the client already has.
+
+Supabase clients bind to tables rather than projects: their bindings are the hub's
+table watches (gateway.table_watch), handed the same events in the same call, so
+both protocols' frames of a transaction leave through the same outbox. Their
+channels also hold project subscriptions of their own (`changes` off) for presence
+and revocation.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ from websockets.asyncio.server import ServerConnection
 
 from db.feed import Position
 from db.queries import VisibilitySnapshot
+from gateway.access import AccessCache
 from gateway.metrics import Metrics
+from gateway.table_watch import TableChange, TableWatches
 from gateway.wire import Outbox, write_text
+from protocol.phoenix import Vsn
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +47,8 @@ class Event:
     members_only: bool = False
     # (subscriber id, its frame): the connection whose rpc made the change gets its ref.
     own: tuple[int, bytes] | None = None
+    # The change for table-wide (Supabase) bindings, when any watches its table.
+    change: TableChange | None = None
 
     def data_for(self, subscriber_id: int) -> bytes:
         if self.own is not None and self.own[0] == subscriber_id:
@@ -59,6 +70,12 @@ class Subscriber(Protocol):
     def close_slow_consumer(self, reason: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PhoenixTopic:
+    topic: str
+    vsn: Vsn
+
+
 @dataclass(eq=False)
 class Subscription:
     subscriber: Subscriber
@@ -69,8 +86,14 @@ class Subscription:
     # What the client already has: changes its snapshot saw, or up to where it resumed.
     seen: VisibilitySnapshot | None = None
     after: Position | None = None
-    # Joined the project's presence and sent its `presence.state`: gets `presence.diff`s.
+    # Has its `presence.state`: gets the project's presence diffs.
     presence: bool = False
+    # Shows in the project's presence (under the subscriber's connection id).
+    joined: bool = False
+    # Gets the project's change frames (a Supabase channel only shares its presence).
+    changes: bool = True
+    # A Supabase channel's topic and protocol version: its presence diffs are Phoenix's.
+    phoenix: PhoenixTopic | None = None
 
     def wants(self, event: Event) -> bool:
         """Events come in commit order, so the checks against what the client already
@@ -91,11 +114,14 @@ class Subscription:
 
 
 class Hub:
-    def __init__(self, metrics: Metrics, max_pending_events: int, outbox: Outbox) -> None:
+    def __init__(
+        self, metrics: Metrics, max_pending_events: int, outbox: Outbox, access: AccessCache
+    ) -> None:
         self._metrics = metrics
         self._max_pending = max_pending_events
         self._outbox = outbox
         self._topics: dict[UUID, dict[int, Subscription]] = {}
+        self.tables = TableWatches(metrics, outbox, access)
 
     def subscribe(self, subscriber: Subscriber, project_id: UUID) -> Subscription:
         """Register before the snapshot is read, so nothing committed after it is missed."""
@@ -168,22 +194,32 @@ class Hub:
             yield from list(topic.values())
 
     def publish(self, event: Event) -> int:
-        """Hand `event` to every subscriber of its project; returns how many got it."""
+        """Hand `event` to every subscriber of its project, and to the table-wide
+        bindings that want it; returns how many got it."""
+        watched = 0
+        if event.change is not None:
+            watched = self.tables.deliver(
+                event.project_id, event.position, event.members_only, event.change
+            )
         topic = self._topics.get(event.project_id)
         if not topic:
-            return 0
+            return watched
         targets: list[ServerConnection] = []
         own: list[ServerConnection] = []
         own_id = event.own[0] if event.own is not None else None
         for subscription in list(topic.values()):
+            if not subscription.changes:
+                continue
             if not subscription.live:
                 self._hold(subscription, event)  # access is known, and checked, at go_live
             elif subscription.wants(event):
                 subscriber = subscription.subscriber
                 if subscriber.can_send():
                     (own if subscriber.id == own_id else targets).append(subscriber.ws)
-        return deliver(self._metrics, self._outbox, targets, event.data) + (
-            deliver(self._metrics, self._outbox, own, event.own[1]) if own and event.own else 0
+        return (
+            watched
+            + deliver(self._metrics, self._outbox, targets, event.data)
+            + (deliver(self._metrics, self._outbox, own, event.own[1]) if own and event.own else 0)
         )
 
     def _hold(self, subscription: Subscription, event: Event) -> None:

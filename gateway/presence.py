@@ -35,9 +35,10 @@ from uuid import UUID
 from pydantic import JsonValue
 from websockets.asyncio.server import ServerConnection
 
-from gateway.hub import Hub
+from gateway.hub import Hub, PhoenixTopic
 from gateway.metrics import Metrics
 from gateway.wire import write_text
+from protocol import phoenix as phx
 from protocol.codec import encode_frame
 from protocol.frames import PresenceDiff, PresenceMeta, PresenceUser
 
@@ -55,6 +56,14 @@ class PresenceEntry:
     last_active: datetime
     # The builder session this connection drives, set by the server (session.* RPCs).
     session: Meta | None = None
+    # Supabase clients' presence key (`config.presence.key`); others' is their user id.
+    key: str | None = None
+
+    @property
+    def phx_ref(self) -> str:
+        """Phoenix's ref of this meta: new with every new meta (Supabase clients apply a
+        diff's joins before its leaves, matching metas by ref)."""
+        return f"{self.connection_id}.{int(self.last_active.timestamp() * 1_000_000)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +118,14 @@ class Presence(SessionHolds, Protocol):
         """For /readyz: the backend and, for a bus, its state and the other nodes."""
         ...
 
-    async def join(self, project_id: UUID, user_id: UUID, connection_id: str, meta: Meta) -> None:
+    async def join(
+        self,
+        project_id: UUID,
+        user_id: UUID,
+        connection_id: str,
+        meta: Meta,
+        key: str | None = None,
+    ) -> None:
         """Add (or replace) the connection in the project's presence."""
         ...
 
@@ -175,9 +191,16 @@ class InMemoryPresence:
     async def wait_settled(self) -> None:
         return None
 
-    async def join(self, project_id: UUID, user_id: UUID, connection_id: str, meta: Meta) -> None:
+    async def join(
+        self,
+        project_id: UUID,
+        user_id: UUID,
+        connection_id: str,
+        meta: Meta,
+        key: str | None = None,
+    ) -> None:
         at = now()
-        entry = PresenceEntry(user_id, connection_id, meta, at, at)
+        entry = PresenceEntry(user_id, connection_id, meta, at, at, key=key)
         entries = self._projects.setdefault(project_id, {})
         old = entries.get(connection_id)
         entries[connection_id] = entry
@@ -236,6 +259,23 @@ def group_by_user(entries: Iterable[PresenceEntry]) -> dict[UUID, PresenceUser]:
             )
         )
     return {user_id: PresenceUser(metas=m) for user_id, m in metas.items()}
+
+
+def phoenix_state(entries: Iterable[PresenceEntry]) -> dict[str, JsonValue]:
+    """Supabase's shape: `{key: {metas: [{phx_ref, ...meta}]}}`. A native-protocol
+    connection shows under its user id, its meta with `user_id`, `connection_id` (and
+    `session`, when it drives one) beside what it set."""
+    state: dict[str, list[JsonValue]] = {}
+    for entry in sorted(entries, key=lambda e: (e.joined_at, e.connection_id)):
+        meta: dict[str, JsonValue] = {"phx_ref": entry.phx_ref}
+        if entry.key is None:
+            meta["user_id"] = str(entry.user_id)
+            meta["connection_id"] = entry.connection_id
+            if entry.session is not None:
+                meta["session"] = entry.session
+        meta.update((k, v) for k, v in entry.meta.items() if k != "phx_ref")
+        state.setdefault(entry.key or str(entry.user_id), []).append(meta)
+    return {key: {"metas": metas} for key, metas in state.items()}
 
 
 @dataclass(slots=True)
@@ -299,9 +339,15 @@ class PresenceFanout:
 
     def _send(self, project_id: UUID, segments: list[_Segment]) -> None:
         targets: list[ServerConnection] = []
+        phoenix: dict[PhoenixTopic, list[ServerConnection]] = {}
         for subscription in self._hub.subscriptions_of(project_id):
             if subscription.presence and subscription.subscriber.can_send():
-                targets.append(subscription.subscriber.ws)
+                if subscription.phoenix is None:
+                    targets.append(subscription.subscriber.ws)
+                else:
+                    phoenix.setdefault(subscription.phoenix, []).append(subscription.subscriber.ws)
+        for topic, connections in phoenix.items():
+            self._send_phoenix(topic, connections, segments)
         if not targets:
             return
         for segment in segments:
@@ -312,3 +358,15 @@ class PresenceFanout:
             )
             write_text(targets, encode_frame(frame))
             self._metrics.frames_out.labels("presence.diff").inc(len(targets))
+
+    def _send_phoenix(
+        self, topic: PhoenixTopic, targets: list[ServerConnection], segments: list[_Segment]
+    ) -> None:
+        for segment in segments:
+            diff = {
+                "joins": phoenix_state(segment.joins.values()),
+                "leaves": phoenix_state(segment.leaves.values()),
+            }
+            message = phx.Message(topic.topic, phx.Event.PRESENCE_DIFF, diff)
+            write_text(targets, phx.encode(message, topic.vsn))
+            self._metrics.frames_out.labels("presence_diff").inc(len(targets))

@@ -12,8 +12,9 @@ here, so the two differ only in how bytes travel.
 Messages are JSON objects (orjson), one change each, tagged with the sending node
 (`<node name>/<random>`, new for every process) and a sequence number:
 
-- `put` (project, connection, user, meta, session, joined_at, last_active): the
-  connection's whole entry, joined or changed; `leave` (project, connection).
+- `put` (project, connection, user, meta, session, joined_at, last_active, key: a
+  Supabase client's presence key): the connection's whole entry, joined or changed;
+  `leave` (project, connection).
 - `hold`, `release` (session_id): a connection of the node holds a builder session,
   or none does any more (gateway/sessions.py pauses the sessions no node holds).
 - `beat`: the node is alive. A node no message came from for
@@ -133,6 +134,7 @@ def _entry_message(project_id: UUID, entry: PresenceEntry) -> Message:
         "session": entry.session,
         "joined_at": entry.joined_at.isoformat(),
         "last_active": entry.last_active.isoformat(),
+        "key": entry.key,
     }
 
 
@@ -144,6 +146,7 @@ def _entry_of(message: Message) -> tuple[UUID, PresenceEntry]:
         joined_at=datetime.fromisoformat(message["joined_at"]),
         last_active=datetime.fromisoformat(message["last_active"]),
         session=message["session"],
+        key=message.get("key"),
     )
     return UUID(message["project"]), entry
 
@@ -224,9 +227,16 @@ class BusPresence:
 
     # Presence: this node's connections
 
-    async def join(self, project_id: UUID, user_id: UUID, connection_id: str, meta: Meta) -> None:
+    async def join(
+        self,
+        project_id: UUID,
+        user_id: UUID,
+        connection_id: str,
+        meta: Meta,
+        key: str | None = None,
+    ) -> None:
         at = now()
-        self._put_own(project_id, PresenceEntry(user_id, connection_id, meta, at, at))
+        self._put_own(project_id, PresenceEntry(user_id, connection_id, meta, at, at, key=key))
 
     async def leave(self, project_id: UUID, connection_id: str) -> None:
         key = (project_id, connection_id)

@@ -20,13 +20,16 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from db import queries
 from db.feed import ChangeFeed
 from gateway import rpc
+from gateway.access import ANONYMOUS, AccessCache
 from gateway.client import Client
+from gateway.connection import Connection
 from gateway.demo import Demo
 from gateway.dispatch import Dispatcher
 from gateway.health import http_router
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.phoenix import PhoenixClient
 from gateway.presence import Presence, PresenceFanout
 from gateway.project_lists import ProjectLists
 from gateway.router import Router
@@ -68,7 +71,9 @@ class Gateway:
         self.metrics = Metrics()
         # Change frames wait here while the dispatcher handles a transaction.
         self.outbox = Outbox()
-        self.hub = Hub(self.metrics, settings.max_pending_events, self.outbox)
+        # Who may read which project, for Supabase's table-wide bindings.
+        self.access = AccessCache(pool, settings.access_cache_size)
+        self.hub = Hub(self.metrics, settings.max_pending_events, self.outbox, self.access)
         self.project_lists = ProjectLists(self.metrics, settings.max_pending_events, self.outbox)
         self.history = History(
             max_per_project=settings.history_max_per_project,
@@ -87,8 +92,8 @@ class Gateway:
         # (changes carry the ref of the rpc that made them back to its connection).
         self.instance = secrets.token_hex(4)
         self._ids = itertools.count(1)
-        self._clients: set[Client] = set()
-        self._by_user: dict[UUID, set[Client]] = {}
+        self._clients: set[Connection] = set()
+        self._by_user: dict[UUID, set[Connection]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._server: Server | None = None
 
@@ -110,7 +115,12 @@ class Gateway:
     # Connections
 
     async def _handle(self, ws: ServerConnection) -> None:
-        client = Client(self, ws, next(self._ids))
+        """The native protocol on every path but Supabase Realtime's."""
+        client: Client | PhoenixClient
+        if ws.request is not None and PhoenixClient.serves(ws.request.path):
+            client = PhoenixClient(self, ws, next(self._ids), ws.request.path)
+        else:
+            client = Client(self, ws, next(self._ids))
         self._clients.add(client)
         self.metrics.connections.inc()
         try:
@@ -119,15 +129,21 @@ class Gateway:
             self._clients.discard(client)
             self.metrics.connections.dec()
 
-    def admit(self, client: Client, user_id: UUID) -> bool:
-        """Count the connection against its user's limit; False when over it."""
+    def admit(self, client: Connection, user_id: UUID) -> bool:
+        """Count the connection against its user's limit (anonymous ones: against
+        theirs, together); False when over it."""
         connections = self._by_user.setdefault(user_id, set())
-        if len(connections) >= self.settings.max_connections_per_user:
+        if len(connections) >= self.connection_limit(user_id):
             return False
         connections.add(client)
         return True
 
-    def forget(self, client: Client) -> None:
+    def connection_limit(self, user_id: UUID) -> int:
+        if user_id == ANONYMOUS:
+            return self.settings.max_anonymous_connections
+        return self.settings.max_connections_per_user
+
+    def forget(self, client: Connection) -> None:
         connections = self._by_user.get(client.user_id)
         if connections is not None:
             connections.discard(client)
@@ -142,11 +158,13 @@ class Gateway:
 
     async def recheck_access(self, project_id: UUID, xid: int) -> None:
         """Ask PostgreSQL, as each subscriber, whether they may still see the project,
-        once transaction `xid` (which changed who may) is visible to the question."""
-        by_user: dict[UUID, list[Client]] = {}
+        once transaction `xid` (which changed who may) is visible to the question.
+        Table-wide bindings ask again at the project's next change."""
+        self.access.forget(project_id, xid)
+        by_user: dict[UUID, list[Connection]] = {}
         for subscription in self.hub.subscriptions_of(project_id):
             client = subscription.subscriber
-            assert isinstance(client, Client)
+            assert isinstance(client, Connection)
             by_user.setdefault(client.user_id, []).append(client)
         if not by_user:
             return
@@ -165,21 +183,25 @@ class Gateway:
                         subscription.editable = editable
 
     def revoke_all(self, project_id: UUID, message: str) -> None:
+        self.access.forget(project_id)
         for subscription in self.hub.subscriptions_of(project_id):
             client = subscription.subscriber
-            assert isinstance(client, Client)
+            assert isinstance(client, Connection)
             client.revoke(project_id, message)
 
     def resync_all(self, reason: ResetReason, message: str) -> None:
         self.metrics.feed_resets.inc()
         for subscription in self.hub.all_subscriptions():
             client = subscription.subscriber
-            assert isinstance(client, Client)
+            assert isinstance(client, Connection)
             client.resync(subscription, reason, message)
         for project_list in self.project_lists.all_subscriptions():
             client = project_list.subscriber
-            assert isinstance(client, Client)
+            assert isinstance(client, Connection)
             client.resync_list(reason)
+        for watcher in {watch.subscriber for watch in self.hub.tables.all_watches()}:
+            assert isinstance(watcher, Connection)
+            watcher.resync_tables(reason, message)
 
     # Health
 

@@ -197,6 +197,16 @@ class Settings(BaseSettings):
     max_connections_per_user: Annotated[
         int, Field(gt=0, description="Open connections per user on this gateway (4009).")
     ] = 20
+    max_anonymous_connections: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Open connections signed in with a Supabase `anon` key, all together, on "
+                "this gateway (4009)."
+            ),
+        ),
+    ] = 1000
     max_outbound_bytes: Annotated[
         int,
         Field(
@@ -238,6 +248,16 @@ class Settings(BaseSettings):
     route_cache_size: Annotated[
         int, Field(gt=0, description="Parent ids remembered per table for routing changes.")
     ] = 100_000
+    access_cache_size: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Projects whose readers are remembered for Supabase `postgres_changes` "
+                "bindings (who may see which project; forgotten when its access changes)."
+            ),
+        ),
+    ] = 10_000
     shutdown_grace_seconds: Annotated[
         float,
         Field(gt=0, description="On SIGTERM, how long in-flight requests may take to finish."),

@@ -15,6 +15,8 @@ import jwt
 
 ALGORITHM = "HS256"
 USER_ROLE = "authenticated"
+# Supabase's public key (`anon`): no user, reads only what is public.
+ANON_ROLE = "anon"
 
 
 class TokenError(ValueError):
@@ -23,6 +25,13 @@ class TokenError(ValueError):
 
 class TokenExpired(TokenError):
     """A token that was valid but whose `exp` has passed: the client should refresh it."""
+
+
+def mint_anon_key(secret: str, *, ttl_seconds: int) -> str:
+    """A Supabase-style `anon` key: public reads only."""
+    now = int(time.time())
+    claims = {"iss": "sitebuilder", "role": ANON_ROLE, "iat": now, "exp": now + ttl_seconds}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
 def mint_token(
@@ -67,23 +76,36 @@ class TokenVerifier:
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, once signature, expiry, audience and subject check out."""
+        claims = self._decode(token, audience=self._audience, require=["sub", "exp"])
+        try:
+            UUID(str(claims["sub"]))
+        except ValueError as error:
+            raise TokenError("token subject is not a user id (uuid)") from error
+        return claims
+
+    def verify_key(self, token: str) -> dict[str, Any]:
+        """A Supabase client's key: a user token, or an `anon` key (signed like user
+        tokens, with role `anon`, no subject and, as Supabase issues them, no
+        audience); `is_anonymous` tells which."""
+        claims = self._decode(token, audience=None, require=["exp"])
+        if is_anonymous(claims):
+            return claims
+        return self.verify(token)
+
+    def _decode(self, token: str, *, audience: str | None, require: list[str]) -> dict[str, Any]:
         try:
             key, algorithms = self._key_for(token)
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=algorithms,
-                audience=self._audience,
-                options={"require": ["sub", "exp"]},
+                audience=audience,
+                options={"require": require, "verify_aud": audience is not None},
             )
         except jwt.ExpiredSignatureError as error:
             raise TokenExpired("token expired") from error
         except jwt.PyJWTError as error:  # also a key of the wrong type for the alg
             raise TokenError(f"invalid token: {error}") from error
-        try:
-            UUID(str(claims["sub"]))
-        except ValueError as error:
-            raise TokenError("token subject is not a user id (uuid)") from error
         return claims
 
     def _key_for(self, token: str) -> tuple[Any, list[str]]:
@@ -96,6 +118,10 @@ class TokenVerifier:
         if self._public_key is not None:
             return self._public_key, ASYMMETRIC_ALGORITHMS
         return self._secret, [ALGORITHM]
+
+
+def is_anonymous(claims: dict[str, Any]) -> bool:
+    return claims.get("role") == ANON_ROLE and "sub" not in claims
 
 
 def verify_token(token: str, secret: str, *, audience: str) -> dict[str, Any]:

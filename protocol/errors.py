@@ -38,6 +38,8 @@ class CloseCode(IntEnum):
     """WebSocket close codes the gateway uses (4000-4999 are the application's)."""
 
     NORMAL = 1000
+    # A Supabase socket URL asking for a protocol version this gateway does not speak.
+    UNSUPPORTED = 1003
     SERVICE_RESTART = 1012
     AUTH_TIMEOUT = 4001
     AUTH_FAILED = 4003

@@ -17,7 +17,7 @@ import pytest
 from db.embedded import running_dsn
 from db.migrations import load_migrations
 from db.replication_stream import ReplicationStream
-from gateway.tokens import verify_token
+from gateway.tokens import TokenVerifier, is_anonymous, verify_token
 from tests.conftest import PUBLICATION, PostgresServer, drop_replication_slots
 from tests.gateway_fixtures import slot_for, worker_slot
 from tests.support import ServeProcess, cli_env, http_get, run_cli
@@ -82,6 +82,17 @@ async def test_token_creates_the_user_and_signs_its_id(
     assert claims["role"] == "authenticated"
     email = await conn.fetchval("SELECT email FROM auth.users WHERE id = $1", user_id)
     assert email == "ada@example.test"
+
+
+async def test_token_anon_prints_a_supabase_style_anon_key(tmp_path: Path) -> None:
+    env = cli_env(data_dir=str(tmp_path), jwt_secret=SECRET)
+
+    status, out, err = await run_cli("token", "--anon", env=env)
+
+    assert status == 0, err
+    claims = TokenVerifier(audience="authenticated", secret=SECRET).verify_key(out.strip())
+    assert is_anonymous(claims)
+    assert claims["role"] == "anon"
 
 
 async def test_token_with_no_secret_set_uses_one_stored_0600_in_the_data_dir(

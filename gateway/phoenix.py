@@ -1,0 +1,546 @@
+"""A Supabase Realtime connection (`/realtime/v1/websocket`): Phoenix channels over
+the gateway's own hub, presence, authorization and limits.
+
+The socket URL's `apikey` signs the connection in: a user token (as the native
+protocol's `auth`) or an `anon` key, which reads public projects only. A join's
+`access_token` and the `access_token` event replace the token (an anonymous
+connection may become a user's; a user's stays that user's).
+
+Each joined channel holds a hub subscription under a key: the project's id for a
+channel named `project:<uuid>` (so it shares that project's presence with native
+subscribers, and loses it when access is revoked), otherwise a key derived from the
+topic. Such a subscription gets no native change frames; `postgres_changes`
+bindings are a table watch (gateway.table_watch) fed by the same dispatcher and
+outbox. Broadcasts go to the channel's other Phoenix members (and the sender with
+`self`). Every problem is answered on the channel (an error reply or a `system`
+push); the socket is closed only for a bad key, a slow consumer or shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+from uuid import UUID, uuid5
+
+import asyncpg
+import orjson
+from websockets.asyncio.connection import broadcast
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from db import queries
+from db.feed import Position
+from gateway.access import ANONYMOUS, Access
+from gateway.connection import Connection
+from gateway.history import Entry
+from gateway.hub import PhoenixTopic, Subscription
+from gateway.presence import phoenix_state
+from gateway.table_watch import TableWatch, to_table_change
+from gateway.tokens import TokenError, TokenExpired, is_anonymous
+from protocol import phoenix as phx
+from protocol.errors import CloseCode
+from protocol.frames import CHANGE_FRAMES, ResetReason
+from protocol.phoenix import Event, Message, PhoenixError, Vsn
+from protocol.phoenix_changes import Binding, BindingError, binding_id, parse_binding
+from protocol.rows import TABLE_ENTITIES
+
+if TYPE_CHECKING:
+    from gateway.server import Gateway
+
+logger = logging.getLogger(__name__)
+
+PATH = "/realtime/v1/websocket"
+# Keys of channels that are not a project's (uuid5 of the topic).
+CHANNEL_KEYS = UUID("5c0d3a52-7f43-4b5e-9a8e-1f2d3c4b5a69")
+ENTITY_TABLES = {entity.value: table for table, entity in TABLE_ENTITIES.items()}
+SUBSCRIBED = "Subscribed to PostgreSQL"
+KNOWN_EVENTS = frozenset(e.value for e in Event)
+
+
+@dataclass(eq=False)
+class Channel:
+    topic: str
+    join_ref: phx.Ref
+    key: UUID
+    config: phx.JoinConfig
+    subscription: Subscription
+    presence_key: str
+    watch: TableWatch | None = None
+
+
+class PhoenixClient(Connection):
+    @staticmethod
+    def serves(path: str) -> bool:
+        return urlsplit(path).path.rstrip("/") == PATH
+
+    def __init__(self, gateway: Gateway, ws: ServerConnection, client_id: int, path: str) -> None:
+        super().__init__(gateway, ws, client_id)
+        query = parse_qs(urlsplit(path).query)
+        self._vsn_param = query.get("vsn", [None])[-1]
+        self._apikey = query.get("apikey", [None])[-1]
+        self.vsn = Vsn.V1
+        self._channels: dict[str, Channel] = {}
+        self._token: str | None = None
+        self._token_expired = False
+        self._stopping = False
+        self._busy = False
+
+    # Lifecycle
+
+    async def run(self) -> None:
+        try:
+            if await self._connect():
+                await self._serve()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._release()
+            await self._wait_for_tasks()
+
+    def shut_down(self) -> None:
+        """Phoenix has no goodbye: close once in-flight work is done (realtime-js
+        reconnects and joins its channels again)."""
+        self._stopping = True
+        if not self._busy:
+            self.close(CloseCode.SERVICE_RESTART, "service restart")
+
+    def _release(self) -> None:
+        for channel in self._channels.values():
+            if channel.watch is not None:
+                self._gateway.hub.tables.remove(channel.watch)
+        self._channels.clear()
+        super()._release()
+
+    async def _connect(self) -> bool:
+        try:
+            self.vsn = phx.parse_vsn(self._vsn_param)
+        except PhoenixError as error:
+            self.close(CloseCode.UNSUPPORTED, str(error)[:120])
+            return False
+        if not self._apikey:
+            self._metrics.auth_failures.labels("invalid_token").inc()
+            self.close(CloseCode.AUTH_FAILED, "missing apikey")
+            return False
+        refusal = await self._authenticate(self._apikey)
+        if refusal is not None:
+            code, problem = refusal
+            self.close(code, problem[:120])
+            return False
+        return True
+
+    async def _authenticate(self, token: str) -> tuple[CloseCode, str] | None:
+        """Sign the connection in with `token`; the close code and problem when it may
+        not (the socket is closed only when it has not signed in yet)."""
+        try:
+            claims = self._gateway.verifier.verify_key(token)
+        except TokenError as error:
+            self._metrics.auth_failures.labels("phoenix").inc()
+            return CloseCode.AUTH_FAILED, _token_problem(error)
+        user_id = ANONYMOUS if is_anonymous(claims) else UUID(claims["sub"])
+        if self._token is not None and user_id != self.user_id and self.user_id != ANONYMOUS:
+            problem = "access_token must be of the same user: open a new connection for another"
+            return CloseCode.AUTH_FAILED, problem
+        if user_id != self.user_id or not self._admitted:
+            if user_id != ANONYMOUS:
+                async with self._gateway.pool.acquire() as conn:
+                    known = await queries.user_exists(conn, user_id)
+                if not known:
+                    self._metrics.auth_failures.labels("unknown_user").inc()
+                    return CloseCode.AUTH_FAILED, f"user {user_id} does not exist"
+            refused = self._admit(user_id)
+            if refused is not None:
+                return CloseCode.TOO_MANY_CONNECTIONS, refused
+        self._sign_in(user_id, claims)
+        self._token = token
+        self._token_expired = False
+        return None
+
+    def _expired(self) -> None:
+        """Each channel gets Supabase's `system` error, then `phx_close`; joins need a
+        fresh `access_token` from now on."""
+        self._token_expired = True
+        for channel in list(self._channels.values()):
+            self._shut_channel(channel, "system", "Token has expired 0 seconds ago")
+
+    # Sending
+
+    def _send(self, message: Message) -> None:
+        if self.can_send():
+            broadcast([self.ws], phx.encode(message, self.vsn), text=True)
+            self._metrics.frames_out.labels(_label(message.event)).inc()
+
+    def _reply_ok(self, request: Message, response: Any = None) -> None:
+        self._send(phx.reply(request, "ok", {} if response is None else response))
+
+    def _reply_error(self, request: Message, reason: str) -> None:
+        self._send(phx.error_reply(request, reason))
+
+    def _system(self, channel: Channel, extension: str, status: str, message: str) -> None:
+        self._send(
+            phx.system(
+                channel.topic,
+                channel.join_ref,
+                extension=extension,
+                status="ok" if status == "ok" else "error",
+                message=message,
+            )
+        )
+
+    # Receiving
+
+    async def _serve(self) -> None:
+        async for raw in self.ws:
+            if self._closing:
+                continue
+            message = self._read(raw)
+            if message is None:
+                continue
+            self._busy = True
+            try:
+                await self._handle(message)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                logger.exception("%s of user %s failed", message.event, self.user_id)
+                self._reply_error(message, f"request failed: {error}")
+            finally:
+                self._busy = False
+            if self._stopping:
+                self.close(CloseCode.SERVICE_RESTART, "service restart")
+
+    def _read(self, raw: str | bytes) -> Message | None:
+        """The message, or None after answering a bad or refused one."""
+        refusal = self._refusal(raw)
+        try:
+            if isinstance(raw, bytes):
+                message = phx.decode_binary(raw)
+            else:
+                message = phx.decode_text(raw, self.vsn)
+        except PhoenixError as error:
+            self._metrics.frames_in.labels("invalid").inc()
+            reason = refusal.message if refusal is not None else str(error)
+            self._send(Message(phx.HEARTBEAT_TOPIC, Event.REPLY, _error(reason)))
+            return None
+        if refusal is not None:
+            response: dict[str, Any] = {"reason": refusal.message, "code": refusal.code.value}
+            if refusal.retry_after_ms is not None:
+                response["retry_after_ms"] = refusal.retry_after_ms
+            self._send(phx.reply(message, "error", response))
+            return None
+        self._metrics.frames_in.labels(_label(message.event)).inc()
+        return message
+
+    async def _handle(self, message: Message) -> None:
+        if message.topic == phx.HEARTBEAT_TOPIC:
+            if message.event == Event.HEARTBEAT:
+                self._reply_ok(message)
+            else:
+                self._reply_error(message, f"unknown event {message.event!r} on topic phoenix")
+            return
+        if message.event == Event.JOIN:
+            await self._join(message)
+            return
+        channel = self._channels.get(message.topic)
+        if channel is None:
+            self._reply_error(message, "unmatched topic")
+            return
+        try:
+            if message.event == Event.LEAVE:
+                self._drop(channel)
+                self._reply_ok(message)
+                self._send(phx.close(channel.topic, channel.join_ref))
+            elif message.event == Event.ACCESS_TOKEN:
+                await self._refresh(channel, message)
+            elif message.event == Event.BROADCAST:
+                self._broadcast(channel, message)
+            elif message.event == Event.PRESENCE:
+                await self._presence(channel, message)
+            else:
+                self._reply_error(message, f"unknown event {message.event!r}")
+        except PhoenixError as error:
+            self._reply_error(message, str(error))
+
+    # Channels
+
+    async def _join(self, message: Message) -> None:
+        topic = message.topic
+        if not topic.startswith(phx.TOPIC_PREFIX):
+            self._reply_error(message, f"topics start with {phx.TOPIC_PREFIX!r}")
+            return
+        try:
+            payload = phx.parse_payload(phx.JoinPayload, message.payload, "phx_join")
+        except PhoenixError as error:
+            self._reply_error(message, str(error))
+            return
+        existing = self._channels.get(topic)
+        if existing is not None:  # a rejoin (new join_ref): the old channel ends
+            self._drop(existing)
+            self._send(phx.close(topic, existing.join_ref))
+        token = payload.access_token
+        if token is not None and (token != self._token or self._token_expired):
+            refusal = await self._authenticate(token)
+            if refusal is not None:
+                self._reply_error(message, refusal[1])
+                return
+        if self._token_expired:
+            self._reply_error(message, "Token has expired: join with a fresh access_token")
+            return
+        refused = self._too_many_subscriptions()
+        if refused is not None:
+            self._reply_error(message, refused)
+            return
+        bindings, binding_error = _bindings(payload.config.postgres_changes)
+        project_id = _project_of(topic)
+        access: Access = False
+        if project_id is not None:
+            access = await self._project_access(project_id)
+            if access is None:
+                reason = f"project {project_id} does not exist or is not shared with you"
+                self._reply_error(message, reason)
+                return
+            if self._closing or topic in self._channels:
+                return
+        channel = self._open(message, payload.config, project_id, access)
+        self._reply_ok(
+            message,
+            {
+                "postgres_changes": [
+                    {**raw, "id": binding_id(raw)} for raw in payload.config.postgres_changes
+                ]
+            },
+        )
+        if binding_error is not None:
+            self._system(channel, "postgres_changes", "error", binding_error)
+        elif bindings:
+            self._watch(channel, bindings, project_id, access)
+        if payload.config.presence.enabled:
+            await self._send_presence_state(channel)
+
+    def _open(
+        self, message: Message, config: phx.JoinConfig, project_id: UUID | None, access: Access
+    ) -> Channel:
+        topic = message.topic
+        key = project_id if project_id is not None else uuid5(CHANNEL_KEYS, topic)
+        hub = self._gateway.hub
+        subscription = hub.subscribe(self, key)
+        subscription.changes = False
+        subscription.editable = bool(access)
+        subscription.phoenix = PhoenixTopic(topic, self.vsn)
+        hub.go_live(subscription)
+        presence_key = config.presence.key or (
+            self.connection_id if self.user_id == ANONYMOUS else str(self.user_id)
+        )
+        channel = Channel(topic, message.join_ref, key, config, subscription, presence_key)
+        self._channels[topic] = channel
+        self._subscriptions[key] = subscription
+        return channel
+
+    def _watch(
+        self,
+        channel: Channel,
+        bindings: tuple[Binding, ...],
+        project_id: UUID | None,
+        access: Access,
+    ) -> None:
+        """Start the channel's changes (after replaying the history, when asked to
+        resume): no await between the replay and going live, so nothing is missed."""
+        watch = TableWatch(self, channel.topic, self.vsn, bindings)
+        resume = channel.config.resume
+        replay: list[bytes] = []
+        resumed: str | None = None
+        if resume is not None:
+            if project_id is None:
+                resumed = "resume needs a channel named project:<uuid>"
+            else:
+                replay, resumed = self._replay(watch, project_id, resume.since, access)
+        channel.watch = watch
+        self._gateway.hub.tables.add(watch)
+        self._system(channel, "postgres_changes", "ok", SUBSCRIBED)
+        if resume is not None:
+            if resumed is not None:
+                self._system(channel, "resume", "error", resumed)
+            else:
+                self._system(channel, "resume", "ok", f"resumed after {resume.since}")
+        for data in replay:
+            if not self.can_send():
+                return
+            broadcast([self.ws], data, text=True)
+
+    def _replay(
+        self, watch: TableWatch, project_id: UUID, since_text: str, access: Access
+    ) -> tuple[list[bytes], str | None]:
+        """The frames of the project's changes after `since` that the watch wants, or
+        why they cannot all be replayed."""
+        history = self._gateway.history
+        since = Position.parse(since_text)
+        if since is None:
+            return [], f"{since_text!r} is not a position this gateway gave out"
+        if not history.covers(project_id, since):
+            return [], (
+                f"the changes after {since_text} are no longer all kept "
+                "(or were given out before a restart)"
+            )
+        frames = []
+        for entry in history.after(project_id, since):
+            watch.after = entry.position
+            if entry.members_only and not access:
+                continue
+            data = self._replayed(watch, entry)
+            if data is not None:
+                frames.append(data)
+        return frames, None
+
+    def _replayed(self, watch: TableWatch, entry: Entry) -> bytes | None:
+        obj = orjson.loads(entry.data)
+        table = ENTITY_TABLES.get(obj.get("entity"))
+        if table is None or obj.get("list"):
+            return None
+        change = to_table_change(table, CHANGE_FRAMES[obj["entity"]].model_validate(obj))
+        ids = watch.ids_for(change)
+        if not ids:
+            return None
+        payload = {"ids": list(ids), "data": change.data}
+        return phx.encode(Message(watch.topic, Event.POSTGRES_CHANGES, payload), self.vsn)
+
+    async def _project_access(self, project_id: UUID) -> Access:
+        async with self._gateway.pool.acquire() as conn:
+            if self.user_id == ANONYMOUS:
+                return False if await queries.project_is_public(conn, project_id) else None
+            return await queries.project_access(conn, self.user_id, project_id)
+
+    async def _send_presence_state(self, channel: Channel) -> None:
+        entries = await self._gateway.presence.list(channel.key)
+        if self._channels.get(channel.topic) is not channel:
+            return
+        channel.subscription.presence = True
+        state = phoenix_state(entries)
+        self._send(Message(channel.topic, Event.PRESENCE_STATE, state, None, channel.join_ref))
+
+    def _drop(self, channel: Channel) -> None:
+        if channel.watch is not None:
+            self._gateway.hub.tables.remove(channel.watch)
+        self._gateway.hub.unsubscribe(channel.subscription)
+        self._leave_presence(channel.subscription)
+        if self._channels.get(channel.topic) is channel:
+            del self._channels[channel.topic]
+        if self._subscriptions.get(channel.key) is channel.subscription:
+            del self._subscriptions[channel.key]
+
+    def _shut_channel(self, channel: Channel, extension: str, message: str) -> None:
+        """End a channel as Supabase does: a `system` error, then `phx_close`."""
+        self._drop(channel)
+        self._system(channel, extension, "error", message)
+        self._send(phx.close(channel.topic, channel.join_ref))
+
+    # Hooks the Gateway calls
+
+    def revoke(self, project_id: UUID, message: str) -> None:
+        for channel in list(self._channels.values()):
+            if channel.key == project_id:
+                self._shut_channel(channel, "system", message)
+
+    def resync(self, subscription: Subscription, reason: ResetReason, message: str) -> None:
+        """A channel's subscription carries presence only: nothing of it was lost."""
+
+    def resync_tables(self, reason: ResetReason, message: str) -> None:
+        """Supabase has no way to say so but a `system` message: changes may be missing."""
+        for channel in self._channels.values():
+            if channel.watch is not None:
+                text = f"changes may have been missed ({reason.value}): {message}"
+                self._system(channel, "postgres_changes", "error", text)
+
+    # Events
+
+    async def _refresh(self, channel: Channel, message: Message) -> None:
+        token = phx.parse_payload(phx.AccessTokenPayload, message.payload, "access_token")
+        if token.access_token == self._token and not self._token_expired:
+            return
+        refusal = await self._authenticate(token.access_token)
+        if refusal is not None:
+            self._shut_channel(channel, "system", refusal[1])
+
+    def _broadcast(self, channel: Channel, message: Message) -> None:
+        sent = phx.parse_payload(phx.Broadcast, message.payload, "broadcast")
+        by_vsn: dict[Vsn, list[ServerConnection]] = {Vsn.V1: [], Vsn.V2: []}
+        for subscription in self._gateway.hub.subscriptions_of(channel.key):
+            target = subscription.phoenix
+            member = subscription.subscriber
+            if target is None or target.topic != channel.topic:
+                continue
+            if member is self and not channel.config.broadcast.self_:
+                continue
+            if member.can_send():
+                by_vsn[target.vsn].append(member.ws)
+        if by_vsn[Vsn.V2]:
+            data = phx.encode_user_broadcast(channel.topic, sent.event, sent.payload, sent.meta)
+            broadcast(by_vsn[Vsn.V2], data)
+        if by_vsn[Vsn.V1] and not isinstance(sent.payload, bytes):
+            text = phx.encode(phx.broadcast_message(channel.topic, sent), Vsn.V1)
+            broadcast(by_vsn[Vsn.V1], text, text=True)
+        self._metrics.frames_out.labels("broadcast").inc(len(by_vsn[Vsn.V1]) + len(by_vsn[Vsn.V2]))
+        if channel.config.broadcast.ack:
+            self._reply_ok(message)
+
+    async def _presence(self, channel: Channel, message: Message) -> None:
+        push = phx.parse_payload(phx.PresencePush, message.payload, "presence")
+        subscription = channel.subscription
+        if push.event == "untrack":
+            self._leave_presence(subscription)
+            self._reply_ok(message)
+            return
+        refused = self._presence_too_large(push.payload)
+        if refused is not None:
+            self._reply_error(message, refused)
+            return
+        if subscription.joined:
+            self._queue_presence(channel.key, push.payload)
+            self._reply_ok(message)
+            return
+        presence = self._gateway.presence
+        subscription.joined = True
+        await presence.join(
+            channel.key, self.user_id, self.connection_id, push.payload, key=channel.presence_key
+        )
+        if self._channels.get(channel.topic) is not channel or not subscription.joined:
+            await presence.leave(channel.key, self.connection_id)  # it ended meanwhile
+            return
+        self._reply_ok(message)
+
+
+def _label(event: str) -> str:
+    """A metrics label: the event's name when it is one of the protocol's."""
+    return event if event in KNOWN_EVENTS else "unknown"
+
+
+def _error(reason: str) -> dict[str, Any]:
+    return {"status": "error", "response": {"reason": reason}}
+
+
+def _token_problem(error: TokenError) -> str:
+    if isinstance(error, TokenExpired):
+        return "Token has expired 0 seconds ago"
+    return f"Received an invalid access token from client: {error}"
+
+
+def _project_of(topic: str) -> UUID | None:
+    name = phx.channel_name(topic)
+    if not name.startswith(phx.PROJECT_CHANNEL_PREFIX):
+        return None
+    try:
+        return UUID(name.removeprefix(phx.PROJECT_CHANNEL_PREFIX))
+    except ValueError:
+        return None
+
+
+def _bindings(
+    params: list[dict[str, Any]],
+) -> tuple[tuple[Binding, ...], str | None]:
+    """The channel's bindings, or (none and) the first one's problem: Supabase serves
+    a channel's bindings all or none."""
+    bindings = []
+    for raw in params:
+        try:
+            bindings.append(parse_binding(raw))
+        except BindingError as error:
+            return (), str(error)
+    return tuple(bindings), None
