@@ -122,9 +122,17 @@ async def test_fanout_ramp_reports_steps(tmp_path: Path, database_dsn: str) -> N
     # each step says who used the CPU, and how much went to the rest of the machine
     gateway, reference = report["runs"]
     for step in gateway["ramp"]:
-        assert {"gateway", "editors", "writer", "irq", "others"} <= set(step["cpu_percent"])
+        assert {"gateway", "editors", "writer", "irq", "others", "idle"} <= set(step["cpu_percent"])
     for step in reference["ramp"]:
-        assert set(step["cpu_percent"]) == {"server", "editors", "writer", "irq", "others"}
+        assert set(step["cpu_percent"]) == {
+            "server",
+            "editors",
+            "writer",
+            "irq",
+            "others",
+            "steal",
+            "idle",
+        }
     assert report["ratio_throughput"] > 0
     assert report["ratio_p99_at_rate"] == 15.0
 
