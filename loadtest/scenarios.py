@@ -319,10 +319,12 @@ REPLACED_POLL = 0.1
 
 @dataclass
 class Victim:
-    """The worker to kill, and the name its editors know it by (None: unknown)."""
+    """The worker to kill, the name its editors know it by (None: unknown), and every
+    worker that listened when it was chosen."""
 
     pid: int
     node: str | None
+    workers: list[int]
 
 
 def choose_victim(deployment: Deployment, nodes: dict[str, int]) -> Victim:
@@ -338,17 +340,16 @@ def choose_victim(deployment: Deployment, nodes: dict[str, int]) -> Victim:
     for node in sorted(nodes, key=lambda name: -nodes[name]):
         pid = by_index.get(node.rsplit("_", 1)[-1])
         if pid is not None:
-            return Victim(pid, node)
-    return Victim(pids[0], None)
+            return Victim(pid, node, pids)
+    return Victim(pids[0], None, pids)
 
 
-async def replaced(deployment: Deployment, victim: Victim, workers: int) -> float:
-    """Seconds from the kill until the supervisor's replacement listens (all `workers`
-    again, the victim not among them)."""
+async def replaced(deployment: Deployment, before: list[int]) -> float:
+    """Seconds from the kill until the supervisor's replacement listens: a worker that
+    was not there `before`."""
     killed = time.monotonic()
     while True:
-        pids = await asyncio.to_thread(deployment.worker_pids)
-        if len(pids) >= workers and victim.pid not in pids:
+        if await asyncio.to_thread(deployment.worker_pids, frozenset(before)):
             return round(time.monotonic() - killed, 3)
         await asyncio.sleep(REPLACED_POLL)
 
@@ -433,7 +434,7 @@ async def failover(options: Options) -> Report:
                 meter = stream.cpu_meter()
                 killed_at = time.time()
                 os.kill(victim.pid, signal.SIGKILL)
-                replacing = asyncio.ensure_future(replaced(deployment, victim, workers))
+                replacing = asyncio.ensure_future(replaced(deployment, victim.workers))
                 # Catching up shows at the first change committed after the reconnect:
                 # past the writing's end it cannot.
                 timeout = options.duration * (1 - KILL_AT) + 2.0
