@@ -53,7 +53,6 @@ class Deployment:
     audience: str
     gateway_pid: int | None  # `serve`, or the supervisor of its workers
     postgres_pid: int | None
-    workers: int | None = None  # started with `--workers N`
 
     def worker_pids(self, besides: frozenset[int] = frozenset()) -> list[int]:
         """The gateway's worker processes: the supervisor's children that listen on the
@@ -223,7 +222,6 @@ async def started(
             audience=Settings().jwt_audience,
             gateway_pid=process.pid,
             postgres_pid=postmaster,
-            workers=workers,
         )
     finally:
         await asyncio.to_thread(stop, process)
