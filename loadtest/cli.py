@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--subscribers",
         type=int,
         default=DEFAULTS.subscribers,
-        help="editors on the one project (fanout, reconnect, idle, reference; default %(default)s)",
+        help="editors on the one project (fanout, reconnect, idle, reference, failover; "
+        "default %(default)s)",
     )
     load.add_argument(
         "--rate",

@@ -53,12 +53,12 @@ class Deployment:
     audience: str
     gateway_pid: int | None  # `serve`, or the supervisor of its workers
     postgres_pid: int | None
-    workers: int | None = None  # started with `--workers N`
 
-    def worker_pids(self) -> list[int]:
+    def worker_pids(self, besides: frozenset[int] = frozenset()) -> list[int]:
         """The gateway's worker processes: the supervisor's children that listen on the
-        port (not the PostgreSQL it may have started, nor any helper process)."""
-        return listening_children(self.gateway_pid, port_of(self.url))
+        port (not the PostgreSQL it may have started, nor any helper process); only
+        those not `besides` (reading a process's sockets reads every socket's line)."""
+        return listening_children(self.gateway_pid, port_of(self.url), besides)
 
 
 def worker_index(pid: int) -> str | None:
@@ -76,12 +76,16 @@ def port_of(ws_url: str) -> int:
     return port
 
 
-def listening_children(parent: int | None, port: int) -> list[int]:
+def listening_children(
+    parent: int | None, port: int, besides: frozenset[int] = frozenset()
+) -> list[int]:
     found: list[int] = []
     if parent is None:
         return found
     with contextlib.suppress(psutil.NoSuchProcess):
         for child in psutil.Process(parent).children():
+            if child.pid in besides:
+                continue
             with contextlib.suppress(psutil.Error):
                 if any(
                     c.status == psutil.CONN_LISTEN and c.laddr.port == port
@@ -218,7 +222,6 @@ async def started(
             audience=Settings().jwt_audience,
             gateway_pid=process.pid,
             postgres_pid=postmaster,
-            workers=workers,
         )
     finally:
         await asyncio.to_thread(stop, process)

@@ -35,6 +35,7 @@ from loadtest.report import Report, Run, latency_ms
 from loadtest.streams import (
     DEFAULT_FRAMES,
     STEP_TIMEOUT,
+    Stream,
     connect_failures,
     editors_of,
     finish,
@@ -319,10 +320,12 @@ REPLACED_POLL = 0.1
 
 @dataclass
 class Victim:
-    """The worker to kill, and the name its editors know it by (None: unknown)."""
+    """The worker to kill, the name its editors know it by (None: unknown), and every
+    worker that listened when it was chosen."""
 
     pid: int
     node: str | None
+    workers: list[int]
 
 
 def choose_victim(deployment: Deployment, nodes: dict[str, int]) -> Victim:
@@ -338,17 +341,16 @@ def choose_victim(deployment: Deployment, nodes: dict[str, int]) -> Victim:
     for node in sorted(nodes, key=lambda name: -nodes[name]):
         pid = by_index.get(node.rsplit("_", 1)[-1])
         if pid is not None:
-            return Victim(pid, node)
-    return Victim(pids[0], None)
+            return Victim(pid, node, pids)
+    return Victim(pids[0], None, pids)
 
 
-async def replaced(deployment: Deployment, victim: Victim, workers: int) -> float:
-    """Seconds from the kill until the supervisor's replacement listens (all `workers`
-    again, the victim not among them)."""
+async def replaced(deployment: Deployment, before: list[int]) -> float:
+    """Seconds from the kill until the supervisor's replacement listens: a worker that
+    was not there `before`."""
     killed = time.monotonic()
     while True:
-        pids = await asyncio.to_thread(deployment.worker_pids)
-        if len(pids) >= workers and victim.pid not in pids:
+        if await asyncio.to_thread(deployment.worker_pids, frozenset(before)):
             return round(time.monotonic() - killed, 3)
         await asyncio.sleep(REPLACED_POLL)
 
@@ -400,6 +402,52 @@ def window_latency(results: list[dict[str, Any]]) -> dict[str, float]:
     return figures
 
 
+@dataclass
+class Window:
+    """The failover: from the kill until every editor the worker held was back and
+    caught up (each editor process's `recovered`), and who used the CPU meanwhile."""
+
+    recovered: list[dict[str, Any]]
+    seconds: float
+    cpu: dict[str, float]
+    replacement_s: float | None  # until the supervisor's replacement listened
+
+
+async def kill_worker(
+    stream: Stream,
+    deployment: Deployment,
+    victim: Victim,
+    writing: asyncio.Future[None],
+    options: Options,
+) -> Window:
+    """SIGKILL the victim mid-stream and wait for its editors to recover."""
+    await stream.pool.gather({"cmd": "arm"}, "armed", STEP_TIMEOUT)
+    meter = stream.cpu_meter()
+    killed_at = time.time()
+    os.kill(victim.pid, signal.SIGKILL)
+    replacing = asyncio.ensure_future(replaced(deployment, victim.workers))
+    try:
+        # Catching up shows at the first change committed after the reconnect: past
+        # the writing's end it cannot.
+        timeout = options.duration * (1 - KILL_AT) + 2.0
+        command = {"cmd": "recovery", "killed_at": killed_at, "node": victim.node}
+        recovered = await stream.progress.during(
+            stream.pool.gather({**command, "timeout": timeout}, "recovered", timeout + STEP_TIMEOUT)
+        )
+        seconds = time.time() - killed_at
+        cpu = meter.stop()
+        await stream.pool.gather({"cmd": "disarm"}, "disarmed", STEP_TIMEOUT)
+        # The replacement is timed while the writing lasts.
+        either: list[asyncio.Future[Any]] = [replacing, writing]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        replacing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replacing
+    replacement = None if replacing.cancelled() else replacing.result()
+    return Window(recovered, round(seconds, 3), cpu, replacement)
+
+
 async def failover(options: Options) -> Report:
     """Kill one of the gateway's workers (SIGKILL) while the writer streams: the editors
     it held reconnect to the same URL by themselves, land on another worker (or its
@@ -420,7 +468,6 @@ async def failover(options: Options) -> Report:
         stream, ready = await open_stream(
             "failover", deployment.url, "gateway", editors, options, processes, follow=True
         )
-        replacing: asyncio.Future[float] | None = None
         try:
             nodes = spread(ready)
             victim = choose_victim(deployment, nodes)
@@ -429,26 +476,7 @@ async def failover(options: Options) -> Report:
             writing = asyncio.ensure_future(writer.run(options.rate, options.duration))
             try:
                 await stream.progress.during(asyncio.sleep(options.duration * KILL_AT))
-                await stream.pool.gather({"cmd": "arm"}, "armed", STEP_TIMEOUT)
-                meter = stream.cpu_meter()
-                killed_at = time.time()
-                os.kill(victim.pid, signal.SIGKILL)
-                replacing = asyncio.ensure_future(replaced(deployment, victim, workers))
-                # Catching up shows at the first change committed after the reconnect:
-                # past the writing's end it cannot.
-                timeout = options.duration * (1 - KILL_AT) + 2.0
-                command = {
-                    "cmd": "recovery",
-                    "killed_at": killed_at,
-                    "node": victim.node,
-                    "timeout": timeout,
-                }
-                recovered = await stream.progress.during(
-                    stream.pool.gather(command, "recovered", timeout + STEP_TIMEOUT)
-                )
-                window_s = time.time() - killed_at
-                window_cpu = meter.stop()
-                await stream.pool.gather({"cmd": "disarm"}, "disarmed", STEP_TIMEOUT)
+                window = await kill_worker(stream, deployment, victim, writing, options)
                 await stream.progress.during(writing)
             finally:
                 writing.cancel()
@@ -458,17 +486,16 @@ async def failover(options: Options) -> Report:
             results = await finish(stream, writer.seqs(), options)
             stream.progress.done()
             measured, latency, series = result_figures(results, started)
-            replacement = replacing.result() if replacing.done() else None
             figures: dict[str, Any] = {
                 "editors": len(editors),
                 "connect_failures": connect_failures(ready),
                 "workers": workers,
                 "editors per worker": nodes,
                 "killed worker": victim.node or f"pid {victim.pid}",
-                **recovery_figures(recovered),
-                "failover window (s)": round(window_s, 3),
-                "cpu % in the window": window_cpu,
-                "replacement listening after (s)": replacement,
+                **recovery_figures(window.recovered),
+                "failover window (s)": window.seconds,
+                "cpu % in the window": window.cpu,
+                "replacement listening after (s)": window.replacement_s,
                 **measured,
                 **window_latency(results),
                 "commits": writer.writes.total,
@@ -476,10 +503,6 @@ async def failover(options: Options) -> Report:
             }
             report.runs.append(Run("gateway", figures, latency, series))
         finally:
-            if replacing is not None:
-                replacing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await replacing
             await stream.pool.stop()
             await writer.close()
     return report

@@ -84,20 +84,22 @@ class Usage:
         return memory_bytes(tree(self.pids, self.children), proportional=self.children)
 
 
-def machine_seconds() -> tuple[float, float]:
-    """CPU time all cores of this machine spent so far: in processes, and in interrupts
-    (the kernel's network processing, loopback included, is mostly softirq, which no
-    process is charged for)."""
+def machine_seconds() -> tuple[float, float, float, float]:
+    """CPU time all cores of this machine spent so far: in processes; in interrupts (the
+    kernel's network processing, loopback included, is mostly softirq, which no process
+    is charged for); taken by the hypervisor (steal); idle."""
     times = psutil.cpu_times()
     interrupts = getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+    steal = getattr(times, "steal", 0.0)
     idle = times.idle + getattr(times, "iowait", 0.0)
-    return float(sum(times) - idle - interrupts), float(interrupts)
+    return float(sum(times) - idle - interrupts - steal), float(interrupts), float(steal), idle
 
 
 class CpuMeter:
     """CPU of each group of processes over one interval, of the kernel's interrupt work
-    (`irq`) and of every other process on the machine (`others`: on a shared machine,
-    what a figure competed with), in percent of one core."""
+    (`irq`), of every other process on the machine (`others`: on a shared machine, what
+    a figure competed with), taken by the hypervisor (`steal`) and left `idle`, in
+    percent of one core (the machine's cores add up to 100 each)."""
 
     def __init__(self, groups: dict[str, Usage]) -> None:
         self.groups = {
@@ -110,10 +112,11 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        processes, interrupts = (
+        processes, interrupts, steal, idle = (
             100.0 * (now - then) / elapsed
             for now, then in zip(machine_seconds(), self.machine, strict=True)
         )
         figures = {name: round(usage.cpu_percent(), 1) for name, usage in self.groups.items()}
         others = max(0.0, processes - sum(figures.values()))
-        return {**figures, "irq": round(interrupts, 1), "others": round(others, 1)}
+        machine = {"irq": interrupts, "others": others, "steal": steal, "idle": idle}
+        return {**figures, **{name: round(value, 1) for name, value in machine.items()}}
