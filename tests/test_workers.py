@@ -32,6 +32,7 @@ from tests.gateway_fixtures import (
     worker_slot,
 )
 from tests.support import http_get, run_cli
+from tests.test_presence import View
 from tests.test_resume_processes import (
     DELIVERY_TIMEOUT,
     Gateway,
@@ -198,6 +199,59 @@ async def test_clients_on_three_workers_get_every_change_once_across_a_killed_wo
     for tab in tabs:
         assert tab.others == []  # no reset, no second snapshot, no error
         assert_exactly_the_commits(tab, ledger, snapshot_versions)
+
+
+async def users_seen(client: WsClient, view: View, expected: set[str]) -> None:
+    """Apply the client's presence diffs until it shows exactly `expected` users."""
+
+    async def read() -> None:
+        while set(view.users.values()) != expected:
+            view.apply(await client.recv_type("presence.diff"))
+
+    await asyncio.wait_for(read(), TIMEOUT)
+
+
+async def test_every_worker_shows_the_union_of_presence_and_drops_a_killed_workers_clients(
+    tmp_path: Path, database_dsn: str, conn: asyncpg.Connection, make_user: UserFactory
+) -> None:
+    users = [await make_user() for _ in range(WORKERS)]
+    project = await make_project(conn, users[0], collaborators=users[1:])
+    env = serve_env(tmp_path, database_dsn, workers=str(WORKERS), presence_node_timeout_seconds="2")
+    gateway: Gateway | None = None
+    opened: list[WsClient] = []
+    on_worker: dict[str, tuple[WsClient, str]] = {}
+    try:
+        gateway = await start_gateway(env)
+        for _ in range(WORKERS * 20):  # until the kernel put one client on each worker
+            if len(on_worker) == WORKERS:
+                break
+            user = users[len(on_worker)]
+            client = await open_client(gateway.url)
+            opened.append(client)
+            node = (await client.auth(user))["data"]["node"]
+            on_worker.setdefault(node, (client, str(user)))
+        assert len(on_worker) == WORKERS, on_worker.keys()
+        views: dict[str, View] = {}
+        for node, (client, _) in on_worker.items():
+            client.presence = True
+            await client.subscribe(project, snapshot=False)
+            views[node] = View(await client.recv_type("presence.state"))
+
+        everyone = {user for _, user in on_worker.values()}
+        for node, (client, _) in on_worker.items():
+            await users_seen(client, views[node], everyone)
+
+        victim = sorted(on_worker)[0]
+        os.kill(worker_pids(gateway)[int(victim.rsplit("_", 1)[1])], signal.SIGKILL)
+        survivors = everyone - {on_worker[victim][1]}
+        for node, (client, _) in on_worker.items():
+            if node != victim:
+                await users_seen(client, views[node], survivors)
+    finally:
+        for client in opened:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.ws.close(), TIMEOUT)
+        await discard(gateway)
 
 
 async def test_fewer_workers_drop_the_slots_of_the_others_at_start_and_by_prune(
