@@ -75,16 +75,6 @@ class Client(Connection):
 
     # Lifecycle
 
-    async def run(self) -> None:
-        try:
-            if await self._authenticate():
-                await self._serve()
-        except ConnectionClosed:
-            pass
-        finally:
-            self._release()
-            await self._wait_for_tasks()
-
     def shut_down(self) -> None:
         """Tell the client the server is going away; close once in-flight work is done."""
         if self._closing:
@@ -145,7 +135,7 @@ class Client(Connection):
         self._metrics.frames_in.labels(type(frame).model_fields["type"].default).inc()
         return frame
 
-    async def _authenticate(self) -> bool:
+    async def _open(self) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.auth_timeout_seconds
         while True:

@@ -22,6 +22,7 @@ from uuid import UUID
 import orjson
 from pydantic import JsonValue
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 
 from gateway.access import ANONYMOUS
 from gateway.hub import Subscription
@@ -75,7 +76,22 @@ class Connection:
     # Lifecycle
 
     async def run(self) -> None:
-        """Serve the connection until it closes."""
+        """Serve the connection until it closes, then release all it holds."""
+        try:
+            if await self._open():
+                await self._serve()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._release()
+            await self._wait_for_tasks()
+
+    async def _open(self) -> bool:
+        """The protocol's handshake; False when the connection was refused (closed)."""
+        raise NotImplementedError
+
+    async def _serve(self) -> None:
+        """Read and handle frames until the connection closes."""
         raise NotImplementedError
 
     def shut_down(self) -> None:

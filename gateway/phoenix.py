@@ -28,7 +28,6 @@ import asyncpg
 import orjson
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from db import queries
 from db.feed import Position
@@ -89,16 +88,6 @@ class PhoenixClient(Connection):
 
     # Lifecycle
 
-    async def run(self) -> None:
-        try:
-            if await self._connect():
-                await self._serve()
-        except ConnectionClosed:
-            pass
-        finally:
-            self._release()
-            await self._wait_for_tasks()
-
     def shut_down(self) -> None:
         """Phoenix has no goodbye: close once in-flight work is done (realtime-js
         reconnects and joins its channels again)."""
@@ -113,7 +102,7 @@ class PhoenixClient(Connection):
         self._channels.clear()
         super()._release()
 
-    async def _connect(self) -> bool:
+    async def _open(self) -> bool:
         try:
             self.vsn = phx.parse_vsn(self._vsn_param)
         except PhoenixError as error:
@@ -300,7 +289,7 @@ class PhoenixClient(Connection):
                 return
             if self._closing or topic in self._channels:
                 return
-        channel = self._open(message, payload.config, project_id, access)
+        channel = self._open_channel(message, payload.config, project_id, access)
         self._reply_ok(
             message,
             {
@@ -316,7 +305,7 @@ class PhoenixClient(Connection):
         if payload.config.presence.enabled:
             await self._send_presence_state(channel)
 
-    def _open(
+    def _open_channel(
         self, message: Message, config: phx.JoinConfig, project_id: UUID | None, access: Access
     ) -> Channel:
         topic = message.topic
