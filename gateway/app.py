@@ -142,12 +142,13 @@ async def prepare_database(settings: Settings, dsn: str, workers: int) -> FeedNa
     return kind
 
 
-def _stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
-    """Turn SIGINT and SIGTERM into `stop`; returns the function that undoes it."""
+def stop_on_signals(stop: asyncio.Event, doing: str = "shutting down") -> Callable[[], None]:
+    """Turn SIGINT and SIGTERM into `stop` (logging what follows); returns the function
+    that undoes it."""
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: signal.Signals) -> None:
-        logger.info("received %s: shutting down", signum.name)
+        logger.info("received %s: %s", signum.name, doing)
         stop.set()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -188,7 +189,7 @@ def log_listening(urls: list[str], settings: Settings, suffix: str = "") -> None
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Serve in this process until `stop` is set or SIGINT/SIGTERM arrives."""
     stop = stop or asyncio.Event()
-    restore_signals = _stop_on_signals(stop)
+    restore_signals = stop_on_signals(stop)
     try:
         verifier = token_verifier(settings)  # a bad key file fails before the database starts
         async with open_database(
@@ -211,7 +212,7 @@ async def run_worker(
     """Serve as worker `index` of a supervisor, which prepared the database (named by
     `database_url`) and reserved the port; `ready` is called once it listens."""
     stop = stop or asyncio.Event()
-    restore_signals = _stop_on_signals(stop)
+    restore_signals = stop_on_signals(stop)
     try:
         assert settings.database_url is not None
         verifier = token_verifier(settings)

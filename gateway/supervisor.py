@@ -39,7 +39,13 @@ from prometheus_client import multiprocess
 
 from db.provision import open_database
 from db.replication_stream import ReplicationError
-from gateway.app import log_listening, prepare_database, socket_urls, token_verifier
+from gateway.app import (
+    log_listening,
+    prepare_database,
+    socket_urls,
+    stop_on_signals,
+    token_verifier,
+)
 from gateway.settings import MAX_WORKERS, Settings
 from gateway.slots import drop_when_released
 
@@ -326,23 +332,12 @@ def worker_env(
     return env
 
 
-def _stop_on_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: signal.Signals) -> None:
-        logger.info("received %s: stopping the workers", signum.name)
-        stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
-
-
 async def supervise(settings: Settings, count: int) -> None:
     """Run `count` workers until SIGINT/SIGTERM (see the module docstring)."""
     if sys.platform != "linux":
         raise WorkersError("--workers above 1 needs Linux (SO_REUSEPORT, PR_SET_PDEATHSIG)")
     stop = asyncio.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop, "stopping the workers")
     token_verifier(settings)  # makes the generated secret once, before workers read it
     async with open_database(
         settings.database_url,
