@@ -68,6 +68,8 @@ MAX_MESSAGE_BYTES = 7999
 # How long a clean stop waits for its last messages (the bye) to go out.
 GOODBYE_TIMEOUT_SECONDS = 2.0
 # Reconnecting to the bus: the first wait, doubled up to the last.
+# How long a cancelled task may take to end before it is cancelled again.
+CANCEL_AGAIN_SECONDS = 0.5
 RECONNECT_FIRST_SECONDS = 0.2
 RECONNECT_MAX_SECONDS = 5.0
 
@@ -151,6 +153,17 @@ def _entry_of(message: Message) -> tuple[UUID, PresenceEntry]:
     return UUID(message["project"]), entry
 
 
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait for its end, cancelling again while it runs on: redis-py
+    can swallow a cancellation that lands in its connection handling (the bus task
+    then went on to listen, and a node's shutdown waited forever)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=CANCEL_AGAIN_SECONDS)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class BusPresence:
     """`Presence` for several gateway processes: the union of every node's entries."""
 
@@ -214,12 +227,9 @@ class BusPresence:
                 await asyncio.wait_for(asyncio.shield(self._tasks[1]), GOODBYE_TIMEOUT_SECONDS)
             except TimeoutError:
                 logger.warning("presence bus: goodbye not sent in time")
-        for task in self._tasks:
-            task.cancel()
         self._wake.set()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
         if self._settle_timer is not None:
             self._settle_timer.cancel()

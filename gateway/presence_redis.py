@@ -37,6 +37,7 @@ from gateway.presence_bus import (
     BusPresence,
     Message,
     Outgoing,
+    cancel_and_wait,
 )
 
 logger = logging.getLogger(__name__)
@@ -130,10 +131,7 @@ class RedisTransport:
             await asyncio.wait((listening, lost), return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (listening, lost):
-                task.cancel()
-            for task in (listening, lost):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
         raise ConnectionError("a publish failed")
 
     async def _listen(self, bus: BusPresence, pubsub: PubSub) -> None:
