@@ -226,66 +226,81 @@ async def storm(options: Options) -> Report:
     return report
 
 
+@contextlib.asynccontextmanager
+async def one_project_stream(
+    deployment: Deployment, options: Options, name: str, *, follow: bool = False
+) -> AsyncIterator[tuple[Writer, Stream, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """One project's editors connected and its writer ready (the scenarios that interrupt
+    a stream); both stopped afterwards. Yields (writer, stream, editors, ready)."""
+    projects, editors, owner = await one_project(deployment, options)
+    wireframes = [w for project in projects for w in project.wireframes]
+    writer = Writer(deployment.database_url, wireframes, str(owner))
+    await writer.open()
+    try:
+        processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
+        stream, ready = await open_stream(
+            name, deployment.url, "gateway", editors, options, processes, follow=follow
+        )
+        try:
+            yield writer, stream, editors, ready
+        finally:
+            await stream.pool.stop()
+    finally:
+        await writer.close()
+
+
 async def reconnect(options: Options) -> Report:
     """A share of the editors vanishes mid-stream and comes back with `since`."""
     report = Report(
         "reconnect",
         config_of(options, "subscribers", "rate", "duration", "drop_fraction", "client_procs"),
     )
-    async with target(options) as deployment:
-        projects, editors, owner = await one_project(deployment, options)
-        wireframes = [w for project in projects for w in project.wireframes]
-        writer = Writer(deployment.database_url, wireframes, str(owner))
-        await writer.open()
-        processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
-        stream, ready = await open_stream(
-            "reconnect", deployment.url, "gateway", editors, options, processes
-        )
+    async with (
+        target(options) as deployment,
+        one_project_stream(deployment, options, "reconnect") as opened,
+    ):
+        writer, stream, editors, ready = opened
+        stream.start_usage()
+        started = time.time()
+        writing = asyncio.ensure_future(writer.run(options.rate, options.duration))
         try:
-            stream.start_usage()
-            started = time.time()
-            writing = asyncio.ensure_future(writer.run(options.rate, options.duration))
-            try:
-                await stream.progress.during(asyncio.sleep(options.duration * 0.3))
-                dropped = await stream.pool.gather(
-                    {"cmd": "drop", "fraction": options.drop_fraction}, "dropped", STEP_TIMEOUT
+            await stream.progress.during(asyncio.sleep(options.duration * 0.3))
+            dropped = await stream.pool.gather(
+                {"cmd": "drop", "fraction": options.drop_fraction}, "dropped", STEP_TIMEOUT
+            )
+            await stream.progress.during(asyncio.sleep(min(2.0, options.duration * 0.2)))
+            resumed = await stream.progress.during(
+                stream.pool.gather(
+                    {"cmd": "resume", "targets": writer.seqs()}, "resumed", STEP_TIMEOUT * 2
                 )
-                await stream.progress.during(asyncio.sleep(min(2.0, options.duration * 0.2)))
-                resumed = await stream.progress.during(
-                    stream.pool.gather(
-                        {"cmd": "resume", "targets": writer.seqs()}, "resumed", STEP_TIMEOUT * 2
-                    )
-                )
-                await stream.progress.during(writing)
-            finally:
-                writing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writing
-            usage = stream.usage_figures()  # before the editors' processes exit
-            results = await finish(stream, writer.seqs(), options)
-            stream.progress.done()
-            measured, latency, series = result_figures(results, started)
-            catchup = merged([event["catchup"] for event in resumed])
-            resubscribe = merged([event["steps"]["ready"] for event in resumed])
-            figures: dict[str, Any] = {
-                "editors": len(editors),
-                "connect_failures": connect_failures(ready),
-                "dropped": sum(event["count"] for event in dropped),
-                "resume_failures": connect_failures(resumed),
-                "resumed_caught_up": catchup.get_total_count(),
-                "resume ready p99 (ms)": latency_ms(resubscribe)["p99"],
-                "replay p50 (ms)": latency_ms(catchup)["p50"],
-                "replay p99 (ms)": latency_ms(catchup)["p99"],
-                "replay max (ms)": latency_ms(catchup)["max"],
-                "replay_s": round(max(event["seconds"] for event in resumed), 3),
-                **measured,
-                "commits": writer.writes.total,
-                **usage,
-            }
-            report.runs.append(Run("gateway", figures, latency, series))
+            )
+            await stream.progress.during(writing)
         finally:
-            await stream.pool.stop()
-            await writer.close()
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writing
+        usage = stream.usage_figures()  # before the editors' processes exit
+        results = await finish(stream, writer.seqs(), options)
+        stream.progress.done()
+        measured, latency, series = result_figures(results, started)
+        catchup = merged([event["catchup"] for event in resumed])
+        resubscribe = merged([event["steps"]["ready"] for event in resumed])
+        figures: dict[str, Any] = {
+            "editors": len(editors),
+            "connect_failures": connect_failures(ready),
+            "dropped": sum(event["count"] for event in dropped),
+            "resume_failures": connect_failures(resumed),
+            "resumed_caught_up": catchup.get_total_count(),
+            "resume ready p99 (ms)": latency_ms(resubscribe)["p99"],
+            "replay p50 (ms)": latency_ms(catchup)["p50"],
+            "replay p99 (ms)": latency_ms(catchup)["p99"],
+            "replay max (ms)": latency_ms(catchup)["max"],
+            "replay_s": round(max(event["seconds"] for event in resumed), 3),
+            **measured,
+            "commits": writer.writes.total,
+            **usage,
+        }
+        report.runs.append(Run("gateway", figures, latency, series))
     return report
 
 
@@ -459,52 +474,48 @@ async def failover(options: Options) -> Report:
         "failover",
         config_of(options, "subscribers", "rate", "duration", "workers", "client_procs"),
     )
-    async with target(options) as deployment:
-        projects, editors, owner = await one_project(deployment, options)
-        wireframes = [w for project in projects for w in project.wireframes]
-        writer = Writer(deployment.database_url, wireframes, str(owner))
-        await writer.open()
-        processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
-        stream, ready = await open_stream(
-            "failover", deployment.url, "gateway", editors, options, processes, follow=True
-        )
+    async with (
+        target(options) as deployment,
+        one_project_stream(deployment, options, "failover", follow=True) as (
+            writer,
+            stream,
+            editors,
+            ready,
+        ),
+    ):
+        nodes = spread(ready)
+        victim = choose_victim(deployment, nodes)
+        stream.start_usage()
+        started = time.time()
+        writing = asyncio.ensure_future(writer.run(options.rate, options.duration))
         try:
-            nodes = spread(ready)
-            victim = choose_victim(deployment, nodes)
-            stream.start_usage()
-            started = time.time()
-            writing = asyncio.ensure_future(writer.run(options.rate, options.duration))
-            try:
-                await stream.progress.during(asyncio.sleep(options.duration * KILL_AT))
-                window = await kill_worker(stream, deployment, victim, writing, options)
-                await stream.progress.during(writing)
-            finally:
-                writing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writing
-            usage = stream.usage_figures()  # before the editors' processes exit
-            results = await finish(stream, writer.seqs(), options)
-            stream.progress.done()
-            measured, latency, series = result_figures(results, started)
-            figures: dict[str, Any] = {
-                "editors": len(editors),
-                "connect_failures": connect_failures(ready),
-                "workers": workers,
-                "editors per worker": nodes,
-                "killed worker": victim.node or f"pid {victim.pid}",
-                **recovery_figures(window.recovered),
-                "failover window (s)": window.seconds,
-                "cpu % in the window": window.cpu,
-                "replacement listening after (s)": window.replacement_s,
-                **measured,
-                **window_latency(results),
-                "commits": writer.writes.total,
-                **usage,
-            }
-            report.runs.append(Run("gateway", figures, latency, series))
+            await stream.progress.during(asyncio.sleep(options.duration * KILL_AT))
+            window = await kill_worker(stream, deployment, victim, writing, options)
+            await stream.progress.during(writing)
         finally:
-            await stream.pool.stop()
-            await writer.close()
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writing
+        usage = stream.usage_figures()  # before the editors' processes exit
+        results = await finish(stream, writer.seqs(), options)
+        stream.progress.done()
+        measured, latency, series = result_figures(results, started)
+        figures: dict[str, Any] = {
+            "editors": len(editors),
+            "connect_failures": connect_failures(ready),
+            "workers": workers,
+            "editors per worker": nodes,
+            "killed worker": victim.node or f"pid {victim.pid}",
+            **recovery_figures(window.recovered),
+            "failover window (s)": window.seconds,
+            "cpu % in the window": window.cpu,
+            "replacement listening after (s)": window.replacement_s,
+            **measured,
+            **window_latency(results),
+            "commits": writer.writes.total,
+            **usage,
+        }
+        report.runs.append(Run("gateway", figures, latency, series))
     return report
 
 
