@@ -326,6 +326,22 @@ def _follow_all(tabs: list[Tab], until: Predicate, within: float) -> list[asynci
     return [asyncio.create_task(tab.follow(until, within)) for tab in tabs]
 
 
+async def stop_following(
+    readers: list[asyncio.Task[str]],
+    writers: asyncio.Future[list[None]] | None,
+    tabs: list[Tab],
+) -> None:
+    """A test's end, passed or not: readers and writers stopped, every tab closed."""
+    for reader in readers:
+        reader.cancel()
+    if writers is not None:
+        writers.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(writers, TIMEOUT)
+    for tab in tabs:
+        await tab.close()
+
+
 async def _gather(tasks: list[asyncio.Task[str]], within: float) -> list[str]:
     return list(await asyncio.wait_for(asyncio.gather(*tasks), within))
 
@@ -398,14 +414,7 @@ async def test_gateway_gone_mid_burst_clients_resume_with_exactly_the_commits(
         )
         assert await _gather(readers, DELIVERY_TIMEOUT) == ["done"] * len(tabs)
     finally:
-        for reader in readers:
-            reader.cancel()
-        if writers is not None:
-            writers.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(writers, TIMEOUT)
-        for tab in tabs:
-            await tab.close()
+        await stop_following(readers, writers, tabs)
         await discard(first)
         await discard(second)
 

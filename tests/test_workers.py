@@ -49,6 +49,7 @@ from tests.test_resume_processes import (
     retitle,
     serve_env,
     start_gateway,
+    stop_following,
     stop_gateway,
     write,
 )
@@ -185,14 +186,7 @@ async def test_clients_on_three_workers_get_every_change_once_across_a_killed_wo
         assert gateway.log().count("gateway.app: stopped") == WORKERS
         assert "gateway.supervisor: stopped" in gateway.log()
     finally:
-        for reader in readers:
-            reader.cancel()
-        if writers is not None:
-            writers.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(writers, TIMEOUT)
-        for tab in tabs:
-            await tab.close()
+        await stop_following(readers, writers, tabs)
         await discard(gateway)
 
     assert len(ledger) == BURST + TAIL
