@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 import uuid
@@ -37,6 +38,11 @@ from protocol.schema import protocol_json_schema
 logger = logging.getLogger("gateway")
 
 DEFAULT_TOKEN_TTL_SECONDS = 24 * 3600
+# What loadtest/ imports beyond the gateway's own dependencies: the `bench` extra's.
+BENCH_MODULES = ("picows", "hdrh", "matplotlib")
+BENCH_EXTRA_MISSING = (
+    "sitebuilder-gateway: bench needs the bench extra: pip install 'sitebuilder-realtime[bench]'"
+)
 
 
 class CommandError(RuntimeError):
@@ -311,13 +317,24 @@ def _without_traceback(record: logging.LogRecord) -> bool:
     return True
 
 
+def bench(argv: Sequence[str]) -> int:
+    """`bench ARGS`: the load test, whose options are its own (listed by `bench --help`).
+
+    loadtest/ is imported only here: its dependencies are the `bench` extra, which an
+    installation of the gateway alone does not have."""
+    missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(BENCH_EXTRA_MISSING, file=sys.stderr)
+        return 2
+    from loadtest.cli import main as bench_main
+
+    return bench_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
-        # Its options are the load test's own (listed by `bench --help`), not ours.
-        from loadtest.cli import main as bench_main
-
-        return bench_main(argv[1:])
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = Settings()

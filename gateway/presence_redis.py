@@ -22,12 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline, PubSub
 from redis.exceptions import RedisError
 
 from gateway.presence import PresenceUnavailable
@@ -48,6 +47,46 @@ _NODE_FIELD = b"node"
 CLIENT_PREFIX = "sitebuilder-presence-"  # keeps the hash of a node without connections alive
 
 
+class _PubSub(Protocol):
+    async def subscribe(self, *channels: str) -> object: ...
+    async def get_message(
+        self,
+        *,
+        timeout: float | None,  # noqa: ASYNC109 (redis-py's signature)
+    ) -> dict[str, Any] | None: ...
+    async def aclose(self) -> None: ...
+
+
+class _Pipeline(Protocol):
+    """Queues commands (each call returns the pipeline) until `execute`."""
+
+    def delete(self, *names: str) -> object: ...
+    def hset(self, name: str, key: str | bytes, value: bytes) -> object: ...
+    def hdel(self, name: str, *keys: str) -> object: ...
+    def publish(self, channel: str, message: bytes) -> object: ...
+    def pexpire(self, name: str, time: int) -> object: ...
+    async def execute(self) -> list[Any]: ...
+
+
+class _Client(Protocol):
+    """What this module uses of redis-py's asyncio client (`Redis`, its `PubSub` and
+    `Pipeline`), typed here once. redis-py's own annotations differ between the releases
+    pyproject.toml allows: before 8.0 a command returns `Awaitable[T] | T` and takes hash
+    fields and values as `str`, and `PubSub.aclose` is untyped before 8.2; code checked
+    against them passes on some releases and fails on others."""
+
+    async def ping(self) -> object: ...
+    def pubsub(self) -> _PubSub: ...
+    async def hgetall(self, name: str) -> dict[bytes, bytes]: ...
+    def scan_iter(self, *, match: str, count: int) -> AsyncIterator[bytes]: ...
+    def pipeline(self, *, transaction: bool) -> _Pipeline: ...
+    async def aclose(self) -> None: ...
+
+
+def _client(url: str, **options: Any) -> _Client:
+    return cast(_Client, Redis.from_url(url, **options))
+
+
 def redacted(url: str) -> str:
     """The URL without its password, for messages."""
     parts = urlsplit(url)
@@ -66,12 +105,12 @@ class RedisTransport:
         self._channel = channel
         self._timeout = timeout_seconds
         self._ttl_ms = max(1, int(timeout_seconds * 1000))
-        self._redis: Redis | None = None
-        self._subscriber: Redis | None = None
+        self._redis: _Client | None = None
+        self._subscriber: _Client | None = None
         self._lost = asyncio.Event()
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> _Client:
         """For commands: each bounded by the node timeout."""
         assert self._redis is not None, "start() first"
         return self._redis
@@ -81,7 +120,7 @@ class RedisTransport:
 
     async def start(self, node: str) -> None:
         name = CLIENT_PREFIX + node.replace("/", "-")
-        self._redis = Redis.from_url(
+        self._redis = _client(
             self._url,
             client_name=name,
             socket_connect_timeout=self._timeout,
@@ -89,7 +128,7 @@ class RedisTransport:
         )
         # The subscription waits for messages without a deadline: a read timing out
         # there could swallow the cancellation that stops the node.
-        self._subscriber = Redis.from_url(
+        self._subscriber = _client(
             self._url, client_name=name, socket_connect_timeout=self._timeout, socket_keepalive=True
         )
         try:
@@ -119,11 +158,11 @@ class RedisTransport:
                 bus.on_disconnected()
                 self._lost.clear()
                 with contextlib.suppress(*_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
-    async def _listen_until_lost(self, bus: BusPresence, pubsub: PubSub) -> None:
+    async def _listen_until_lost(self, bus: BusPresence, pubsub: _PubSub) -> None:
         """Listen until the subscription fails or a publish did (`_lost`)."""
         listening = asyncio.create_task(self._listen(bus, pubsub), name="presence-redis-listen")
         lost = asyncio.create_task(self._lost.wait(), name="presence-redis-lost")
@@ -134,7 +173,7 @@ class RedisTransport:
                 await cancel_and_wait(task)
         raise ConnectionError("a publish failed")
 
-    async def _listen(self, bus: BusPresence, pubsub: PubSub) -> None:
+    async def _listen(self, bus: BusPresence, pubsub: _PubSub) -> None:
         while True:
             message = await pubsub.get_message(timeout=None)
             if message is None or message["type"] != "message":
@@ -180,7 +219,7 @@ class RedisTransport:
         self._lost.set()  # reconnect: read everyone, re-announce ourselves
 
     @staticmethod
-    def _store(pipe: Pipeline, key: str, out: Outgoing) -> None:
+    def _store(pipe: _Pipeline, key: str, out: Outgoing) -> None:
         message: Message = out.message
         kind = message["type"]
         if kind == "sync":
