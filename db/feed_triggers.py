@@ -52,8 +52,21 @@ async def use_feed_triggers(conn: asyncpg.Connection, feed: FeedName) -> None:
     ]
     if not changes:
         return
-    async with conn.transaction():
-        for table, trigger, enable in changes:
-            action = "ENABLE" if enable else "DISABLE"
-            await conn.execute(f'ALTER TABLE public.{table} {action} TRIGGER "{trigger}"')
+    try:
+        async with conn.transaction():
+            for table, trigger, enable in changes:
+                action = "ENABLE" if enable else "DISABLE"
+                await conn.execute(f'ALTER TABLE public.{table} {action} TRIGGER "{trigger}"')
+    except asyncpg.InsufficientPrivilegeError:
+        # Only the tables' owner may switch triggers; a gateway role that does not own
+        # them (migrated by another role) still serves, with the triggers as they are.
+        wrong = ", ".join(f"{table}.{trigger}" for table, trigger, _ in changes)
+        logger.warning(
+            "feed=%s: cannot switch the change feed triggers (%s): role %s does not own "
+            "the tables; run `sitebuilder-gateway serve` once as their owner to set them",
+            feed,
+            wrong,
+            await conn.fetchval("SELECT current_user"),
+        )
+        return
     logger.info("change feed triggers set for feed=%s (%d changed)", feed, len(changes))

@@ -27,7 +27,24 @@ import asyncpg
 MIGRATIONS_TABLE = "public.schema_migrations"
 # Any constant shared by every runner; chosen once, never change it.
 ADVISORY_LOCK_KEY = 0x5B17E_2EA1
+# Earlier texts of a migration that leave the same schema behind, so databases that
+# applied them are not refused. Add one only when a file must change for databases
+# that cannot apply it as it was, never to change what a migration does.
+EQUIVALENT_CHECKSUMS: Mapping[int, frozenset[str]] = {
+    # 0011 set custom settings in a function's SET clause, which needs a superuser;
+    # the same function now sets and restores them in its body.
+    # 0001 now explains what to grant where the login role cannot grant itself a role.
+    1: frozenset({"37e325c973c0eae3ca2500354e0a1676460ca20618d1ce5d6820415ff96cba6a"}),
+    11: frozenset({"29d3cb199685c2c4882246b891f7f5be7fe58882a41818d671451f851ebd31d1"}),
+}
 _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.(?P<direction>up|down)\.sql$")
+
+
+def _explained(error: asyncpg.PostgresError) -> str:
+    """The server's message with its detail and hint, which often say what to do."""
+    parts = [str(error)]
+    parts += [text for text in (error.detail, error.hint) if text]
+    return " ".join(part.rstrip(".") + "." for part in parts)
 
 
 class MigrationError(RuntimeError):
@@ -49,6 +66,12 @@ class Migration:
     @property
     def label(self) -> str:
         return f"{self.version:04d}_{self.name}"
+
+    def matches(self, applied_checksum: str) -> bool:
+        """Whether the database's record of this migration is this file or an equivalent."""
+        return applied_checksum == self.checksum or applied_checksum in EQUIVALENT_CHECKSUMS.get(
+            self.version, frozenset()
+        )
 
 
 @dataclass(frozen=True)
@@ -120,7 +143,7 @@ class Migrator:
             row = applied.pop(migration.version, None)
             if row is None:
                 state = "pending"
-            elif row["checksum"] != migration.checksum:
+            elif not migration.matches(row["checksum"]):
                 state = "modified"
             else:
                 state = "applied"
@@ -189,7 +212,7 @@ class Migrator:
             except asyncpg.PostgresError as error:
                 direction = "up" if record else "down"
                 raise MigrationError(
-                    f"migration {migration.label} ({direction}) failed: {error}"
+                    f"migration {migration.label} ({direction}) failed: {_explained(error)}"
                 ) from error
             if record:
                 await self._conn.execute(
@@ -214,7 +237,7 @@ class Migrator:
                     f"the database has migration {version:04d}_{row['name']} applied, which "
                     "this version of sitebuilder-realtime does not know: run a newer version"
                 )
-            if row["checksum"] != migration.checksum:
+            if not migration.matches(row["checksum"]):
                 raise MigrationError(
                     f"migration {migration.label} was edited after it was applied "
                     f"(checksum in database {row['checksum'][:12]}…, on disk "

@@ -34,6 +34,8 @@ END
 $$;
 
 DO $$
+DECLARE
+    may_set_role boolean;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
         CREATE ROLE anon NOLOGIN NOINHERIT;
@@ -44,9 +46,23 @@ BEGIN
         COMMENT ON ROLE authenticated IS 'sitebuilder-realtime: created by migration 0001';
     END IF;
     -- The gateway acts as a user with SET LOCAL ROLE authenticated: its login role
-    -- must be a member (a superuser already may).
-    IF NOT pg_has_role(current_user, 'authenticated', 'MEMBER') THEN
-        EXECUTE format('GRANT authenticated TO %I', current_user);
+    -- must be a member that may SET it (a superuser already may). It can grant that to
+    -- itself where it created the role, or holds it WITH ADMIN OPTION (hosted
+    -- Supabase), or with CREATEROLE before PostgreSQL 16; elsewhere an administrator
+    -- must. Since PostgreSQL 16 membership has options: the creator of a role holds it
+    -- with ADMIN only, which does not allow SET ROLE.
+    may_set_role := pg_has_role(current_user, 'authenticated',
+        CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END);
+    IF NOT may_set_role THEN
+        BEGIN
+            EXECUTE format('GRANT authenticated TO %I', current_user);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE EXCEPTION 'role % must be a member of role authenticated to act as a user',
+                current_user
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = format('As a superuser, or a role holding authenticated WITH ADMIN '
+                                    'OPTION, run: GRANT authenticated TO %I', current_user);
+        END;
         INSERT INTO public.sitebuilder_realtime_grants (revoke_statement)
             VALUES (format('REVOKE authenticated FROM %I', current_user));
     END IF;

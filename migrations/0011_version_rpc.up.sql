@@ -7,9 +7,11 @@
 -- number. What the existing triggers cannot do is record a version of an UPDATE that
 -- changes nothing (a checkpoint, or a revert to the current state); while
 -- sitebuilder.version_forced is 'on' two more triggers do exactly that. The flag is
--- set only inside versioned_write(), whose SET clauses scope it (and the message) to
--- the call. A user who set it some other way could only record their own version of
--- a row they may edit, as it is.
+-- set only inside versioned_write(), which sets it (and the message) for its one
+-- UPDATE and puts back the values it found. (Not with a function's SET clause: for a
+-- custom setting that needs a superuser, and hosted databases give none.) A user who
+-- set it some other way could only record their own version of a row they may edit,
+-- as it is.
 
 CREATE FUNCTION public.version_forced() RETURNS BOOLEAN
     LANGUAGE sql STABLE
@@ -98,11 +100,11 @@ CREATE FUNCTION public.versioned_write(
 RETURNS public.version_history
     LANGUAGE plpgsql
     SET search_path = public, pg_temp
-    SET sitebuilder.version_forced = 'off'
-    SET sitebuilder.version_message = ''
-    SET sitebuilder.version_is_major = ''
     AS $$
 DECLARE
+    found_forced TEXT := coalesce(current_setting('sitebuilder.version_forced', true), '');
+    found_message TEXT := coalesce(current_setting('sitebuilder.version_message', true), '');
+    found_is_major TEXT := coalesce(current_setting('sitebuilder.version_is_major', true), '');
     assignments TEXT;
     updated INTEGER;
     visible BOOLEAN;
@@ -135,6 +137,9 @@ BEGIN
         coalesce(', ' || assignments, '')
     ) USING coalesce(restore, '{}'::jsonb), entity_id_param;
     GET DIAGNOSTICS updated = ROW_COUNT;
+    PERFORM set_config('sitebuilder.version_forced', found_forced, true);
+    PERFORM set_config('sitebuilder.version_message', found_message, true);
+    PERFORM set_config('sitebuilder.version_is_major', found_is_major, true);
 
     IF updated = 0 THEN
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM public.%I WHERE id = $1)', entity_type_param)

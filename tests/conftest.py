@@ -1,8 +1,15 @@
-"""One embedded PostgreSQL per test session; a fresh, migrated database per test.
+"""The session's PostgreSQL servers; a fresh, migrated database per test.
 
-The schema is migrated once into a template database; each test gets
-`CREATE DATABASE … TEMPLATE`, a file copy that takes a few milliseconds, so tests
-never see each other's rows and never pay for migrations.
+Every test runs on the embedded server (PostgreSQL 18 from the wheel, as its
+superuser). Modules marked `pytestmark = pytest.mark.hosted_postgres` run a second
+time on Debian's PostgreSQL 15 as a non-superuser role, in a database shaped as
+hosted Supabase's (tests/hosted_postgres.py): their `pg_server` is parametrized
+`embedded` / `postgres15`, and every fixture below follows it.
+
+The schema is migrated once per server into a template database (on PostgreSQL 15 by
+the non-superuser role); each test gets `CREATE DATABASE … TEMPLATE`, a file copy
+that takes a few milliseconds, so tests never see each other's rows and never pay
+for migrations.
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
 from db.embedded import EmbeddedPostgres
 from db.migrations import Migrator, load_migrations
+from tests import hosted_postgres
 
 # Gateway fixtures (gateway, ws_client, feed_kind…) for every test module that asks.
 pytest_plugins = ["tests.gateway_fixtures"]
@@ -28,25 +37,58 @@ PUBLICATION = "sitebuilder_realtime"
 MIGRATION_PARAMETERS = {"sitebuilder.publication": PUBLICATION}
 
 
+SERVER_KINDS = ("embedded", "postgres15")
+
+
 @dataclass(frozen=True)
 class PostgresServer:
-    """The session's embedded server: where it lives and how to reach it."""
+    """One of the session's servers: what it is and how to reach it.
 
+    `admin_dsn` is a superuser's, for what only the test harness does (create and
+    drop databases); `dsn(database)` is the role the tests and the gateway use: the
+    superuser on the embedded server, the hosted-shaped non-superuser on PostgreSQL 15.
+    """
+
+    kind: str
     pgdata: Path
     admin_dsn: str
+    dsn_of: Callable[[str], str]
+    # SQL the superuser runs in each new database before the migrations (hosted shape).
+    prepare_sql: str = ""
+    # CREATE DATABASE clause giving the database to the tests' role.
+    owner_clause: str = ""
 
     def dsn(self, database: str) -> str:
+        return self.dsn_of(database)
+
+    def admin_dsn_of(self, database: str) -> str:
         return self.admin_dsn.replace("/postgres?", f"/{database}?", 1)
 
 
-async def _create_template(server: EmbeddedPostgres, dsn_of: Callable[[str], str]) -> None:
+async def _create_database(server: PostgresServer, name: str, template: str | None) -> None:
+    """Create `name` (from `template`, else bare but for the server's own shape)."""
+    admin = await asyncpg.connect(server.admin_dsn)
+    try:
+        source = f" TEMPLATE {template}" if template else ""
+        await admin.execute(f"CREATE DATABASE {name}{source}{server.owner_clause}")
+    finally:
+        await admin.close()
+    if template is None and server.prepare_sql:
+        prepared = await asyncpg.connect(server.admin_dsn_of(name))
+        try:
+            await prepared.execute(server.prepare_sql)
+        finally:
+            await prepared.close()
+
+
+async def _create_template(server: PostgresServer) -> None:
     admin = await asyncpg.connect(server.admin_dsn)
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DATABASE}")
-        await admin.execute(f"CREATE DATABASE {TEMPLATE_DATABASE}")
     finally:
         await admin.close()
-    conn = await asyncpg.connect(dsn_of(TEMPLATE_DATABASE))
+    await _create_database(server, TEMPLATE_DATABASE, None)
+    conn = await asyncpg.connect(server.dsn(TEMPLATE_DATABASE))
     try:
         await Migrator(conn, load_migrations(), MIGRATION_PARAMETERS).up()
     finally:
@@ -54,15 +96,76 @@ async def _create_template(server: EmbeddedPostgres, dsn_of: Callable[[str], str
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """The embedded PostgreSQL 18, tests connected as its superuser."""
     embedded = EmbeddedPostgres(tmp_path_factory.mktemp("postgres") / "pgdata")
     asyncio.run(embedded.start())
     try:
-        server = PostgresServer(embedded.pgdata, embedded.admin_dsn)
-        asyncio.run(_create_template(embedded, server.dsn))
+        admin_dsn = embedded.admin_dsn
+        server = PostgresServer(
+            "embedded",
+            embedded.pgdata,
+            admin_dsn,
+            lambda database: admin_dsn.replace("/postgres?", f"/{database}?", 1),
+        )
+        asyncio.run(_create_template(server))
         yield server
     finally:
         embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres15_server() -> Iterator[PostgresServer]:
+    """Debian's PostgreSQL 15 shaped as hosted Supabase, tests connected as a role
+    that is no superuser."""
+    assert hosted_postgres.available(), hosted_postgres.INSTALL_HINT
+    cluster = hosted_postgres.start()
+    try:
+        admin_dsn = cluster.admin_dsn()
+
+        async def prepare_cluster() -> None:
+            admin = await asyncpg.connect(admin_dsn)
+            try:
+                await admin.execute(hosted_postgres.CLUSTER_SQL)
+            finally:
+                await admin.close()
+
+        asyncio.run(prepare_cluster())
+        server = PostgresServer(
+            "postgres15",
+            cluster.pgdata,
+            admin_dsn,
+            cluster.app_dsn,
+            prepare_sql=hosted_postgres.DATABASE_SQL,
+            owner_clause=f" OWNER {hosted_postgres.APP_ROLE}",
+        )
+        asyncio.run(_create_template(server))
+        yield server
+    finally:
+        cluster.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "hosted_postgres: run the module's tests on the embedded server and again on "
+        "Debian's PostgreSQL 15 as a non-superuser role, hosted-Supabase shaped",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "pg_server" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "hosted_postgres"
+    ):
+        metafunc.parametrize("pg_server", SERVER_KINDS, indirect=True)
+
+
+@pytest.fixture
+def pg_server(request: pytest.FixtureRequest) -> PostgresServer:
+    """The server this test runs on (`embedded` unless the module asks for both)."""
+    kind = getattr(request, "param", "embedded")
+    server: PostgresServer = request.getfixturevalue(f"{kind}_server")
+    return server
 
 
 async def drop_replication_slots(admin: asyncpg.Connection, database: str) -> None:
@@ -87,39 +190,58 @@ async def drop_replication_slots(admin: asyncpg.Connection, database: str) -> No
 
 
 @asynccontextmanager
-async def _scratch_database(server: PostgresServer, name: str, create: str) -> AsyncIterator[str]:
-    """Create a database with `create`, yield its DSN, drop it whatever the test did."""
-    admin = await asyncpg.connect(server.admin_dsn)
+async def _scratch_database(
+    server: PostgresServer, name: str, template: str | None
+) -> AsyncIterator[str]:
+    """Create a database, yield its DSN, drop it whatever the test did."""
+    await _create_database(server, name, template)
     try:
-        await admin.execute(create)
         yield server.dsn(name)
-        await drop_replication_slots(admin, name)
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(server.admin_dsn)
+        try:
+            await drop_replication_slots(admin, name)
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
 
 
 @pytest.fixture
 async def database_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
     """DSN of a new database holding the migrated schema and no rows."""
     name = f"test_{uuid.uuid4().hex[:16]}"
-    create = f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DATABASE}"
-    async with _scratch_database(pg_server, name, create) as dsn:
+    async with _scratch_database(pg_server, name, TEMPLATE_DATABASE) as dsn:
         yield dsn
 
 
 @pytest.fixture
 async def empty_database_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
-    """DSN of a new database with no migrations applied, for migration tests."""
+    """DSN of a new database with no migrations applied, for migration tests (on
+    PostgreSQL 15 it holds hosted Supabase's auth schema, as a hosted database does)."""
     name = f"bare_{uuid.uuid4().hex[:16]}"
-    async with _scratch_database(pg_server, name, f"CREATE DATABASE {name}") as dsn:
+    async with _scratch_database(pg_server, name, None) as dsn:
         yield dsn
 
 
 @pytest.fixture
 async def conn(database_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """A superuser connection to the test's database (RLS does not apply to it)."""
+    """A connection to the test's database as the owner of its tables, so RLS does
+    not apply to it (the superuser, or on PostgreSQL 15 the BYPASSRLS role)."""
     connection = await asyncpg.connect(database_dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def admin_conn(
+    pg_server: PostgresServer, database_dsn: str
+) -> AsyncIterator[asyncpg.Connection]:
+    """A superuser connection to the test's database, for what only the test harness
+    does or sees (server settings, other roles, walsender statistics)."""
+    database = urlsplit(database_dsn).path.lstrip("/")
+    connection = await asyncpg.connect(pg_server.admin_dsn_of(database))
     try:
         yield connection
     finally:

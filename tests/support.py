@@ -6,13 +6,37 @@ import asyncio
 import os
 import re
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import asyncpg
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_SECONDS = 60.0
 SHUTDOWN_TIMEOUT_SECONDS = 30.0
 _LISTENING = re.compile(r"listening on ws://(?P<host>[^ ]+):(?P<port>\d+)/")
+
+
+@asynccontextmanager
+async def triggers_off(conn: asyncpg.Connection, table: str) -> AsyncIterator[None]:
+    """A transaction in which `table`'s enabled triggers do not fire, for writing a
+    state the triggers would not allow (a past updated_at, say).
+
+    Done as the table's owner, which the tests' role is on every server, rather than
+    with session_replication_role, which only a superuser may set."""
+    async with conn.transaction():
+        names = await conn.fetch(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = $1::regclass"
+            " AND NOT tgisinternal AND tgenabled <> 'D'",
+            f"public.{table}",
+        )
+        for row in names:
+            await conn.execute(f'ALTER TABLE public.{table} DISABLE TRIGGER "{row["tgname"]}"')
+        yield
+        for row in names:
+            await conn.execute(f'ALTER TABLE public.{table} ENABLE TRIGGER "{row["tgname"]}"')
 
 
 @dataclass

@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import stat
+import sys
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,12 +18,25 @@ import pytest
 from db.embedded import running_dsn
 from db.migrations import load_migrations
 from db.replication_stream import ReplicationStream
+from gateway.cli import BENCH_EXTRA_MISSING, BENCH_MODULES
 from gateway.tokens import TokenVerifier, is_anonymous, verify_token
 from tests.conftest import PUBLICATION, PostgresServer, drop_replication_slots
 from tests.gateway_fixtures import slot_for, worker_slot
-from tests.support import ServeProcess, cli_env, http_get, run_cli
+from tests.support import (
+    REPO_ROOT,
+    STARTUP_TIMEOUT_SECONDS,
+    ServeProcess,
+    cli_env,
+    http_get,
+    run_cli,
+)
+
+pytestmark = pytest.mark.hosted_postgres
 
 SECRET = "test-secret-with-at-least-32-bytes-of-entropy"
+# Python with the bench extra's modules gone, as in an installation of the gateway alone
+# (None in sys.modules: importing one raises ModuleNotFoundError, find_spec finds nothing).
+WITHOUT_BENCH_EXTRA = f"import sys; sys.modules.update(dict.fromkeys({BENCH_MODULES!r}))\n"
 
 
 async def test_migrate_status_lists_every_migration_with_its_checksum(database_dsn: str) -> None:
@@ -113,8 +127,10 @@ async def test_token_with_no_secret_set_uses_one_stored_0600_in_the_data_dir(
 
 
 async def test_token_create_user_before_migrations_explains_what_to_run(
-    empty_database_dsn: str,
+    empty_database_dsn: str, pg_server: PostgresServer
 ) -> None:
+    if pg_server.kind != "embedded":
+        pytest.skip("a hosted database has auth.users before any migration")
     env = cli_env(database_url=empty_database_dsn, jwt_secret=SECRET)
 
     status, out, err = await run_cli("token", "--create-user", env=env)
@@ -158,6 +174,51 @@ async def test_an_invalid_setting_is_named_in_one_line_not_a_traceback(
     assert "Traceback" not in err
     named = "SITEBUILDER_REDIS_URL" if setting == "presence_backend" else setting.upper()
     assert named in err
+
+
+async def run_python(code: str, *args: str) -> tuple[int, str, str]:
+    """Run `python -c CODE ARGS` in the repository; returns (status, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        *args,
+        env=cli_env(),
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), STARTUP_TIMEOUT_SECONDS)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize("args", [["fanout"], ["storm", "--help"]], ids=["fanout", "help"])
+async def test_bench_without_the_bench_extra_says_what_to_install_in_one_line(
+    args: list[str],
+) -> None:
+    status, out, err = await run_python(
+        WITHOUT_BENCH_EXTRA + "from gateway.cli import main; sys.exit(main(sys.argv[1:]))",
+        "bench",
+        *args,
+    )
+
+    assert status == 2
+    assert out == ""
+    assert err == BENCH_EXTRA_MISSING + "\n"
+
+
+async def test_no_gateway_module_imports_the_load_test() -> None:
+    status, out, err = await run_python(
+        WITHOUT_BENCH_EXTRA
+        + "import importlib, pkgutil, gateway\n"
+        + "for module in pkgutil.iter_modules(gateway.__path__, 'gateway.'):\n"
+        + "    importlib.import_module(module.name)\n"
+        + "print(sorted(name for name in sys.modules if name.split('.')[0] == 'loadtest'))"
+    )
+
+    assert status == 0, err
+    assert out == "[]\n"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

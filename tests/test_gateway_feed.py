@@ -35,6 +35,8 @@ from tests.gateway_fixtures import (
     make_wireframe,
 )
 
+pytestmark = pytest.mark.hosted_postgres
+
 
 @pytest.fixture(params=["notify", "replication"])
 def feed_kind(request: pytest.FixtureRequest) -> str:

@@ -27,6 +27,8 @@ from tests.test_gateway_feed import (
     run_writers,
 )
 
+pytestmark = pytest.mark.hosted_postgres
+
 
 @pytest.fixture(params=["notify", "replication"])
 def feed_kind(request: pytest.FixtureRequest) -> str:

@@ -18,8 +18,16 @@ import asyncpg
 import pytest
 
 from db.feed_triggers import TABLES
-from db.migrations import Migration, MigrationError, Migrator, load_migrations
+from db.migrations import (
+    EQUIVALENT_CHECKSUMS,
+    Migration,
+    MigrationError,
+    Migrator,
+    load_migrations,
+)
 from tests.conftest import MIGRATION_PARAMETERS, PUBLICATION
+
+pytestmark = pytest.mark.hosted_postgres
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 MIGRATIONS = load_migrations()
@@ -158,6 +166,7 @@ async def test_down_to_zero_removes_what_the_migrations_created(
     bare: asyncpg.Connection, empty_database_dsn: str
 ) -> None:
     untouched = await schema_dump(empty_database_dsn)
+    auth_before = await bare.fetchval("SELECT to_regnamespace('auth')::text")
     runner = migrator(bare)
     await runner.up()
 
@@ -166,7 +175,8 @@ async def test_down_to_zero_removes_what_the_migrations_created(
     # schema_migrations is the runner's own bookkeeping: it stays, empty.
     assert await public_tables(bare) == {"schema_migrations"}
     assert await bare.fetchval("SELECT count(*) FROM public.schema_migrations") == 0
-    assert await bare.fetchval("SELECT to_regnamespace('auth')") is None
+    # Gone if the migrations made it; a hosted database's own auth schema stays.
+    assert await bare.fetchval("SELECT to_regnamespace('auth')::text") == auth_before
     assert (
         await bare.fetch("SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace")
         == []
@@ -223,6 +233,25 @@ async def test_a_migration_edited_after_it_was_applied_is_refused(
     assert await runner.current_version() == LATEST
 
 
+@pytest.mark.parametrize("version", sorted(EQUIVALENT_CHECKSUMS))
+async def test_a_database_that_applied_an_earlier_equivalent_text_is_not_refused(
+    bare: asyncpg.Connection, version: int
+) -> None:
+    """0001 and 0011 changed so that a non-superuser can apply them; databases that
+    applied the earlier texts (as a superuser) keep working without a migration."""
+    runner = migrator(bare)
+    await runner.up(to=version)
+    (earlier,) = EQUIVALENT_CHECKSUMS[version]
+    await bare.execute(
+        "UPDATE public.schema_migrations SET checksum = $2 WHERE version = $1", version, earlier
+    )
+
+    applied = await runner.up()
+
+    assert versions(applied) == list(range(version + 1, LATEST + 1))
+    assert set((await states(runner)).values()) == {"applied"}
+
+
 async def test_a_database_ahead_of_the_known_migrations_is_refused(
     bare: asyncpg.Connection,
 ) -> None:
@@ -268,10 +297,20 @@ CREATE TABLE auth.users (id uuid PRIMARY KEY, email text);
 CREATE FUNCTION auth.uid() RETURNS uuid
     LANGUAGE sql STABLE
     AS $$ SELECT nullif(current_setting('request.jwt.claim.sub', true), '')::uuid $$;
-INSERT INTO auth.users VALUES
+"""
+AUTH_USERS = """
+INSERT INTO auth.users (id, email) VALUES
     ('00000000-0000-4000-8000-000000000001', 'first@example.test'),
     ('00000000-0000-4000-8000-000000000002', 'second@example.test');
 """
+
+
+async def give_auth_schema(conn: asyncpg.Connection) -> None:
+    """An auth schema with two users, as Supabase's: made here on a bare server; a
+    hosted-shaped database has its own already, which only gets the users."""
+    if await conn.fetchval("SELECT to_regnamespace('auth')") is None:
+        await conn.execute(SUPABASE_LIKE_AUTH)
+    await conn.execute(AUTH_USERS)
 
 
 async def auth_objects(conn: asyncpg.Connection) -> tuple[object, ...]:
@@ -284,7 +323,7 @@ async def auth_objects(conn: asyncpg.Connection) -> tuple[object, ...]:
 
 
 async def test_an_existing_auth_schema_is_used_and_kept(bare: asyncpg.Connection) -> None:
-    await bare.execute(SUPABASE_LIKE_AUTH)
+    await give_auth_schema(bare)
     before = await auth_objects(bare)
     assert before[0] == "auth"
     runner = migrator(bare)
@@ -305,7 +344,7 @@ async def test_an_existing_auth_schema_is_used_and_kept(bare: asyncpg.Connection
 async def test_up_then_down_restores_a_database_with_its_own_auth_schema(
     bare: asyncpg.Connection, empty_database_dsn: str
 ) -> None:
-    await bare.execute(SUPABASE_LIKE_AUTH)
+    await give_auth_schema(bare)
     before = await schema_dump(empty_database_dsn)
     runner = migrator(bare)
 

@@ -240,6 +240,7 @@ async def test_join_echoes_bindings_with_numeric_ids_then_says_subscribed(
     await expect_subscribed(client, "room")
 
 
+@pytest.mark.hosted_postgres
 async def test_changes_of_a_filtered_binding_insert_update_delete(
     phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
 ) -> None:
@@ -381,6 +382,7 @@ async def test_unfiltered_binding_sees_only_readable_projects_until_revoked(
     await client.quiet()
 
 
+@pytest.mark.hosted_postgres
 async def test_anon_key_reads_public_projects_only(
     phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
 ) -> None:
@@ -622,6 +624,7 @@ async def test_a_project_channel_ends_when_access_is_revoked(
     }
 
 
+@pytest.mark.hosted_postgres
 async def test_resume_replays_the_changes_after_a_position(
     phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
 ) -> None:
@@ -710,6 +713,7 @@ async def test_a_bad_key_or_version_closes_the_socket(
     assert closed.value.rcvd.code == code
 
 
+@pytest.mark.hosted_postgres
 async def test_versions_and_sessions_reach_members_only(
     phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
 ) -> None:

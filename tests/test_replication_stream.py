@@ -36,6 +36,8 @@ from db.replication_stream import (
 )
 from tests.conftest import PUBLICATION, PostgresServer, UserFactory
 
+pytestmark = pytest.mark.hosted_postgres
+
 TEST_LIMIT = 60.0
 WAIT_LIMIT = 15.0
 STATUS_INTERVAL = 0.1
@@ -181,7 +183,8 @@ async def status_updates_processed(conn: asyncpg.Connection, slot: str, count: i
     """Return once the walsender has taken `count` more status updates.
 
     It records an update's time before moving the slot, so after two the first one's
-    effect on the slot is visible.
+    effect on the slot is visible. `conn` must be a superuser's: PostgreSQL shows a
+    walsender's reply_time only to roles with pg_read_all_stats, not to its own role.
     """
     seen = await reply_time(conn, slot)
     for _ in range(count):
@@ -238,12 +241,14 @@ async def test_the_slot_is_created_when_absent_and_reused(
     assert row["restart_lsn"] == created.restart_lsn
 
 
-async def test_pgoutput_protocol_4_is_chosen_on_this_server(streams: Streams) -> None:
+async def test_the_newest_pgoutput_protocol_of_the_server_is_chosen(
+    streams: Streams, pg_server: PostgresServer
+) -> None:
     async with asyncio.timeout(TEST_LIMIT):
         stream = await streams.open()
 
-    assert stream.server_version >= 180000
-    assert stream.proto_version == 4
+    newest = {"embedded": (180000, 4), "postgres15": (150000, 3)}[pg_server.kind]
+    assert (stream.server_version // 10000 * 10000, stream.proto_version) == newest
 
 
 @pytest.mark.parametrize(
@@ -290,7 +295,10 @@ async def test_an_acknowledged_commit_becomes_the_slots_confirmed_position(
 
 
 async def test_the_confirmed_position_never_passes_the_acknowledged_one(
-    streams: Streams, conn: asyncpg.Connection, make_user: UserFactory
+    streams: Streams,
+    conn: asyncpg.Connection,
+    admin_conn: asyncpg.Connection,
+    make_user: UserFactory,
 ) -> None:
     async with asyncio.timeout(TEST_LIMIT):
         user_id = await make_user()
@@ -303,7 +311,7 @@ async def test_the_confirmed_position_never_passes_the_acknowledged_one(
         await until(
             lambda: confirmed(conn, streams.slot), lambda lsn: lsn == first_end, "confirmed"
         )
-        await status_updates_processed(conn, streams.slot)
+        await status_updates_processed(admin_conn, streams.slot)
         position = await confirmed(conn, streams.slot)
 
     assert first_end < second_end
@@ -311,7 +319,10 @@ async def test_the_confirmed_position_never_passes_the_acknowledged_one(
 
 
 async def test_an_unacknowledged_transaction_is_never_confirmed(
-    streams: Streams, conn: asyncpg.Connection, make_user: UserFactory
+    streams: Streams,
+    conn: asyncpg.Connection,
+    admin_conn: asyncpg.Connection,
+    make_user: UserFactory,
 ) -> None:
     """Nothing acknowledged: the slot may only move over WAL the feed skips.
 
@@ -325,7 +336,7 @@ async def test_an_unacknowledged_transaction_is_never_confirmed(
         user_id = await make_user()
         await insert_project(conn, user_id)
         transaction = await reader.transaction()
-        await status_updates_processed(conn, streams.slot)
+        await status_updates_processed(admin_conn, streams.slot)
         position = await confirmed(conn, streams.slot)
         await stream.close()
         await slot_inactive(conn, streams.slot)
@@ -367,12 +378,12 @@ async def test_a_restart_delivers_the_unacknowledged_transactions_again(
 
 
 async def test_an_idle_stream_sends_status_updates_on_schedule(
-    streams: Streams, conn: asyncpg.Connection
+    streams: Streams, admin_conn: asyncpg.Connection
 ) -> None:
     """psycopg2 sends none by itself while nothing arrives; the server would ask after 30 s."""
     async with asyncio.timeout(TEST_LIMIT):
         await streams.started()
-        await status_updates_processed(conn, streams.slot, count=3)
+        await status_updates_processed(admin_conn, streams.slot, count=3)
 
 
 async def test_a_second_stream_on_an_active_slot_gets_slot_in_use(streams: Streams) -> None:
@@ -455,27 +466,30 @@ async def test_a_slot_that_is_not_a_pgoutput_slot_of_this_database_is_refused(
 
 
 async def test_an_invalidated_slot_raises_slot_invalidated(
-    streams: Streams, conn: asyncpg.Connection
+    streams: Streams, admin_conn: asyncpg.Connection, pg_server: PostgresServer
 ) -> None:
     """PostgreSQL 18 invalidates slots idle longer than idle_replication_slot_timeout.
 
-    The setting is server-wide; nothing else in this session holds a slot meanwhile.
+    The setting is server-wide; nothing else in this session's server holds a slot
+    meanwhile (the other server's tests run in this process too, not at the same time).
     """
+    if pg_server.kind != "embedded":
+        pytest.skip("idle_replication_slot_timeout is new in PostgreSQL 18")
     async with asyncio.timeout(TEST_LIMIT):
         await (await streams.open()).ensure_slot()
         await streams.close()
-        await slot_inactive(conn, streams.slot)
-        await conn.execute("ALTER SYSTEM SET idle_replication_slot_timeout = 1")
+        await slot_inactive(admin_conn, streams.slot)
+        await admin_conn.execute("ALTER SYSTEM SET idle_replication_slot_timeout = 1")
         try:
-            await conn.execute("SELECT pg_reload_conf()")
+            await admin_conn.execute("SELECT pg_reload_conf()")
             await until(
-                lambda: checkpoint_then_slot(conn, streams.slot),
+                lambda: checkpoint_then_slot(admin_conn, streams.slot),
                 lambda row: row is not None and row["invalidation_reason"] is not None,
                 "slot not invalidated",
             )
         finally:
-            await conn.execute("ALTER SYSTEM RESET idle_replication_slot_timeout")
-            await conn.execute("SELECT pg_reload_conf()")
+            await admin_conn.execute("ALTER SYSTEM RESET idle_replication_slot_timeout")
+            await admin_conn.execute("SELECT pg_reload_conf()")
         stream = await streams.open()
         with pytest.raises(SlotInvalidated):
             await stream.ensure_slot()
@@ -524,23 +538,26 @@ async def test_slot_status_and_drop_slot(streams: Streams, conn: asyncpg.Connect
     assert not dropped_again
 
 
-async def test_replication_is_possible_for_a_superuser_not_for_a_plain_role(
-    database_dsn: str, conn: asyncpg.Connection
+async def test_replication_is_possible_for_a_superuser_or_replication_role_not_a_plain_one(
+    database_dsn: str, admin_conn: asyncpg.Connection, pg_server: PostgresServer
 ) -> None:
     role = f"rs_role_{uuid.uuid4().hex[:12]}"
-    role_dsn = urlsplit(database_dsn)._replace(netloc=f"{role}@").geturl()
+    where = urlsplit(database_dsn)
+    role_dsn = where._replace(netloc=f"{role}:{role}@{where.netloc.partition('@')[2]}").geturl()
     async with asyncio.timeout(TEST_LIMIT):
-        superuser = await replication_possible(database_dsn)
-        await conn.execute(f"CREATE ROLE {role} LOGIN")
+        tests_role = await replication_possible(database_dsn)
+        await admin_conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}'")
         try:
             plain = await replication_possible(role_dsn)
-            await conn.execute(f"ALTER ROLE {role} REPLICATION")
+            await admin_conn.execute(f"ALTER ROLE {role} REPLICATION")
             replicator = await replication_possible(role_dsn)
         finally:
-            await conn.execute(f"DROP ROLE {role}")
+            await admin_conn.execute(f"DROP ROLE {role}")
 
-    assert superuser[0]
-    assert "superuser" in superuser[1]
+    assert tests_role[0]
+    assert {"embedded": "superuser", "postgres15": "has REPLICATION"}[pg_server.kind] in (
+        tests_role[1]
+    )
     assert plain == (False, f"role {role} has neither REPLICATION nor SUPERUSER")
     assert replicator[0]
     assert "REPLICATION" in replicator[1]

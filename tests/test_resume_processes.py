@@ -43,6 +43,8 @@ from tests.gateway_fixtures import (
 )
 from tests.support import REPO_ROOT, ServeProcess, cli_env
 
+pytestmark = pytest.mark.hosted_postgres
+
 Frame = dict[str, Any]
 Predicate = Callable[[Frame], bool]
 

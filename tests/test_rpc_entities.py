@@ -148,6 +148,7 @@ async def holding(conn: asyncpg.Connection, statement: str, *args: Any) -> Async
 # Allowed and denied, per role
 
 
+@pytest.mark.hosted_postgres
 @by_kind
 @pytest.mark.parametrize("role", ["owner", "collaborator"])
 async def test_members_create_update_and_delete(
@@ -263,6 +264,7 @@ async def test_moving_needs_write_access_to_the_new_parent(
 # Optimistic concurrency and merge patches
 
 
+@pytest.mark.hosted_postgres
 async def test_two_editors_from_the_same_version_exactly_one_wins(
     ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
 ) -> None:
@@ -351,6 +353,7 @@ async def test_merge_patch_follows_rfc_7396(
     assert (patched["grid"], patched["typography"], patched["version"]) == ({"n": 1}, {}, 3)
 
 
+@pytest.mark.hosted_postgres
 async def test_stale_delete_is_a_conflict_and_deletes_nothing(
     ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
 ) -> None:
@@ -409,6 +412,7 @@ async def test_version_rows_carry_message_weight_and_the_caller(
     ]
 
 
+@pytest.mark.hosted_postgres
 @by_kind
 async def test_each_write_is_one_change_at_a_subscriber(
     kind: Kind, ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection

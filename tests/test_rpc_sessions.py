@@ -33,6 +33,7 @@ from tests.gateway_fixtures import (
     open_client,
     start_gateway,
 )
+from tests.support import triggers_off
 from tests.test_rpc import rpc, signed_in
 
 Frame = dict[str, Any]
@@ -97,8 +98,7 @@ async def insert_session(
 
 async def backdate(conn: asyncpg.Connection, session_id: object) -> None:
     """Make the session look untouched for an hour (past the trigger moving updated_at)."""
-    async with conn.transaction():
-        await conn.execute("SET LOCAL session_replication_role = replica")
+    async with triggers_off(conn, "builder_sessions"):
         await conn.execute(
             "UPDATE builder_sessions SET updated_at = now() - interval '1 hour' WHERE id = $1",
             UUID(str(session_id)),

@@ -25,6 +25,8 @@ from tests.gateway_fixtures import (
 )
 from tests.test_rpc import rpc, signed_in
 
+pytestmark = pytest.mark.hosted_postgres
+
 T = TypeVar("T")
 Frame = dict[str, Any]
 

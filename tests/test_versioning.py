@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 from db.acting_user import acting_as
+from tests.support import triggers_off
 
 UserFactory = Callable[..., Awaitable[uuid.UUID]]
 
@@ -445,8 +446,7 @@ async def entity_with_updated_at(conn: asyncpg.Connection, tree: Tree, table: st
 async def backdate(conn: asyncpg.Connection, table: str, entity_id: uuid.UUID) -> None:
     """Set updated_at to LONG_AGO with triggers off, since the trigger under test would
     overwrite it."""
-    async with conn.transaction():
-        await conn.execute("SET LOCAL session_replication_role = replica")
+    async with triggers_off(conn, table):
         await conn.execute(f"UPDATE {table} SET updated_at = $1 WHERE id = $2", LONG_AGO, entity_id)
     stored = await conn.fetchval(f"SELECT updated_at FROM {table} WHERE id = $1", entity_id)
     assert stored == LONG_AGO
