@@ -321,7 +321,7 @@ class Client(Connection):
     async def _resume(self, subscription: Subscription, since_text: str, ref: Ref | None) -> bool:
         """Replay what followed `since`, then go live; when the history no longer reaches
         back that far, say so with `reset` and send a fresh snapshot instead."""
-        project_id = subscription.project_id
+        project_id = _project(subscription)
         history = self._gateway.history
         since = Position.parse(since_text)
         if since is None or not history.covers(project_id, since):
@@ -330,6 +330,8 @@ class Client(Connection):
             editable = await queries.project_access(conn, self.user_id, project_id)
         if editable is None:
             return False
+        if self._token_lapsed():
+            return True  # its expiry ends the connection (token_expired): nothing goes live
         if not history.covers(project_id, since):  # expired while access was checked
             return await self._send_view(subscription, True, ref, reset=_gap(since_text, since))
         subscription.editable = editable
@@ -357,13 +359,15 @@ class Client(Connection):
         """Read the project as the user; send `ok` (when replying to a request), `reset`
         (when resuming failed) and the snapshot; then go live. False when the user may
         not see the project."""
-        project_id = subscription.project_id
+        project_id = _project(subscription)
         async with self._gateway.pool.acquire() as conn:
             view = await queries.view_project(
                 conn, self.user_id, project_id, with_content=with_snapshot
             )
         if view is None:
             return False
+        if self._token_lapsed():
+            return True  # its expiry ends the connection (token_expired): nothing goes live
         subscription.editable = view.editable
         if reply:
             resumed = False if reset is not None else None
@@ -390,7 +394,7 @@ class Client(Connection):
         position = self._gateway.hub.snapshot_position(subscription, view.visibility, latest)
         self.send(
             Snapshot(
-                project_id=subscription.project_id,
+                project_id=_project(subscription),
                 access=_access(view.editable),
                 position=str(position),
                 project=ProjectRow.model_validate(view.project),
@@ -413,8 +417,8 @@ class Client(Connection):
     def _drop(self, subscription: Subscription) -> None:
         self._gateway.hub.unsubscribe(subscription)
         self._leave_presence(subscription)
-        if self._subscriptions.get(subscription.project_id) is subscription:
-            del self._subscriptions[subscription.project_id]
+        if self._subscriptions.get(_project(subscription)) is subscription:
+            del self._subscriptions[_project(subscription)]
 
     def revoke(self, project_id: UUID, message: str) -> None:
         """End a subscription the user lost access to; nothing more of it is sent."""
@@ -430,20 +434,20 @@ class Client(Connection):
 
     def resync(self, subscription: Subscription, reason: ResetReason, message: str) -> None:
         """Changes may have been lost: say so, then send a fresh snapshot and go live."""
-        if self._subscriptions.get(subscription.project_id) is not subscription:
+        if self._subscriptions.get(_project(subscription)) is not subscription:
             return
         self._gateway.hub.suspend(subscription)
-        self.send(Reset(project_id=subscription.project_id, reason=reason, message=message))
+        self.send(Reset(project_id=_project(subscription), reason=reason, message=message))
         self._spawn(self._resnapshot(subscription))
 
     async def _resnapshot(self, subscription: Subscription) -> None:
         try:
             sent = await self._send_view(subscription, True, None, reply=False)
         except (OSError, ConnectionClosed) as error:
-            logger.warning("resync of %s failed: %s", subscription.project_id, error)
+            logger.warning("resync of %s failed: %s", _project(subscription), error)
             sent = None
         if sent is False:
-            self.revoke(subscription.project_id, "the project is no longer shared with you")
+            self.revoke(_project(subscription), "the project is no longer shared with you")
         elif sent is None:
             self.close(CloseCode.SERVICE_RESTART, "resync failed")
 
@@ -452,7 +456,7 @@ class Client(Connection):
     async def _join_presence(self, subscription: Subscription) -> None:
         """Join the project's presence and send its `presence.state`; diffs follow."""
         presence = self._gateway.presence
-        project_id = subscription.project_id
+        project_id = _project(subscription)
         await presence.join(project_id, self.user_id, self.connection_id, {})
         entries = await presence.list(project_id) if self._subscribed_to(subscription) else None
         if entries is None or not self._subscribed_to(subscription):
@@ -566,6 +570,14 @@ class Client(Connection):
             return
         if read is not None:
             self._send_list(subscription, *read, reset=reason)
+
+
+def _project(subscription: Subscription) -> UUID:
+    """The project of a native subscription: the native protocol has no channel of no
+    project, so its subscriptions are all keyed by a project's id."""
+    if not isinstance(subscription.key, UUID):
+        raise TypeError(f"native subscription to {subscription.key!r}, not a project")
+    return subscription.key
 
 
 def _access(editable: bool) -> Access:

@@ -25,6 +25,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.access import ANONYMOUS
+from gateway.channels import ChannelKey
 from gateway.hub import Subscription
 from gateway.limits import TokenBucket
 from gateway.tokens import TokenError, TokenExpired
@@ -62,11 +63,11 @@ class Connection:
         self._settings = gateway.settings
         self._metrics = gateway.metrics
         self._bucket = TokenBucket(self._settings.messages_per_second, self._settings.message_burst)
-        self._subscriptions: dict[UUID, Subscription] = {}
+        self._subscriptions: dict[ChannelKey, Subscription] = {}
         rate = self._settings.presence_updates_per_second
         self._presence_bucket = TokenBucket(rate, max(1, math.ceil(rate)))
         # The latest meta of each project whose update waits for the rate limit.
-        self._presence_pending: dict[UUID, dict[str, JsonValue]] = {}
+        self._presence_pending: dict[ChannelKey, dict[str, JsonValue]] = {}
         self._presence_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._expiry: asyncio.TimerHandle | None = None
@@ -211,6 +212,12 @@ class Connection:
         loop = asyncio.get_running_loop()
         self._expiry = loop.call_at(loop.time() + max(0.0, exp - time.time()), self._on_expiry)
 
+    def _token_lapsed(self) -> bool:
+        """Whether the token's `exp` has passed: checked again where a subscription goes
+        live after an await, which the expiry callback may not have run behind yet."""
+        exp = self._claims.get("exp") if self._claims else None
+        return exp is not None and time.time() >= float(exp)
+
     def _on_expiry(self) -> None:
         self._expiry = None
         self._metrics.auth_failures.labels("token_expired").inc()
@@ -246,15 +253,15 @@ class Connection:
         return f"{self._gateway.instance}-{self.id}"
 
     def _subscribed_to(self, subscription: Subscription) -> bool:
-        current = self._subscriptions.get(subscription.project_id)
+        current = self._subscriptions.get(subscription.key)
         return not self._closing and current is subscription
 
     def _leave_presence(self, subscription: Subscription) -> None:
-        self._presence_pending.pop(subscription.project_id, None)
+        self._presence_pending.pop(subscription.key, None)
         if subscription.joined:
             subscription.joined = False
             presence = self._gateway.presence
-            self._spawn(presence.leave(subscription.project_id, self.connection_id))
+            self._spawn(presence.leave(subscription.key, self.connection_id))
 
     def _presence_too_large(self, meta: dict[str, JsonValue]) -> str | None:
         size = len(orjson.dumps(meta))
@@ -267,7 +274,7 @@ class Connection:
             "(SITEBUILDER_MAX_PRESENCE_META_BYTES)"
         )
 
-    def _queue_presence(self, project_id: UUID, meta: dict[str, JsonValue]) -> None:
+    def _queue_presence(self, project_id: ChannelKey, meta: dict[str, JsonValue]) -> None:
         """Update the connection's meta in the project's presence, at the rate allowed."""
         if project_id in self._presence_pending or self._presence_timer is not None:
             self._metrics.rate_limited.labels("presence_updates_per_second").inc()

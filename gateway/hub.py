@@ -29,6 +29,7 @@ from websockets.asyncio.server import ServerConnection
 from db.feed import Position
 from db.queries import VisibilitySnapshot
 from gateway.access import AccessCache
+from gateway.channels import ChannelKey
 from gateway.metrics import Metrics
 from gateway.table_watch import TableChange, TableWatches
 from gateway.wire import Outbox, write_text
@@ -79,7 +80,8 @@ class PhoenixTopic:
 @dataclass(eq=False)
 class Subscription:
     subscriber: Subscriber
-    project_id: UUID
+    # The channel: a project's id, or a Supabase topic of no project (gateway.channels).
+    key: ChannelKey
     editable: bool
     live: bool = False
     pending: list[Event] = field(default_factory=list)
@@ -120,13 +122,13 @@ class Hub:
         self._metrics = metrics
         self._max_pending = max_pending_events
         self._outbox = outbox
-        self._topics: dict[UUID, dict[int, Subscription]] = {}
+        self._topics: dict[ChannelKey, dict[int, Subscription]] = {}
         self.tables = TableWatches(metrics, outbox, access)
 
-    def subscribe(self, subscriber: Subscriber, project_id: UUID) -> Subscription:
+    def subscribe(self, subscriber: Subscriber, key: ChannelKey) -> Subscription:
         """Register before the snapshot is read, so nothing committed after it is missed."""
-        subscription = Subscription(subscriber, project_id, editable=False)
-        self._topics.setdefault(project_id, {})[subscriber.id] = subscription
+        subscription = Subscription(subscriber, key, editable=False)
+        self._topics.setdefault(key, {})[subscriber.id] = subscription
         self._metrics.subscriptions.labels("pending").inc()
         return subscription
 
@@ -175,19 +177,19 @@ class Hub:
             self._metrics.subscriptions.labels("pending").inc()
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        topic = self._topics.get(subscription.project_id)
+        topic = self._topics.get(subscription.key)
         if topic is None or topic.get(subscription.subscriber.id) is not subscription:
             return
         del topic[subscription.subscriber.id]
         if not topic:
-            del self._topics[subscription.project_id]
+            del self._topics[subscription.key]
         self._metrics.subscriptions.labels("live" if subscription.live else "pending").dec()
 
-    def subscription(self, project_id: UUID, subscriber_id: int) -> Subscription | None:
-        return self._topics.get(project_id, {}).get(subscriber_id)
+    def subscription(self, key: ChannelKey, subscriber_id: int) -> Subscription | None:
+        return self._topics.get(key, {}).get(subscriber_id)
 
-    def subscriptions_of(self, project_id: UUID) -> list[Subscription]:
-        return list(self._topics.get(project_id, {}).values())
+    def subscriptions_of(self, key: ChannelKey) -> list[Subscription]:
+        return list(self._topics.get(key, {}).values())
 
     def all_subscriptions(self) -> Iterator[Subscription]:
         for topic in list(self._topics.values()):
@@ -231,7 +233,7 @@ class Hub:
         subscription.pending.append(event)
 
     def _registered(self, subscription: Subscription) -> bool:
-        topic = self._topics.get(subscription.project_id, {})
+        topic = self._topics.get(subscription.key, {})
         return topic.get(subscription.subscriber.id) is subscription
 
 

@@ -6,14 +6,15 @@ protocol's `auth`) or an `anon` key, which reads public projects only. A join's
 `access_token` and the `access_token` event replace the token (an anonymous
 connection may become a user's; a user's stays that user's).
 
-Each joined channel holds a hub subscription under a key: the project's id for a
-channel named `project:<uuid>` (so it shares that project's presence with native
-subscribers, and loses it when access is revoked), otherwise a key derived from the
-topic. Such a subscription gets no native change frames; `postgres_changes`
-bindings are a table watch (gateway.table_watch) fed by the same dispatcher and
-outbox. Broadcasts go to the channel's other Phoenix members (and the sender with
-`self`). Every problem is answered on the channel (an error reply or a `system`
-push); the socket is closed only for a bad key, a slow consumer or shutdown.
+Each joined channel holds a hub subscription under a key (gateway.channels): the
+project's id for a channel named `project:<uuid>` (so it shares that project's
+presence with native subscribers, and loses it when access is revoked), otherwise its
+topic, which no project id can equal. Such a subscription gets no native change
+frames; `postgres_changes` bindings are a table watch (gateway.table_watch) fed by the
+same dispatcher and outbox. Broadcasts go to the channel's other Phoenix members (and
+the sender with `self`); in a project's channel only from those who may edit it.
+Every problem is answered on the channel (an error reply or a `system` push); the
+socket is closed only for a bad key, a slow consumer or shutdown.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
-from uuid import UUID, uuid5
+from uuid import UUID
 
 import asyncpg
 import orjson
@@ -32,10 +33,11 @@ from websockets.asyncio.server import ServerConnection
 from db import queries
 from db.feed import Position
 from gateway.access import ANONYMOUS, Access
+from gateway.channels import ChannelKey
 from gateway.connection import Connection
 from gateway.history import Entry
 from gateway.hub import PhoenixTopic, Subscription
-from gateway.presence import phoenix_state
+from gateway.presence import phoenix_state, presence_key_problem
 from gateway.table_watch import TableWatch, to_table_change
 from gateway.tokens import TokenError, TokenExpired, is_anonymous
 from protocol import phoenix as phx
@@ -51,8 +53,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PATH = "/realtime/v1/websocket"
-# Keys of channels that are not a project's (uuid5 of the topic).
-CHANNEL_KEYS = UUID("5c0d3a52-7f43-4b5e-9a8e-1f2d3c4b5a69")
 ENTITY_TABLES = {entity.value: table for table, entity in TABLE_ENTITIES.items()}
 SUBSCRIBED = "Subscribed to PostgreSQL"
 KNOWN_EVENTS = frozenset(e.value for e in Event)
@@ -62,7 +62,7 @@ KNOWN_EVENTS = frozenset(e.value for e in Event)
 class Channel:
     topic: str
     join_ref: phx.Ref
-    key: UUID
+    key: ChannelKey
     config: phx.JoinConfig
     subscription: Subscription
     presence_key: str
@@ -274,12 +274,20 @@ class PhoenixClient(Connection):
         if self._token_expired:
             self._reply_error(message, "Token has expired: join with a fresh access_token")
             return
+        try:
+            project_id = _project_of(topic)
+        except PhoenixError as error:
+            self._reply_error(message, str(error))
+            return
+        key_problem = presence_key_problem(payload.config.presence.key, self.user_id)
+        if payload.config.presence.key and key_problem is not None:
+            self._reply_error(message, key_problem)
+            return
         refused = self._too_many_subscriptions()
         if refused is not None:
             self._reply_error(message, refused)
             return
         bindings, binding_error = _bindings(payload.config.postgres_changes)
-        project_id = _project_of(topic)
         access: Access = False
         if project_id is not None:
             access = await self._project_access(project_id)
@@ -289,6 +297,9 @@ class PhoenixClient(Connection):
                 return
             if self._closing or topic in self._channels:
                 return
+        if self._token_expired or self._token_lapsed():  # it expired while we waited
+            self._reply_error(message, "Token has expired: join with a fresh access_token")
+            return
         channel = self._open_channel(message, payload.config, project_id, access)
         self._reply_ok(
             message,
@@ -309,7 +320,7 @@ class PhoenixClient(Connection):
         self, message: Message, config: phx.JoinConfig, project_id: UUID | None, access: Access
     ) -> Channel:
         topic = message.topic
-        key = project_id if project_id is not None else uuid5(CHANNEL_KEYS, topic)
+        key: ChannelKey = project_id if project_id is not None else topic
         hub = self._gateway.hub
         subscription = hub.subscribe(self, key)
         subscription.changes = False
@@ -450,6 +461,10 @@ class PhoenixClient(Connection):
 
     def _broadcast(self, channel: Channel, message: Message) -> None:
         sent = phx.parse_payload(phx.Broadcast, message.payload, "broadcast")
+        if isinstance(channel.key, UUID) and not channel.subscription.editable:
+            # What reaches a project's editors comes from those who may edit it.
+            self._reply_error(message, "broadcast in a project's channel needs write access")
+            return
         by_vsn: dict[Vsn, list[ServerConnection]] = {Vsn.V1: [], Vsn.V2: []}
         for subscription in self._gateway.hub.subscriptions_of(channel.key):
             target = subscription.phoenix
@@ -512,13 +527,27 @@ def _token_problem(error: TokenError) -> str:
 
 
 def _project_of(topic: str) -> UUID | None:
+    """The project a topic names (None: a channel of no project).
+
+    Raises PhoenixError for a `project:` topic that does not spell a project's id the
+    one way PostgreSQL writes it: other spellings (upper case, no hyphens, braces,
+    `urn:uuid:`) would be other topics, and so other channels, of one project."""
     name = phx.channel_name(topic)
     if not name.startswith(phx.PROJECT_CHANNEL_PREFIX):
         return None
+    spelled = name.removeprefix(phx.PROJECT_CHANNEL_PREFIX)
     try:
-        return UUID(name.removeprefix(phx.PROJECT_CHANNEL_PREFIX))
+        project_id = UUID(spelled)
     except ValueError:
-        return None
+        raise PhoenixError(
+            f"{name!r}: a project channel is named project:<the project's id>"
+        ) from None
+    if str(project_id) != spelled:
+        raise PhoenixError(
+            f"{name!r}: name the project by its id as PostgreSQL writes it: "
+            f"{phx.PROJECT_CHANNEL_PREFIX}{project_id}"
+        )
+    return project_id
 
 
 def _bindings(

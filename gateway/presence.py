@@ -35,6 +35,8 @@ from uuid import UUID
 from pydantic import JsonValue
 from websockets.asyncio.server import ServerConnection
 
+from gateway.access import ANONYMOUS
+from gateway.channels import ChannelKey
 from gateway.hub import Hub, PhoenixTopic
 from gateway.metrics import Metrics
 from gateway.wire import write_text
@@ -70,7 +72,7 @@ class PresenceEntry:
 class PresenceChange:
     """What changed in one project's presence, as one diff."""
 
-    project_id: UUID
+    project_id: ChannelKey
     joins: tuple[PresenceEntry, ...] = ()
     leaves: tuple[PresenceEntry, ...] = ()
 
@@ -120,7 +122,7 @@ class Presence(SessionHolds, Protocol):
 
     async def join(
         self,
-        project_id: UUID,
+        project_id: ChannelKey,
         user_id: UUID,
         connection_id: str,
         meta: Meta,
@@ -129,20 +131,22 @@ class Presence(SessionHolds, Protocol):
         """Add (or replace) the connection in the project's presence."""
         ...
 
-    async def leave(self, project_id: UUID, connection_id: str) -> None:
+    async def leave(self, project_id: ChannelKey, connection_id: str) -> None:
         """Remove the connection; nothing happens when it is not there."""
         ...
 
-    async def update(self, project_id: UUID, connection_id: str, meta: Meta) -> None:
+    async def update(self, project_id: ChannelKey, connection_id: str, meta: Meta) -> None:
         """Replace the connection's meta (and `last_active`); ignored when it left."""
         ...
 
-    async def set_session(self, project_id: UUID, connection_id: str, session: Meta | None) -> None:
+    async def set_session(
+        self, project_id: ChannelKey, connection_id: str, session: Meta | None
+    ) -> None:
         """Show (None: stop showing) the builder session the connection drives, beside
         the client's own meta; ignored when the connection is not there."""
         ...
 
-    async def list(self, project_id: UUID) -> list[PresenceEntry]:
+    async def list(self, project_id: ChannelKey) -> list[PresenceEntry]:
         """Every connection in the project's presence."""
         ...
 
@@ -164,7 +168,7 @@ class InMemoryPresence:
     Other processes see none of it, so it is right only for a lone gateway process."""
 
     def __init__(self) -> None:
-        self._projects: dict[UUID, dict[str, PresenceEntry]] = {}
+        self._projects: dict[ChannelKey, dict[str, PresenceEntry]] = {}
         self._listeners: list[Listener] = []
 
     async def start(self) -> None:
@@ -193,7 +197,7 @@ class InMemoryPresence:
 
     async def join(
         self,
-        project_id: UUID,
+        project_id: ChannelKey,
         user_id: UUID,
         connection_id: str,
         meta: Meta,
@@ -206,7 +210,7 @@ class InMemoryPresence:
         entries[connection_id] = entry
         self._emit(PresenceChange(project_id, (entry,), () if old is None else (old,)))
 
-    async def leave(self, project_id: UUID, connection_id: str) -> None:
+    async def leave(self, project_id: ChannelKey, connection_id: str) -> None:
         entries = self._projects.get(project_id)
         if entries is None or connection_id not in entries:
             return
@@ -215,7 +219,7 @@ class InMemoryPresence:
             del self._projects[project_id]
         self._emit(PresenceChange(project_id, (), (old,)))
 
-    async def update(self, project_id: UUID, connection_id: str, meta: Meta) -> None:
+    async def update(self, project_id: ChannelKey, connection_id: str, meta: Meta) -> None:
         entries = self._projects.get(project_id)
         old = None if entries is None else entries.get(connection_id)
         if entries is None or old is None:
@@ -224,7 +228,9 @@ class InMemoryPresence:
         entries[connection_id] = new
         self._emit(PresenceChange(project_id, (new,), (old,)))
 
-    async def set_session(self, project_id: UUID, connection_id: str, session: Meta | None) -> None:
+    async def set_session(
+        self, project_id: ChannelKey, connection_id: str, session: Meta | None
+    ) -> None:
         entries = self._projects.get(project_id)
         old = None if entries is None else entries.get(connection_id)
         if entries is None or old is None:
@@ -233,7 +239,7 @@ class InMemoryPresence:
         entries[connection_id] = new
         self._emit(PresenceChange(project_id, (new,), (old,)))
 
-    async def list(self, project_id: UUID) -> list[PresenceEntry]:
+    async def list(self, project_id: ChannelKey) -> list[PresenceEntry]:
         return list(self._projects.get(project_id, {}).values())
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -261,21 +267,43 @@ def group_by_user(entries: Iterable[PresenceEntry]) -> dict[UUID, PresenceUser]:
     return {user_id: PresenceUser(metas=m) for user_id, m in metas.items()}
 
 
+# Fields of a Supabase meta that the gateway writes: a client's own values for them
+# are dropped, so nobody can show as someone else.
+SERVER_META_FIELDS = frozenset({"phx_ref", "user_id", "connection_id", "session"})
+
+
 def phoenix_state(entries: Iterable[PresenceEntry]) -> dict[str, JsonValue]:
-    """Supabase's shape: `{key: {metas: [{phx_ref, ...meta}]}}`. A native-protocol
-    connection shows under its user id, its meta with `user_id`, `connection_id` (and
-    `session`, when it drives one) beside what it set."""
+    """Supabase's shape: `{key: {metas: [{phx_ref, ...meta}]}}`. Every meta carries the
+    token's `user_id` (null for an anonymous connection) over whatever the client set;
+    a native-protocol connection shows under its user id, with its `connection_id` (and
+    `session`, when it drives one) too."""
     state: dict[str, list[JsonValue]] = {}
     for entry in sorted(entries, key=lambda e: (e.joined_at, e.connection_id)):
-        meta: dict[str, JsonValue] = {"phx_ref": entry.phx_ref}
+        meta: dict[str, JsonValue] = {
+            k: v for k, v in entry.meta.items() if k not in SERVER_META_FIELDS
+        }
+        meta["phx_ref"] = entry.phx_ref
+        meta["user_id"] = None if entry.user_id == ANONYMOUS else str(entry.user_id)
         if entry.key is None:
-            meta["user_id"] = str(entry.user_id)
             meta["connection_id"] = entry.connection_id
             if entry.session is not None:
                 meta["session"] = entry.session
-        meta.update((k, v) for k, v in entry.meta.items() if k != "phx_ref")
         state.setdefault(entry.key or str(entry.user_id), []).append(meta)
     return {key: {"metas": metas} for key, metas in state.items()}
+
+
+def presence_key_problem(key: str, user_id: UUID) -> str | None:
+    """Why a Supabase client may not use `key` as its presence key, or None.
+
+    A key is the client's to choose, except that a key naming a user (a UUID) must
+    name the token's: nobody can appear under another user's id."""
+    try:
+        named = UUID(key)
+    except ValueError:
+        return None
+    if named == user_id and user_id != ANONYMOUS:
+        return None
+    return f"presence key {key!r} is another user's id: use your own id or a key of no user"
 
 
 @dataclass(slots=True)
@@ -315,7 +343,7 @@ class PresenceFanout:
         self._hub = hub
         self._metrics = metrics
         self._interval = interval_seconds
-        self._pending: dict[UUID, list[_Segment]] = {}
+        self._pending: dict[ChannelKey, list[_Segment]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def __call__(self, change: PresenceChange) -> None:
@@ -337,7 +365,7 @@ class PresenceFanout:
         for project_id, segments in pending.items():
             self._send(project_id, segments)
 
-    def _send(self, project_id: UUID, segments: list[_Segment]) -> None:
+    def _send(self, project_id: ChannelKey, segments: list[_Segment]) -> None:
         targets: list[ServerConnection] = []
         phoenix: dict[PhoenixTopic, list[ServerConnection]] = {}
         for subscription in self._hub.subscriptions_of(project_id):

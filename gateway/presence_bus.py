@@ -53,6 +53,7 @@ from uuid import UUID
 
 import orjson
 
+from gateway.channels import ChannelKey, key_from_wire, key_to_wire
 from gateway.presence import (
     Listener,
     Meta,
@@ -74,7 +75,7 @@ RECONNECT_FIRST_SECONDS = 0.2
 RECONNECT_MAX_SECONDS = 5.0
 
 Message = dict[str, Any]
-Key = tuple[UUID, str]  # (project, connection)
+Key = tuple[ChannelKey, str]  # (channel, connection)
 
 
 class PresenceTooLarge(ValueError):
@@ -126,10 +127,10 @@ class _Node:
     stale_sessions: set[UUID] = field(default_factory=set)
 
 
-def _entry_message(project_id: UUID, entry: PresenceEntry) -> Message:
+def _entry_message(project_id: ChannelKey, entry: PresenceEntry) -> Message:
     return {
         "type": "put",
-        "project": str(project_id),
+        "project": key_to_wire(project_id),
         "connection": entry.connection_id,
         "user": str(entry.user_id),
         "meta": entry.meta,
@@ -140,7 +141,7 @@ def _entry_message(project_id: UUID, entry: PresenceEntry) -> Message:
     }
 
 
-def _entry_of(message: Message) -> tuple[UUID, PresenceEntry]:
+def _entry_of(message: Message) -> tuple[ChannelKey, PresenceEntry]:
     entry = PresenceEntry(
         user_id=UUID(message["user"]),
         connection_id=message["connection"],
@@ -150,7 +151,7 @@ def _entry_of(message: Message) -> tuple[UUID, PresenceEntry]:
         session=message["session"],
         key=message.get("key"),
     )
-    return UUID(message["project"]), entry
+    return key_from_wire(message["project"]), entry
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
@@ -179,7 +180,7 @@ class BusPresence:
         self._transport = transport
         self._timeout = node_timeout_seconds
         self._heartbeat = heartbeat_seconds
-        self._projects: dict[UUID, dict[str, PresenceEntry]] = {}
+        self._projects: dict[ChannelKey, dict[str, PresenceEntry]] = {}
         self._own = _Node()
         self._nodes: dict[str, _Node] = {}
         self._listeners: list[Listener] = []
@@ -239,7 +240,7 @@ class BusPresence:
 
     async def join(
         self,
-        project_id: UUID,
+        project_id: ChannelKey,
         user_id: UUID,
         connection_id: str,
         meta: Meta,
@@ -248,36 +249,40 @@ class BusPresence:
         at = now()
         self._put_own(project_id, PresenceEntry(user_id, connection_id, meta, at, at, key=key))
 
-    async def leave(self, project_id: UUID, connection_id: str) -> None:
+    async def leave(self, project_id: ChannelKey, connection_id: str) -> None:
         key = (project_id, connection_id)
         if key not in self._own.keys:
             return
-        self._send({"type": "leave", "project": str(project_id), "connection": connection_id})
+        self._send(
+            {"type": "leave", "project": key_to_wire(project_id), "connection": connection_id}
+        )
         self._remove(self._own, key)
 
-    async def update(self, project_id: UUID, connection_id: str, meta: Meta) -> None:
+    async def update(self, project_id: ChannelKey, connection_id: str, meta: Meta) -> None:
         old = self._own_entry(project_id, connection_id)
         if old is not None:
             self._put_own(project_id, replace(old, meta=meta, last_active=now()))
 
-    async def set_session(self, project_id: UUID, connection_id: str, session: Meta | None) -> None:
+    async def set_session(
+        self, project_id: ChannelKey, connection_id: str, session: Meta | None
+    ) -> None:
         old = self._own_entry(project_id, connection_id)
         if old is not None:
             self._put_own(project_id, replace(old, session=session, last_active=now()))
 
-    async def list(self, project_id: UUID) -> list[PresenceEntry]:
+    async def list(self, project_id: ChannelKey) -> list[PresenceEntry]:
         return list(self._projects.get(project_id, {}).values())
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def _own_entry(self, project_id: UUID, connection_id: str) -> PresenceEntry | None:
+    def _own_entry(self, project_id: ChannelKey, connection_id: str) -> PresenceEntry | None:
         if (project_id, connection_id) not in self._own.keys:
             return None
         return self._projects[project_id][connection_id]
 
-    def _put_own(self, project_id: UUID, entry: PresenceEntry) -> None:
+    def _put_own(self, project_id: ChannelKey, entry: PresenceEntry) -> None:
         self._send(_entry_message(project_id, entry))  # raises before anything changes
         self._put(self._own, project_id, entry)
 
@@ -319,7 +324,7 @@ class BusPresence:
         for listener in list(self._listeners):
             listener(change)
 
-    def _put(self, node: _Node, project_id: UUID, entry: PresenceEntry) -> None:
+    def _put(self, node: _Node, project_id: ChannelKey, entry: PresenceEntry) -> None:
         key = (project_id, entry.connection_id)
         node.stale.discard(key)
         entries = self._projects.setdefault(project_id, {})
@@ -349,7 +354,7 @@ class BusPresence:
 
     def _remove_all(self, node: _Node, keys: set[Key]) -> None:
         """Remove entries of several projects: one diff per project."""
-        leaves: dict[UUID, list[PresenceEntry]] = {}
+        leaves: dict[ChannelKey, list[PresenceEntry]] = {}
         for key in list(keys):
             old = self._pop(node, key)
             if old is not None:
@@ -406,7 +411,7 @@ class BusPresence:
             project_id, entry = _entry_of(message)
             self._put(node, project_id, entry)
         elif kind == "leave":
-            self._remove(node, (UUID(message["project"]), message["connection"]))
+            self._remove(node, (key_from_wire(message["project"]), message["connection"]))
         elif kind == "hold":
             session_id = UUID(message["session_id"])
             node.sessions.add(session_id)

@@ -29,8 +29,9 @@ from db.embedded import EmbeddedPostgres
 from db.migrations import Migrator, load_migrations
 from tests import hosted_postgres
 
-# Gateway fixtures (gateway, ws_client, feed_kind…) for every test module that asks.
-pytest_plugins = ["tests.gateway_fixtures"]
+# Gateway fixtures (gateway, ws_client, feed_kind…) and the Supabase client (phx_client)
+# for every test module that asks.
+pytest_plugins = ["tests.gateway_fixtures", "tests.phoenix_fixtures"]
 
 TEMPLATE_DATABASE = "sitebuilder_template"
 PUBLICATION = "sitebuilder_realtime"
