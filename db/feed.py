@@ -7,8 +7,10 @@ loses its connection it yields `FeedInterrupted`; when it is back it yields
 slot does) or changes committed in between may never arrive (NOTIFY), in which
 case consumers must resynchronise. Every change carries a `Position`; consumers
 tell the feed, with `retain_from`, the oldest position they still need, so a
-durable feed knows how far it may let the server forget. That is the whole
-contract, so consumers (the gateway's dispatcher) never know which feed they read.
+durable feed knows how far it may let the server forget. A consumer that must know
+it has seen everything committed up to a moment writes a `fence` and waits for it
+to come through. That is the whole contract, so consumers (the gateway's dispatcher)
+never know which feed they read.
 """
 
 from __future__ import annotations
@@ -107,7 +109,16 @@ class FeedResumed:
     reason: str = "the change feed was interrupted"
 
 
-FeedEvent = RowChange | TransactionEnd | FeedInterrupted | FeedResumed
+@dataclass(frozen=True, slots=True)
+class FenceReached:
+    """A fence the gateway committed (`ChangeFeed.fence`) came through: every
+    transaction that committed before it has been yielded. Any gateway on the database
+    may have written it; the one waiting for `token` knows it."""
+
+    token: str
+
+
+FeedEvent = RowChange | TransactionEnd | FeedInterrupted | FeedResumed | FenceReached
 
 
 class ChangeFeed(Protocol):
@@ -136,4 +147,10 @@ class ChangeFeed(Protocol):
 
     async def lag_bytes(self) -> int | None:
         """WAL the server holds for this feed and it has not confirmed (None: none held)."""
+        ...
+
+    @staticmethod
+    async def fence(conn: Any, token: str) -> None:
+        """Commit a marker this feed yields as `FenceReached(token)` after every
+        transaction that committed before it (`conn`: an asyncpg connection)."""
         ...

@@ -26,6 +26,7 @@ from db.feed import (
     FeedEvent,
     FeedInterrupted,
     FeedResumed,
+    FenceReached,
     Position,
     RowChange,
     TransactionEnd,
@@ -84,6 +85,14 @@ class NotifyFeed:
     async def lag_bytes(self) -> int | None:
         """NOTIFY holds no WAL for anyone."""
         return None
+
+    @staticmethod
+    async def fence(conn: asyncpg.Connection, token: str) -> None:
+        """A notification of its own transaction: PostgreSQL delivers notifications in
+        commit order, so it arrives after every change committed before it."""
+        await conn.execute(
+            "SELECT pg_notify($1, $2)", CHANNEL, orjson.dumps({"fence": token}).decode()
+        )
 
     async def events(self) -> AsyncGenerator[FeedEvent, None]:
         try:
@@ -150,6 +159,13 @@ class NotifyFeed:
                 logger.warning("change feed: cannot fetch an overflow row: %s", error)
                 await self._close()
                 return
+            fence = message.get("fence")
+            if fence is not None:
+                if open_xid is not None:
+                    yield TransactionEnd(open_xid)
+                    open_xid = None
+                yield FenceReached(str(fence))
+                continue
             xid = int(message["xid"])
             if xid != open_xid:
                 if open_xid is not None:

@@ -150,6 +150,22 @@ async def project_access(conn: Conn, user_id: UUID, project_id: UUID) -> bool | 
         return bool(await conn.fetchval("SELECT public.can_edit_project($1)", project_id))
 
 
+async def project_access_row(
+    conn: Conn, project_id: UUID
+) -> tuple[VisibilitySnapshot, dict[str, Any] | None]:
+    """Who may access the project (its owner, collaborators and visibility), read as
+    the gateway's own role, with the snapshot it was read in; None: no such project."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        visibility = VisibilitySnapshot.parse(
+            await conn.fetchval("SELECT pg_current_snapshot()::text")
+        )
+        row = await conn.fetchrow(
+            "SELECT user_id, collaborators, is_public FROM public.projects WHERE id = $1",
+            project_id,
+        )
+    return visibility, None if row is None else dict(row)
+
+
 async def project_is_public(conn: Conn, project_id: UUID) -> bool:
     """Whether anyone, signed in or not, may read the project."""
     return bool(

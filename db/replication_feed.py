@@ -42,6 +42,7 @@ from db.feed import (
     FeedEvent,
     FeedInterrupted,
     FeedResumed,
+    FenceReached,
     Position,
     RowChange,
     TransactionEnd,
@@ -59,6 +60,7 @@ from db.replication_stream import (
 logger = logging.getLogger(__name__)
 
 ACTOR_PREFIX = "sitebuilder.actor"
+FENCE_PREFIX = "sitebuilder.fence"
 _OPS = {pgoutput.Insert: ChangeOp.INSERT, pgoutput.Update: ChangeOp.UPDATE}
 
 
@@ -70,6 +72,7 @@ class _Transaction:
     )
     actor: UUID | None = None
     request: str | None = None
+    fences: list[str] = field(default_factory=list)
 
 
 class ReplicationFeed:
@@ -125,6 +128,12 @@ class ReplicationFeed:
             self._stream.acknowledge(self._last_end_lsn)
         else:
             self._stream.acknowledge(min(position.txn, self._last_end_lsn))
+
+    @staticmethod
+    async def fence(conn: asyncpg.Connection, token: str) -> None:
+        """A transactional logical message of its own transaction: decoded after every
+        transaction whose commit record precedes it in the WAL."""
+        await conn.execute("SELECT pg_logical_emit_message(true, $1, $2)", FENCE_PREFIX, token)
 
     async def lag_bytes(self) -> int | None:
         """WAL the server keeps for this slot beyond its confirmed position."""
@@ -291,6 +300,8 @@ class ReplicationFeed:
                 transaction.changes.append((name, ChangeOp.TRUNCATE, None, None))
         elif isinstance(message, pgoutput.LogicalMessage) and message.prefix == ACTOR_PREFIX:
             transaction.actor, transaction.request = _origin(message.content)
+        elif isinstance(message, pgoutput.LogicalMessage) and message.prefix == FENCE_PREFIX:
+            transaction.fences.append(bytes(message.content).decode())
 
     async def _complete(
         self, transaction: _Transaction, commit: pgoutput.Commit
@@ -319,6 +330,7 @@ class ReplicationFeed:
             self._stream.acknowledge(commit.end_lsn)
         if events:
             events.append(TransactionEnd(xid))
+        events.extend(FenceReached(token) for token in transaction.fences)
         return events
 
     def _widen(self, xid: int) -> int:

@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from db import queries
 from db.feed import Position
 from gateway import rpc
+from gateway.authorization import Acl, Level, level_of, plan_replay
 from gateway.connection import Connection, token_error_code
 from gateway.hub import Subscription
 from gateway.presence import Meta, group_by_user
@@ -319,31 +320,39 @@ class Client(Connection):
         await self._join_presence(subscription)
 
     async def _resume(self, subscription: Subscription, since_text: str, ref: Ref | None) -> bool:
-        """Replay what followed `since`, then go live; when the history no longer reaches
-        back that far, say so with `reset` and send a fresh snapshot instead."""
+        """Replay what followed `since` that the user could read when it was committed,
+        then go live; when the history no longer reaches back that far, or the user
+        could not read the project all along, say so with `reset` and send a fresh
+        snapshot instead."""
         project_id = _project(subscription)
         history = self._gateway.history
         since = Position.parse(since_text)
         if since is None or not history.covers(project_id, since):
             return await self._send_view(subscription, True, ref, reset=_gap(since_text, since))
         async with self._gateway.pool.acquire() as conn:
-            editable = await queries.project_access(conn, self.user_id, project_id)
-        if editable is None:
+            seen, row = await queries.project_access_row(conn, project_id)
+        acl = Acl.of(row)
+        if level_of(acl, self.user_id) is Level.NONE:
             return False
+        if not await self._gateway.fences.passed():
+            reset = "the change feed is behind: cannot tell what you could read since then"
+            return await self._send_view(subscription, True, ref, reset=reset)
         if self._token_lapsed():
             return True  # its expiry ends the connection (token_expired): nothing goes live
         if not history.covers(project_id, since):  # expired while access was checked
             return await self._send_view(subscription, True, ref, reset=_gap(since_text, since))
+        entries = history.after(project_id, since)
+        plan = plan_replay(self.user_id, acl, seen, entries)
+        if plan.refused is not None:
+            return await self._send_view(subscription, True, ref, reset=plan.refused)
+        editable = plan.level is Level.WRITE
         subscription.editable = editable
         self.send(Ok(ref=ref, data=_subscribed(project_id, editable, resumed=True)))
-        last = since
-        for entry in history.after(project_id, since):
-            last = entry.position
-            if entry.members_only and not editable:
-                continue
+        for entry in plan.entries:
             if not self.can_send():
                 return True
             self._gateway.hub.send_to(subscription, entry.data)
+        last = entries[-1].position if entries else since
         self._gateway.hub.go_live(subscription, after=last)
         return True
 

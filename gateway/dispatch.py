@@ -29,9 +29,11 @@ from db.feed import (
     ChangeOp,
     FeedInterrupted,
     FeedResumed,
+    FenceReached,
     RowChange,
     TransactionEnd,
 )
+from gateway.authorization import AclChange
 from gateway.history import Entry
 from gateway.hub import Event
 from gateway.rpc import parse_request_tag
@@ -84,6 +86,8 @@ class Dispatcher:
                 elif isinstance(event, FeedResumed):
                     metrics.feed_up.set(1)
                     self._on_resumed(event)
+                elif isinstance(event, FenceReached):
+                    self._gateway.fences.reached(event.token)
 
     def _on_resumed(self, event: FeedResumed) -> None:
         if event.lossless and self._history.started:
@@ -238,7 +242,10 @@ class Dispatcher:
             return
         data = encode_frame(frame)
         members_only = entity in MEMBERS_ONLY
-        self._history.record(project_id, Entry(change.position, data, members_only))
+        acl = AclChange.of(old, new) if change.table == "projects" else None
+        self._history.record(
+            project_id, Entry(change.position, data, members_only, change.xid, acl)
+        )
         hub = self._gateway.hub
         table_change = None
         if hub.tables.watching(change.table):

@@ -17,15 +17,20 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from db.feed import Position
+from gateway.authorization import AclChange
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One published change: its position and the bytes every subscriber got."""
+    """One published change: its position and transaction, the bytes every subscriber
+    got, and, for a change of the project row, what it did to access (which a resume
+    needs to know who could read what when: gateway.authorization)."""
 
     position: Position
     data: bytes
     members_only: bool
+    xid: int
+    acl: AclChange | None = None
 
 
 @dataclass(slots=True)

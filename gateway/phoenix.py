@@ -33,6 +33,7 @@ from websockets.asyncio.server import ServerConnection
 from db import queries
 from db.feed import Position
 from gateway.access import ANONYMOUS, Access
+from gateway.authorization import Acl, plan_replay
 from gateway.channels import ChannelKey
 from gateway.connection import Connection
 from gateway.history import Entry
@@ -56,6 +57,14 @@ PATH = "/realtime/v1/websocket"
 ENTITY_TABLES = {entity.value: table for table, entity in TABLE_ENTITIES.items()}
 SUBSCRIBED = "Subscribed to PostgreSQL"
 KNOWN_EVENTS = frozenset(e.value for e in Event)
+
+
+@dataclass(frozen=True)
+class ResumeBasis:
+    """What a resume decides access from: the project's access list as of `seen`."""
+
+    seen: queries.VisibilitySnapshot
+    acl: Acl | None
 
 
 @dataclass(eq=False)
@@ -289,12 +298,15 @@ class PhoenixClient(Connection):
             return
         bindings, binding_error = _bindings(payload.config.postgres_changes)
         access: Access = False
+        basis: ResumeBasis | None = None
         if project_id is not None:
             access = await self._project_access(project_id)
             if access is None:
                 reason = f"project {project_id} does not exist or is not shared with you"
                 self._reply_error(message, reason)
                 return
+            if payload.config.resume is not None and bindings:
+                basis = await self._resume_basis(project_id)
             if self._closing or topic in self._channels:
                 return
         if self._token_expired or self._token_lapsed():  # it expired while we waited
@@ -312,7 +324,7 @@ class PhoenixClient(Connection):
         if binding_error is not None:
             self._system(channel, "postgres_changes", "error", binding_error)
         elif bindings:
-            self._watch(channel, bindings, project_id, access)
+            self._watch(channel, bindings, project_id, basis)
         if payload.config.presence.enabled:
             await self._send_presence_state(channel)
 
@@ -340,7 +352,7 @@ class PhoenixClient(Connection):
         channel: Channel,
         bindings: tuple[Binding, ...],
         project_id: UUID | None,
-        access: Access,
+        basis: ResumeBasis | None,
     ) -> None:
         """Start the channel's changes (after replaying the history, when asked to
         resume): no await between the replay and going live, so nothing is missed."""
@@ -352,7 +364,7 @@ class PhoenixClient(Connection):
             if project_id is None:
                 resumed = "resume needs a channel named project:<uuid>"
             else:
-                replay, resumed = self._replay(watch, project_id, resume.since, access)
+                replay, resumed = self._replay(watch, project_id, resume.since, basis)
         channel.watch = watch
         self._gateway.hub.tables.add(watch)
         self._system(channel, "postgres_changes", "ok", SUBSCRIBED)
@@ -366,11 +378,20 @@ class PhoenixClient(Connection):
                 return
             broadcast([self.ws], data, text=True)
 
+    async def _resume_basis(self, project_id: UUID) -> ResumeBasis | None:
+        """The project's access list as of a snapshot, once every change that snapshot
+        saw is in the history (a fence came through); None when the feed is behind."""
+        async with self._gateway.pool.acquire() as conn:
+            seen, row = await queries.project_access_row(conn, project_id)
+        if not await self._gateway.fences.passed():
+            return None
+        return ResumeBasis(seen, Acl.of(row))
+
     def _replay(
-        self, watch: TableWatch, project_id: UUID, since_text: str, access: Access
+        self, watch: TableWatch, project_id: UUID, since_text: str, basis: ResumeBasis | None
     ) -> tuple[list[bytes], str | None]:
-        """The frames of the project's changes after `since` that the watch wants, or
-        why they cannot all be replayed."""
+        """The frames of the project's changes after `since` that the watch wants and
+        the user could read when each was committed, or why none can be replayed."""
         history = self._gateway.history
         since = Position.parse(since_text)
         if since is None:
@@ -380,11 +401,16 @@ class PhoenixClient(Connection):
                 f"the changes after {since_text} are no longer all kept "
                 "(or were given out before a restart)"
             )
+        if basis is None:
+            return [], "the change feed is behind: cannot tell what you could read since then"
+        entries = history.after(project_id, since)
+        plan = plan_replay(self.user_id, basis.acl, basis.seen, entries)
+        if plan.refused is not None:
+            return [], plan.refused
+        if entries:
+            watch.after = entries[-1].position
         frames = []
-        for entry in history.after(project_id, since):
-            watch.after = entry.position
-            if entry.members_only and not access:
-                continue
+        for entry in plan.entries:
             data = self._replayed(watch, entry)
             if data is not None:
                 frames.append(data)

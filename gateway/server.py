@@ -25,6 +25,7 @@ from gateway.client import Client
 from gateway.connection import Connection
 from gateway.demo import Demo
 from gateway.dispatch import Dispatcher
+from gateway.fences import Fences
 from gateway.health import http_router
 from gateway.history import History
 from gateway.hub import Hub
@@ -81,6 +82,7 @@ class Gateway:
             max_age_seconds=settings.history_max_age_seconds,
         )
         self.router = Router(pool, settings.route_cache_size, before_lookup=self.outbox.flush)
+        self.fences = Fences(pool, feed, settings.resume_fence_timeout_seconds)
         # Built from the settings by gateway.presence_backends; started and closed here.
         self.presence = presence
         self.sessions = LiveSessions(pool, settings, self.metrics, presence)

@@ -361,6 +361,17 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 60.0
+    resume_fence_timeout_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "How long a resume waits for the change feed to reach the moment it read "
+                "the project's access (a marker it commits); past it the client gets a "
+                "`reset` and a fresh snapshot instead of a replay."
+            ),
+        ),
+    ] = 5.0
     rpc_idempotency_ttl_seconds: Annotated[
         float,
         Field(

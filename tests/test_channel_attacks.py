@@ -6,6 +6,8 @@ protocols: each must now be refused or deliver nothing it should not.
 2. A channel of no project was keyed by a UUID derived from its topic; a user who
    created a project with that id could disturb the channel (revocation, presence).
 3. A join in flight when its token expired went live anyway and kept delivering.
+4. A resume replayed history with today's access (test_gateway_resume has the native
+   protocol's case).
 5. Presence keys, presence meta and broadcasts carried whatever identity the client
    wrote, so an anonymous reader could appear as, and broadcast into, the owner's editor.
 """
@@ -29,6 +31,7 @@ from tests.gateway_fixtures import (
     gateway_port,
     make_project,
     make_sitemap,
+    make_wireframe,
     open_client,
     token,
 )
@@ -38,6 +41,7 @@ from tests.test_gateway_feed import change_of, recv_until
 # How channels of no project were keyed before: uuid5 of the topic in this namespace.
 OLD_CHANNEL_NAMESPACE = UUID("5c0d3a52-7f43-4b5e-9a8e-1f2d3c4b5a69")
 SITEMAPS = {"event": "*", "schema": "public", "table": "sitemaps"}
+WIREFRAMES = {"event": "*", "schema": "public", "table": "wireframes"}
 
 
 def spellings(project: UUID) -> list[str]:
@@ -215,3 +219,33 @@ async def test_native_presence_meta_cannot_claim_another_user(
     (meta,) = diff["joins"][str(reader)]["metas"]
     assert meta["user_id"] == str(reader)
     assert meta["connection_id"] != "forged"
+
+
+async def test_a_supabase_resume_after_gaining_access_replays_nothing_from_before(
+    phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    """4. A resume replayed history with the access of the moment it was asked for: a
+    wireframe written while the project was private reached a reader who could read it
+    only later."""
+    owner, stranger = await make_user(), await make_user()
+    project = await make_project(conn, owner)
+    sitemap = await make_sitemap(conn, project)
+    name = f"project:{project}"
+    config = {"postgres_changes": [WIREFRAMES]}
+    mine = await make_project(conn, stranger)
+    own = await phx_client(token(stranger))
+    await own.join(f"project:{mine}", config)
+    await expect_subscribed(own, f"project:{mine}")
+    await make_wireframe(conn, await make_sitemap(conn, mine), "mine")
+    position = (await change(own))["data"]["position"]  # positions are global
+
+    await make_wireframe(conn, sitemap, "secret")
+    await conn.execute("UPDATE projects SET is_public = true WHERE id = $1", project)
+    reader = await phx_client(token(stranger))
+    assert (await reader.join(name, {**config, "resume": {"since": position}}))["status"] == "ok"
+    await expect_subscribed(reader, name)
+    refused = await reader.expect("system")
+    assert refused["payload"]["extension"] == "resume"
+    assert refused["payload"]["status"] == "error"
+    assert "could not read the project" in refused["payload"]["message"]
+    await reader.quiet()

@@ -195,19 +195,20 @@ async def test_unknown_positions_get_reset_and_snapshot(
     assert snapshot["project"]["name"] == "Now"
 
 
-async def test_resume_is_authorized_like_subscribe(
+async def test_a_position_is_no_key_and_gaining_access_replays_nothing_from_before(
     conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
 ) -> None:
-    """A position is no key: a stranger resuming gets `forbidden`, public readers get
-    no members-only changes (versions, sessions) replayed."""
+    """A stranger resuming gets `forbidden`. Once the project is public, a resume from
+    before that gets `reset` and a snapshot: what was written while it was private (a
+    secret, even one removed since) is not replayed, in `new` or in `old`."""
     owner, stranger = await make_user(), await make_user()
     project = await make_project(conn, owner)
     sitemap = await make_sitemap(conn, project)
     member = await connected(ws_client, owner)
     _, snapshot = await member.subscribe(project)
     assert snapshot is not None
-    await retitle(conn, sitemap, 1, "x")
-    await recv_until(member, change_of("version"))
+    await retitle(conn, sitemap, 1, "secret")
+    await conn.execute("UPDATE sitemaps SET title = 'nothing here' WHERE id = $1", sitemap)
 
     outsider = await connected(ws_client, stranger)
     reply = await outsider.request(
@@ -216,13 +217,36 @@ async def test_resume_is_authorized_like_subscribe(
     assert (reply["type"], reply["code"]) == ("error", "forbidden")
 
     await conn.execute("UPDATE projects SET is_public = true WHERE id = $1", project)
-    await rename_project(conn, project, "marker")
     await recv_until(member, change_of("project", "update"))
     reader = await connected(ws_client, stranger)
     reply = await resume(reader, project, snapshot["position"])
     assert reply["data"]["access"] == "read_only"
+    assert reply["data"]["resumed"] is False
+    reset = await reader.recv_type("reset")
+    assert "could not read the project" in reset["message"]
+    fresh = await reader.recv_type("snapshot")
+    assert [s["title"] for s in fresh["sitemaps"]] == ["nothing here"]
+    await reader.ping()  # nothing else came before the pong
+
+
+async def test_public_readers_get_no_members_only_changes_replayed(
+    conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
+) -> None:
+    owner, stranger = await make_user(), await make_user()
+    project = await make_project(conn, owner, public=True)
+    sitemap = await make_sitemap(conn, project)
+    reader = await connected(ws_client, stranger)
+    _, snapshot = await reader.subscribe(project)
+    assert snapshot is not None
+    await reader.close()
+    await retitle(conn, sitemap, 1, "x")
+    await rename_project(conn, project, "marker")
+
+    again = await connected(ws_client, stranger)
+    reply = await resume(again, project, snapshot["position"])
+    assert (reply["data"]["access"], reply["data"]["resumed"]) == ("read_only", True)
     frames = await recv_until(
-        reader,
+        again,
         lambda f: (
             f.get("type") == "change" and f["entity"] == "project" and f["new"]["name"] == "marker"
         ),

@@ -36,7 +36,7 @@ def history(clock: Clock | None = None, **limits: float) -> History:
 
 
 def record(h: History, project: UUID, txn: int, size: int = 10) -> None:
-    h.record(project, Entry(at(txn), b"x" * size, members_only=False))
+    h.record(project, Entry(at(txn), b"x" * size, members_only=False, xid=txn))
 
 
 def test_replays_strictly_after_the_position() -> None:
