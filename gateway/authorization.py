@@ -18,11 +18,14 @@ the honest answer).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 from uuid import UUID
+
+import asyncpg
 
 from db.feed import Position
 from db.queries import VisibilitySnapshot
@@ -146,3 +149,89 @@ def plan_replay(
         if level is Level.WRITE or not entry.members_only
     ]
     return ReplayPlan(sent, final)
+
+
+class Undetermined:
+    """The access list as of a position could not be known (see AccessLists.at)."""
+
+
+UNDETERMINED: Final = Undetermined()
+
+
+class AccessLists:
+    """The access lists of projects as of the dispatcher's position, for deliveries
+    that are not to one project's subscribers (Supabase table watches).
+
+    A project-row change in the stream sets its project's list exactly. A project not
+    seen since is read from the database, where it may already be newer than the
+    dispatcher's position: the row's `xmin` (the transaction that wrote it last) tells.
+    When that transaction has been dispatched (a fence that passed had seen it, or it
+    was dispatched since), nothing changed the row after the position and the list
+    read is the one as of it; otherwise it is UNDETERMINED for this change. The least
+    recently used projects are forgotten past `capacity`."""
+
+    def __init__(self, pool: asyncpg.Pool, capacity: int) -> None:
+        self._pool = pool
+        self._capacity = capacity
+        self._lists: OrderedDict[UUID, Acl | None] = OrderedDict()
+        self._fenced: VisibilitySnapshot | None = None
+        # Transactions dispatched that the last fence's snapshot had not seen, by the
+        # 32-bit xid a row's xmin shows (the value: the full xid).
+        self._dispatched: dict[int, int] = {}
+
+    def changed(self, project_id: UUID, change: AclChange) -> None:
+        """A project-row change was dispatched: its list is now `change.after`."""
+        self._keep(project_id, change.after)
+
+    def dispatched(self, xid: int) -> None:
+        self._dispatched[xid & 0xFFFFFFFF] = xid
+
+    def fence_passed(self, seen: VisibilitySnapshot) -> None:
+        """Every transaction `seen` saw has been dispatched."""
+        self._fenced = seen
+        self._dispatched = {
+            short: xid for short, xid in self._dispatched.items() if not seen.sees(xid)
+        }
+
+    async def at(
+        self, project_id: UUID, before_query: Callable[[], None]
+    ) -> Acl | Undetermined | None:
+        """The project's access list as of the dispatcher's position (None: no such
+        project); `before_query` runs before asking the database (which yields)."""
+        if project_id in self._lists:
+            self._lists.move_to_end(project_id)
+            return self._lists[project_id]
+        before_query()
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT user_id, collaborators, is_public, xmin::text::bigint AS written_by"
+                " FROM public.projects WHERE id = $1",
+                project_id,
+            )
+        if row is None:
+            return None  # its delete was dispatched, or is to come: unreadable either way
+        if not self._was_dispatched(int(row["written_by"])):
+            return UNDETERMINED
+        acl = Acl.of(dict(row))
+        self._keep(project_id, acl)
+        return acl
+
+    def _was_dispatched(self, xid32: int) -> bool:
+        if xid32 in self._dispatched:
+            return True
+        fenced = self._fenced
+        return fenced is not None and fenced.sees(_widen(xid32, fenced.xmax))
+
+    def _keep(self, project_id: UUID, acl: Acl | None) -> None:
+        self._lists[project_id] = acl
+        self._lists.move_to_end(project_id)
+        if len(self._lists) > self._capacity:
+            self._lists.popitem(last=False)
+
+
+def _widen(xid32: int, reference: int) -> int:
+    """The 64-bit xid of a 32-bit one (as `xmin` is), near `reference`."""
+    full = (reference & ~0xFFFFFFFF) | xid32
+    if full > reference + (1 << 31):
+        full -= 1 << 32
+    return full

@@ -37,7 +37,7 @@ from gateway.authorization import AclChange
 from gateway.history import Entry
 from gateway.hub import Event
 from gateway.rpc import parse_request_tag
-from gateway.table_watch import to_table_change
+from gateway.table_watch import TableDelivery, to_table_change
 from protocol.codec import encode_frame
 from protocol.frames import CHANGE_FRAMES, ChangeBase, Op, ProjectChange, Ref, ResetReason
 from protocol.rows import ENTITY_ROWS, TABLE_ENTITIES, Entity, ProjectRow
@@ -87,7 +87,9 @@ class Dispatcher:
                     metrics.feed_up.set(1)
                     self._on_resumed(event)
                 elif isinstance(event, FenceReached):
-                    self._gateway.fences.reached(event.token)
+                    seen = self._gateway.fences.reached(event.token)
+                    if seen is not None:
+                        self._gateway.access_lists.fence_passed(seen)
 
     def _on_resumed(self, event: FeedResumed) -> None:
         if event.lossless and self._history.started:
@@ -104,6 +106,9 @@ class Dispatcher:
 
     async def _on_change(self, change: RowChange) -> None:
         self._history.advance(change.position)
+        # From its first change on, a transaction counts as dispatched: a row it wrote
+        # is as of this position (gateway.authorization.AccessLists).
+        self._gateway.access_lists.dispatched(change.xid)
         self._gateway.metrics.feed_lag.set(
             max(0.0, (datetime.now(UTC) - change.committed_at).total_seconds())
         )
@@ -246,12 +251,15 @@ class Dispatcher:
         self._history.record(
             project_id, Entry(change.position, data, members_only, change.xid, acl)
         )
+        access_lists = self._gateway.access_lists
+        if acl is not None:
+            access_lists.changed(project_id, acl)
         hub = self._gateway.hub
         table_change = None
         if hub.tables.watching(change.table):
-            table_change = to_table_change(change.table, frame)
-            await self._gateway.access.resolve(
-                project_id, hub.tables.readers(change.table), self._gateway.outbox.flush
+            table_change = TableDelivery(
+                to_table_change(change.table, frame),
+                await access_lists.at(project_id, self._gateway.outbox.flush),
             )
         origin = self._origin(change)
         own = None

@@ -20,11 +20,15 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from db.feed import ChangeFeed
+from db.queries import VisibilitySnapshot
 
 
 @dataclass
 class _Fence:
     token: str = field(default_factory=lambda: secrets.token_hex(8))
+    # A snapshot taken just before the fence was written: it saw only transactions
+    # committed before the fence (gateway.authorization.AccessLists uses it).
+    seen: VisibilitySnapshot | None = None
     arrived: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -67,6 +71,9 @@ class Fences:
             async with self._pool.acquire() as conn:
                 self._open = None  # who asks from now on needs a later fence
                 self._written[fence.token] = fence
+                fence.seen = VisibilitySnapshot.parse(
+                    await conn.fetchval("SELECT pg_current_snapshot()::text")
+                )
                 await self._feed.fence(conn, fence.token)
         except BaseException as error:
             if self._open is fence:
@@ -81,8 +88,12 @@ class Fences:
                 fence.arrived.cancel()
             raise
 
-    def reached(self, token: str) -> None:
-        """The dispatcher got to fence `token` (another gateway's: nobody waits here)."""
+    def reached(self, token: str) -> VisibilitySnapshot | None:
+        """The dispatcher got to fence `token`: the snapshot taken before it was written
+        (None for another gateway's fence, or one nobody waits for any more)."""
         fence = self._written.pop(token, None)
-        if fence is not None and not fence.arrived.done():
+        if fence is None:
+            return None
+        if not fence.arrived.done():
             fence.arrived.set_result(None)
+        return fence.seen

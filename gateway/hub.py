@@ -28,10 +28,9 @@ from websockets.asyncio.server import ServerConnection
 
 from db.feed import Position
 from db.queries import VisibilitySnapshot
-from gateway.access import AccessCache
 from gateway.channels import ChannelKey
 from gateway.metrics import Metrics
-from gateway.table_watch import TableChange, TableWatches
+from gateway.table_watch import TableDelivery, TableWatches
 from gateway.wire import Outbox, write_text
 from protocol.phoenix import Vsn
 
@@ -48,8 +47,9 @@ class Event:
     members_only: bool = False
     # (subscriber id, its frame): the connection whose rpc made the change gets its ref.
     own: tuple[int, bytes] | None = None
-    # The change for table-wide (Supabase) bindings, when any watches its table.
-    change: TableChange | None = None
+    # The change for table-wide (Supabase) bindings, when any watches its table, with
+    # the project's access list as of it.
+    change: TableDelivery | None = None
 
     def data_for(self, subscriber_id: int) -> bytes:
         if self.own is not None and self.own[0] == subscriber_id:
@@ -116,14 +116,12 @@ class Subscription:
 
 
 class Hub:
-    def __init__(
-        self, metrics: Metrics, max_pending_events: int, outbox: Outbox, access: AccessCache
-    ) -> None:
+    def __init__(self, metrics: Metrics, max_pending_events: int, outbox: Outbox) -> None:
         self._metrics = metrics
         self._max_pending = max_pending_events
         self._outbox = outbox
         self._topics: dict[ChannelKey, dict[int, Subscription]] = {}
-        self.tables = TableWatches(metrics, outbox, access)
+        self.tables = TableWatches(metrics, outbox)
 
     def subscribe(self, subscriber: Subscriber, key: ChannelKey) -> Subscription:
         """Register before the snapshot is read, so nothing committed after it is missed."""

@@ -20,7 +20,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from db import queries
 from db.feed import ChangeFeed
 from gateway import rpc
-from gateway.access import ANONYMOUS, AccessCache
+from gateway.access import ANONYMOUS
+from gateway.authorization import AccessLists
 from gateway.client import Client
 from gateway.connection import Connection
 from gateway.demo import Demo
@@ -73,8 +74,8 @@ class Gateway:
         # Change frames wait here while the dispatcher handles a transaction.
         self.outbox = Outbox()
         # Who may read which project, for Supabase's table-wide bindings.
-        self.access = AccessCache(pool, settings.access_cache_size)
-        self.hub = Hub(self.metrics, settings.max_pending_events, self.outbox, self.access)
+        self.access_lists = AccessLists(pool, settings.access_cache_size)
+        self.hub = Hub(self.metrics, settings.max_pending_events, self.outbox)
         self.project_lists = ProjectLists(self.metrics, settings.max_pending_events, self.outbox)
         self.history = History(
             max_per_project=settings.history_max_per_project,
@@ -162,7 +163,6 @@ class Gateway:
         """Ask PostgreSQL, as each subscriber, whether they may still see the project,
         once transaction `xid` (which changed who may) is visible to the question.
         Table-wide bindings ask again at the project's next change."""
-        self.access.forget(project_id, xid)
         by_user: dict[UUID, list[Connection]] = {}
         for subscription in self.hub.subscriptions_of(project_id):
             client = subscription.subscriber
@@ -185,7 +185,6 @@ class Gateway:
                         subscription.editable = editable
 
     def revoke_all(self, project_id: UUID, message: str) -> None:
-        self.access.forget(project_id)
         for subscription in self.hub.subscriptions_of(project_id):
             client = subscription.subscriber
             assert isinstance(client, Connection)
@@ -228,9 +227,17 @@ class Gateway:
         return None, details
 
     async def _watch_feed(self) -> None:
-        """Age the history out while no change arrives (so the slot is let go too), and
-        keep the slot-lag and history gauges current between scrapes."""
+        """Age the history out while no change arrives (so the slot is let go too),
+        keep the slot-lag and history gauges current between scrapes, and pass a fence
+        now and then, so the access lists of projects first seen know what they may
+        trust (gateway.authorization.AccessLists): the first as soon as changes flow."""
+        await self.feed.wait_connected()
         while True:
+            if self.feed.connected:
+                try:
+                    await self.fences.passed()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                    logger.debug("fence not written: %s", error)
             if self.history.started:
                 self.history.expire()
                 self.feed.retain_from(self.history.oldest())

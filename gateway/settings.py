@@ -253,8 +253,8 @@ class Settings(BaseSettings):
         Field(
             gt=0,
             description=(
-                "Projects whose readers are remembered for Supabase `postgres_changes` "
-                "bindings (who may see which project; forgotten when its access changes)."
+                "Projects whose access lists (owner, collaborators, public) are kept as of "
+                "the change feed's position, for Supabase `postgres_changes` bindings."
             ),
         ),
     ] = 10_000

@@ -1,8 +1,11 @@
 """Table-wide subscriptions: Supabase `postgres_changes` bindings, fed by the hub.
 
 A channel's bindings name tables, optionally filtered; the rows they deliver are
-those of projects the reader may read (gateway.access), so an unfiltered binding on
+those of projects the reader could read when the change was committed (the project's
+access list as of it: gateway.authorization), so an unfiltered binding on
 `wireframes` yields the wireframes of every project the user can read and no other.
+When that access list could not be known, the watches the change was for are told
+that changes may have been missed, rather than guessed at.
 Each change is checked against every watch of its table; the watches that want it
 are grouped by (protocol version, topic, binding ids) and each group's frame is
 encoded once, its `data` serialized once for all groups, and queued in the outbox
@@ -22,15 +25,17 @@ from pydantic import JsonValue
 from websockets.asyncio.server import ServerConnection
 
 from db.feed import Position
-from gateway.access import AccessCache
+from gateway.authorization import Acl, Level, Undetermined, level_of
 from gateway.metrics import Metrics
 from gateway.wire import Outbox
-from protocol.frames import ChangeBase
+from protocol.frames import ChangeBase, ResetReason
 from protocol.phoenix import Event as PhxEvent
 from protocol.phoenix import Message, Vsn, encode
 from protocol.phoenix_changes import Binding, ChangeType, change_data
 
 logger = logging.getLogger(__name__)
+
+UNKNOWN_ACCESS = "who could read a change could not be told as of its commit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,14 @@ class TableChange:
     row: Mapping[str, Any]
     # The push's `data` (protocol.phoenix_changes.change_data).
     data: dict[str, JsonValue]
+
+
+@dataclass(frozen=True, slots=True)
+class TableDelivery:
+    """A change for table-wide bindings, and who could read its project as of it."""
+
+    change: TableChange
+    acl: Acl | Undetermined | None
 
 
 def to_table_change(table: str, frame: ChangeBase[Any]) -> TableChange:
@@ -62,6 +75,8 @@ class Watcher(Protocol):
     ws: ServerConnection
 
     def can_send(self) -> bool: ...
+
+    def resync_tables(self, reason: ResetReason, message: str) -> None: ...
 
 
 @dataclass(eq=False)
@@ -84,10 +99,9 @@ class TableWatch:
 
 
 class TableWatches:
-    def __init__(self, metrics: Metrics, outbox: Outbox, access: AccessCache) -> None:
+    def __init__(self, metrics: Metrics, outbox: Outbox) -> None:
         self._metrics = metrics
         self._outbox = outbox
-        self._access = access
         self._by_table: dict[str, dict[TableWatch, None]] = {}
 
     def add(self, watch: TableWatch) -> None:
@@ -105,32 +119,42 @@ class TableWatches:
     def watching(self, table: str) -> bool:
         return table in self._by_table
 
-    def readers(self, table: str) -> set[UUID]:
-        return {w.subscriber.user_id for w in self._by_table.get(table, ())}
-
     def all_watches(self) -> list[TableWatch]:
         return list({w: None for ws in self._by_table.values() for w in ws})
 
     def deliver(
-        self, project_id: UUID, position: Position, members_only: bool, change: TableChange
+        self, project_id: UUID, position: Position, members_only: bool, delivery: TableDelivery
     ) -> int:
-        """Queue the change for every watch that wants it; returns how many."""
+        """Queue the change for every watch that wants it and whose user could read it
+        when it was committed; returns how many."""
+        change = delivery.change
+        needed = Level.WRITE if members_only else Level.READ
         groups: dict[tuple[Vsn, str, tuple[int, ...]], list[ServerConnection]] = {}
+        missed: list[Watcher] = []
         for watch in list(self._by_table.get(change.table, ())):
             if watch.after is not None:
                 if position <= watch.after:
                     continue
                 watch.after = None
-            user_id = watch.subscriber.user_id
-            if not self._access.known(user_id, project_id):
-                logger.debug("access of %s to %s unknown: change not sent", user_id, project_id)
+            if isinstance(delivery.acl, Undetermined):
+                if watch.ids_for(change):
+                    missed.append(watch.subscriber)
                 continue
-            access = self._access.get(user_id, project_id)
-            if access is None or (members_only and not access):
+            if level_of(delivery.acl, watch.subscriber.user_id) < needed:
                 continue
             ids = watch.ids_for(change)
             if ids and watch.subscriber.can_send():
                 groups.setdefault((watch.vsn, watch.topic, ids), []).append(watch.subscriber.ws)
+        if missed:
+            logger.warning(
+                "access to project %s as of %s unknown (changed since): %d watches told "
+                "changes may have been missed",
+                project_id,
+                position,
+                len(missed),
+            )
+            for watcher in {id(w): w for w in missed}.values():
+                watcher.resync_tables(ResetReason.FEED_INTERRUPTED, UNKNOWN_ACCESS)
         if not groups:
             return 0
         data = orjson.Fragment(orjson.dumps(change.data))

@@ -249,3 +249,62 @@ async def test_a_supabase_resume_after_gaining_access_replays_nothing_from_befor
     assert refused["payload"]["status"] == "error"
     assert "could not read the project" in refused["payload"]["message"]
     await reader.quiet()
+
+
+async def test_a_table_watch_gets_no_change_committed_before_access_was_given(
+    phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    """4. A table watch asked PostgreSQL, when the change came through, who may read
+    its project: a sitemap written while the project was private reached a reader if
+    the project was made public before the gateway got to the sitemap. A large
+    transaction just before keeps the gateway busy while both commit."""
+    owner, stranger = await make_user(), await make_user()
+    project = await make_project(conn, owner)
+    busy = await make_sitemap(conn, await make_project(conn, owner))
+    watcher = await phx_client(token(stranger))
+    await watcher.join("tables", {"postgres_changes": [SITEMAPS]})
+    await expect_subscribed(watcher, "tables")
+
+    await conn.execute(
+        "INSERT INTO wireframes (sitemap_id, title)"
+        " SELECT $1, 'w' || n FROM generate_series(1, 3000) n",
+        busy,
+    )
+    await make_sitemap(conn, project, "secret")
+    await conn.execute("UPDATE projects SET is_public = true WHERE id = $1", project)
+    await make_sitemap(conn, project, "public")
+
+    got = await change(watcher)
+    assert got["data"]["record"]["title"] == "public", got
+    await watcher.quiet()
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"access_cache_size": 1}])
+async def test_a_table_watch_is_told_when_access_as_of_a_change_cannot_be_known(
+    phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    """A project whose access list was forgotten is read again from PostgreSQL, where a
+    change after the one being delivered may already have made it public: that change
+    is not guessed at, and the watch hears that changes may have been missed."""
+    owner, stranger = await make_user(), await make_user()
+    project = await make_project(conn, owner)
+    busy = await make_sitemap(conn, await make_project(conn, owner))  # forgets `project`
+    watcher = await phx_client(token(stranger))
+    await watcher.join("tables", {"postgres_changes": [SITEMAPS]})
+    await expect_subscribed(watcher, "tables")
+
+    await conn.execute(
+        "INSERT INTO wireframes (sitemap_id, title)"
+        " SELECT $1, 'w' || n FROM generate_series(1, 3000) n",
+        busy,
+    )
+    await make_sitemap(conn, project, "secret")
+    await conn.execute("UPDATE projects SET is_public = true WHERE id = $1", project)
+    await make_sitemap(conn, project, "public")
+
+    told = await watcher.expect("system")
+    assert told["payload"]["extension"] == "postgres_changes"
+    assert told["payload"]["status"] == "error"
+    assert "could not be told" in told["payload"]["message"]
+    assert (await change(watcher))["data"]["record"]["title"] == "public"
+    await watcher.quiet()
