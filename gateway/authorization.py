@@ -132,7 +132,7 @@ def plan_replay(
         change = entries[index].acl
         if change is not None:
             acl = change.before
-    at_start = level_of(acl, user_id)
+    at_start, existed = level_of(acl, user_id), acl is not None
     acl = acl_seen
     for index, entry in enumerate(entries):
         if seen_flags[index]:
@@ -141,7 +141,8 @@ def plan_replay(
             acl = entry.acl.after
         levels[index] = level_of(acl, user_id)
     final = levels[-1] if entries else level_of(acl_seen, user_id)
-    if at_start is Level.NONE or Level.NONE in levels:
+    # A project created since has nothing before its creation to keep from anyone.
+    if Level.NONE in levels or (existed and at_start is Level.NONE):
         return ReplayPlan([], final, "you could not read the project all along since then")
     sent = [
         entry

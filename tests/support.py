@@ -66,10 +66,13 @@ def cli_env(**settings: str) -> dict[str, str]:
 
 async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     """Run `sitebuilder-gateway ARGS` to completion; returns (status, stdout, stderr)."""
+    return await run_python("-m", "gateway.cli", *args, env=env)
+
+
+async def run_python(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run `python ARGS` in the repository to completion; (status, stdout, stderr)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "gateway.cli",
         *args,
         env=env,
         cwd=REPO_ROOT,

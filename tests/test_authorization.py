@@ -95,6 +95,13 @@ def test_changes_the_snapshot_did_not_see_are_walked_forwards() -> None:
     assert (plan.entries, plan.level) == (entries, Level.WRITE)
 
 
+def test_a_project_created_since_is_replayed_from_its_creation() -> None:
+    entries = history(AclChange(None, PRIVATE), "row", "members")
+    plan = plan_replay(MEMBER, PRIVATE, SEES_ALL, entries)
+    assert (plan.entries, plan.refused) == (entries, None)
+    assert plan_replay(READER, PRIVATE, SEES_ALL, entries).refused is not None
+
+
 def test_a_deleted_project_replays_nothing() -> None:
     entries = history("row", AclChange(PRIVATE, None))
     assert plan_replay(OWNER, None, SEES_ALL, entries).refused is not None

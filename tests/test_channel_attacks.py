@@ -251,20 +251,10 @@ async def test_a_supabase_resume_after_gaining_access_replays_nothing_from_befor
     await reader.quiet()
 
 
-async def test_a_table_watch_gets_no_change_committed_before_access_was_given(
-    phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
-) -> None:
-    """4. A table watch asked PostgreSQL, when the change came through, who may read
-    its project: a sitemap written while the project was private reached a reader if
-    the project was made public before the gateway got to the sitemap. A large
-    transaction just before keeps the gateway busy while both commit."""
-    owner, stranger = await make_user(), await make_user()
-    project = await make_project(conn, owner)
-    busy = await make_sitemap(conn, await make_project(conn, owner))
-    watcher = await phx_client(token(stranger))
-    await watcher.join("tables", {"postgres_changes": [SITEMAPS]})
-    await expect_subscribed(watcher, "tables")
-
+async def secret_then_public(conn: asyncpg.Connection, project: UUID, busy: UUID) -> None:
+    """A sitemap `secret` while the project is private, then the project made public
+    and a sitemap `public`; a large transaction just before (wireframes of sitemap
+    `busy`) keeps the gateway busy while these three commit."""
     await conn.execute(
         "INSERT INTO wireframes (sitemap_id, title)"
         " SELECT $1, 'w' || n FROM generate_series(1, 3000) n",
@@ -273,6 +263,21 @@ async def test_a_table_watch_gets_no_change_committed_before_access_was_given(
     await make_sitemap(conn, project, "secret")
     await conn.execute("UPDATE projects SET is_public = true WHERE id = $1", project)
     await make_sitemap(conn, project, "public")
+
+
+async def test_a_table_watch_gets_no_change_committed_before_access_was_given(
+    phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    """4. A table watch asked PostgreSQL, when the change came through, who may read
+    its project: a sitemap written while the project was private reached a reader if
+    the project was made public before the gateway got to the sitemap."""
+    owner, stranger = await make_user(), await make_user()
+    project = await make_project(conn, owner)
+    busy = await make_sitemap(conn, await make_project(conn, owner))
+    watcher = await phx_client(token(stranger))
+    await watcher.join("tables", {"postgres_changes": [SITEMAPS]})
+    await expect_subscribed(watcher, "tables")
+    await secret_then_public(conn, project, busy)
 
     got = await change(watcher)
     assert got["data"]["record"]["title"] == "public", got
@@ -292,15 +297,7 @@ async def test_a_table_watch_is_told_when_access_as_of_a_change_cannot_be_known(
     watcher = await phx_client(token(stranger))
     await watcher.join("tables", {"postgres_changes": [SITEMAPS]})
     await expect_subscribed(watcher, "tables")
-
-    await conn.execute(
-        "INSERT INTO wireframes (sitemap_id, title)"
-        " SELECT $1, 'w' || n FROM generate_series(1, 3000) n",
-        busy,
-    )
-    await make_sitemap(conn, project, "secret")
-    await conn.execute("UPDATE projects SET is_public = true WHERE id = $1", project)
-    await make_sitemap(conn, project, "public")
+    await secret_then_public(conn, project, busy)
 
     told = await watcher.expect("system")
     assert told["payload"]["extension"] == "postgres_changes"

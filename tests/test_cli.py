@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import stat
-import sys
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,12 +22,11 @@ from gateway.tokens import TokenVerifier, is_anonymous, verify_token
 from tests.conftest import PUBLICATION, PostgresServer, drop_replication_slots
 from tests.gateway_fixtures import slot_for, worker_slot
 from tests.support import (
-    REPO_ROOT,
-    STARTUP_TIMEOUT_SECONDS,
     ServeProcess,
     cli_env,
     http_get,
     run_cli,
+    run_python,
 )
 
 pytestmark = pytest.mark.hosted_postgres
@@ -176,31 +174,16 @@ async def test_an_invalid_setting_is_named_in_one_line_not_a_traceback(
     assert named in err
 
 
-async def run_python(code: str, *args: str) -> tuple[int, str, str]:
-    """Run `python -c CODE ARGS` in the repository; returns (status, stdout, stderr)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        code,
-        *args,
-        env=cli_env(),
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), STARTUP_TIMEOUT_SECONDS)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 @pytest.mark.parametrize("args", [["fanout"], ["storm", "--help"]], ids=["fanout", "help"])
 async def test_bench_without_the_bench_extra_says_what_to_install_in_one_line(
     args: list[str],
 ) -> None:
     status, out, err = await run_python(
+        "-c",
         WITHOUT_BENCH_EXTRA + "from gateway.cli import main; sys.exit(main(sys.argv[1:]))",
         "bench",
         *args,
+        env=cli_env(),
     )
 
     assert status == 2
@@ -210,11 +193,13 @@ async def test_bench_without_the_bench_extra_says_what_to_install_in_one_line(
 
 async def test_no_gateway_module_imports_the_load_test() -> None:
     status, out, err = await run_python(
+        "-c",
         WITHOUT_BENCH_EXTRA
         + "import importlib, pkgutil, gateway\n"
         + "for module in pkgutil.iter_modules(gateway.__path__, 'gateway.'):\n"
         + "    importlib.import_module(module.name)\n"
-        + "print(sorted(name for name in sys.modules if name.split('.')[0] == 'loadtest'))"
+        + "print(sorted(name for name in sys.modules if name.split('.')[0] == 'loadtest'))",
+        env=cli_env(),
     )
 
     assert status == 0, err

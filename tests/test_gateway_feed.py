@@ -582,22 +582,32 @@ async def test_megabyte_style_guide_arrives_intact(
         await client.close()
 
 
-async def test_large_value_left_unchanged_by_an_update_arrives_whole(
-    conn: asyncpg.Connection, make_user: UserFactory, gateway: Gateway
-) -> None:
-    """Replication leaves large unchanged (TOASTed) values out of an UPDATE; the
-    client still gets the whole row, old and new, with `components` intact."""
-    owner = await make_user()
+async def large_style_guide(
+    conn: asyncpg.Connection, owner: UUID
+) -> tuple[UUID, UUID, dict[str, str]]:
+    """A project of `owner` with a style guide whose `components` (~110 KB, random, so
+    it cannot be compressed below the TOAST threshold) PostgreSQL stores out of line:
+    (project, style guide, components)."""
     project = await make_project(conn, owner)
     wireframe = await make_wireframe(conn, await make_sitemap(conn, project))
     style_guide = await make_style_guide(conn, wireframe)
-    components = {f"c{i}": secrets.token_hex(64) for i in range(800)}  # ~110 KB, random
+    components = {f"c{i}": secrets.token_hex(64) for i in range(800)}
     assert len(orjson.dumps(components)) > 100_000
     await conn.execute(
         "UPDATE style_guides SET components = $2::jsonb WHERE id = $1",
         style_guide,
         orjson.dumps(components).decode(),
     )
+    return project, style_guide, components
+
+
+async def test_large_value_left_unchanged_by_an_update_arrives_whole(
+    conn: asyncpg.Connection, make_user: UserFactory, gateway: Gateway
+) -> None:
+    """Replication leaves large unchanged (TOASTed) values out of an UPDATE; the
+    client still gets the whole row, old and new, with `components` intact."""
+    owner = await make_user()
+    project, style_guide, components = await large_style_guide(conn, owner)
     ws = await asyncio.wait_for(connect(gateway_url(gateway), max_size=None), TIMEOUT)
     client = WsClient(ws)
     try:

@@ -22,7 +22,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
-import orjson
 import pytest
 from websockets.asyncio.client import connect
 
@@ -37,12 +36,8 @@ from tests.gateway_fixtures import (
     Connect,
     WsClient,
     gateway_url,
-    make_project,
-    make_sitemap,
-    make_style_guide,
-    make_wireframe,
 )
-from tests.test_gateway_feed import change_of, recv_until
+from tests.test_gateway_feed import change_of, large_style_guide, recv_until
 from tests.test_rpc import rpc
 
 APP_ROLE = "unprivileged_gateway"
@@ -211,16 +206,9 @@ async def test_a_client_gets_snapshot_changes_whole_rows_versions_and_resumes(
     conn: asyncpg.Connection, make_user: UserFactory, gateway: Gateway, ws_client: Connect
 ) -> None:
     owner = await make_user()
-    project = await make_project(conn, owner)
-    sitemap = await make_sitemap(conn, project)
-    wireframe = await make_wireframe(conn, sitemap)
-    style_guide = await make_style_guide(conn, wireframe)
-    components = {f"c{i}": secrets.token_hex(64) for i in range(800)}  # TOASTed, random
-    await conn.execute(
-        "UPDATE style_guides SET components = $2::jsonb WHERE id = $1",
-        style_guide,
-        orjson.dumps(components).decode(),
-    )
+    project, style_guide, components = await large_style_guide(conn, owner)
+    sitemap = await conn.fetchval("SELECT id FROM sitemaps WHERE project_id = $1", project)
+    wireframe = await conn.fetchval("SELECT id FROM wireframes WHERE sitemap_id = $1", sitemap)
     ws = await asyncio.wait_for(connect(gateway_url(gateway), max_size=None), TIMEOUT)
     client = WsClient(ws)
     try:
