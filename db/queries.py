@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -119,26 +117,6 @@ async def project_list(
         )
         rows = orjson.loads(await conn.fetchval(_PROJECT_LIST))
     return visibility, rows
-
-
-VISIBILITY_WAIT_SECONDS = 5.0
-
-
-async def wait_until_visible(conn: Conn, xid: int, within: float = VISIBILITY_WAIT_SECONDS) -> bool:
-    """Whether transaction `xid` became visible to new snapshots (within a bound).
-
-    The replication stream hands over a commit as soon as its WAL is flushed, a moment
-    before the transaction leaves the server's list of running ones; a query made in
-    that moment would not see it. PostgreSQL offers nothing to wait on, so poll: the
-    first check almost always succeeds.
-    """
-    query = "SELECT pg_visible_in_snapshot($1::text::xid8, pg_current_snapshot())"
-    deadline = time.monotonic() + within
-    while not await conn.fetchval(query, str(xid)):
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.001)
-    return True
 
 
 async def project_access(conn: Conn, user_id: UUID, project_id: UUID) -> bool | None:

@@ -1,10 +1,10 @@
 """From the change feed to the hub: route, authorize, encode once, publish.
 
-Runs as one task, in commit order. Access is re-decided in PostgreSQL (as each
-affected user) when a project's owner, collaborators or visibility change, before
-that change is delivered, so a user who lost access receives nothing after it. A
-deleted project's subscribers receive the deletes of its transaction (the
-project's and its children's), then their subscriptions end. A project change also
+Runs as one task, in commit order. When a project's owner, collaborators or
+visibility change, its subscribers' access is decided from the committed row
+(gateway.authorization) before anything later is delivered, so a user who lost access
+receives nothing after it. A deleted project's subscribers receive the deletes of its
+transaction (the project's and its children's), then their subscriptions end. A project change also
 goes, as the users concerned see it, to their live project lists (`_publish_list`).
 
 A change made by an rpc of one of this gateway's connections (its request tag,
@@ -33,7 +33,7 @@ from db.feed import (
     RowChange,
     TransactionEnd,
 )
-from gateway.authorization import AclChange
+from gateway.authorization import Acl, AclChange
 from gateway.history import Entry
 from gateway.hub import Event
 from gateway.rpc import parse_request_tag
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ACCESS_COLUMNS = ("user_id", "collaborators", "is_public")
 # What row-level security shows to project members only, never to public readers.
 MEMBERS_ONLY = frozenset({Entity.SESSION, Entity.VERSION})
 
@@ -125,7 +124,7 @@ class Dispatcher:
         old_project = await router.project_of(change.table, change.old) if change.old else None
         new_project = await router.project_of(change.table, change.new) if change.new else None
         if change.table == "projects":
-            await self._authorize(change)
+            self._authorize(change)
         if change.op is ChangeOp.INSERT:
             await self._publish(change, new_project, Op.INSERT, change.new, None)
         elif change.op is ChangeOp.DELETE:
@@ -138,17 +137,14 @@ class Dispatcher:
         if change.table == "projects":
             self._publish_list(change)
 
-    async def _authorize(self, change: RowChange) -> None:
+    def _authorize(self, change: RowChange) -> None:
         if change.op is ChangeOp.DELETE and change.old is not None:
             self._deleted_projects.append(UUID(str(change.old["id"])))
-        elif (
-            change.op is ChangeOp.UPDATE
-            and change.old is not None
-            and change.new is not None
-            and any(change.old.get(c) != change.new.get(c) for c in ACCESS_COLUMNS)
-        ):
-            self._gateway.outbox.flush()
-            await self._gateway.recheck_access(UUID(str(change.new["id"])), change.xid)
+        elif change.op is ChangeOp.UPDATE and change.new is not None:
+            acl = Acl.of(change.new)
+            # Without the old row (REPLICA IDENTITY not FULL) every update may change it.
+            if acl is not None and (change.old is None or Acl.of(change.old) != acl):
+                self._gateway.apply_access(UUID(str(change.new["id"])), acl)
 
     def _publish_list(self, change: RowChange) -> None:
         """To the project lists of its members (owner and collaborators), old and new:

@@ -17,11 +17,10 @@ from uuid import UUID
 import asyncpg
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from db import queries
 from db.feed import ChangeFeed
 from gateway import rpc
 from gateway.access import ANONYMOUS
-from gateway.authorization import AccessLists
+from gateway.authorization import AccessLists, Acl, Level
 from gateway.client import Client
 from gateway.connection import Connection
 from gateway.demo import Demo
@@ -159,30 +158,20 @@ class Gateway:
 
     # Authorization changes
 
-    async def recheck_access(self, project_id: UUID, xid: int) -> None:
-        """Ask PostgreSQL, as each subscriber, whether they may still see the project,
-        once transaction `xid` (which changed who may) is visible to the question.
-        Table-wide bindings ask again at the project's next change."""
-        by_user: dict[UUID, list[Connection]] = {}
+    def apply_access(self, project_id: UUID, acl: Acl) -> None:
+        """The project's access list changed to `acl` at the change being dispatched:
+        each subscriber gets the access it gives them from this position on; those it
+        gives none lose their subscription before any later change is sent. Decided
+        from the committed row itself (gateway.authorization), not by asking the
+        database, which may already show a later change."""
         for subscription in self.hub.subscriptions_of(project_id):
             client = subscription.subscriber
             assert isinstance(client, Connection)
-            by_user.setdefault(client.user_id, []).append(client)
-        if not by_user:
-            return
-        async with self.pool.acquire() as conn:
-            if not await queries.wait_until_visible(conn, xid):
-                logger.error("transaction %s stayed invisible: revoking to be safe", xid)
-                self.revoke_all(project_id, "access could not be confirmed; subscribe again")
-                return
-            for user_id, clients in by_user.items():
-                editable = await queries.project_access(conn, user_id, project_id)
-                for client in clients:
-                    if editable is None:
-                        client.revoke(project_id, "the project is no longer shared with you")
-                for subscription in self.hub.subscriptions_of(project_id):
-                    if subscription.subscriber.user_id == user_id and editable is not None:
-                        subscription.editable = editable
+            level = acl.level(client.user_id)
+            if level is Level.NONE:
+                client.revoke(project_id, "the project is no longer shared with you")
+            else:
+                subscription.editable = level is Level.WRITE
 
     def revoke_all(self, project_id: UUID, message: str) -> None:
         for subscription in self.hub.subscriptions_of(project_id):

@@ -28,6 +28,7 @@ from tests.conftest import UserFactory
 from tests.gateway_fixtures import (
     SECRET,
     TIMEOUT,
+    Connect,
     gateway_port,
     make_project,
     make_sitemap,
@@ -305,3 +306,35 @@ async def test_a_table_watch_is_told_when_access_as_of_a_change_cannot_be_known(
     assert "could not be told" in told["payload"]["message"]
     assert (await change(watcher))["data"]["record"]["title"] == "public"
     await watcher.quiet()
+
+
+async def test_a_collaborator_removed_and_added_back_gets_nothing_from_between(
+    ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    """4. Live: whether a subscriber keeps access was asked of PostgreSQL when the
+    change came through, which may already show a later change: removed, then added
+    back before the gateway got there, a collaborator kept the subscription and got
+    what was written while they were out."""
+    owner, member = await make_user(), await make_user()
+    project = await make_project(conn, owner, collaborators=[member])
+    sitemap = await make_sitemap(conn, project)
+    busy = await make_sitemap(conn, await make_project(conn, owner))
+    client = await ws_client()
+    await client.auth(member)
+    await client.subscribe(project, snapshot=False)
+
+    await conn.execute(
+        "INSERT INTO wireframes (sitemap_id, title)"
+        " SELECT $1, 'w' || n FROM generate_series(1, 3000) n",
+        busy,
+    )
+    await conn.execute("UPDATE projects SET collaborators = '{}' WHERE id = $1", project)
+    await conn.execute("UPDATE sitemaps SET title = 'while out' WHERE id = $1", sitemap)
+    await conn.execute(
+        "UPDATE projects SET collaborators = ARRAY[$2::uuid] WHERE id = $1", project, member
+    )
+
+    frames = await recv_until(client, lambda f: f.get("type") == "unsubscribed")
+    assert frames[-1]["reason"] == "access_revoked"
+    assert not [f for f in frames if f.get("type") == "change" and f["entity"] == "sitemap"]
+    await client.ping()

@@ -19,7 +19,6 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from db import queries
 from db.acting_user import acting_as
 from tests.gateway_fixtures import make_project
 
@@ -781,20 +780,3 @@ async def test_acceptance_private_shared_and_public_projects(
     assert await run_as(conn, c, "DELETE FROM projects WHERE id = $1", private.project) == 0
     assert await run_as(conn, b, "DELETE FROM projects WHERE id = $1", private.project) == 1
     assert await conn.fetchval("SELECT count(*) FROM sitemaps") == 1  # only the public one
-
-
-async def test_access_is_rechecked_only_once_the_change_is_visible(
-    conn: asyncpg.Connection, database_dsn: str
-) -> None:
-    """The replication feed can deliver a commit a moment before new snapshots see it;
-    rechecking access in that moment would miss a revocation."""
-    other = await asyncpg.connect(database_dsn)
-    try:
-        transaction = other.transaction()
-        await transaction.start()
-        running = int(await other.fetchval("SELECT pg_current_xact_id()::text"))
-        assert not await queries.wait_until_visible(conn, running, within=0.2)
-        await transaction.commit()
-        assert await queries.wait_until_visible(conn, running, within=5)
-    finally:
-        await other.close()
