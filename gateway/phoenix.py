@@ -45,7 +45,13 @@ from protocol import phoenix as phx
 from protocol.errors import CloseCode
 from protocol.frames import CHANGE_FRAMES, ResetReason
 from protocol.phoenix import Event, Message, PhoenixError, Vsn
-from protocol.phoenix_changes import Binding, BindingError, binding_id, parse_binding
+from protocol.phoenix_changes import (
+    Binding,
+    BindingError,
+    FilterLimits,
+    binding_id,
+    parse_binding,
+)
 from protocol.rows import TABLE_ENTITIES
 
 if TYPE_CHECKING:
@@ -94,6 +100,8 @@ class PhoenixClient(Connection):
         self._token_expired = False
         self._stopping = False
         self._busy = False
+        settings = gateway.settings
+        self._filter_limits = FilterLimits(settings.max_filter_chars, settings.max_filter_in_values)
 
     # Lifecycle
 
@@ -292,11 +300,11 @@ class PhoenixClient(Connection):
         if payload.config.presence.key and key_problem is not None:
             self._reply_error(message, key_problem)
             return
-        refused = self._too_many_subscriptions()
+        refused = self._too_many_subscriptions() or self._too_many_bindings(payload)
         if refused is not None:
             self._reply_error(message, refused)
             return
-        bindings, binding_error = _bindings(payload.config.postgres_changes)
+        bindings, binding_error = _bindings(payload.config.postgres_changes, self._filter_limits)
         access: Access = False
         basis: ResumeBasis | None = None
         if project_id is not None:
@@ -327,6 +335,16 @@ class PhoenixClient(Connection):
             self._watch(channel, bindings, project_id, basis)
         if payload.config.presence.enabled:
             await self._send_presence_state(channel)
+
+    def _too_many_bindings(self, payload: phx.JoinPayload) -> str | None:
+        count, limit = len(payload.config.postgres_changes), self._settings.max_bindings_per_join
+        if count <= limit:
+            return None
+        self._metrics.rate_limited.labels("max_bindings_per_join").inc()
+        return (
+            f"{count} postgres_changes bindings; at most {limit} "
+            "(SITEBUILDER_MAX_BINDINGS_PER_JOIN)"
+        )
 
     def _open_channel(
         self, message: Message, config: phx.JoinConfig, project_id: UUID | None, access: Access
@@ -577,14 +595,14 @@ def _project_of(topic: str) -> UUID | None:
 
 
 def _bindings(
-    params: list[dict[str, Any]],
+    params: list[dict[str, Any]], limits: FilterLimits
 ) -> tuple[tuple[Binding, ...], str | None]:
     """The channel's bindings, or (none and) the first one's problem: Supabase serves
     a channel's bindings all or none."""
     bindings = []
     for raw in params:
         try:
-            bindings.append(parse_binding(raw))
+            bindings.append(parse_binding(raw, limits))
         except BindingError as error:
             return (), str(error)
     return tuple(bindings), None

@@ -110,6 +110,37 @@ class Settings(BaseSettings):
     max_subscriptions: Annotated[
         int, Field(gt=0, description="Projects one connection may follow at once.")
     ] = 100
+    max_bindings_per_join: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "`postgres_changes` bindings one Supabase `phx_join` may carry; more: the "
+                "join is refused."
+            ),
+        ),
+    ] = 32
+    max_filter_chars: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Longest `filter` of a Supabase binding; longer: the binding is refused "
+                "(a `system` error, as for any bad filter). The default holds an `in` list "
+                "of 100 ids."
+            ),
+        ),
+    ] = 4096
+    max_filter_in_values: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Values of one `in.(…)` filter (Supabase's own limit is 100); more: the "
+                "binding is refused."
+            ),
+        ),
+    ] = 100
     presence_updates_per_second: Annotated[
         float,
         Field(

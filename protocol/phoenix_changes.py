@@ -203,7 +203,18 @@ def binding_id(params: Mapping[str, JsonValue]) -> int:
     return zlib.crc32(key)
 
 
-def parse_binding(params: Mapping[str, JsonValue]) -> Binding:
+@dataclass(frozen=True, slots=True)
+class FilterLimits:
+    """What one binding's filter may cost: its length, and the values of an `in` list
+    (Supabase's own server takes at most 100). Parsing and matching are linear in them."""
+
+    max_chars: int = 4096
+    max_in_values: int = 100
+
+
+def parse_binding(
+    params: Mapping[str, JsonValue], limits: FilterLimits = FilterLimits()
+) -> Binding:
     """Check a binding as sent in `phx_join`; BindingError in Supabase's words."""
     event = params.get("event", "*")
     schema = params.get("schema", SCHEMA)
@@ -221,9 +232,14 @@ def parse_binding(params: Mapping[str, JsonValue]) -> Binding:
     tables = frozenset(COLUMNS) if table in (None, "*") else frozenset({table})
     conditions: tuple[Condition, ...] = ()
     if filter_text and filter_text.strip():
+        if len(filter_text) > limits.max_chars:
+            raise BindingError(
+                f"filter of {len(filter_text)} characters is over the limit of "
+                f"{limits.max_chars} (SITEBUILDER_MAX_FILTER_CHARS)"
+            )
         if len(tables) != 1:
-            raise BindingError(_unable(event, schema, "*", filter_text))
-        conditions = parse_filter(filter_text, next(iter(tables)))
+            raise BindingError(_unable(event, schema, "*", filter_text[:200]))
+        conditions = parse_filter(filter_text, next(iter(tables)), limits.max_in_values)
     return Binding(binding_id(params), tables, wants, conditions)
 
 
@@ -268,7 +284,7 @@ def _split_conditions(text: str) -> list[str]:
     return parts
 
 
-def parse_filter(text: str, table: str) -> tuple[Condition, ...]:
+def parse_filter(text: str, table: str, max_in_values: int = 100) -> tuple[Condition, ...]:
     """The conditions of `column=op.value[,…]` on `table`; BindingError when bad."""
     conditions = []
     for part in _split_conditions(text):
@@ -284,11 +300,11 @@ def parse_filter(text: str, table: str) -> tuple[Condition, ...]:
             op = Op(op_text)
         except ValueError:
             raise _parse_error(op_value) from None
-        conditions.append(_condition(table, column, op, value))
+        conditions.append(_condition(table, column, op, value, max_in_values))
     return tuple(conditions)
 
 
-def _condition(table: str, column: str, op: Op, value: str) -> Condition:
+def _condition(table: str, column: str, op: Op, value: str, max_in_values: int) -> Condition:
     kind = COLUMN_TYPES[table].get(column)
     if kind is None:
         raise BindingError(
@@ -301,6 +317,11 @@ def _condition(table: str, column: str, op: Op, value: str) -> Condition:
                 "Error parsing `filter` params: `in` filter value must be wrapped by parentheses"
             )
         items = [_unquote(v) for v in _split_list(value[1:-1])]
+        if len(items) > max_in_values:
+            raise BindingError(
+                f"`in` filter of {len(items)} values is over the limit of {max_in_values} "
+                "(SITEBUILDER_MAX_FILTER_IN_VALUES)"
+            )
     else:
         items = [_unquote(value)]
     return Condition(column, op, tuple(coerce(item, kind) for item in items))

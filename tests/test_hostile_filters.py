@@ -1,0 +1,110 @@
+"""Supabase bindings whose cost a client chooses: filters, `in` lists, bindings per join.
+
+Twelve joins of ~1 MiB, each binding `version=in.(155k values)`, once kept the gateway
+busy for seconds and every such binding cost milliseconds on each change to its table.
+Each of these is now bounded by a setting and refused with a typed answer; the
+connection stays open and serves what is within the limits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from gateway.server import Gateway
+from tests.conftest import UserFactory
+from tests.gateway_fixtures import gateway_port, make_project, make_sitemap, open_client, token
+from tests.phoenix_fixtures import change, expect_subscribed
+
+
+def sitemaps_in(values: list[str], event: str = "*") -> dict[str, Any]:
+    return {
+        "event": event,
+        "schema": "public",
+        "table": "sitemaps",
+        "filter": f"id=in.({','.join(values)})",
+    }
+
+
+async def refused_binding(client: Any, name: str, binding: dict[str, Any]) -> str:
+    """Join with `binding`; the `system` error's message (the join itself is ok)."""
+    assert (await client.join(name, {"postgres_changes": [binding]}))["status"] == "ok"
+    system = await client.expect("system")
+    assert system["payload"]["extension"] == "postgres_changes"
+    assert system["payload"]["status"] == "error", system
+    message: str = system["payload"]["message"]
+    return message
+
+
+async def test_an_in_list_over_the_limit_is_refused_and_one_at_it_is_served(
+    phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    owner = await make_user()
+    project = await make_project(conn, owner)
+    client = await phx_client(token(owner))
+    many = [str(uuid4()) for _ in range(101)]  # 101 ids: within the filter length limit
+
+    message = await refused_binding(client, "too-many", sitemaps_in(many))
+    assert "101 values is over the limit of 100" in message
+    assert "SITEBUILDER_MAX_FILTER_IN_VALUES" in message
+
+    sitemap = await make_sitemap(conn, project, "before")
+    at_limit = sitemaps_in([*many[:99], str(sitemap)], "UPDATE")
+    await client.join("at-limit", {"postgres_changes": [at_limit]})
+    await expect_subscribed(client, "at-limit")
+    await conn.execute("UPDATE sitemaps SET title = 'matched' WHERE id = $1", sitemap)
+    assert (await change(client))["data"]["record"]["title"] == "matched"
+    await client.quiet()
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"max_filter_chars": 64}])
+async def test_a_filter_over_the_length_limit_is_refused(
+    phx_client: Any, make_user: UserFactory
+) -> None:
+    client = await phx_client(token(await make_user()))
+    binding = sitemaps_in([str(uuid4()), str(uuid4())])
+    assert len(binding["filter"]) > 64
+
+    message = await refused_binding(client, "long", binding)
+
+    assert "over the limit of 64 (SITEBUILDER_MAX_FILTER_CHARS)" in message
+    await client.heartbeat()
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"max_bindings_per_join": 2}])
+async def test_a_join_with_more_bindings_than_the_limit_is_refused(
+    phx_client: Any, make_user: UserFactory
+) -> None:
+    client = await phx_client(token(await make_user()))
+    binding = {"event": "*", "schema": "public", "table": "sitemaps"}
+
+    reply = await client.join("three", {"postgres_changes": [binding] * 3})
+    assert reply["status"] == "error", reply
+    assert "at most 2 (SITEBUILDER_MAX_BINDINGS_PER_JOIN)" in reply["response"]["reason"]
+    assert (await client.join("two", {"postgres_changes": [binding] * 2}))["status"] == "ok"
+    await expect_subscribed(client, "two")
+
+
+async def test_the_megabyte_in_lists_that_stalled_the_gateway_are_refused_at_once(
+    gateway: Gateway, phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    """The attack as it was made, with the anon key's reach: ~1 MiB joins each binding
+    a 155k-value `in` list. Every one is refused; a bystander's ping is answered."""
+    user = await make_user()
+    attacker = await phx_client(token(user))
+    values = [str(n) for n in range(1000, 156_000)]
+    binding = {"event": "*", "schema": "public", "table": "wireframes"}
+    binding["filter"] = f"version=in.({','.join(values)})"
+    for n in range(3):
+        message = await refused_binding(attacker, f"attack-{n}", binding)
+        assert "SITEBUILDER_MAX_FILTER_CHARS" in message
+    bystander = await open_client(f"ws://127.0.0.1:{gateway_port(gateway)}/")
+    try:
+        await bystander.auth(await make_user())
+        await bystander.ping()
+    finally:
+        await bystander.close()
+    await attacker.heartbeat()
