@@ -296,8 +296,8 @@ class PhoenixClient(Connection):
         except PhoenixError as error:
             self._reply_error(message, str(error))
             return
-        key_problem = presence_key_problem(payload.config.presence.key, self.user_id)
-        if payload.config.presence.key and key_problem is not None:
+        key_problem = self._presence_key_refusal(payload.config.presence.key)
+        if key_problem is not None:
             self._reply_error(message, key_problem)
             return
         refused = self._too_many_subscriptions() or self._too_many_bindings(payload)
@@ -335,6 +335,19 @@ class PhoenixClient(Connection):
             self._watch(channel, bindings, project_id, basis)
         if payload.config.presence.enabled:
             await self._send_presence_state(channel)
+
+    def _presence_key_refusal(self, key: str) -> str | None:
+        """Why the join may not use `key` as its presence key ("": the default), or None."""
+        if not key:
+            return None
+        limit = self._settings.max_presence_key_chars
+        if len(key) > limit:
+            self._metrics.rate_limited.labels("max_presence_key_chars").inc()
+            return (
+                f"presence key of {len(key)} characters is over the limit of {limit} "
+                "(SITEBUILDER_MAX_PRESENCE_KEY_CHARS)"
+            )
+        return presence_key_problem(key, self.user_id)
 
     def _too_many_bindings(self, payload: phx.JoinPayload) -> str | None:
         count, limit = len(payload.config.postgres_changes), self._settings.max_bindings_per_join

@@ -87,8 +87,10 @@ class Origin:
         self.sessions.attach(session_id, self.connection)
 
     async def show_session(self, session: Mapping[str, Any], *, active: bool = True) -> None:
-        """Put the session's step in its owner's presence meta (or take it out)."""
-        if self.show is None:
+        """Put the session's step in its owner's presence meta (or take it out).
+        A session of no project (its project was deleted: `project_id` is set null)
+        shows nowhere."""
+        if self.show is None or session.get("project_id") is None:
             return
         shown: Meta | None = (
             {

@@ -173,6 +173,18 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 2048
+    max_presence_key_chars: Annotated[
+        int,
+        Field(
+            gt=0,
+            le=512,
+            description=(
+                "Longest Supabase `config.presence.key` (at most 512: with the meta, a "
+                "change must fit one NOTIFY of the presence bus); longer: the join is "
+                "refused."
+            ),
+        ),
+    ] = 256
     presence_backend: Annotated[
         Literal["postgres", "redis", "memory"],
         Field(

@@ -108,3 +108,21 @@ async def test_the_megabyte_in_lists_that_stalled_the_gateway_are_refused_at_onc
     finally:
         await bystander.close()
     await attacker.heartbeat()
+
+
+async def test_a_presence_key_over_the_limit_is_refused_and_the_socket_stays(
+    phx_client: Any, make_user: UserFactory
+) -> None:
+    """A 7,900-character key once ended in an unhandled error and close 1011 (its
+    presence change did not fit the bus)."""
+    client = await phx_client(token(await make_user()))
+
+    reply = await client.join("lobby", {"presence": {"key": "k" * 7900, "enabled": True}})
+
+    assert reply["status"] == "error", reply
+    assert "(SITEBUILDER_MAX_PRESENCE_KEY_CHARS)" in reply["response"]["reason"]
+    assert (await client.join("lobby", {"presence": {"key": "k" * 256, "enabled": True}}))[
+        "status"
+    ] == "ok"
+    assert (await client.expect("presence_state"))["payload"] == {}
+    await client.heartbeat()

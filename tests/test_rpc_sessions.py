@@ -247,6 +247,23 @@ async def test_an_ended_session_cannot_change(
     assert (unknown["type"], unknown["code"]) == ("error", "not_found")
 
 
+async def test_a_session_whose_project_was_deleted_answers_and_the_socket_stays(
+    ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    """Its project_id is set null by the delete; updating it once closed the socket
+    with 1011 (`UUID("None")`) after committing."""
+    owner = await make_user()
+    project = await make_project(conn, owner)
+    builder = await signed_in(ws_client, owner)
+    created = await result(builder, "session.create", project_id=str(project), current_step="a")
+    await conn.execute("DELETE FROM projects WHERE id = $1", project)
+
+    updated = await result(builder, "session.update_progress", id=created["id"], current_step="b")
+
+    assert (updated["project_id"], updated["current_step"]) == (None, "b")
+    await builder.ping()
+
+
 async def test_a_step_name_over_the_limit_is_refused(
     ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
 ) -> None:
