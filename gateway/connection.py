@@ -73,6 +73,10 @@ class Connection:
         self._expiry: asyncio.TimerHandle | None = None
         self._admitted = False
         self._closing = False
+        # Counted against the connections not signed in yet until it signs in (the
+        # gateway sets it when it admits the socket).
+        self.unauthenticated_from: str | None = None
+        self._unauthenticated = False
 
     # Lifecycle
 
@@ -120,6 +124,7 @@ class Connection:
             self._presence_timer = None
         if self._admitted:
             self._gateway.forget(self)
+        self._signed_in()
         self._gateway.sessions.detach(self)
 
     async def _wait_for_tasks(self) -> None:
@@ -199,7 +204,18 @@ class Connection:
         if self._admitted and user_id != self.user_id:
             self._gateway.forget(self)
         self._admitted = True
+        self._signed_in()
         return None
+
+    def count_as_unauthenticated(self, address: str | None) -> None:
+        self.unauthenticated_from = address
+        self._unauthenticated = True
+
+    def _signed_in(self) -> None:
+        """No longer one of the connections not signed in yet."""
+        if self._unauthenticated:
+            self._unauthenticated = False
+            self._gateway.unauthenticated.release(self.unauthenticated_from)
 
     def _sign_in(self, user_id: UUID, claims: dict[str, Any]) -> None:
         self.user_id = user_id

@@ -1,4 +1,5 @@
-"""Per-connection rate limit: a token bucket, refilled continuously."""
+"""Limits on what clients may hold: a token bucket per connection, refilled
+continuously, and the connections that have not signed in yet."""
 
 from __future__ import annotations
 
@@ -23,3 +24,39 @@ class TokenBucket:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self._rate
+
+
+class Unauthenticated:
+    """Connections that have not signed in yet, bounded in total and per address: each
+    may sit until the auth timeout without proving anything."""
+
+    def __init__(self, total: int, per_address: int) -> None:
+        self._total = total
+        self._per_address = per_address
+        self._count = 0
+        self._by_address: dict[str | None, int] = {}
+
+    def admit(self, address: str | None) -> str | None:
+        """Count one more for `address`; the refusal when over a limit."""
+        if self._count >= self._total:
+            return (
+                f"already {self._total} connections not signed in "
+                "(SITEBUILDER_MAX_UNAUTHENTICATED_CONNECTIONS)"
+            )
+        if self._by_address.get(address, 0) >= self._per_address:
+            return (
+                f"already {self._per_address} connections not signed in from this address "
+                "(SITEBUILDER_MAX_UNAUTHENTICATED_PER_ADDRESS)"
+            )
+        self._count += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
+        return None
+
+    def release(self, address: str | None) -> None:
+        """One of `address` signed in or went away."""
+        self._count -= 1
+        left = self._by_address[address] - 1
+        if left:
+            self._by_address[address] = left
+        else:
+            del self._by_address[address]

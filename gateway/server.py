@@ -29,15 +29,17 @@ from gateway.fences import Fences
 from gateway.health import http_router
 from gateway.history import History
 from gateway.hub import Hub
+from gateway.limits import Unauthenticated
 from gateway.metrics import Metrics
 from gateway.phoenix import PhoenixClient
 from gateway.presence import Presence, PresenceFanout
 from gateway.project_lists import ProjectLists
 from gateway.router import Router
-from gateway.sessions import LiveSessions
+from gateway.sessions import LiveSessions, client_address
 from gateway.settings import Settings
 from gateway.tokens import TokenVerifier
 from gateway.wire import Outbox
+from protocol.errors import CloseCode
 from protocol.frames import ResetReason
 
 logger = logging.getLogger(__name__)
@@ -96,6 +98,9 @@ class Gateway:
         self._ids = itertools.count(1)
         self._clients: set[Connection] = set()
         self._by_user: dict[UUID, set[Connection]] = {}
+        self.unauthenticated = Unauthenticated(
+            settings.max_unauthenticated_connections, settings.max_unauthenticated_per_address
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._server: Server | None = None
 
@@ -118,11 +123,18 @@ class Gateway:
 
     async def _handle(self, ws: ServerConnection) -> None:
         """The native protocol on every path but Supabase Realtime's."""
+        address = client_address(ws, trust_proxy=self.settings.trust_proxy_headers)
+        refused = self.unauthenticated.admit(address)
+        if refused is not None:
+            self.metrics.rate_limited.labels("max_unauthenticated").inc()
+            await ws.close(CloseCode.TOO_MANY_CONNECTIONS, refused)
+            return
         client: Client | PhoenixClient
         if ws.request is not None and PhoenixClient.serves(ws.request.path):
             client = PhoenixClient(self, ws, next(self._ids), ws.request.path)
         else:
             client = Client(self, ws, next(self._ids))
+        client.count_as_unauthenticated(address)
         self._clients.add(client)
         self.metrics.connections.inc()
         try:

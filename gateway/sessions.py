@@ -65,6 +65,20 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+def client_address(ws: ServerConnection, *, trust_proxy: bool) -> str | None:
+    """The client's IP address: the socket's peer, or behind a trusted proxy the
+    address it appended to X-Forwarded-For."""
+    headers = ws.request.headers if ws.request is not None else None
+    if trust_proxy and headers is not None:
+        # The last address is the one the proxy in front of us appended; earlier
+        # ones come from the client and may be anything.
+        forwarded = ",".join(headers.get_all("X-Forwarded-For")).split(",")
+        address = _ip(forwarded[-1]) if forwarded[-1].strip() else None
+        if address is not None:
+            return address
+    return _ip(str(ws.remote_address[0])) if ws.remote_address else None
+
+
 def _ip(text: str) -> str | None:
     try:
         return str(ipaddress.ip_address(text.strip()))
@@ -135,14 +149,7 @@ class LiveSessions:
         show: Callable[[UUID, Meta | None], Awaitable[None]] | None = None,
     ) -> Origin:
         headers = ws.request.headers if ws.request is not None else None
-        address = None
-        if self._trust_proxy and headers is not None:
-            # The last address is the one the proxy in front of us appended; earlier
-            # ones come from the client and may be anything.
-            forwarded = ",".join(headers.get_all("X-Forwarded-For")).split(",")
-            address = _ip(forwarded[-1]) if forwarded[-1].strip() else None
-        if address is None and ws.remote_address:
-            address = _ip(str(ws.remote_address[0]))
+        address = client_address(ws, trust_proxy=self._trust_proxy)
         agent = headers.get("User-Agent") if headers is not None else None
         if agent is not None:
             agent = agent[:USER_AGENT_MAX_CHARS]

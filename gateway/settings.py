@@ -95,6 +95,27 @@ class Settings(BaseSettings):
     auth_timeout_seconds: Annotated[
         float, Field(gt=0, description="A new connection must authenticate within this (4001).")
     ] = 5.0
+    max_unauthenticated_connections: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Connections not signed in yet, in all; more are closed at once with 4009 "
+                "(each may wait SITEBUILDER_AUTH_TIMEOUT_SECONDS for its token)."
+            ),
+        ),
+    ] = 5000
+    max_unauthenticated_per_address: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Connections not signed in yet from one client address (behind a trusted "
+                "proxy: its X-Forwarded-For; without one, a load balancer's address is every "
+                "client's); more are closed at once with 4009."
+            ),
+        ),
+    ] = 500
     max_frame_bytes: Annotated[
         int,
         Field(gt=0, description="Largest client frame accepted; larger: `frame_too_large`."),
@@ -429,9 +450,11 @@ class Settings(BaseSettings):
         bool,
         Field(
             description=(
-                "Behind a reverse proxy: record a builder session's `ip_address` from the last "
-                "address of `X-Forwarded-For` (the one the proxy appended), not the socket's "
-                "peer. Off: the header is ignored (a client could write anything in it)."
+                "Behind a reverse proxy: take a client's address (a builder session's "
+                "`ip_address`, the limit of connections not signed in per address) from the "
+                "last address of `X-Forwarded-For` (the one the proxy appended), not the "
+                "socket's peer. Off: the header is ignored (a client could write anything "
+                "in it)."
             )
         ),
     ] = False

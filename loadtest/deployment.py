@@ -198,6 +198,9 @@ async def started(
         "SITEBUILDER_FEED": feed,
         "SITEBUILDER_REPLICATION_SLOT": slot,
         "SITEBUILDER_MAX_CONNECTIONS_PER_USER": "1000000",
+        # Every simulated editor connects from 127.0.0.1, thousands at once.
+        "SITEBUILDER_MAX_UNAUTHENTICATED_CONNECTIONS": "1000000",
+        "SITEBUILDER_MAX_UNAUTHENTICATED_PER_ADDRESS": "1000000",
         "SITEBUILDER_LOG_LEVEL": "WARNING",
         **extra_env,
     }

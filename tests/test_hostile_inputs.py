@@ -1,9 +1,7 @@
-"""Supabase bindings whose cost a client chooses: filters, `in` lists, bindings per join.
-
-Twelve joins of ~1 MiB, each binding `version=in.(155k values)`, once kept the gateway
-busy for seconds and every such binding cost milliseconds on each change to its table.
-Each of these is now bounded by a setting and refused with a typed answer; the
-connection stays open and serves what is within the limits.
+"""Inputs whose cost a client chooses, each bounded by a setting and refused with a
+typed answer while the connection stays open: Supabase filters, `in` lists and bindings
+per join (twelve joins of ~1 MiB, each binding `version=in.(155k values)`, once kept
+the gateway busy for seconds), presence keys, and connections that never sign in.
 """
 
 from __future__ import annotations
@@ -126,3 +124,30 @@ async def test_a_presence_key_over_the_limit_is_refused_and_the_socket_stays(
     ] == "ok"
     assert (await client.expect("presence_state"))["payload"] == {}
     await client.heartbeat()
+
+
+@pytest.mark.parametrize(
+    ("gateway_overrides", "setting"),
+    [
+        ({"max_unauthenticated_per_address": 2}, "SITEBUILDER_MAX_UNAUTHENTICATED_PER_ADDRESS"),
+        ({"max_unauthenticated_connections": 2}, "SITEBUILDER_MAX_UNAUTHENTICATED_CONNECTIONS"),
+    ],
+    ids=["per-address", "total"],
+)
+async def test_connections_not_signed_in_are_capped_and_signing_in_frees_a_place(
+    gateway: Gateway, make_user: UserFactory, setting: str
+) -> None:
+    url = f"ws://127.0.0.1:{gateway_port(gateway)}/"
+    waiting = [await open_client(url), await open_client(url)]
+    try:
+        third = await open_client(url)
+        code, reason = await third.expect_closed()
+        assert code == 4009
+        assert setting in reason
+        await waiting[0].auth(await make_user())
+        waiting.append(await open_client(url))
+        await waiting[-1].auth(await make_user())
+        await waiting[-1].ping()
+    finally:
+        for client in waiting:
+            await client.close()
