@@ -3,6 +3,9 @@
 Load balancers and orchestrators probe `/healthz` (the process runs) and `/readyz`
 (it can serve: the database answers). They are answered in the websocket
 handshake hook, so one port serves both and a probe never becomes a connection.
+What only operators should see, `/metrics` and the details of `/readyz`, is shown to
+requests from loopback or with `Authorization: Bearer <SITEBUILDER_METRICS_TOKEN>`;
+anyone else gets 403 and the bare status.
 The same hook serves the browser client (`/sitebuilder-client.js` and its `.d.ts`),
 and, in demo mode only, the demo editor at `/` and its `/demo/*` routes.
 """
@@ -10,6 +13,8 @@ and, in demo mode only, the demo editor at `/` and its `/demo/*` routes.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -21,12 +26,17 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from gateway.demo import Demo, DemoReply
+from gateway.sessions import client_address
 
 logger = logging.getLogger(__name__)
 
 # (the problem, or None when ready; detail lines shown either way)
 ReadinessCheck = Callable[[], Awaitable[tuple[str | None, list[str]]]]
 READINESS_TIMEOUT_SECONDS = 2.0
+METRICS_REFUSED = (
+    "metrics are for operators: ask from loopback, or with "
+    "Authorization: Bearer <SITEBUILDER_METRICS_TOKEN>\n"
+)
 
 STATIC_DIR = Path(__file__).parent / "static"
 CONTENT_TYPES = {
@@ -93,20 +103,41 @@ def metrics_response(body: bytes) -> Response:
     return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
 
 
-async def readiness(check: ReadinessCheck) -> Response:
-    """200 when the check reports no problem in time, else 503 with the reason."""
+async def readiness(check: ReadinessCheck, *, details_shown: bool) -> Response:
+    """200 when the check reports no problem in time, else 503 with the reason (and
+    the details, for operators)."""
     try:
         problem, details = await asyncio.wait_for(check(), READINESS_TIMEOUT_SECONDS)
     except TimeoutError:
         problem, details = "readiness check timed out", []
-    detail = "".join(f"{line}\n" for line in details)
+    detail = "".join(f"{line}\n" for line in details) if details_shown else ""
     if problem is None:
         return text_response(HTTPStatus.OK, f"ready\n{detail}")
     return text_response(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {problem}\n{detail}")
 
 
+OperatorCheck = Callable[[ServerConnection, Request], bool]
+
+
+def operator_check(token: str | None, *, trust_proxy: bool) -> OperatorCheck:
+    """Whether a request is an operator's: from loopback (behind a trusted proxy: the
+    client's address), or bearing `token` when one is set."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    def is_operator(connection: ServerConnection, request: Request) -> bool:
+        if expected is not None:
+            given = request.headers.get("Authorization", "").encode()
+            if hmac.compare_digest(given, expected):
+                return True
+        address = client_address(connection, trust_proxy=trust_proxy, headers=request.headers)
+        return address is not None and ipaddress.ip_address(address).is_loopback
+
+    return is_operator
+
+
 def http_router(
     check: ReadinessCheck,
+    is_operator: OperatorCheck,
     render_metrics: Callable[[], bytes] | None = None,
     demo: Demo | None = None,
 ) -> Callable[[ServerConnection, Request], Awaitable[Response | None]]:
@@ -119,8 +150,10 @@ def http_router(
         if path == "/healthz":
             return text_response(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
-            return await readiness(check)
+            return await readiness(check, details_shown=is_operator(connection, request))
         if path == "/metrics" and render_metrics is not None:
+            if not is_operator(connection, request):
+                return text_response(HTTPStatus.FORBIDDEN, METRICS_REFUSED)
             return metrics_response(render_metrics())
         if path in CLIENT_FILES:
             return static_response(CLIENT_FILES[path])

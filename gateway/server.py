@@ -26,7 +26,7 @@ from gateway.connection import Connection
 from gateway.demo import Demo
 from gateway.dispatch import Dispatcher
 from gateway.fences import Fences
-from gateway.health import http_router
+from gateway.health import OperatorCheck, http_router, operator_check
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.limits import Unauthenticated
@@ -284,7 +284,9 @@ class Gateway:
                 self._handle,
                 self.settings.host,
                 self.settings.port,
-                process_request=http_router(self.readiness, self.metrics.render, self.demo),
+                process_request=http_router(
+                    self.readiness, self._operator_check(), self.metrics.render, self.demo
+                ),
                 compression="deflate" if self.settings.compression else None,
                 backlog=self.settings.listen_backlog,
                 reuse_port=self._share_port,
@@ -300,6 +302,13 @@ class Gateway:
             yield self
         finally:
             await self._shut_down()
+
+    def _operator_check(self) -> OperatorCheck:
+        token = self.settings.metrics_token
+        return operator_check(
+            token.get_secret_value() if token is not None else None,
+            trust_proxy=self.settings.trust_proxy_headers,
+        )
 
     async def _wait_for_feed(self) -> None:
         """Open the port once changes flow, so `ready` follows `listening` at once."""

@@ -35,6 +35,7 @@ from uuid import UUID
 
 import asyncpg
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 
 from gateway.metrics import Metrics
 from gateway.presence import Meta, SessionHolds
@@ -65,10 +66,13 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-def client_address(ws: ServerConnection, *, trust_proxy: bool) -> str | None:
+def client_address(
+    ws: ServerConnection, *, trust_proxy: bool, headers: Headers | None = None
+) -> str | None:
     """The client's IP address: the socket's peer, or behind a trusted proxy the
-    address it appended to X-Forwarded-For."""
-    headers = ws.request.headers if ws.request is not None else None
+    address it appended to X-Forwarded-For (of `headers`, else the handshake's)."""
+    if headers is None and ws.request is not None:
+        headers = ws.request.headers
     if trust_proxy and headers is not None:
         # The last address is the one the proxy in front of us appended; earlier
         # ones come from the client and may be anything.

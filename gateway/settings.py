@@ -446,6 +446,16 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 86_400.0
+    metrics_token: Annotated[
+        SecretStr | None,
+        Field(
+            description=(
+                "Bearer token that opens `/metrics` and the details of `/readyz` to "
+                "requests from anywhere (`Authorization: Bearer <token>`); without it, and "
+                "always from loopback, only loopback sees them (others: 403, bare status)."
+            )
+        ),
+    ] = None
     trust_proxy_headers: Annotated[
         bool,
         Field(

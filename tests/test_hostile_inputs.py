@@ -6,11 +6,13 @@ the gateway busy for seconds), presence keys, and connections that never sign in
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from uuid import uuid4
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from gateway.server import Gateway
 from tests.conftest import UserFactory
@@ -151,3 +153,39 @@ async def test_connections_not_signed_in_are_capped_and_signing_in_frees_a_place
     finally:
         for client in waiting:
             await client.close()
+
+
+async def get(port: int, path: str, headers: dict[str, str]) -> tuple[int, str]:
+    """One HTTP GET with `headers`: (status, body)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+    try:
+        lines = [f"GET {path} HTTP/1.1", "Host: gateway", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = raw.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.mark.parametrize(
+    "gateway_overrides",
+    [{"trust_proxy_headers": True, "metrics_token": SecretStr("operator-token-0123456789")}],
+)
+async def test_metrics_and_readiness_details_are_for_operators(gateway: Gateway) -> None:
+    """A client elsewhere (here: as a trusted proxy says) gets 403 for /metrics and a
+    bare /readyz; loopback and the token's bearer get both."""
+    port = gateway_port(gateway)
+    remote = {"X-Forwarded-For": "203.0.113.7"}
+    bearer = {**remote, "Authorization": "Bearer operator-token-0123456789"}
+
+    assert (await get(port, "/metrics", remote))[0] == 403
+    assert await get(port, "/readyz", remote) == (200, "ready\n")
+    assert (await get(port, "/metrics", {**remote, "Authorization": "Bearer wrong"}))[0] == 403
+    for headers in ({}, bearer):
+        status, body = await get(port, "/metrics", headers)
+        assert (status, "sitebuilder_" in body) == (200, True)
+        status, body = await get(port, "/readyz", headers)
+        assert status == 200
+        assert "feed=" in body
