@@ -249,6 +249,10 @@ class Client(Connection):
                 frame.ref,
                 online=self._gateway.online_users,
                 timeout_seconds=self._settings.rpc_timeout_seconds,
+                idempotency_limits=rpc.IdempotencyLimits(
+                    self._settings.rpc_idempotency_max_keys_per_user,
+                    self._settings.rpc_idempotency_max_result_bytes,
+                ),
                 request_tag=rpc.request_tag(self._gateway.instance, self.id, frame.ref),
                 origin=self._gateway.sessions.origin(self, self.ws, self._show_session),
             )

@@ -74,6 +74,7 @@ _CLAIMED = """
     FROM public.rpc_idempotency WHERE user_id = $1 AND key = $2
 """
 _STORE = "UPDATE public.rpc_idempotency SET result = $3::jsonb WHERE user_id = $1 AND key = $2"
+_OTHER_KEYS = "SELECT count(*) FROM public.rpc_idempotency WHERE user_id = $1 AND key <> $2"
 _EXPIRE = "DELETE FROM public.rpc_idempotency WHERE created_at < now() - make_interval(secs => $1)"
 
 
@@ -82,15 +83,27 @@ def params_hash(params: Mapping[str, JsonValue]) -> str:
     return hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+@dataclass(frozen=True)
+class IdempotencyLimits:
+    """What one user's idempotency keys may hold: how many at once, and how large a
+    result is kept (a larger one is not stored: a repeat learns it was applied)."""
+
+    per_user: int = 1000
+    max_result_bytes: int = 65_536
+
+
 class Idempotent:
     """The one transaction of a request with an idempotency key, opened (and the key
     claimed) by the first `as_user()`; `call()` stores the result and commits it."""
 
-    def __init__(self, user_id: UUID, key: str, method: str, params_hash: str) -> None:
+    def __init__(
+        self, user_id: UUID, key: str, method: str, params_hash: str, limits: IdempotencyLimits
+    ) -> None:
         self.user_id = user_id
         self.key = key
         self.method = method
         self.params_hash = params_hash
+        self.limits = limits
         self.stack = AsyncExitStack()
         self.conn: Conn | None = None
 
@@ -114,6 +127,13 @@ class Idempotent:
         key's row: the INSERT waits for it to commit (then this is a repeat) or roll
         back (then the claim is ours)."""
         for _ in range(3):  # the row may be expired and swept between the two statements
+            if await conn.fetchval(_OTHER_KEYS, self.user_id, self.key) >= self.limits.per_user:
+                raise RpcError(
+                    ErrorCode.RATE_LIMITED,
+                    f"{self.limits.per_user} idempotency keys kept for you already "
+                    "(SITEBUILDER_RPC_IDEMPOTENCY_MAX_KEYS_PER_USER): send this without one "
+                    "or retry once older ones expire",
+                )
             if await conn.fetchval(_CLAIM, self.user_id, self.key, self.method, self.params_hash):
                 return
             first = await conn.fetchrow(_CLAIMED, self.user_id, self.key)
@@ -127,7 +147,8 @@ class Idempotent:
                 ErrorCode.INVALID_PARAMS,
                 f"idempotency key reused for another request (first used for {first['method']})",
             )
-        # The gateway commits no claim without its result: this row was written otherwise.
+        # The gateway commits a claim without its result only when the result was over
+        # SITEBUILDER_RPC_IDEMPOTENCY_MAX_RESULT_BYTES (or the row was written otherwise).
         if first["result"] is None:
             return RpcError(
                 ErrorCode.CONFLICT,
@@ -138,8 +159,12 @@ class Idempotent:
 
     async def store(self, result: JsonValue) -> None:
         """Record the result in the transaction, if the handler opened it."""
-        if self.conn is not None:
-            await self.conn.execute(_STORE, self.user_id, self.key, orjson.dumps(result).decode())
+        if self.conn is None:
+            return
+        stored = orjson.dumps(result)
+        if len(stored) > self.limits.max_result_bytes:
+            return  # kept as applied, result unknown: a repeat gets `conflict`
+        await self.conn.execute(_STORE, self.user_id, self.key, stored.decode())
 
 
 @dataclass(frozen=True)
@@ -156,6 +181,7 @@ class Call:
     timeout_seconds: float | None = None
     # Set by `call()` for a request with an idempotency key.
     idempotent: Idempotent | None = field(default=None, compare=False)
+    idempotency_limits: IdempotencyLimits = IdempotencyLimits()
     # Names this request to the change feeds (`request_tag()`), so its changes carry its ref.
     request_tag: str | None = None
     # The connection the request came on (its address, user agent; `session.*` attach
@@ -213,6 +239,9 @@ Handler = Callable[[Call, P], Awaitable[Any]]
 class Method(Generic[P]):
     params: type[P]
     handler: Handler[P]
+    # False for a read: its `idempotency_key` is ignored (nothing to repeat safely,
+    # and a read's result is never stored).
+    writes: bool = True
 
 
 Methods = Mapping[str, Method[Any]]
@@ -238,7 +267,7 @@ async def call(methods: Methods, frame: Rpc, caller: Call) -> Result | Error:
         }
         return _error(frame, ErrorCode.INVALID_PARAMS, message, details)
     try:
-        if frame.idempotency_key is None:
+        if frame.idempotency_key is None or not method.writes:
             data = _jsonable(await method.handler(caller, params))
         else:
             data = await _idempotent(method, frame, frame.idempotency_key, caller, params)
@@ -264,7 +293,9 @@ async def _idempotent(
 
     A method that never calls `as_user()` (a read on a connection of its own) claims
     and stores nothing: the key does not matter to it."""
-    idempotent = Idempotent(caller.user_id, key, frame.method, params_hash(frame.params))
+    idempotent = Idempotent(
+        caller.user_id, key, frame.method, params_hash(frame.params), caller.idempotency_limits
+    )
     async with idempotent.stack:
         data = _jsonable(await method.handler(replace(caller, idempotent=idempotent), params))
         await idempotent.store(data)

@@ -101,7 +101,7 @@ async def get_user_analytics(call: Call, params: UserAnalyticsParams) -> UserAna
 
 
 METHODS: dict[str, Method[Any]] = {
-    "analytics.get_project_stats": Method(ProjectId, get_project_stats),
-    "analytics.get_user_analytics": Method(UserAnalyticsParams, get_user_analytics),
+    "analytics.get_project_stats": Method(ProjectId, get_project_stats, writes=False),
+    "analytics.get_user_analytics": Method(UserAnalyticsParams, get_user_analytics, writes=False),
 }
 assert set(METHODS) == set(PARAMS), "every method has its params in protocol.rpc_analytics"

@@ -297,10 +297,10 @@ async def remove_collaborator(call: Call, params: ProjectCollaborator) -> Projec
 
 METHODS: dict[str, Method[Any]] = {
     "project.create": Method(ProjectCreate, create),
-    "project.get_with_relations": Method(ProjectId, get_with_relations),
+    "project.get_with_relations": Method(ProjectId, get_with_relations, writes=False),
     "project.update": Method(ProjectUpdate, update),
     "project.delete": Method(ProjectId, delete),
-    "project.list": Method(ProjectList, list_projects),
+    "project.list": Method(ProjectList, list_projects, writes=False),
     "project.add_collaborator": Method(ProjectCollaborator, add_collaborator),
     "project.remove_collaborator": Method(ProjectCollaborator, remove_collaborator),
 }

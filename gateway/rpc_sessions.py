@@ -161,7 +161,7 @@ async def resume(call: Call, params: SessionToken) -> OwnedSession:
 
 METHODS: dict[str, Method[Any]] = {
     "session.create": Method(SessionCreate, create),
-    "session.get_by_token": Method(SessionToken, get_by_token),
+    "session.get_by_token": Method(SessionToken, get_by_token, writes=False),
     "session.update_progress": Method(SessionProgress, update_progress),
     "session.complete": Method(SessionId, complete),
     "session.cancel": Method(SessionId, cancel),

@@ -109,8 +109,8 @@ async def _write_version(call: Call, statement: str, *args: object) -> VersionRo
 
 
 METHODS: dict[str, Method[Any]] = {
-    "version.get_by_entity": Method(VersionsByEntity, get_by_entity),
-    "version.get": Method(VersionId, get),
+    "version.get_by_entity": Method(VersionsByEntity, get_by_entity, writes=False),
+    "version.get": Method(VersionId, get, writes=False),
     "version.checkpoint": Method(Checkpoint, checkpoint),
     "version.revert": Method(Revert, revert),
 }

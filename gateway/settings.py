@@ -446,6 +446,27 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 86_400.0
+    rpc_idempotency_max_keys_per_user: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Idempotency keys one user may have remembered at once; a write with a new "
+                "key past it is refused (`rate_limited`). Reads ignore their keys."
+            ),
+        ),
+    ] = 1000
+    rpc_idempotency_max_result_bytes: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Largest result (as JSON) remembered for an idempotency key; a larger one "
+                "is not kept, and a repeat of its key is answered `conflict` (applied, "
+                "result unknown)."
+            ),
+        ),
+    ] = 65_536
     metrics_token: Annotated[
         SecretStr | None,
         Field(

@@ -200,8 +200,9 @@ async def wait_for_lock_waiters(conn: asyncpg.Connection, count: int) -> None:
     ("method", "params"),
     [
         ("project.create", {"name": "Other"}),
-        ("project.list", {}),
+        ("project.create", {"name": "First", "type": "portfolio"}),
     ],
+    ids=["other-name", "other-type"],
 )
 async def test_a_key_reused_for_another_request_is_refused(
     method: str,
@@ -282,10 +283,11 @@ async def test_a_malformed_key_is_a_bad_frame(ws_client: Connect, make_user: Use
     await client.ping()
 
 
-async def test_a_read_with_a_key_replays_its_first_answer(
+async def test_a_read_with_a_key_is_never_stored_and_answers_afresh(
     ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
 ) -> None:
-    """Every method honours keys alike: a repeated read answers what it first answered."""
+    """Keys are for writes: a read's key is ignored, so reads cannot fill the table
+    (30 reads of a 600 KB project once stored 18 MB)."""
     owner = await make_user()
     project = await make_project(conn, owner, name="Site")
     client = await signed_in(ws_client, owner)
@@ -293,8 +295,41 @@ async def test_a_read_with_a_key_replays_its_first_answer(
     assert read["project"]["name"] == "Site"
     await conn.execute("UPDATE projects SET name = 'Renamed' WHERE id = $1", project)
     again = await result(client, "k", "project.get_with_relations", project_id=str(project))
-    assert again == read
-    assert len(await keys_of(conn, owner)) == 1
+    assert again["project"]["name"] == "Renamed"
+    assert await keys_of(conn, owner) == []
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"rpc_idempotency_max_keys_per_user": 2}])
+async def test_a_user_keeps_at_most_the_limit_of_keys(
+    ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    owner = await make_user()
+    client = await signed_in(ws_client, owner)
+    for key in ("a", "b"):
+        await result(client, key, "project.create", name=key, type="website")
+    over = await refused(client, "rate_limited", "c", "project.create", name="c", type="website")
+    assert "SITEBUILDER_RPC_IDEMPOTENCY_MAX_KEYS_PER_USER" in over["message"]
+    repeat = await result(client, "a", "project.create", name="a", type="website")
+    assert repeat["name"] == "a"  # a repeat of a kept key is still answered
+    assert [row["key"] for row in await keys_of(conn, owner)] == ["a", "b"]
+    assert await count(conn, "SELECT count(*) FROM projects WHERE user_id = $1", owner) == 2
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"rpc_idempotency_max_result_bytes": 200}])
+async def test_a_result_over_the_limit_is_not_kept_and_a_repeat_is_told_so(
+    ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    owner = await make_user()
+    client = await signed_in(ws_client, owner)
+    made = await result(client, "big", "project.create", name="x" * 300, type="website")
+    assert made["name"] == "x" * 300
+    repeat = await refused(
+        client, "conflict", "big", "project.create", name="x" * 300, type="website"
+    )
+    assert "already applied" in repeat["message"]
+    (kept,) = await keys_of(conn, owner)
+    assert kept["result"] is None
+    assert await count(conn, "SELECT count(*) FROM projects WHERE user_id = $1", owner) == 1
 
 
 # 3. In the database
