@@ -554,3 +554,44 @@ async def test_each_write_reaches_a_subscriber_as_one_change_and_one_version(
         assert frames[0]["new"]["version"] == written["version_number"]
         assert frames[1]["new"]["id"] == written["id"]
         await watcher.ping()  # the next frame is the ping's reply: nothing else came
+
+
+# History stays with its project
+
+
+async def test_the_id_of_a_deleted_entity_cannot_be_taken_to_read_its_history(
+    ws_client: Connect, site: Site, conn: asyncpg.Connection, make_user: UserFactory
+) -> None:
+    """Versions are granted by (entity_type, entity_id) and outlive the entity: an
+    outsider who created a wireframe, or a project, with a deleted one's id read the
+    owner's versions, data included. Such an id is refused."""
+    owner = await signed_in(ws_client, site.owner)
+    for method, params in (
+        ("wireframe.delete", {"id": str(site.wireframe)}),
+        ("project.delete", {"project_id": str(site.project)}),
+    ):
+        assert (await rpc(owner, method, **params))["type"] == "result"
+    outsider_id = await make_user()
+    outsider = await signed_in(ws_client, outsider_id)
+    mine = await make_project(conn, outsider_id)
+    my_sitemap = await make_sitemap(conn, mine)
+
+    for method, params in (
+        (
+            "wireframe.create",
+            {"id": str(site.wireframe), "sitemap_id": str(my_sitemap), "title": "X"},
+        ),
+        ("project.create", {"id": str(site.project), "name": "Mine", "type": "website"}),
+    ):
+        reply = await rpc(outsider, method, **params)
+        assert (reply["type"], reply["code"]) == ("error", "invalid"), (method, reply)
+        assert reply["details"]["sqlstate"] == "23505"  # type: ignore[index]
+        assert "belonged to a deleted row" in str(reply["message"])
+    for entity_type, entity_id in (("wireframes", site.wireframe), ("projects", site.project)):
+        page = await rpc(
+            outsider, "version.get_by_entity", entity_type=entity_type, entity_id=str(entity_id)
+        )
+        refused(page, "not_found")
+    assert await conn.fetchval(
+        "SELECT count(*) FROM version_history WHERE entity_id = $1", site.wireframe
+    )  # kept, and readable by nobody
