@@ -6,16 +6,20 @@ access list as of it: gateway.authorization), so an unfiltered binding on
 `wireframes` yields the wireframes of every project the user can read and no other.
 When that access list could not be known, the watches the change was for are told
 that changes may have been missed, rather than guessed at.
-Each change is checked against every watch of its table; the watches that want it
-are grouped by (protocol version, topic, binding ids) and each group's frame is
-encoded once, its `data` serialized once for all groups, and queued in the outbox
-with the native frames of the same transaction.
+A change is checked only against the watches it may match: those whose bindings
+filter on `eq`/`in` are indexed by (column, value), so a change costs a lookup per
+indexed column and the watches it matches, not every watch of its table (the others
+are checked on every change). The watches that want it are grouped by (protocol
+version, topic, binding ids) and each group's frame is encoded once, its `data`
+serialized once for all groups, and queued in the outbox with the native frames of
+the same transaction.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
@@ -31,7 +35,7 @@ from gateway.wire import Outbox
 from protocol.frames import ChangeBase, ResetReason
 from protocol.phoenix import Event as PhxEvent
 from protocol.phoenix import Message, Vsn, encode
-from protocol.phoenix_changes import Binding, ChangeType, change_data
+from protocol.phoenix_changes import Binding, ChangeType, Op, change_data
 
 logger = logging.getLogger(__name__)
 
@@ -98,29 +102,105 @@ class TableWatch:
         )
 
 
+# Condition values that index exactly as `Condition.holds` compares them (a float
+# column against a Decimal value compares by value but hashes apart: not indexed).
+_INDEXABLE = (UUID, str, int)
+IndexKey = tuple[str, Hashable]
+
+
+def index_keys(watch: TableWatch, table: str) -> list[IndexKey] | None:
+    """The (column, value) pairs under which a change to `table` can match one of the
+    watch's bindings, each binding by its first `eq` or `in` condition; None when some
+    binding on `table` has no such condition (the watch is then checked on every change)."""
+    keys: list[IndexKey] = []
+    for binding in watch.bindings:
+        if table not in binding.tables:
+            continue
+        condition = next(
+            (
+                c
+                for c in binding.conditions
+                if c.op in (Op.EQ, Op.IN) and all(isinstance(v, _INDEXABLE) for v in c.values)
+            ),
+            None,
+        )
+        if condition is None:
+            return None
+        keys.extend((condition.column, value) for value in condition.values)
+    return keys
+
+
+@dataclass
+class _TableIndex:
+    """One table's watches: those to check on every change, and the others by the
+    (column, value) a change's row must have to match them."""
+
+    scanned: dict[TableWatch, None] = field(default_factory=dict)
+    by_key: dict[IndexKey, dict[TableWatch, None]] = field(default_factory=dict)
+    columns: Counter[str] = field(default_factory=Counter)
+    keys: dict[TableWatch, list[IndexKey] | None] = field(default_factory=dict)
+
+    def add(self, watch: TableWatch, keys: list[IndexKey] | None) -> None:
+        self.keys[watch] = keys
+        if keys is None:
+            self.scanned[watch] = None
+            return
+        for key in keys:
+            self.by_key.setdefault(key, {})[watch] = None
+            self.columns[key[0]] += 1
+
+    def remove(self, watch: TableWatch) -> None:
+        keys = self.keys.pop(watch, None)
+        if keys is None:
+            self.scanned.pop(watch, None)
+            return
+        for key in keys:
+            bucket = self.by_key.get(key)
+            if bucket is not None:
+                bucket.pop(watch, None)
+                if not bucket:
+                    del self.by_key[key]
+            self.columns[key[0]] -= 1
+            if not self.columns[key[0]]:
+                del self.columns[key[0]]
+
+    def candidates(self, row: Mapping[str, Any]) -> dict[TableWatch, None]:
+        """The watches a change with `row` may match: a lookup per indexed column."""
+        found = dict(self.scanned)
+        for column in self.columns:
+            try:
+                bucket = self.by_key.get((column, row.get(column)))
+            except TypeError:  # an unhashable value (jsonb) matches no indexed key
+                continue
+            if bucket:
+                found.update(bucket)
+        return found
+
+
 class TableWatches:
     def __init__(self, metrics: Metrics, outbox: Outbox) -> None:
         self._metrics = metrics
         self._outbox = outbox
-        self._by_table: dict[str, dict[TableWatch, None]] = {}
+        self._by_table: dict[str, _TableIndex] = {}
 
     def add(self, watch: TableWatch) -> None:
         for table in watch.tables:
-            self._by_table.setdefault(table, {})[watch] = None
+            index = self._by_table.setdefault(table, _TableIndex())
+            index.add(watch, index_keys(watch, table))
 
     def remove(self, watch: TableWatch) -> None:
         for table in watch.tables:
-            watches = self._by_table.get(table)
-            if watches is not None:
-                watches.pop(watch, None)
-                if not watches:
+            index = self._by_table.get(table)
+            if index is not None:
+                index.remove(watch)
+                if not index.keys:
                     del self._by_table[table]
 
     def watching(self, table: str) -> bool:
         return table in self._by_table
 
     def all_watches(self) -> list[TableWatch]:
-        return list({w: None for ws in self._by_table.values() for w in ws})
+        return list({w: None for index in self._by_table.values() for w in index.keys})
 
     def deliver(
         self, project_id: UUID, position: Position, members_only: bool, delivery: TableDelivery
@@ -131,7 +211,9 @@ class TableWatches:
         needed = Level.WRITE if members_only else Level.READ
         groups: dict[tuple[Vsn, str, tuple[int, ...]], list[ServerConnection]] = {}
         missed: list[Watcher] = []
-        for watch in list(self._by_table.get(change.table, ())):
+        index = self._by_table.get(change.table)
+        candidates = index.candidates(change.row) if index is not None else {}
+        for watch in candidates:
             if watch.after is not None:
                 if position <= watch.after:
                     continue
