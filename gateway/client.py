@@ -302,6 +302,10 @@ class Client(Connection):
         if refused is not None:
             self.send(self._error(ErrorCode.TOO_MANY_SUBSCRIPTIONS, refused, frame.ref))
             return
+        refused = self._joining_too_fast()
+        if refused is not None:
+            self.send(self._error(ErrorCode.RATE_LIMITED, refused, frame.ref))
+            return
         if not self._gateway.feed_connected:
             message = "the change feed is reconnecting; retry shortly"
             self.send(self._error(ErrorCode.UNAVAILABLE, message, frame.ref))

@@ -63,6 +63,7 @@ class Connection:
         self._settings = gateway.settings
         self._metrics = gateway.metrics
         self._bucket = TokenBucket(self._settings.messages_per_second, self._settings.message_burst)
+        self._join_bucket = TokenBucket(self._settings.joins_per_second, self._settings.join_burst)
         self._subscriptions: dict[ChannelKey, Subscription] = {}
         rate = self._settings.presence_updates_per_second
         self._presence_bucket = TokenBucket(rate, max(1, math.ceil(rate)))
@@ -174,6 +175,17 @@ class Connection:
                 max(1, round(wait * 1000)),
             )
         return None
+
+    def _joining_too_fast(self) -> str | None:
+        """The refusal of a subscribe over the rate, or None (the subscribe is counted)."""
+        wait = self._join_bucket.take()
+        if not wait:
+            return None
+        self._metrics.rate_limited.labels("joins_per_second").inc()
+        return (
+            f"more than {self._settings.joins_per_second:g} subscribes per second "
+            f"(SITEBUILDER_JOINS_PER_SECOND): retry in {wait:.1f} s"
+        )
 
     def _too_many_subscriptions(self) -> str | None:
         """The refusal of one more subscription, or None while under the limit."""

@@ -300,7 +300,11 @@ class PhoenixClient(Connection):
         if key_problem is not None:
             self._reply_error(message, key_problem)
             return
-        refused = self._too_many_subscriptions() or self._too_many_bindings(payload)
+        refused = (
+            self._too_many_subscriptions()
+            or self._too_many_bindings(payload)
+            or self._joining_too_fast()
+        )
         if refused is not None:
             self._reply_error(message, refused)
             return

@@ -131,6 +131,28 @@ class Settings(BaseSettings):
     max_subscriptions: Annotated[
         int, Field(gt=0, description="Projects one connection may follow at once.")
     ] = 100
+    joins_per_second: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "Sustained subscribes (native `subscribe`, Supabase `phx_join`) per second "
+                "per connection, each a snapshot or access check in PostgreSQL; beyond "
+                "SITEBUILDER_JOIN_BURST at once they are refused (`rate_limited`)."
+            ),
+        ),
+    ] = 10.0
+    join_burst: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Subscribes a connection may make at once above the rate (as many as "
+                "SITEBUILDER_MAX_SUBSCRIPTIONS by default, so a reconnecting client may "
+                "subscribe to all it followed at once)."
+            ),
+        ),
+    ] = 100
     max_bindings_per_join: Annotated[
         int,
         Field(

@@ -12,11 +12,19 @@ CREATE FUNCTION public.refuse_reused_entity_id() RETURNS trigger
     SECURITY DEFINER
     SET search_path = public, pg_temp
     AS $$
+DECLARE
+    live BOOLEAN;
 BEGIN
     IF EXISTS (
         SELECT 1 FROM version_history v
         WHERE v.entity_type = TG_TABLE_NAME AND v.entity_id = NEW.id
     ) THEN
+        -- A live row of that id: its unique key (or ON CONFLICT) answers, as before.
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM public.%I WHERE id = $1)', TG_TABLE_NAME)
+            INTO live USING NEW.id;
+        IF live THEN
+            RETURN NEW;
+        END IF;
         RAISE EXCEPTION 'id % belonged to a deleted row of %: use another id', NEW.id, TG_TABLE_NAME
             USING ERRCODE = 'unique_violation', COLUMN = 'id';
     END IF;

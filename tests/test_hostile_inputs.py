@@ -189,3 +189,29 @@ async def test_metrics_and_readiness_details_are_for_operators(gateway: Gateway)
         status, body = await get(port, "/readyz", headers)
         assert status == 200
         assert "feed=" in body
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"joins_per_second": 0.01, "join_burst": 2}])
+async def test_subscribes_over_the_rate_are_refused_on_both_protocols(
+    gateway: Gateway, phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    user = await make_user()
+    projects = [await make_project(conn, user) for _ in range(3)]
+    supabase = await phx_client(token(user))
+    assert [(await supabase.join(f"room-{n}"))["status"] for n in range(3)] == [
+        "ok",
+        "ok",
+        "error",
+    ]
+    native = await open_client(f"ws://127.0.0.1:{gateway_port(gateway)}/")
+    try:
+        await native.auth(user)
+        for project in projects[:2]:
+            await native.subscribe(project, snapshot=False)
+        refused = await native.request({"type": "subscribe", "project_id": str(projects[2])})
+        assert (refused["type"], refused["code"]) == ("error", "rate_limited")
+        assert "SITEBUILDER_JOINS_PER_SECOND" in refused["message"]
+        await native.ping()
+    finally:
+        await native.close()
+    await supabase.heartbeat()
