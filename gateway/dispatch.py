@@ -4,8 +4,9 @@ Runs as one task, in commit order. When a project's owner, collaborators or
 visibility change, its subscribers' access is decided from the committed row
 (gateway.authorization) before anything later is delivered, so a user who lost access
 receives nothing after it. A deleted project's subscribers receive the deletes of its
-transaction (the project's and its children's), then their subscriptions end. A project change also
-goes, as the users concerned see it, to their live project lists (`_publish_list`).
+transaction (the project's and its children's), then their subscriptions end. A
+project change also goes, as the users concerned see it, to their live project lists
+(`_publish_list`).
 
 A change made by an rpc of one of this gateway's connections (its request tag,
 migration 0013) is encoded a second time, with the rpc's `ref`, for that connection
@@ -33,7 +34,7 @@ from db.feed import (
     RowChange,
     TransactionEnd,
 )
-from gateway.authorization import Acl, AclChange
+from gateway.authorization import AclChange
 from gateway.history import Entry
 from gateway.hub import Event
 from gateway.rpc import parse_request_tag
@@ -123,28 +124,30 @@ class Dispatcher:
         # Old first: routing also teaches the router parents, and the new row's must win.
         old_project = await router.project_of(change.table, change.old) if change.old else None
         new_project = await router.project_of(change.table, change.new) if change.new else None
+        acl = None
         if change.table == "projects":
-            self._authorize(change)
+            acl = AclChange.of(change.old, change.new)
+            self._authorize(change, acl)
         if change.op is ChangeOp.INSERT:
-            await self._publish(change, new_project, Op.INSERT, change.new, None)
+            await self._publish(change, new_project, Op.INSERT, change.new, None, acl)
         elif change.op is ChangeOp.DELETE:
-            await self._publish(change, old_project, Op.DELETE, None, change.old)
+            await self._publish(change, old_project, Op.DELETE, None, change.old, acl)
         elif old_project == new_project:
-            await self._publish(change, new_project, Op.UPDATE, change.new, change.old)
+            await self._publish(change, new_project, Op.UPDATE, change.new, change.old, acl)
         else:
             await self._publish(change, old_project, Op.DELETE, None, change.old)
             await self._publish(change, new_project, Op.INSERT, change.new, None)
         if change.table == "projects":
             self._publish_list(change)
 
-    def _authorize(self, change: RowChange) -> None:
+    def _authorize(self, change: RowChange, acl: AclChange | None) -> None:
+        """`acl`: what the project-row change did to access (None: nothing; without
+        the old row, REPLICA IDENTITY not FULL, any update may have changed it)."""
         if change.op is ChangeOp.DELETE and change.old is not None:
             self._deleted_projects.append(UUID(str(change.old["id"])))
-        elif change.op is ChangeOp.UPDATE and change.new is not None:
-            acl = Acl.of(change.new)
-            # Without the old row (REPLICA IDENTITY not FULL) every update may change it.
-            if acl is not None and (change.old is None or Acl.of(change.old) != acl):
-                self._gateway.apply_access(UUID(str(change.new["id"])), acl)
+        elif change.op is ChangeOp.UPDATE and acl is not None and acl.after is not None:
+            assert change.new is not None
+            self._gateway.apply_access(UUID(str(change.new["id"])), acl.after)
 
     def _publish_list(self, change: RowChange) -> None:
         """To the project lists of its members (owner and collaborators), old and new:
@@ -223,7 +226,9 @@ class Dispatcher:
         op: Op,
         new: dict[str, Any] | None,
         old: dict[str, Any] | None,
+        acl: AclChange | None = None,
     ) -> None:
+        """`acl`: for a project-row change, what it did to access (history keeps it)."""
         if project_id is None:
             return
         entity = TABLE_ENTITIES[change.table]
@@ -243,7 +248,6 @@ class Dispatcher:
             return
         data = encode_frame(frame)
         members_only = entity in MEMBERS_ONLY
-        acl = AclChange.of(old, new) if change.table == "projects" else None
         self._history.record(
             project_id, Entry(change.position, data, members_only, change.xid, acl)
         )
