@@ -119,15 +119,6 @@ async def project_list(
     return visibility, rows
 
 
-async def project_access(conn: Conn, user_id: UUID, project_id: UUID) -> bool | None:
-    """None: the user may not see the project; else whether they may edit it."""
-    async with acting_as(conn, user_id):
-        visible = await conn.fetchval("SELECT true FROM public.projects WHERE id = $1", project_id)
-        if not visible:
-            return None
-        return bool(await conn.fetchval("SELECT public.can_edit_project($1)", project_id))
-
-
 async def project_access_row(
     conn: Conn, project_id: UUID
 ) -> tuple[VisibilitySnapshot, dict[str, Any] | None]:
@@ -142,13 +133,6 @@ async def project_access_row(
             project_id,
         )
     return visibility, None if row is None else dict(row)
-
-
-async def project_is_public(conn: Conn, project_id: UUID) -> bool:
-    """Whether anyone, signed in or not, may read the project."""
-    return bool(
-        await conn.fetchval("SELECT is_public FROM public.projects WHERE id = $1", project_id)
-    )
 
 
 async def user_exists(conn: Conn, user_id: UUID) -> bool:

@@ -434,8 +434,8 @@ class Client(Connection):
     def _drop(self, subscription: Subscription) -> None:
         self._gateway.hub.unsubscribe(subscription)
         self._leave_presence(subscription)
-        if self._subscriptions.get(_project(subscription)) is subscription:
-            del self._subscriptions[_project(subscription)]
+        if self._subscriptions.get(subscription.key) is subscription:
+            del self._subscriptions[subscription.key]
 
     def revoke(self, project_id: UUID, message: str) -> None:
         """End a subscription the user lost access to; nothing more of it is sent."""
@@ -451,7 +451,7 @@ class Client(Connection):
 
     def resync(self, subscription: Subscription, reason: ResetReason, message: str) -> None:
         """Changes may have been lost: say so, then send a fresh snapshot and go live."""
-        if self._subscriptions.get(_project(subscription)) is not subscription:
+        if self._subscriptions.get(subscription.key) is not subscription:
             return
         self._gateway.hub.suspend(subscription)
         self.send(Reset(project_id=_project(subscription), reason=reason, message=message))

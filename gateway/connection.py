@@ -76,7 +76,7 @@ class Connection:
         self._closing = False
         # Counted against the connections not signed in yet until it signs in (the
         # gateway sets it when it admits the socket).
-        self.unauthenticated_from: str | None = None
+        self._unauthenticated_from: str | None = None
         self._unauthenticated = False
 
     # Lifecycle
@@ -220,14 +220,14 @@ class Connection:
         return None
 
     def count_as_unauthenticated(self, address: str | None) -> None:
-        self.unauthenticated_from = address
+        self._unauthenticated_from = address
         self._unauthenticated = True
 
     def _signed_in(self) -> None:
         """No longer one of the connections not signed in yet."""
         if self._unauthenticated:
             self._unauthenticated = False
-            self._gateway.unauthenticated.release(self.unauthenticated_from)
+            self._gateway.unauthenticated.release(self._unauthenticated_from)
 
     def _sign_in(self, user_id: UUID, claims: dict[str, Any]) -> None:
         self.user_id = user_id
@@ -243,7 +243,7 @@ class Connection:
     def _token_lapsed(self) -> bool:
         """Whether the token's `exp` has passed: checked again where a subscription goes
         live after an await, which the expiry callback may not have run behind yet."""
-        exp = self._claims.get("exp") if self._claims else None
+        exp = self._claims.get("exp")
         return exp is not None and time.time() >= float(exp)
 
     def _on_expiry(self) -> None:

@@ -33,7 +33,7 @@ from websockets.asyncio.server import ServerConnection
 from db import queries
 from db.feed import Position
 from gateway.access import ANONYMOUS, Access
-from gateway.authorization import Acl, plan_replay
+from gateway.authorization import Acl, Level, level_of, plan_replay
 from gateway.channels import ChannelKey
 from gateway.connection import Connection
 from gateway.history import Entry
@@ -67,7 +67,8 @@ KNOWN_EVENTS = frozenset(e.value for e in Event)
 
 @dataclass(frozen=True)
 class ResumeBasis:
-    """What a resume decides access from: the project's access list as of `seen`."""
+    """What a join decides access from, and a resume what it may replay: the project's
+    access list as of `seen`."""
 
     seen: queries.VisibilitySnapshot
     acl: Acl | None
@@ -312,13 +313,15 @@ class PhoenixClient(Connection):
         access: Access = False
         basis: ResumeBasis | None = None
         if project_id is not None:
-            access = await self._project_access(project_id)
-            if access is None:
+            read = await self._project_access(project_id)
+            level = level_of(read.acl, self.user_id)
+            if level is Level.NONE:
                 reason = f"project {project_id} does not exist or is not shared with you"
                 self._reply_error(message, reason)
                 return
+            access = level is Level.WRITE
             if payload.config.resume is not None and bindings:
-                basis = await self._resume_basis(project_id)
+                basis = read if await self._gateway.fences.passed() else None
             if self._closing or topic in self._channels:
                 return
         if self._token_expired or self._token_lapsed():  # it expired while we waited
@@ -413,15 +416,6 @@ class PhoenixClient(Connection):
                 return
             broadcast([self.ws], data, text=True)
 
-    async def _resume_basis(self, project_id: UUID) -> ResumeBasis | None:
-        """The project's access list as of a snapshot, once every change that snapshot
-        saw is in the history (a fence came through); None when the feed is behind."""
-        async with self._gateway.pool.acquire() as conn:
-            seen, row = await queries.project_access_row(conn, project_id)
-        if not await self._gateway.fences.passed():
-            return None
-        return ResumeBasis(seen, Acl.of(row))
-
     def _replay(
         self, watch: TableWatch, project_id: UUID, since_text: str, basis: ResumeBasis | None
     ) -> tuple[list[bytes], str | None]:
@@ -463,11 +457,12 @@ class PhoenixClient(Connection):
         payload = {"ids": list(ids), "data": change.data}
         return phx.encode(Message(watch.topic, Event.POSTGRES_CHANGES, payload), self.vsn)
 
-    async def _project_access(self, project_id: UUID) -> Access:
+    async def _project_access(self, project_id: UUID) -> ResumeBasis:
+        """The project's access list, and the snapshot it was read in (what a resume
+        decides from, once a fence shows the history holds all that snapshot saw)."""
         async with self._gateway.pool.acquire() as conn:
-            if self.user_id == ANONYMOUS:
-                return False if await queries.project_is_public(conn, project_id) else None
-            return await queries.project_access(conn, self.user_id, project_id)
+            seen, row = await queries.project_access_row(conn, project_id)
+        return ResumeBasis(seen, Acl.of(row))
 
     async def _send_presence_state(self, channel: Channel) -> None:
         entries = await self._gateway.presence.list(channel.key)
