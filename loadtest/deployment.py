@@ -33,9 +33,9 @@ import asyncpg
 import psutil
 
 from db.embedded import running_dsn
-from gateway.secrets import jwt_secret
+from gateway.app.secrets import jwt_secret
+from gateway.app.supervisor import WORKER_INDEX_ENV
 from gateway.settings import Settings
-from gateway.supervisor import WORKER_INDEX_ENV
 
 READY_TIMEOUT = 300.0  # a first start runs initdb and every migration
 STOP_TIMEOUT = 30.0
@@ -237,7 +237,7 @@ async def started(
 
 def spawn_gateway(env: dict[str, str], log: Path, workers: int | None) -> subprocess.Popen[bytes]:
     """`serve` in a session of its own, so a hung one can be killed with its children."""
-    command = [sys.executable, "-m", "gateway.cli", "serve"]
+    command = [sys.executable, "-m", "gateway.app.cli", "serve"]
     if workers is not None:
         command += ["--workers", str(workers)]
     with log.open("wb") as log_file:

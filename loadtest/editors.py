@@ -60,7 +60,7 @@ DIGITS = frozenset(b"0123456789")
 LATENCY_MAX_US = 600_000_000  # ten minutes: anything later is recorded as this
 STEP_TIMEOUT = 60.0  # longest wait for one reply (connect, auth, subscribe)
 PROGRESS_EVERY = 0.5
-# The product's client (gateway/static/sitebuilder-client.js): base * 2^attempt capped,
+# The product's client (gateway/app/static/sitebuilder-client.js): base * 2^attempt capped,
 # half of it fixed and half random, so a worker's editors do not all return at once.
 BACKOFF_BASE = 0.25
 BACKOFF_MAX = 10.0

@@ -20,7 +20,7 @@ import asyncpg
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.tokens import mint_token
+from gateway.edge.tokens import mint_token
 from loadtest.deployment import Deployment
 
 RPC_TIMEOUT = 60.0

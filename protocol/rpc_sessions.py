@@ -18,7 +18,7 @@ from protocol.rpc_projects import Params
 Step = str
 Token = str
 # A step is a name ("wireframe-design"); it is also shown in presence, whose messages
-# between gateway nodes must stay small (gateway/presence_bus.py).
+# between gateway nodes must stay small (gateway/presence/bus.py).
 STEP_MAX_CHARS = 256
 
 

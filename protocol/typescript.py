@@ -1,5 +1,5 @@
 """TypeScript declarations of the browser client, its frame types generated from the
-JSON Schema (`python -m protocol.typescript > gateway/static/sitebuilder-client.d.ts`).
+JSON Schema (`python -m protocol.typescript > gateway/app/static/sitebuilder-client.d.ts`).
 
 Generating the frame types from the same schema the gateway exports keeps a front
 end's type checker in step with the server: a field added to a frame model appears

@@ -22,11 +22,11 @@ from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.app import choose_feed, token_verifier
-from gateway.presence_backends import open_presence
-from gateway.server import Gateway
+from gateway.app.serve import choose_feed, token_verifier
+from gateway.app.server import Gateway
+from gateway.edge.tokens import mint_token
+from gateway.presence.backends import open_presence
 from gateway.settings import Settings
-from gateway.tokens import mint_token
 
 SECRET = "test-secret-for-gateway-tests-0123456789"
 AUDIENCE = "authenticated"

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.server import Gateway
+from gateway.app.server import Gateway
 from tests.gateway_fixtures import TIMEOUT, gateway_port
 
 

@@ -66,7 +66,7 @@ def cli_env(**settings: str) -> dict[str, str]:
 
 async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     """Run `sitebuilder-gateway ARGS` to completion; returns (status, stdout, stderr)."""
-    return await run_python("-m", "gateway.cli", *args, env=env)
+    return await run_python("-m", "gateway.app.cli", *args, env=env)
 
 
 async def run_python(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
@@ -97,7 +97,7 @@ class ServeProcess:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "gateway.cli",
+            "gateway.app.cli",
             "serve",
             "--port",
             "0",

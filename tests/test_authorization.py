@@ -1,4 +1,4 @@
-"""gateway.authorization: access as of each position, and what a resume may replay.
+"""gateway.core.authorization: access as of each position, and what a resume may replay.
 
 The rule itself is checked against PostgreSQL's row-level security in
 test_rls_agrees_with_the_access_lists; the replay plans are pure and checked here on
@@ -17,8 +17,7 @@ import pytest
 from db.acting_user import acting_as
 from db.feed import Position
 from db.queries import VisibilitySnapshot
-from gateway.access import ANONYMOUS
-from gateway.authorization import Acl, AclChange, Level, plan_replay
+from gateway.core.authorization import ANONYMOUS, Acl, AclChange, Level, plan_replay
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import make_project
 

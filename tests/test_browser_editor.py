@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from gateway.demo import DEMO_SITEMAP_ID, DEMO_WIREFRAME_ID
+from gateway.app.demo import DEMO_SITEMAP_ID, DEMO_WIREFRAME_ID
 from tests.gateway_fixtures import SECRET, slot_for
 from tests.support import REPO_ROOT, cli_env
 
@@ -69,7 +69,7 @@ class DemoServer:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "gateway.cli",
+            "gateway.app.cli",
             "serve",
             "--demo",
             "--port",

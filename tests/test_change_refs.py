@@ -16,8 +16,8 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway.rpc import request_tag
-from gateway.server import Gateway
+from gateway.app.server import Gateway
+from gateway.core.origin import request_tag
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import (
     TIMEOUT,

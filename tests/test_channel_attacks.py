@@ -22,8 +22,8 @@ from uuid import UUID, uuid5
 import asyncpg
 import pytest
 
-from gateway.server import Gateway
-from gateway.tokens import mint_anon_key
+from gateway.app.server import Gateway
+from gateway.edge.tokens import mint_anon_key
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import (
     SECRET,

@@ -17,8 +17,8 @@ import pytest
 from db.embedded import running_dsn
 from db.migrations import load_migrations
 from db.replication_stream import ReplicationStream
-from gateway.cli import BENCH_EXTRA_MISSING, BENCH_MODULES
-from gateway.tokens import TokenVerifier, is_anonymous, verify_token
+from gateway.app.cli import BENCH_EXTRA_MISSING, BENCH_MODULES
+from gateway.edge.tokens import TokenVerifier, is_anonymous, verify_token
 from tests.conftest import PUBLICATION, PostgresServer, drop_replication_slots
 from tests.gateway_fixtures import slot_for, worker_slot
 from tests.support import (
@@ -180,7 +180,7 @@ async def test_bench_without_the_bench_extra_says_what_to_install_in_one_line(
 ) -> None:
     status, out, err = await run_python(
         "-c",
-        WITHOUT_BENCH_EXTRA + "from gateway.cli import main; sys.exit(main(sys.argv[1:]))",
+        WITHOUT_BENCH_EXTRA + "from gateway.app.cli import main; sys.exit(main(sys.argv[1:]))",
         "bench",
         *args,
         env=cli_env(),
@@ -232,7 +232,7 @@ async def test_serve_on_embedded_postgres_stops_it_on_signal_and_keeps_data(
     finally:
         serving.kill()
 
-    assert any("gateway.app: stopped" in line for line in serving.log)
+    assert any("gateway.app.serve: stopped" in line for line in serving.log)
     assert not postmaster.is_running() or postmaster.status() == psutil.STATUS_ZOMBIE
     assert running_dsn(pgdata) is None
 

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from gateway.demo import DEMO_PROJECT_ID, DEMO_USERS, Demo, seed_demo
-from gateway.server import Gateway
+from gateway.app.demo import DEMO_PROJECT_ID, DEMO_USERS, Demo, seed_demo
+from gateway.app.server import Gateway
 from gateway.settings import Settings
 from tests.gateway_fixtures import (
     AUDIENCE,

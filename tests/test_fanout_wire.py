@@ -11,7 +11,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from gateway.server import Gateway
+from gateway.app.server import Gateway
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import TIMEOUT, WsClient, gateway_url, make_project
 

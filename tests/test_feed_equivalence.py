@@ -26,9 +26,9 @@ from websockets.asyncio.client import connect
 from db.feed import ChangeFeed
 from db.notify_feed import NotifyFeed
 from db.replication_feed import ReplicationFeed
-from gateway.app import token_verifier
-from gateway.presence_backends import open_presence
-from gateway.server import Gateway
+from gateway.app.serve import token_verifier
+from gateway.app.server import Gateway
+from gateway.presence.backends import open_presence
 from gateway.settings import Settings
 from tests.conftest import PUBLICATION, UserFactory
 from tests.gateway_fixtures import (

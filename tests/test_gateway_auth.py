@@ -15,7 +15,7 @@ import asyncpg
 import jwt
 import pytest
 
-from gateway.server import Gateway
+from gateway.app.server import Gateway
 from gateway.settings import Settings
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import (

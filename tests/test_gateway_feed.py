@@ -22,7 +22,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.server import Gateway
+from gateway.app.server import Gateway
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import (
     TIMEOUT,

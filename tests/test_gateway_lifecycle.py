@@ -19,7 +19,7 @@ from websockets.client import ClientProtocol
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from gateway.server import Gateway
+from gateway.app.server import Gateway
 from gateway.settings import Settings
 from tests.conftest import RestartablePostgres, UserFactory
 from tests.gateway_fixtures import (

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 from db.feed import Position
-from gateway.history import Entry, History
+from gateway.core.events import Change, Op
+from gateway.core.history import History
+from protocol.rows import Entity, VersionRow
 
 A, B = uuid4(), uuid4()
 EPOCH = "rabc"
@@ -29,6 +32,8 @@ def history(clock: Clock | None = None, **limits: float) -> History:
         max_per_project=int(settings["max_per_project"]),
         max_bytes=int(settings["max_bytes"]),
         max_age_seconds=settings["max_age_seconds"],
+        # Each test change says its size in its version number.
+        size_of=lambda change: change.row.version_number,  # type: ignore[attr-defined]
         clock=clock or Clock(),
     )
     made.start(at(0, 0))
@@ -36,7 +41,29 @@ def history(clock: Clock | None = None, **limits: float) -> History:
 
 
 def record(h: History, project: UUID, txn: int, size: int = 10) -> None:
-    h.record(project, Entry(at(txn), b"x" * size, members_only=False, xid=txn))
+    row = VersionRow.model_validate(
+        {
+            "id": uuid4(),
+            "entity_type": "projects",
+            "entity_id": project,
+            "version_number": size,
+            "user_id": project,
+        }
+    )
+    h.record(
+        Change(
+            project_id=project,
+            entity=Entity.VERSION,
+            table="version_history",
+            op=Op.INSERT,
+            new=row,
+            old=None,
+            actor=None,
+            committed_at=datetime.now(UTC),
+            position=at(txn),
+            xid=txn,
+        )
+    )
 
 
 def test_replays_strictly_after_the_position() -> None:

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from gateway.server import Gateway
+from gateway.app.server import Gateway
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import gateway_port, make_project, make_sitemap, open_client, token
 from tests.phoenix_fixtures import change, expect_subscribed

@@ -5,13 +5,13 @@ from __future__ import annotations
 from protocol.typescript import typescript_declarations
 from tests.support import REPO_ROOT
 
-DECLARATIONS = REPO_ROOT / "gateway" / "static" / "sitebuilder-client.d.ts"
+DECLARATIONS = REPO_ROOT / "gateway" / "app" / "static" / "sitebuilder-client.d.ts"
 
 
 def test_committed_declarations_match_the_protocol_schema() -> None:
     assert DECLARATIONS.read_text() == typescript_declarations(), (
-        "gateway/static/sitebuilder-client.d.ts is stale: run "
-        "`.venv/bin/python -m protocol.typescript > gateway/static/sitebuilder-client.d.ts`"
+        "gateway/app/static/sitebuilder-client.d.ts is stale: run "
+        "`.venv/bin/python -m protocol.typescript > gateway/app/static/sitebuilder-client.d.ts`"
     )
 
 

@@ -264,7 +264,7 @@ async def test_an_existing_deployment_needs_its_database() -> None:
 
 async def test_the_gateway_command_runs_the_benchmark() -> None:
     """`sitebuilder-gateway bench …` is `python -m loadtest …`, its options included."""
-    status, stdout, _ = await run_module("gateway.cli", "bench", "--help")
+    status, stdout, _ = await run_module("gateway.app.cli", "bench", "--help")
     assert status == 0
     assert b"--with-reference" in stdout
     assert b"--workers" in stdout

@@ -16,8 +16,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.server import Gateway
-from gateway.tokens import mint_anon_key
+from gateway.app.server import Gateway
+from gateway.edge.tokens import mint_anon_key
 from protocol.phoenix_changes import COLUMNS
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import (

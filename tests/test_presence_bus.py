@@ -29,11 +29,12 @@ import pytest
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from gateway.presence import PresenceUnavailable
-from gateway.presence_bus import MAX_MESSAGE_BYTES, BusPresence, PresenceTooLarge
-from gateway.presence_postgres import APPLICATION_PREFIX
-from gateway.presence_redis import CLIENT_PREFIX
-from gateway.server import Gateway
+from gateway.app.server import Gateway
+from gateway.core.channels import ProjectChannel
+from gateway.presence.bus import MAX_MESSAGE_BYTES, BusPresence, PresenceTooLarge
+from gateway.presence.model import PresenceUnavailable
+from gateway.presence.postgres_bus import APPLICATION_PREFIX
+from gateway.presence.redis_bus import CLIENT_PREFIX
 from gateway.settings import Settings
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import (
@@ -498,7 +499,8 @@ async def test_a_message_too_large_for_the_bus_is_refused(
     make_user: UserFactory,
 ) -> None:
     """The settings keep every message small; past MAX_MESSAGE_BYTES nothing changes."""
-    owner, _, project = await people(conn, make_user)
+    owner, _, project_id = await people(conn, make_user)
+    project = ProjectChannel(project_id)
     async with running_node(
         node_settings(gateway_settings, bus_settings, "one"), database_dsn
     ) as a:

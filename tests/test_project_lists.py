@@ -17,7 +17,8 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from gateway.server import Gateway
+from gateway.app.server import Gateway
+from gateway.core.channels import ProjectListChannel
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import TIMEOUT, Connect, WsClient, make_project, make_sitemap
 
@@ -315,18 +316,20 @@ async def test_unsubscribe_projects_stops_deliveries(
 async def test_a_closed_connection_leaves_no_list_subscription(
     make_user: UserFactory, gateway: Gateway, ws_client: Connect
 ) -> None:
-    client = await following(ws_client, await make_user())
+    user = await make_user()
+    client = await following(ws_client, user)
     gauge = "sitebuilder_project_list_subscriptions"
-    assert gateway.project_lists.active
+    channel = ProjectListChannel(user)
+    assert gateway.hub.has(channel)
     assert gateway.metrics.registry.get_sample_value(gauge) == 1
 
     await client.close()
 
     for _ in range(int(TIMEOUT / 0.01)):  # the server's handler ends just after the close
-        if not gateway.project_lists.active:
+        if not gateway.hub.has(channel):
             break
         await asyncio.sleep(0.01)
-    assert not gateway.project_lists.active
+    assert not gateway.hub.has(channel)
     assert gateway.metrics.registry.get_sample_value(gauge) == 0
 
 

@@ -89,7 +89,7 @@ async def start_gateway(env: dict[str, str]) -> Gateway:
         asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "gateway.cli",
+            "gateway.app.cli",
             "serve",
             "--port",
             "0",

@@ -8,10 +8,11 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from gateway.rpc import Call, call
-from gateway.rpc_methods import METHODS
+from gateway.rpc.call import Call, Handlers, call
+from gateway.rpc.methods import METHODS, MethodTableError, bind
 from protocol.errors import ErrorCode
 from protocol.frames import Error, Rpc
+from protocol.rpc_projects import ProjectCreate, ProjectId
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import Connect, WsClient
 
@@ -129,3 +130,42 @@ async def test_database_unreachable_is_unavailable_and_retryable(
     reply = await asyncio.wait_for(call(METHODS, frame, caller), 10)
     assert isinstance(reply, Error)
     assert (reply.ref, reply.code) == ("r1", ErrorCode.UNAVAILABLE)
+
+
+async def read_project(_call: Call, _params: ProjectId) -> None:
+    """A stand-in handler: only its registration and annotation matter here."""
+
+
+async def create_project(_call: Call, _params: ProjectCreate) -> None:
+    """A stand-in handler taking other params than `read_project`."""
+
+
+def test_method_table_binds_protocol_params_to_handlers() -> None:
+    group = Handlers()
+    group("x.read", writes=False)(read_project)
+    method = bind({"x.read": ProjectId}, [group])["x.read"]
+    assert (method.params, method.handler, method.writes) == (ProjectId, read_project, False)
+
+
+def test_method_table_refuses_any_mismatch_with_protocol() -> None:
+    """Missing, unknown, doubly handled and mistyped methods are all named at once."""
+    first, second = Handlers(), Handlers()
+    first("x.twice")(read_project)
+    second("x.twice")(read_project)
+    second("x.unknown")(read_project)
+    second("x.mistyped")(create_project)
+    catalog = {"x.twice": ProjectId, "x.missing": ProjectId, "x.mistyped": ProjectId}
+    with pytest.raises(MethodTableError) as refused:
+        bind(catalog, [first, second])
+    message = str(refused.value)
+    assert "x.twice: handlers in two groups" in message
+    assert "x.missing: no handler" in message
+    assert "x.unknown: a handler, but no params in protocol" in message
+    assert "x.mistyped: its handler takes ProjectCreate, protocol's params are ProjectId" in message
+
+
+def test_a_group_refuses_a_second_handler_for_a_method() -> None:
+    group = Handlers()
+    group("x.read")(read_project)
+    with pytest.raises(ValueError, match=r"two handlers registered for the rpc method 'x\.read'"):
+        group("x.read")(create_project)

@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from db.acting_user import acting_as
-from gateway import rpc as gateway_rpc
-from gateway.server import Gateway
+from gateway.app.server import Gateway
+from gateway.rpc.call import expire_idempotency_keys, params_hash
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import TIMEOUT, Connect, WsClient, make_project, make_sitemap
 
@@ -265,7 +265,7 @@ async def test_a_key_without_a_result_is_a_conflict_not_a_second_run(
         owner,
         "k",
         "project.create",
-        gateway_rpc.params_hash({"name": "A"}),
+        params_hash({"name": "A"}),
     )
     client = await signed_in(ws_client, owner)
     reply = await refused(client, "conflict", "k", "project.create", name="A")
@@ -386,9 +386,7 @@ async def test_expired_keys_are_deleted_and_then_run_again(
         "UPDATE rpc_idempotency SET created_at = now() - interval '2 hours' WHERE key = 'old'"
     )
 
-    expired = await asyncio.wait_for(
-        gateway_rpc.expire_idempotency_keys(gateway.pool, 3600), TIMEOUT
-    )
+    expired = await asyncio.wait_for(expire_idempotency_keys(gateway.pool, 3600), TIMEOUT)
     assert expired == 1
     assert [r["key"] for r in await keys_of(conn, owner)] == ["recent"]
 

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from gateway.server import Gateway
+from gateway.app.server import Gateway
 from gateway.settings import Settings
 from protocol.rpc_sessions import STEP_MAX_CHARS
 from tests.conftest import UserFactory

@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.tokens import TokenError, TokenExpired, TokenVerifier
+from gateway.edge.tokens import TokenError, TokenExpired, TokenVerifier
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import (
     AUDIENCE,

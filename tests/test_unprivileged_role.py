@@ -28,7 +28,7 @@ from websockets.asyncio.client import connect
 from db.embedded import EmbeddedPostgres
 from db.feed_triggers import use_feed_triggers
 from db.migrations import MigrationError, Migrator, load_migrations
-from gateway.server import Gateway
+from gateway.app.server import Gateway
 from tests import hosted_postgres
 from tests.conftest import MIGRATION_PARAMETERS, UserFactory
 from tests.gateway_fixtures import (

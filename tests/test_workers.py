@@ -183,8 +183,8 @@ async def test_clients_on_three_workers_get_every_change_once_across_a_killed_wo
         pids = list(worker_pids(gateway).values())
         assert await stop_gateway(gateway) == 0, gateway.log()
         assert not any(psutil.pid_exists(pid) for pid in pids)
-        assert gateway.log().count("gateway.app: stopped") == WORKERS
-        assert "gateway.supervisor: stopped" in gateway.log()
+        assert gateway.log().count("gateway.app.serve: stopped") == WORKERS
+        assert "gateway.app.supervisor: stopped" in gateway.log()
     finally:
         await stop_following(readers, writers, tabs)
         await discard(gateway)

@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 
-import { backoffDelay, connect, SitebuilderError } from "../../gateway/static/sitebuilder-client.js";
+import { backoffDelay, connect, SitebuilderError } from "../../gateway/app/static/sitebuilder-client.js";
 import { Gateway, notify, psql, waitFor } from "./gateway.mjs";
 
 const gateway = new Gateway();

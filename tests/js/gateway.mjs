@@ -27,7 +27,7 @@ export class Gateway {
   async start() {
     const child = spawn(
       process.env.SB_PYTHON,
-      ["-m", "gateway.cli", "serve", "--demo", "--port", String(this.port)],
+      ["-m", "gateway.app.cli", "serve", "--demo", "--port", String(this.port)],
       { cwd: process.env.SB_REPO, env: process.env, stdio: ["ignore", "ignore", "pipe"] },
     );
     this.process = child;

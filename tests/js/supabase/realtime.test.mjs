@@ -13,7 +13,7 @@ import { promisify } from "node:util";
 import { createClient } from "@supabase/supabase-js";
 import WebSocket from "ws";
 
-import { connect } from "../../../gateway/static/sitebuilder-client.js";
+import { connect } from "../../../gateway/app/static/sitebuilder-client.js";
 import {
   DEMO,
   Gateway,
@@ -709,7 +709,7 @@ test("acceptance: a plain realtime-js script gets a psql UPDATE, sees a native e
   const bob = connect(gateway.wsUrl, { getToken: () => mintToken(DEMO.bob), WebSocket });
   const { stdout: key } = await promisify(execFile)(
     process.env.SB_PYTHON,
-    ["-m", "gateway.cli", "token", DEMO.alice, "--ttl", "5"],
+    ["-m", "gateway.app.cli", "token", DEMO.alice, "--ttl", "5"],
     { cwd: process.env.SB_REPO, env: process.env, timeout: 30_000 },
   );
   const script = spawn(

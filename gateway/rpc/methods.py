@@ -1,0 +1,95 @@
+"""Every RPC method the gateway serves, by name: protocol's params of each method (the
+one table of names, protocol.rpc_catalog) bound to the handler its group registered.
+
+Binding checks the two sides against each other when this module is imported, so a
+method protocol declares without a handler, a handler for a method it does not
+declare, or a handler written for other params stops the gateway from starting.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from gateway.rpc import analytics, batch, entities, projects, sessions, versions
+from gateway.rpc.call import Handler, Handlers, Method, Methods, Registered
+from protocol.rpc_catalog import RPC_PARAMS
+
+Catalog = Mapping[str, type[BaseModel]]
+
+
+class MethodTableError(Exception):
+    """Protocol's methods and the gateway's handlers do not match."""
+
+
+def bind(catalog: Catalog, groups: Iterable[Handlers]) -> dict[str, Method[Any]]:
+    """Each method of `catalog` with its params and the one handler registered for it."""
+    registered, problems = _merged(groups)
+    problems += _mismatches(catalog, registered)
+    if problems:
+        raise MethodTableError("rpc methods do not match protocol: " + "; ".join(problems))
+    return {
+        name: Method(params, registered[name].handler, registered[name].writes)
+        for name, params in catalog.items()
+    }
+
+
+def _merged(groups: Iterable[Handlers]) -> tuple[dict[str, Registered], list[str]]:
+    """All groups' handlers by name, and a problem for each name two groups register."""
+    merged: dict[str, Registered] = {}
+    twice: list[str] = []
+    for group in groups:
+        for name, registered in group.registered.items():
+            if name in merged:
+                twice.append(f"{name}: handlers in two groups")
+            merged[name] = registered
+    return merged, twice
+
+
+def _mismatches(catalog: Catalog, registered: Mapping[str, Registered]) -> list[str]:
+    missing = [f"{name}: no handler" for name in catalog if name not in registered]
+    unknown = [
+        f"{name}: a handler, but no params in protocol (PARAMS of protocol/rpc_<group>.py)"
+        for name in registered
+        if name not in catalog
+    ]
+    mistyped = [
+        problem
+        for name, params in catalog.items()
+        if name in registered and (problem := _mistyped(name, params, registered[name].handler))
+    ]
+    return missing + unknown + mistyped
+
+
+def _mistyped(name: str, params: type[BaseModel], handler: Handler[Any]) -> str | None:
+    """Why `handler` cannot take `params`, judged by the annotation of its last parameter
+    (what `Method(params, handler)` let mypy check when both were written together)."""
+    last = list(inspect.signature(handler, eval_str=True).parameters.values())[-1]
+    takes = _generic_origin(last.annotation)
+    if isinstance(takes, type) and issubclass(params, takes):
+        return None
+    named = getattr(takes, "__name__", repr(takes))
+    return f"{name}: its handler takes {named}, protocol's params are {params.__name__}"
+
+
+def _generic_origin(annotation: Any) -> Any:
+    """`Update` for `Update[Any, Any]`: a parametrized pydantic model is a class of its
+    own, which the concrete params (subclasses of `Update[SetT, PatchT]`) do not extend."""
+    metadata = getattr(annotation, "__pydantic_generic_metadata__", None)
+    return (metadata and metadata["origin"]) or annotation
+
+
+METHODS: Methods = bind(
+    RPC_PARAMS,
+    (
+        projects.handles,
+        entities.handles,
+        analytics.handles,
+        batch.handles,
+        versions.handles,
+        sessions.handles,
+    ),
+)

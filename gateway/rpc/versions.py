@@ -1,0 +1,113 @@
+"""`version.*` methods: builderHelpers.version over the socket, as the calling user.
+
+Reading is plain SQL under row-level security (members read an entity's history).
+Checkpoint and revert call the SQL functions of migration 0011, which write the
+entity as the caller so row-level security and the versioning triggers decide, as
+for any edit: users never write version_history themselves.
+"""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import asyncpg
+from pydantic import TypeAdapter
+
+from gateway.rpc.call import Call, Handlers, RpcError
+from protocol.errors import ErrorCode
+from protocol.rows import VersionRow
+from protocol.rpc_versions import (
+    Checkpoint,
+    EntityType,
+    Revert,
+    VersionId,
+    VersionPage,
+    VersionsByEntity,
+)
+
+handles = Handlers()
+
+_VERSIONS: TypeAdapter[list[VersionRow]] = TypeAdapter(list[VersionRow])
+
+# Why the caller may not read an entity's history, or NULL. Not found for whoever
+# cannot see the entity (saying more would reveal that it exists); forbidden for a
+# public project's readers, who see the entity but not its history (members only).
+# Table names come from EntityType (a closed set), never from the client's text.
+_REFUSAL = {
+    entity_type: f"""
+        SELECT CASE
+            WHEN NOT EXISTS (SELECT 1 FROM public.{entity_type} WHERE id = $1) THEN 'not_found'
+            WHEN NOT public.can_edit_entity('{entity_type}', $1) THEN 'forbidden'
+        END
+    """
+    for entity_type in get_args(EntityType)
+}
+
+_PAGE = """
+    SELECT coalesce(jsonb_agg(to_jsonb(v) ORDER BY v.version_number DESC), '[]')::text
+    FROM (
+        SELECT * FROM public.version_history
+        WHERE entity_type = $1 AND entity_id = $2 AND ($3::integer IS NULL OR version_number < $3)
+        ORDER BY version_number DESC
+        LIMIT $4
+    ) v
+"""
+
+_GET = "SELECT to_jsonb(v)::text FROM public.version_history v WHERE v.id = $1"
+_CHECKPOINT = "SELECT to_jsonb(public.checkpoint_version($1, $2, $3, $4))::text"
+_REVERT = "SELECT to_jsonb(public.revert_to_version($1, $2))::text"
+
+
+@handles("version.get_by_entity", writes=False)
+async def get_by_entity(call: Call, params: VersionsByEntity) -> VersionPage:
+    """Reads one row past the page, so the client learns whether to ask for more."""
+    async with call.as_user() as conn:
+        refusal = await conn.fetchval(_REFUSAL[params.entity_type], params.entity_id)
+        if refusal is not None:
+            raise _history_refused(ErrorCode(refusal), params)
+        rows = _VERSIONS.validate_json(
+            await conn.fetchval(
+                _PAGE, params.entity_type, params.entity_id, params.before_version, params.limit + 1
+            )
+        )
+    page, more = rows[: params.limit], len(rows) > params.limit
+    return VersionPage(versions=page, next_before_version=page[-1].version_number if more else None)
+
+
+def _history_refused(code: ErrorCode, params: VersionsByEntity) -> RpcError:
+    if code == ErrorCode.NOT_FOUND:
+        return RpcError(code, f"no {params.entity_type} {params.entity_id} visible to you")
+    return RpcError(code, "version history is readable by the project's members only")
+
+
+@handles("version.get", writes=False)
+async def get(call: Call, params: VersionId) -> VersionRow:
+    async with call.as_user() as conn:
+        row = await conn.fetchval(_GET, params.version_id)
+    if row is None:
+        raise RpcError(ErrorCode.NOT_FOUND, f"no version {params.version_id} visible to you")
+    return VersionRow.model_validate_json(row)
+
+
+@handles("version.checkpoint")
+async def checkpoint(call: Call, params: Checkpoint) -> VersionRow:
+    return await _write_version(
+        call, _CHECKPOINT, params.entity_type, params.entity_id, params.message, params.is_major
+    )
+
+
+@handles("version.revert")
+async def revert(call: Call, params: Revert) -> VersionRow:
+    return await _write_version(call, _REVERT, params.version_id, params.message)
+
+
+async def _write_version(call: Call, statement: str, *args: object) -> VersionRow:
+    """Runs a version-writing function of 0011; its no_data_found (the entity or version
+    is not visible to the caller) is the client's not_found, its 42501 is mapped to
+    forbidden centrally like any refusal of row-level security."""
+    try:
+        async with call.as_user() as conn:
+            row = await conn.fetchval(statement, *args)
+    except asyncpg.NoDataFoundError as error:
+        raise RpcError(ErrorCode.NOT_FOUND, error.message) from error
+    return VersionRow.model_validate_json(row)
