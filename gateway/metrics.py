@@ -43,6 +43,27 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.held_changes = Gauge(
+            "sitebuilder_held_changes",
+            "Changes held for subscriptions whose snapshot or replay is being read "
+            "(per connection at most SITEBUILDER_MAX_PENDING_EVENTS).",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.outbound_bytes = Gauge(
+            "sitebuilder_outbound_buffered_bytes",
+            "Bytes written to connections and not yet taken by the kernel, all together "
+            "(measured when scraped).",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.largest_outbound_bytes = Gauge(
+            "sitebuilder_connection_outbound_buffered_bytes_max",
+            "The largest outbound buffer of one connection (measured when scraped; a "
+            "connection past SITEBUILDER_MAX_OUTBOUND_BYTES is closed as a slow consumer).",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.frames_in = Counter(
             "sitebuilder_frames_in", "Frames received, by type.", ["type"], registry=r
         )

@@ -302,7 +302,12 @@ class Settings(BaseSettings):
     ] = 8_388_608
     max_pending_events: Annotated[
         int,
-        Field(gt=0, description="Changes held for a subscriber while its snapshot is read."),
+        Field(
+            gt=0,
+            description="Changes held for a connection, over all its subscriptions, while "
+            "their snapshots or replays are read; past it the connection is closed as a "
+            "slow consumer.",
+        ),
     ] = 10_000
     ping_interval_seconds: Annotated[float, Field(gt=0, description="Websocket ping interval.")] = (
         20.0

@@ -19,6 +19,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
+from db.acting_user import acting_as
 from gateway.app.server import Gateway
 from gateway.settings import Settings
 from protocol.rpc_sessions import STEP_MAX_CHARS
@@ -128,8 +129,9 @@ async def test_the_seed_example_is_seen_live_by_a_collaborator(
     assert created["ip_address"] == "127.0.0.1"
     assert "websockets" in created["user_agent"].lower()
     stored = await conn.fetchrow(
-        "SELECT host(ip_address) AS ip, user_agent, session_token FROM builder_sessions"
-        " WHERE id = $1",
+        "SELECT host(c.ip_address) AS ip, c.user_agent, s.session_token"
+        " FROM builder_sessions s JOIN builder_session_clients c ON c.session_id = s.id"
+        " WHERE s.id = $1",
         UUID(created["id"]),
     )
     assert stored is not None
@@ -141,6 +143,8 @@ async def test_the_seed_example_is_seen_live_by_a_collaborator(
     inserted = await session_change(watcher)
     assert (inserted["op"], inserted["old"], inserted["actor"]) == ("insert", None, str(owner))
     assert inserted["new"]["status"] == "active"
+    # The client's address and agent are the owner's: the collaborator never gets them.
+    assert (inserted["new"]["ip_address"], inserted["new"]["user_agent"]) == (None, None)
 
     progress = {"completed": 25, "total": 100}
     updated = await result(
@@ -415,3 +419,36 @@ async def test_cleanup_removes_only_old_ended_sessions(
     assert not set(removed) & set(left)
     after = gateway.metrics.registry.get_sample_value("sitebuilder_sessions_cleaned_total")
     assert after == before + 2
+
+
+async def test_a_sessions_address_and_agent_reach_only_its_owner(
+    ws_client: Connect, conn: asyncpg.Connection, make_user: UserFactory
+) -> None:
+    """Not in another member's snapshot, RPC result or direct query as `authenticated`;
+    the owner gets them back with the token."""
+    owner, collaborator = await make_user(), await make_user()
+    project = await make_project(conn, owner, collaborators=[collaborator])
+    builder = await signed_in(ws_client, owner)
+    created = await result(
+        builder, "session.create", project_id=str(project), current_step="sitemap-generation"
+    )
+    assert created["ip_address"] == "127.0.0.1"
+    again = await result(builder, "session.get_by_token", session_token=created["session_token"])
+    assert (again["ip_address"], again["user_agent"]) == (
+        created["ip_address"],
+        created["user_agent"],
+    )
+
+    member = await signed_in(ws_client, collaborator)
+    _, snapshot = await member.subscribe(project)
+    assert snapshot is not None
+    (shown,) = snapshot["sessions"]
+    assert (shown["id"], shown["ip_address"], shown["user_agent"]) == (created["id"], None, None)
+    for user, expected in ((collaborator, []), (owner, [("127.0.0.1", created["user_agent"])])):
+        async with conn.transaction(), acting_as(conn, user):
+            rows = await conn.fetch(
+                "SELECT host(ip_address) AS ip, user_agent FROM builder_sessions"
+                " WHERE ip_address IS NOT NULL OR user_agent IS NOT NULL"
+                " UNION ALL SELECT host(ip_address), user_agent FROM builder_session_clients"
+            )
+        assert [(r["ip"], r["user_agent"]) for r in rows] == expected

@@ -251,7 +251,7 @@ class Gateway:
                 self.settings.host,
                 self.settings.port,
                 process_request=http_router(
-                    self.readiness, self._operator_check(), self.metrics.render, self.demo
+                    self.readiness, self._operator_check(), self._render_metrics, self.demo
                 ),
                 compression="deflate" if self.settings.compression else None,
                 backlog=self.settings.listen_backlog,
@@ -268,6 +268,13 @@ class Gateway:
             yield self
         finally:
             await self._shut_down()
+
+    def _render_metrics(self) -> bytes:
+        """/metrics: what is measured only when asked (outbound buffers), then all."""
+        buffered = [client.ws.transport.get_write_buffer_size() for client in self._clients]
+        self.metrics.outbound_bytes.set(sum(buffered))
+        self.metrics.largest_outbound_bytes.set(max(buffered, default=0))
+        return self.metrics.render()
 
     def _dispatcher(self) -> Dispatcher:
         core = Core(

@@ -211,6 +211,7 @@ class Dispatcher:
         if core.hub.publish(change, table_acl):
             lag = (datetime.now(UTC) - change.committed_at).total_seconds()
             core.metrics.delivery_lag.observe(max(0.0, lag))
+        change.settle()
 
     def _apply_access(self, change: Change) -> None:
         """Before the project-row change itself is sent: those it takes access from

@@ -142,6 +142,8 @@ class Hub:
         self._max_pending = max_pending_events
         self._outbox = outbox
         self._channels: dict[ChannelKey, _Channel] = {}
+        # Changes held per connection (subscriber id), over all its subscriptions.
+        self._held: dict[int, int] = {}
 
     # The registry
 
@@ -173,6 +175,8 @@ class Hub:
         if channel is None or subscription not in channel.subscriptions:
             return
         del channel.subscriptions[subscription]
+        self._release_held(subscription, len(subscription.pending))
+        subscription.pending = []
         if channel.index is not None:
             channel.index.remove(subscription)
         if not channel.subscriptions:
@@ -220,6 +224,7 @@ class Hub:
         if not self.registered(subscription) or subscription.live:
             return
         backlog, subscription.pending = subscription.pending, []
+        self._release_held(subscription, len(backlog))
         subscription.live = True
         subscription.seen = seen
         subscription.after = after
@@ -254,40 +259,49 @@ class Hub:
     def publish(self, change: Change, table_acl: Acl | Undetermined | None = None) -> int:
         """Queue `change` for the project's subscribers and the table subscriptions that
         want it (`table_acl`: the project's access list as of the change, looked up by
-        the dispatcher when anyone watches the table); returns how many got it."""
-        delivering: list[Subscription] = []
+        the dispatcher when anyone watches the table); returns how many got it.
+
+        The loop over a project's subscribers is the gateway's hottest: one pass, no
+        call but the view's and the connection's for a subscriber that gets it."""
+        groups: _Groups = {}
         channel = self._channels.get(ProjectChannel(change.project_id))
         if channel is not None:
             needed = required(change.members_only)
             for subscription in list(channel.subscriptions):
-                if self._accepts(subscription, change) and subscription.level >= needed:
-                    delivering.append(subscription)
+                if not subscription.live:
+                    self._hold(subscription, change)  # access is checked at go_live
+                elif subscription.level >= needed and (
+                    (subscription.seen is None and subscription.after is None)
+                    or not subscription.already_has(change)
+                ):
+                    variant = subscription.view.variant(change)
+                    subscriber = subscription.subscriber
+                    if variant is not None and subscriber.can_send():
+                        group = groups.get(variant)
+                        if group is None:
+                            groups[variant] = (subscription.view, [subscriber.ws])
+                        else:
+                            group[1].append(subscriber.ws)
         table = self._channels.get(TableChannel(change.table))
         if table is not None and table.index is not None and not change.listed:
-            delivering.extend(self._table_recipients(table.index, change, table_acl))
-        return self._deliver(delivering, change)
+            for subscription in self._table_recipients(table.index, change, table_acl):
+                _group(groups, subscription, change)
+        return self._queue(groups, change)
 
     def publish_listed(self, users: Iterable[UUID], change: Change) -> int:
         """Queue a project-list change for the list subscriptions of `users` (members of
         the project, who may read it: gateway.core.dispatcher)."""
-        delivering: list[Subscription] = []
+        groups: _Groups = {}
         for user in users:
             channel = self._channels.get(ProjectListChannel(user))
-            if channel is not None:
-                for subscription in list(channel.subscriptions):
-                    if self._accepts(subscription, change):
-                        delivering.append(subscription)
-        return self._deliver(delivering, change)
-
-    def _accepts(self, subscription: Subscription, change: Change) -> bool:
-        """Whether a live subscription lacks the change (a held one keeps it for later,
-        when its access is checked)."""
-        if not subscription.live:
-            self._hold(subscription, change)
-            return False
-        if subscription.seen is None and subscription.after is None:
-            return True
-        return not subscription.already_has(change)
+            if channel is None:
+                continue
+            for subscription in list(channel.subscriptions):
+                if not subscription.live:
+                    self._hold(subscription, change)
+                elif not subscription.already_has(change):
+                    _group(groups, subscription, change)
+        return self._queue(groups, change)
 
     def _table_recipients(
         self, index: RowIndex[Subscription], change: Change, acl: Acl | Undetermined | None
@@ -316,12 +330,29 @@ class Hub:
         return recipients
 
     def _hold(self, subscription: Subscription, change: Change) -> None:
-        if len(subscription.pending) >= self._max_pending:
+        """Keep a change for a subscription not live yet: at most `max_pending_events`
+        per connection, over all its subscriptions (the memory it can pin)."""
+        subscriber_id = subscription.subscriber.id
+        held = self._held.get(subscriber_id, 0)
+        if held >= self._max_pending:
             subscription.subscriber.close_slow_consumer(
-                f"more than {self._max_pending} changes arrived while the snapshot was read"
+                f"more than {self._max_pending} changes arrived while snapshots were read"
             )
             return
+        self._held[subscriber_id] = held + 1
+        self._metrics.held_changes.inc()
         subscription.pending.append(change)
+
+    def _release_held(self, subscription: Subscription, count: int) -> None:
+        if not count:
+            return
+        subscriber_id = subscription.subscriber.id
+        held = self._held.get(subscriber_id, 0) - count
+        if held > 0:
+            self._held[subscriber_id] = held
+        else:
+            self._held.pop(subscriber_id, None)
+        self._metrics.held_changes.dec(count)
 
     # Presence and broadcasts
 
@@ -331,12 +362,11 @@ class Hub:
         channel = self._channels.get(key)
         if channel is None:
             return 0
-        delivering = [
-            subscription
-            for subscription in list(channel.subscriptions)
-            if subscription.live and (subscription.presence or not presence)
-        ]
-        delivered = self._deliver(delivering, item)
+        groups: _Groups = {}
+        for subscription in list(channel.subscriptions):
+            if subscription.live and (subscription.presence or not presence):
+                _group(groups, subscription, item)
+        delivered = self._queue(groups, item)
         self._outbox.flush()
         return delivered
 
@@ -366,20 +396,15 @@ class Hub:
 
     # Delivery
 
-    def _deliver(self, subscriptions: list[Subscription], item: object) -> int:
+    def _queue(self, groups: _Groups, item: object) -> int:
         """Encode `item` once per variant and queue each variant's bytes for all its
         subscribers."""
-        groups: dict[Hashable, list[Subscription]] = {}
-        for subscription in subscriptions:
-            variant = subscription.view.variant(item)
-            if variant is not None and subscription.subscriber.can_send():
-                groups.setdefault(variant, []).append(subscription)
         delivered = 0
-        for variant, members in groups.items():
-            encoded = members[0].view.encode(item, variant)
-            self._outbox.add([m.subscriber.ws for m in members], encoded.data)
-            self._count(encoded.label, len(members))
-            delivered += len(members)
+        for variant, (view, connections) in groups.items():
+            encoded = view.encode(item, variant)
+            self._outbox.add(connections, encoded.data)
+            self._count(encoded.label, len(connections))
+            delivered += len(connections)
         return delivered
 
     def _count(self, label: str, frames: int) -> None:
@@ -389,3 +414,19 @@ class Hub:
 
 
 _CHANGE_LABELS = frozenset({"change", "postgres_changes"})
+
+# Variant → (a view that shows it, the connections that get it).
+_Groups = dict[Hashable, tuple[View, list[ServerConnection]]]
+
+
+def _group(groups: _Groups, subscription: Subscription, item: object) -> None:
+    """Add the subscriber to the group of the variant its view shows `item` as."""
+    view = subscription.view
+    variant = view.variant(item)
+    if variant is None or not subscription.subscriber.can_send():
+        return
+    group = groups.get(variant)
+    if group is None:
+        groups[variant] = (view, [subscription.subscriber.ws])
+    else:
+        group[1].append(subscription.subscriber.ws)

@@ -76,8 +76,8 @@ class NativeView:
         self._user_id = user_id
 
     def variant(self, item: object) -> Hashable | None:
-        if isinstance(item, Change):
-            if item.made_by(self._connection_id, self._user_id):
+        if type(item) is Change:
+            if item.origin is not None and item.made_by(self._connection_id, self._user_id):
                 return self._connection_id
             return _SHARED
         if isinstance(item, PresenceChange) and isinstance(item.channel, ProjectChannel):

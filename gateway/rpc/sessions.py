@@ -7,6 +7,10 @@ the same transaction tells why: not visible (`not_found`), someone else's (`forb
 or ended (`conflict`). `ended_at` and `duration` are the trigger's
 (update_session_duration). Sessions created or resumed are attached to the caller's
 connection (gateway/presence/sessions.py pauses them when it is gone).
+
+A session's `ip_address` and `user_agent` are its owner's (migration 0015 keeps them
+in builder_session_clients, which only the owner can read): the results that carry the
+token (`OwnedSession`) carry them too; every other row has them null.
 """
 
 from __future__ import annotations
@@ -37,9 +41,16 @@ _CREATE = """
         (user_id, project_id, session_token, status, current_step, metadata, ip_address,
          user_agent)
     VALUES ($1, $2, $3, 'active', $4, $5::jsonb, $6::inet, $7)
-    RETURNING to_jsonb(s.*)::text
+    RETURNING s.session_token
 """
-_BY_TOKEN = "SELECT to_jsonb(s.*)::text FROM public.builder_sessions s WHERE s.session_token = $1"
+# A session as its owner sees it: its client from the table only the owner can read.
+_OWNED = """
+    SELECT (to_jsonb(s.*) || jsonb_build_object(
+        'ip_address', c.ip_address, 'user_agent', c.user_agent))::text
+    FROM public.builder_sessions s
+    LEFT JOIN public.builder_session_clients c ON c.session_id = s.id
+    WHERE s.session_token = $1
+"""
 _PROGRESS = f"""
     UPDATE public.builder_sessions AS s SET
         current_step = coalesce($2, s.current_step),
@@ -56,7 +67,7 @@ _END = f"""
 _RESUME = f"""
     UPDATE public.builder_sessions AS s SET status = 'active'
     WHERE s.session_token = $1 AND {_LIVE}
-    RETURNING to_jsonb(s.*)::text
+    RETURNING s.session_token
 """
 # Why a write matched nothing: the row as the caller sees it, and whether it is theirs.
 _SEEN = """
@@ -87,7 +98,7 @@ async def _refusal(conn: Conn, column: str, key: object, what: str) -> RpcError:
 async def create(call: Call, params: SessionCreate) -> OwnedSession:
     origin = call.origin
     async with call.as_user() as conn:
-        row = await conn.fetchval(
+        token = await conn.fetchval(
             _CREATE,
             call.user_id,
             params.project_id,
@@ -97,6 +108,7 @@ async def create(call: Call, params: SessionCreate) -> OwnedSession:
             origin.ip_address if origin else None,
             origin.user_agent if origin else None,
         )
+        row = await conn.fetchval(_OWNED, token)
     session = OwnedSession.model_validate_json(row)
     if origin is not None:
         origin.attach(session.id)
@@ -107,7 +119,7 @@ async def create(call: Call, params: SessionCreate) -> OwnedSession:
 @handles("session.get_by_token", writes=False)
 async def get_by_token(call: Call, params: SessionToken) -> OwnedSession:
     async with call.as_user() as conn:
-        row = await conn.fetchval(_BY_TOKEN, params.session_token)
+        row = await conn.fetchval(_OWNED, params.session_token)
     if row is None:
         raise RpcError(ErrorCode.NOT_FOUND, "no session with this token visible to you")
     return OwnedSession.model_validate_json(row)
@@ -156,9 +168,10 @@ async def cancel(call: Call, params: SessionId) -> SessionRow:
 @handles("session.resume")
 async def resume(call: Call, params: SessionToken) -> OwnedSession:
     async with call.as_user() as conn:
-        row = await conn.fetchval(_RESUME, params.session_token)
-        if row is None:
+        token = await conn.fetchval(_RESUME, params.session_token)
+        if token is None:
             raise await _refusal(conn, "session_token", params.session_token, "of this token")
+        row = await conn.fetchval(_OWNED, token)
     session = OwnedSession.model_validate_json(row)
     if call.origin is not None:
         call.origin.attach(session.id)
