@@ -186,6 +186,13 @@ async def test_metrics_and_readiness_details_are_for_operators(gateway: Gateway)
     for headers in ({}, bearer):
         status, body = await get(port, "/metrics", headers)
         assert (status, "sitebuilder_" in body) == (200, True)
+        # What connections pin, measured when scraped (no websocket is open here).
+        for gauge in (
+            "sitebuilder_held_changes 0.0",
+            "sitebuilder_outbound_buffered_bytes 0.0",
+            "sitebuilder_connection_outbound_buffered_bytes_max 0.0",
+        ):
+            assert gauge in body.splitlines(), gauge
         status, body = await get(port, "/readyz", headers)
         assert status == 200
         assert "feed=" in body
