@@ -147,4 +147,36 @@ async def create_projects(
                     )
 
     await asyncio.gather(*(worker() for _ in range(min(OWNER_SOCKETS, len(owners)))))
-    return [project for project in projects if project is not None]
+    created = [project for project in projects if project is not None]
+    await accept_invitations(deployment, tokens_by_user, created)
+    return created
+
+
+async def accept_invitations(
+    deployment: Deployment, tokens_by_user: dict[uuid.UUID, str], projects: list[Project]
+) -> None:
+    """Sharing takes consent (migration 0016): the collaborators named at creation were
+    invited; each accepts, over a socket of their own, several at once."""
+    invited: dict[uuid.UUID, list[str]] = {}
+    for project in projects:
+        for member in project.members:
+            if member != project.owner:
+                invited.setdefault(member, []).append(project.id)
+    members = list(invited.items())
+
+    async def worker() -> None:
+        while members:
+            member, project_ids = members.pop()
+            async with connect(deployment.url, max_size=None, compression=None) as ws:
+                rpc = RpcConnection(ws)
+                await rpc.call({"type": "auth", "token": tokens_by_user[member]})
+                for project_id in project_ids:
+                    await rpc.call(
+                        {
+                            "type": "rpc",
+                            "method": "project.accept_invitation",
+                            "params": {"project_id": project_id},
+                        }
+                    )
+
+    await asyncio.gather(*(worker() for _ in range(min(OWNER_SOCKETS, len(members)))))

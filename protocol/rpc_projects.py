@@ -171,7 +171,7 @@ class ProjectPage(BaseModel):
 
 
 class ProjectCollaborator(Params):
-    """The user to add or remove: by id or by email, exactly one of them."""
+    """The user to invite or remove: by id or by email, exactly one of them."""
 
     project_id: UUID
     user_id: UUID | None = None
@@ -184,6 +184,28 @@ class ProjectCollaborator(Params):
         return self
 
 
+class ProjectInvitationList(Params):
+    """The newest `limit` pending invitations of the caller."""
+
+    limit: int = Field(default=50, ge=1, le=100)
+
+
+class ProjectInvitation(BaseModel):
+    """An invitation to a project the invitee cannot read yet: its name and who sent it."""
+
+    project_id: UUID
+    project_name: str
+    invited_by: UUID
+    invited_by_email: str | None
+    invited_at: AwareDatetime
+
+
+class ProjectInvitations(BaseModel):
+    """Newest first."""
+
+    invitations: list[ProjectInvitation]
+
+
 # Method name → params model (the JSON Schema export reads this).
 PARAMS: dict[str, type[Params]] = {
     "project.create": ProjectCreate,
@@ -193,4 +215,8 @@ PARAMS: dict[str, type[Params]] = {
     "project.list": ProjectList,
     "project.add_collaborator": ProjectCollaborator,
     "project.remove_collaborator": ProjectCollaborator,
+    "project.invitations": ProjectInvitationList,
+    "project.accept_invitation": ProjectId,
+    "project.decline_invitation": ProjectId,
+    "project.leave": ProjectId,
 }

@@ -109,6 +109,15 @@ export interface SessionProgress {
   step_data?: { [key: string]: JsonValue };
 }
 
+/** A pending invitation (`project.invitations`): the invitee cannot read the project yet. */
+export interface ProjectInvitation {
+  project_id: string;
+  project_name: string;
+  invited_by: string;
+  invited_by_email: string | null;
+  invited_at: string;
+}
+
 export interface Client {
   readonly url: string;
   readonly status: ConnectionStatus;
@@ -132,6 +141,13 @@ export interface Client {
     cancel(id: string): Promise<SessionRow>;
     resume(sessionToken: string): Promise<SessionRow>;
   };
+  /** The caller's pending invitations, newest first (`limit`: 1 to 100, default 50). */
+  invitations(options?: { limit?: number }): Promise<ProjectInvitation[]>;
+  /** Join the project: its row, the caller now among its collaborators. */
+  acceptInvitation(projectId: string): Promise<ProjectRow>;
+  declineInvitation(projectId: string): Promise<{ project_id: string }>;
+  /** Stop collaborating on a project (the owner cannot). */
+  leaveProject(projectId: string): Promise<{ project_id: string }>;
   onStatus(listener: (status: ConnectionStatus, info: StatusInfo) => void): () => void;
   close(): void;
 }

@@ -170,25 +170,35 @@ async def test_a_project_the_user_creates_appears_on_their_other_connection(
     await outsider.ping()
 
 
-async def test_added_collaborator_sees_it_appear_and_removed_one_sees_it_go(
+async def test_an_invitee_sees_it_appear_on_accepting_and_go_when_removed(
     conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
 ) -> None:
-    """Adding is an `insert` for the newcomer, removing a `delete` (of the row as they
+    """Being added is an invitation: nothing reaches the newcomer's list until they
+    accept, which is an `insert` for them; removing is a `delete` (of the row as they
     last saw it); for the owner both are updates."""
     owner, newcomer = await make_user(), await make_user()
     project = await make_project(conn, owner, name="Bakery")
     owner_editor = await connected(ws_client, owner)
     owner_list = await following(ws_client, owner)
+    newcomer_editor = await connected(ws_client, newcomer)
     newcomer_list = await following(ws_client, newcomer)
 
     await rpc(
         owner_editor, "project.add_collaborator", project_id=str(project), user_id=str(newcomer)
     )
+    await rename(conn, project, "Bakery, invited")
+
+    assert (await next_list_change(owner_list))["new"]["name"] == "Bakery, invited"
+    await newcomer_list.ping()
+    refused = await newcomer_editor.request({"type": "subscribe", "project_id": str(project)})
+    assert (refused["type"], refused["code"]) == ("error", "forbidden"), refused
+
+    await rpc(newcomer_editor, "project.accept_invitation", project_id=str(project))
 
     added = await next_list_change(newcomer_list)
     assert (added["op"], added["project_id"], added["old"]) == ("insert", str(project), None)
     assert added["new"]["collaborators"] == [str(newcomer)]
-    assert added["actor"] == str(owner)
+    assert added["actor"] == str(newcomer)
     seen_by_owner = await next_list_change(owner_list)
     assert seen_by_owner["op"] == "update"
     assert (seen_by_owner["old"]["collaborators"], seen_by_owner["new"]["collaborators"]) == (
@@ -196,6 +206,7 @@ async def test_added_collaborator_sees_it_appear_and_removed_one_sees_it_go(
         [str(newcomer)],
     )
     assert seen_by_owner["position"] == added["position"]
+    await newcomer_editor.subscribe(project, snapshot=False)
 
     await rpc(
         owner_editor, "project.remove_collaborator", project_id=str(project), user_id=str(newcomer)
@@ -205,10 +216,69 @@ async def test_added_collaborator_sees_it_appear_and_removed_one_sees_it_go(
     assert (removed["op"], removed["project_id"], removed["new"]) == ("delete", str(project), None)
     assert removed["old"]["collaborators"] == [str(newcomer)]
     assert (await next_list_change(owner_list))["op"] == "update"
+    gone = await newcomer_editor.recv_type("unsubscribed")
+    assert gone["reason"] == "access_revoked"
 
     await rename(conn, project, "Bakery 2")
     assert (await next_list_change(owner_list))["new"]["name"] == "Bakery 2"
     await newcomer_list.ping()
+
+
+async def test_a_project_created_with_collaborators_reaches_only_its_owners_list(
+    conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
+) -> None:
+    """The issue's case: `project.create` naming someone puts it on nobody else's list;
+    a declined invitation never does; an accepted one does, as an insert."""
+    owner, declining, accepting = await make_user(), await make_user(), await make_user()
+    owner_list = await following(ws_client, owner)
+    lists = {user: await following(ws_client, user) for user in (declining, accepting)}
+    editors = {user: await connected(ws_client, user) for user in (owner, declining, accepting)}
+
+    created = await rpc(
+        editors[owner],
+        "project.create",
+        name="Invoice overdue - click here",
+        collaborators=[str(declining), str(accepting)],
+    )
+
+    change = await next_list_change(owner_list)
+    assert (change["op"], change["project_id"]) == ("insert", created["id"])
+    assert change["new"]["collaborators"] == []
+    for invitee_list in lists.values():
+        await invitee_list.ping()
+
+    declined = await rpc(editors[declining], "project.decline_invitation", project_id=created["id"])
+    assert declined == {"project_id": created["id"]}
+    await rpc(editors[accepting], "project.accept_invitation", project_id=created["id"])
+
+    joined = await next_list_change(lists[accepting])
+    assert (joined["op"], joined["project_id"]) == ("insert", created["id"])
+    assert joined["new"]["collaborators"] == [str(accepting)]
+    assert (await next_list_change(owner_list))["new"]["collaborators"] == [str(accepting)]
+    await lists[declining].ping()
+    await lists[accepting].ping()
+
+
+async def test_a_collaborator_who_leaves_sees_it_go(
+    conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
+) -> None:
+    owner, member = await make_user(), await make_user()
+    project = await make_project(conn, owner, collaborators=[member], name="Bakery")
+    owner_list, member_list = await following(ws_client, owner), await following(ws_client, member)
+    member_editor = await connected(ws_client, member)
+
+    assert await rpc(member_editor, "project.leave", project_id=str(project)) == {
+        "project_id": str(project)
+    }
+
+    gone = await next_list_change(member_list)
+    assert (gone["op"], gone["project_id"], gone["new"]) == ("delete", str(project), None)
+    assert gone["actor"] == str(member)
+    seen_by_owner = await next_list_change(owner_list)
+    assert (seen_by_owner["op"], seen_by_owner["new"]["collaborators"]) == ("update", [])
+    await rename(conn, project, "Bakery 2")
+    assert (await next_list_change(owner_list))["new"]["name"] == "Bakery 2"
+    await member_list.ping()
 
 
 async def test_rename_reaches_members_lists_once_not_strangers(

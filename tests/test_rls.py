@@ -307,8 +307,10 @@ async def test_collaborator_changes_project_column(
 async def test_owner_changes_owner_only_column(
     conn: asyncpg.Connection, cast: Cast, column: str
 ) -> None:
+    """Removing a collaborator applies at once; adding one is an invitation
+    (migration 0016, tests/test_invitations.py)."""
     tree = await create_tree(conn, cast)
-    value = new_value(column, cast)
+    value = [] if column == "collaborators" else new_value(column, cast)
 
     updated = await run_as(
         conn, cast.owner, f"UPDATE projects SET {column} = $2 WHERE id = $1", tree.project, value

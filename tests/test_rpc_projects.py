@@ -18,6 +18,7 @@ import asyncpg
 import orjson
 import pytest
 
+from db.acting_user import acting_as
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import TIMEOUT, Connect, WsClient, make_project
 
@@ -54,6 +55,24 @@ async def stored(conn: asyncpg.Connection, project: UUID) -> tuple[Any, int]:
         "SELECT count(*) FROM version_history WHERE entity_id = $1", project
     )
     return (orjson.loads(row) if row else None), versions
+
+
+async def invited(conn: asyncpg.Connection, project: UUID) -> set[UUID]:
+    """Who has a pending invitation to the project (migration 0016)."""
+    rows = await conn.fetch(
+        "SELECT user_id FROM project_invitations WHERE project_id = $1", project
+    )
+    return {r["user_id"] for r in rows}
+
+
+async def invite(conn: asyncpg.Connection, project: UUID, user: UUID, by: UUID) -> None:
+    """An invitation as project.add_collaborator records it."""
+    await conn.execute(
+        "INSERT INTO project_invitations (project_id, user_id, invited_by) VALUES ($1, $2, $3)",
+        project,
+        user,
+        by,
+    )
 
 
 async def latest_version(conn: asyncpg.Connection, project: UUID) -> asyncpg.Record:
@@ -118,21 +137,23 @@ WRITES: dict[str, tuple[Callable[[Cast], dict[str, object]], dict[str, str | Non
 async def test_each_write_is_allowed_or_refused_per_role(
     method: str, role: str, cast: Cast, conn: asyncpg.Connection, ws_client: Connect
 ) -> None:
-    """A refusal writes nothing; an allowed call changes the row (or removes it)."""
+    """A refusal writes nothing; an allowed call changes the row (or removes it), or
+    records an invitation (add_collaborator)."""
     make_params, refusals = WRITES[method]
     project = cast.project_for(role)
-    before = await stored(conn, project)
+    before = (await stored(conn, project), await invited(conn, project))
     client = await signed_in(ws_client, cast.user(role))
 
     reply = await rpc(client, method, project_id=str(project), **make_params(cast))
 
     expected = refusals[role]
+    after = (await stored(conn, project), await invited(conn, project))
     if expected is None:
         assert reply["type"] == "result", reply
-        assert await stored(conn, project) != before
+        assert after != before
     else:
         assert (reply["type"], reply["code"]) == ("error", expected), reply
-        assert await stored(conn, project) == before
+        assert after == before
     await client.ping()
 
 
@@ -408,25 +429,57 @@ async def test_list_refuses_malformed_params(
 # 5. Collaborators
 
 
-async def test_collaborators_are_added_and_removed_by_email_or_id(
+async def test_adding_by_email_or_id_invites_and_only_accepting_joins(
     cast: Cast, conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
 ) -> None:
+    """The owner's call leaves the row as it is; the invitee sees the invitation, not the
+    project, until they accept it."""
     newcomer = await make_user(email="Newcomer@Example.test")
-    client = await signed_in(ws_client, cast.owner)
+    owner = await signed_in(ws_client, cast.owner)
+    guest = await signed_in(ws_client, newcomer)
     project = str(cast.private)
+    before = await stored(conn, cast.private)
 
     added = await ok(
-        client, "project.add_collaborator", project_id=project, email="newcomer@example.test"
+        owner, "project.add_collaborator", project_id=project, email="newcomer@example.test"
     )
-    assert added["collaborators"] == [str(cast.collaborator), str(newcomer)]
-    removed = await ok(
-        client, "project.remove_collaborator", project_id=project, user_id=str(cast.collaborator)
+
+    assert added["collaborators"] == [str(cast.collaborator)]
+    assert await stored(conn, cast.private) == before
+    assert await invited(conn, cast.private) == {newcomer}
+    await refused(guest, "not_found", "project.get_with_relations", project_id=project)
+    pending = await ok(guest, "project.invitations")
+    assert pending == {
+        "invitations": [
+            {
+                "project_id": project,
+                "project_name": "Private",
+                "invited_by": str(cast.owner),
+                "invited_by_email": f"{cast.owner.hex[:8]}@example.test",
+                "invited_at": pending["invitations"][0]["invited_at"],
+            }
+        ]
+    }
+
+    joined = await ok(guest, "project.accept_invitation", project_id=project)
+
+    assert joined["collaborators"] == [str(cast.collaborator), str(newcomer)]
+    assert await invited(conn, cast.private) == set()
+    assert await ok(guest, "project.invitations") == {"invitations": []}
+    seen = await ok(guest, "project.get_with_relations", project_id=project)
+    assert seen["project"] == joined
+    version = await latest_version(conn, cast.private)
+    assert (version["version_number"], version["user_id"]) == (2, newcomer)
+    assert version["message"] == "Updated collaborators"
+
+    by_id = await ok(
+        owner, "project.remove_collaborator", project_id=project, user_id=str(cast.collaborator)
     )
-    assert removed["collaborators"] == [str(newcomer)]
-    again = await ok(
-        client, "project.remove_collaborator", project_id=project, email="NEWCOMER@example.test"
+    assert by_id["collaborators"] == [str(newcomer)]
+    by_email = await ok(
+        owner, "project.remove_collaborator", project_id=project, email="NEWCOMER@example.test"
     )
-    assert again["collaborators"] == []
+    assert by_email["collaborators"] == []
     row, _ = await stored(conn, cast.private)
     assert row["collaborators"] == []
 
@@ -442,49 +495,87 @@ async def test_adding_a_member_or_removing_a_non_member_changes_nothing(
     added = await ok(
         client, "project.add_collaborator", project_id=project, user_id=str(cast.collaborator)
     )
+    owner_added = await ok(
+        client, "project.add_collaborator", project_id=project, user_id=str(cast.owner)
+    )
     removed = await ok(
         client, "project.remove_collaborator", project_id=project, user_id=str(cast.reader)
     )
 
-    assert added == removed
+    assert added == owner_added == removed
     assert added["collaborators"] == [str(cast.collaborator)]
     assert await stored(conn, cast.private) == before
+    assert await invited(conn, cast.private) == set()
 
 
-async def test_unknown_users_are_not_found_and_the_user_must_be_named_once(
-    cast: Cast, conn: asyncpg.Connection, ws_client: Connect
+def without_ref(frame: Frame) -> Frame:
+    return {key: value for key, value in frame.items() if key != "ref"}
+
+
+async def test_adding_answers_alike_whether_or_not_there_is_an_account(
+    cast: Cast, conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
 ) -> None:
+    """The whole reply, frame for frame: an email or id with an account (which gets an
+    invitation), one without, and one already invited."""
+    known = await make_user(email="known@example.test")
     client = await signed_in(ws_client, cast.owner)
     project = str(cast.private)
     before = await stored(conn, cast.private)
-    await refused(
-        client,
-        "not_found",
-        "project.add_collaborator",
-        project_id=project,
-        email="nobody@example.test",
-    )
-    await refused(
-        client,
-        "not_found",
-        "project.remove_collaborator",
-        project_id=project,
-        email="nobody@example.test",
-    )
-    await refused(
-        client, "not_found", "project.add_collaborator", project_id=project, user_id=str(uuid4())
-    )
-    both = {"user_id": str(cast.reader), "email": "x@example.test"}
-    for method in ("project.add_collaborator", "project.remove_collaborator"):
-        await refused(client, "invalid_params", method, project_id=project)
-        await refused(client, "invalid_params", method, project_id=project, **both)
+
+    replies = [
+        await rpc(client, "project.add_collaborator", project_id=project, **params)
+        for params in (
+            {"email": "known@example.test"},
+            {"email": "unknown@example.test"},
+            {"email": "KNOWN@example.test"},
+            {"user_id": str(known)},
+            {"user_id": str(uuid4())},
+        )
+    ]
+
+    assert replies[0]["type"] == "result", replies[0]
+    assert all(without_ref(reply) == without_ref(replies[0]) for reply in replies), replies
+    assert replies[0]["data"]["collaborators"] == [str(cast.collaborator)]
     assert await stored(conn, cast.private) == before
+    assert await invited(conn, cast.private) == {known}
 
 
-async def test_only_the_owner_learns_whether_an_email_has_an_account(
+async def test_removing_answers_alike_for_an_invitee_and_an_unknown_address(
     cast: Cast, conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
 ) -> None:
-    """The email lookup answers non-owners as the ownership check does, account or not."""
+    """Removing someone invited withdraws the invitation; they can no longer accept."""
+    invitee = await make_user(email="invitee@example.test")
+    await invite(conn, cast.private, invitee, cast.owner)
+    client = await signed_in(ws_client, cast.owner)
+    project = str(cast.private)
+    before = await stored(conn, cast.private)
+
+    replies = [
+        await rpc(client, "project.remove_collaborator", project_id=project, email=email)
+        for email in ("invitee@example.test", "unknown@example.test")
+    ]
+
+    assert replies[0]["type"] == "result", replies[0]
+    assert without_ref(replies[0]) == without_ref(replies[1])
+    assert await stored(conn, cast.private) == before
+    assert await invited(conn, cast.private) == set()
+    guest = await signed_in(ws_client, invitee)
+    await refused(guest, "not_found", "project.accept_invitation", project_id=project)
+
+
+async def test_the_user_must_be_named_once(cast: Cast, ws_client: Connect) -> None:
+    client = await signed_in(ws_client, cast.owner)
+    both = {"user_id": str(cast.reader), "email": "x@example.test"}
+    for method in ("project.add_collaborator", "project.remove_collaborator"):
+        await refused(client, "invalid_params", method, project_id=str(cast.private))
+        await refused(client, "invalid_params", method, project_id=str(cast.private), **both)
+
+
+async def test_only_the_owner_may_invite_account_or_not(
+    cast: Cast, conn: asyncpg.Connection, make_user: UserFactory, ws_client: Connect
+) -> None:
+    """Non-owners are answered as the ownership check does, account or not, and
+    invite nobody."""
     await make_user(email="known@example.test")
     client = await signed_in(ws_client, cast.collaborator)
     for email in ("known@example.test", "unknown@example.test"):
@@ -495,9 +586,110 @@ async def test_only_the_owner_learns_whether_an_email_has_an_account(
             project_id=str(cast.private),
             email=email,
         )
+    assert await invited(conn, cast.private) == set()
 
 
-# 6. What subscribers see
+async def test_no_function_tells_a_user_whether_an_email_has_an_account(
+    conn: asyncpg.Connection, make_user: UserFactory
+) -> None:
+    """0010's lookup (any project owner could ask about any address) is gone."""
+    user = await make_user()
+    async with acting_as(conn, user):
+        with pytest.raises(asyncpg.UndefinedFunctionError):
+            await conn.fetchval("SELECT public.collaborator_id(NULL, NULL, 'a@example.test')")
+
+
+# 6. Invitations, from the invitee's side
+
+
+async def test_create_with_collaborators_invites_them(
+    cast: Cast, conn: asyncpg.Connection, ws_client: Connect
+) -> None:
+    """The new row lists nobody (the owner, named too, is dropped); its version 1 is the
+    row as written."""
+    client = await signed_in(ws_client, cast.owner)
+    created = await ok(
+        client,
+        "project.create",
+        name="Invoice overdue - click here",
+        collaborators=[str(cast.stranger), str(cast.owner)],
+    )
+
+    project = UUID(created["id"])
+    assert created["collaborators"] == []
+    assert await invited(conn, project) == {cast.stranger}
+    version = await conn.fetchval(
+        "SELECT data->'collaborators' FROM version_history WHERE entity_id = $1", project
+    )
+    assert orjson.loads(version) == []
+    stranger = await signed_in(ws_client, cast.stranger)
+    page = await ok(stranger, "project.list")
+    assert str(project) not in {p["id"] for p in page["projects"]}
+    reply = await stranger.request({"type": "subscribe", "project_id": str(project)})
+    assert (reply["type"], reply["code"]) == ("error", "forbidden"), reply
+
+
+async def test_declining_leaves_nothing(
+    cast: Cast, conn: asyncpg.Connection, ws_client: Connect
+) -> None:
+    await invite(conn, cast.private, cast.reader, cast.owner)
+    before = await stored(conn, cast.private)
+    guest = await signed_in(ws_client, cast.reader)
+
+    declined = await ok(guest, "project.decline_invitation", project_id=str(cast.private))
+
+    assert declined == {"project_id": str(cast.private)}
+    assert await invited(conn, cast.private) == set()
+    assert await stored(conn, cast.private) == before
+    assert await ok(guest, "project.invitations") == {"invitations": []}
+    for method in ("project.accept_invitation", "project.decline_invitation"):
+        await refused(guest, "not_found", method, project_id=str(cast.private))
+
+
+async def test_nobody_accepts_an_invitation_they_do_not_have(
+    cast: Cast, conn: asyncpg.Connection, ws_client: Connect
+) -> None:
+    """Not someone else's, not one to a project they may read (public), not one whose
+    inviter no longer owns the project."""
+    await invite(conn, cast.private, cast.reader, cast.owner)
+    await invite(conn, cast.public, cast.reader, cast.collaborator)
+    before = [await stored(conn, p) for p in (cast.private, cast.public)]
+
+    stranger = await signed_in(ws_client, cast.stranger)
+    reader = await signed_in(ws_client, cast.reader)
+    await refused(stranger, "not_found", "project.accept_invitation", project_id=str(cast.private))
+    await refused(stranger, "not_found", "project.accept_invitation", project_id=str(cast.public))
+    await refused(reader, "not_found", "project.accept_invitation", project_id=str(cast.public))
+    await refused(reader, "not_found", "project.accept_invitation", project_id=str(uuid4()))
+
+    assert [await stored(conn, p) for p in (cast.private, cast.public)] == before
+    pending = await ok(reader, "project.invitations")
+    assert [i["project_id"] for i in pending["invitations"]] == [str(cast.private)]
+
+
+async def test_a_collaborator_leaves_and_the_owner_cannot(
+    cast: Cast, conn: asyncpg.Connection, ws_client: Connect
+) -> None:
+    owner = await signed_in(ws_client, cast.owner)
+    member = await signed_in(ws_client, cast.collaborator)
+    stranger = await signed_in(ws_client, cast.stranger)
+    project = str(cast.private)
+
+    reply = await refused(owner, "forbidden", "project.leave", project_id=project)
+    assert "cannot leave" in reply["message"]
+    await refused(stranger, "not_found", "project.leave", project_id=project)
+
+    assert await ok(member, "project.leave", project_id=project) == {"project_id": project}
+
+    row, _ = await stored(conn, cast.private)
+    assert (row["user_id"], row["collaborators"]) == (str(cast.owner), [])
+    version = await latest_version(conn, cast.private)
+    assert (version["user_id"], version["message"]) == (cast.collaborator, "Updated collaborators")
+    await refused(member, "not_found", "project.get_with_relations", project_id=project)
+    await refused(member, "not_found", "project.leave", project_id=project)
+
+
+# 7. What subscribers see
 
 
 async def recv_until(client: WsClient, done: Callable[[Frame], bool]) -> list[Frame]:
@@ -524,10 +716,13 @@ async def update_by_member(client: WsClient, cast: Cast) -> Any:
     )
 
 
-async def add_by_owner(client: WsClient, cast: Cast) -> Any:
-    return await ok(
-        client, "project.add_collaborator", project_id=str(cast.private), user_id=str(cast.reader)
-    )
+async def accept_by_invitee(client: WsClient, cast: Cast) -> Any:
+    return await ok(client, "project.accept_invitation", project_id=str(cast.private))
+
+
+async def leave_by_collaborator(client: WsClient, cast: Cast) -> Any:
+    await ok(client, "project.leave", project_id=str(cast.private))
+    return None
 
 
 async def remove_by_owner(client: WsClient, cast: Cast) -> Any:
@@ -541,12 +736,19 @@ async def remove_by_owner(client: WsClient, cast: Cast) -> Any:
 
 @pytest.mark.parametrize(
     ("write", "role"),
-    [(update_by_member, "collaborator"), (add_by_owner, "owner"), (remove_by_owner, "owner")],
+    [
+        (update_by_member, "collaborator"),
+        (accept_by_invitee, "reader"),
+        (leave_by_collaborator, "collaborator"),
+        (remove_by_owner, "owner"),
+    ],
 )
 async def test_each_write_reaches_a_subscriber_as_one_change_by_the_caller(
     write: Write, role: str, cast: Cast, conn: asyncpg.Connection, ws_client: Connect
 ) -> None:
-    """The project's change and its version, each once, then the next write's change."""
+    """The project's change and its version, each once, then the next write's change.
+    (The reader has an invitation, which accept_by_invitee uses.)"""
+    await invite(conn, cast.private, cast.reader, cast.owner)
     watcher = await signed_in(ws_client, cast.owner)
     await watcher.subscribe(cast.private, snapshot=False)
     caller = await signed_in(ws_client, cast.user(role))
@@ -558,7 +760,7 @@ async def test_each_write_reaches_a_subscriber_as_one_change_by_the_caller(
     entities = [(f["entity"], f["op"]) for f in frames[:-1]]
     assert entities == [("project", "update"), ("version", "insert")]
     assert [f["actor"] for f in frames[:-1]] == [str(cast.user(role))] * 2
-    assert frames[0]["new"] == row
+    assert row is None or frames[0]["new"] == row
 
 
 async def test_delete_reaches_a_subscriber_as_one_delete_then_unsubscribed(
@@ -589,3 +791,27 @@ async def test_a_removed_collaborator_is_unsubscribed(cast: Cast, ws_client: Con
     gone = await member.recv_type("unsubscribed")
     assert (gone["project_id"], gone["reason"]) == (str(cast.private), "access_revoked")
     await member.ping()
+
+
+async def test_a_collaborator_who_leaves_is_unsubscribed_everywhere(
+    cast: Cast, ws_client: Connect
+) -> None:
+    """Their other connection's subscription ends too; the reply comes on this one."""
+    watching = await signed_in(ws_client, cast.collaborator)
+    await watching.subscribe(cast.private, snapshot=False)
+    leaving = await signed_in(ws_client, cast.collaborator)
+    await leaving.subscribe(cast.private, snapshot=False)
+
+    params = {"project_id": str(cast.private)}
+    await leaving.send({"type": "rpc", "ref": "leave", "method": "project.leave", "params": params})
+
+    # The reply and the end of the subscription, in either order, and nothing else.
+    frames = [await leaving.recv(), await leaving.recv()]
+    assert sorted(f["type"] for f in frames) == ["result", "unsubscribed"], frames
+    assert next(f for f in frames if f["type"] == "result")["data"] == params
+    gone = await recv_until(watching, lambda f: f["type"] == "unsubscribed")
+    assert (gone[-1]["project_id"], gone[-1]["reason"]) == (str(cast.private), "access_revoked")
+    assert all(f["type"] == "unsubscribed" for f in gone), gone
+    await watching.ping()
+    reply = await watching.request({"type": "subscribe", "project_id": str(cast.private)})
+    assert (reply["type"], reply["code"]) == ("error", "forbidden"), reply

@@ -452,7 +452,8 @@ async def test_project_revert_restores_content_not_sharing(
     ws_client: Connect, conn: asyncpg.Connection, make_user: UserFactory
 ) -> None:
     """Collaborators and visibility are not content: a collaborator reverting to a
-    version from before they were added keeps their access, and may revert at all."""
+    version from before they were added keeps their access, and may revert at all.
+    (Adding them is an invitation, which they accept: migration 0016.)"""
     owner, collaborator = await bounded(make_user()), await bounded(make_user())
     project = await bounded(make_project(conn, owner, name="First"))
     await edit(
@@ -462,6 +463,7 @@ async def test_project_revert_restores_content_not_sharing(
         project,
         [collaborator],
     )
+    await edit(conn, collaborator, "SELECT public.accept_project_invitation($1)", project)
     await edit(
         conn,
         owner,
@@ -474,7 +476,7 @@ async def test_project_revert_restores_content_not_sharing(
         await rpc(client, "version.revert", version_id=str(await version_id(conn, project, 1)))
     )
 
-    assert (reverted["version_number"], sorted(reverted["changes"])) == (4, ["data", "name"])
+    assert (reverted["version_number"], sorted(reverted["changes"])) == (5, ["data", "name"])
     row = await conn.fetchrow("SELECT * FROM projects WHERE id = $1", project, timeout=TIMEOUT)
     assert row is not None
     assert (

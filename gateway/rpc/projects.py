@@ -4,6 +4,8 @@ Every write is one statement run as the caller, so row-level security and the
 owner-columns trigger decide what is allowed. When a write touches no row, a read
 in the same transaction tells the client why: not visible (`not_found`), visible
 but not theirs to change (`forbidden`), or a stale `expected_updated_at` (`conflict`).
+Invitations (migration 0016) are kept by SECURITY DEFINER functions that check the
+caller themselves: users cannot write them, and an invitee cannot read the project.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import orjson
 
 from db.acting_user import Conn
@@ -24,6 +27,9 @@ from protocol.rpc_projects import (
     ProjectCreate,
     ProjectDeleted,
     ProjectId,
+    ProjectInvitation,
+    ProjectInvitationList,
+    ProjectInvitations,
     ProjectList,
     ProjectPage,
     ProjectUpdate,
@@ -251,12 +257,14 @@ async def list_projects(call: Call, params: ProjectList) -> ProjectPage:
 
 
 # project.add_collaborator / project.remove_collaborator
+#
+# Sharing takes consent (migration 0016): adding someone records an invitation, which
+# they accept or decline (below); until then the project is not theirs to see. The
+# owner is answered alike whether or not the id or email has an account, is invited
+# already, or is a collaborator already: with the project as it is.
 
-_ADD = """
-    UPDATE public.projects SET collaborators = array_append(coalesce(collaborators, '{}'), $2)
-    WHERE id = $1 AND NOT $2 = ANY (coalesce(collaborators, '{}'))
-    RETURNING to_jsonb(projects.*)::text
-"""
+_INVITE = "SELECT public.invite_to_project($1, $2, $3)"
+_WITHDRAW = "SELECT public.withdraw_project_invitation($1, $2, $3)"
 _REMOVE = """
     UPDATE public.projects SET collaborators = array_remove(collaborators, $2)
     WHERE id = $1 AND $2 = ANY (collaborators)
@@ -264,40 +272,70 @@ _REMOVE = """
 """
 
 
-async def _user_named(conn: Conn, params: ProjectCollaborator) -> UUID:
-    """The id of the user `params` names, which must exist (migration 0010 explains why
-    this asks a SECURITY DEFINER function: callers may not read auth.users)."""
-    found: UUID | None = await conn.fetchval(
-        "SELECT public.collaborator_id($1, $2, $3)",
-        params.project_id,
-        params.user_id,
-        params.email,
-    )
-    if found is None:
-        await _owned(conn, params.project_id)
-        raise RpcError(ErrorCode.NOT_FOUND, f"no user {params.email or params.user_id}")
-    return found
-
-
-async def _change_members(conn: Conn, statement: str, project_id: UUID, user: UUID) -> ProjectRow:
-    """Run `statement`, which changes nothing when there is nothing to change: then the
-    unchanged row (for the owner; anyone else is refused as the database would)."""
-    row = await conn.fetchval(statement, project_id, user)
-    if row is None:
-        return await _owned(conn, project_id)
-    return ProjectRow.model_validate_json(row)
-
-
 @handles("project.add_collaborator")
 async def add_collaborator(call: Call, params: ProjectCollaborator) -> ProjectRow:
     async with call.as_user() as conn:
-        user = await _user_named(conn, params)
-        return await _change_members(conn, _ADD, params.project_id, user)
+        row = await _owned(conn, params.project_id)
+        await conn.execute(_INVITE, params.project_id, params.user_id, params.email)
+    return row
 
 
 @handles("project.remove_collaborator")
 async def remove_collaborator(call: Call, params: ProjectCollaborator) -> ProjectRow:
-    """By id without a lookup: an id whose user is gone can still be removed."""
+    """Withdraws a pending invitation too. By id without a lookup: an id whose user is
+    gone can still be removed. An email that names no collaborator (no account, or
+    only invited) changes nothing, as for someone who is not a member."""
     async with call.as_user() as conn:
-        user = params.user_id or await _user_named(conn, params)
-        return await _change_members(conn, _REMOVE, params.project_id, user)
+        row = await _owned(conn, params.project_id)
+        member: UUID | None = await conn.fetchval(
+            _WITHDRAW, params.project_id, params.user_id, params.email
+        )
+        if member is None:
+            return row
+        removed = await conn.fetchval(_REMOVE, params.project_id, member)
+        if removed is None:
+            return await _owned(conn, params.project_id)
+    return ProjectRow.model_validate_json(removed)
+
+
+# project.invitations / accept_invitation / decline_invitation / leave: the invitee's side
+
+
+@handles("project.invitations", writes=False)
+async def invitations(call: Call, params: ProjectInvitationList) -> ProjectInvitations:
+    async with call.as_user() as conn:
+        found = await conn.fetch(
+            "SELECT project_id, project_name, invited_by, invited_by_email, invited_at"
+            " FROM public.pending_project_invitations($1)",
+            params.limit,
+        )
+    return ProjectInvitations(invitations=[ProjectInvitation(**dict(r)) for r in found])
+
+
+@handles("project.accept_invitation")
+async def accept_invitation(call: Call, params: ProjectId) -> ProjectRow:
+    """The caller joins the collaborators; no invitation is `not_found`."""
+    async with call.as_user() as conn:
+        row = await conn.fetchval(
+            "SELECT to_jsonb(p)::text FROM public.accept_project_invitation($1) p",
+            params.project_id,
+        )
+    return ProjectRow.model_validate_json(row)
+
+
+@handles("project.decline_invitation")
+async def decline_invitation(call: Call, params: ProjectId) -> ProjectId:
+    async with call.as_user() as conn:
+        await conn.execute("SELECT public.decline_project_invitation($1)", params.project_id)
+    return params
+
+
+@handles("project.leave")
+async def leave(call: Call, params: ProjectId) -> ProjectId:
+    """A collaborator leaves; the owner may not (`forbidden`), anyone else `not_found`."""
+    try:
+        async with call.as_user() as conn:
+            await conn.execute("SELECT public.leave_project($1)", params.project_id)
+    except asyncpg.InsufficientPrivilegeError as error:
+        raise RpcError(ErrorCode.FORBIDDEN, str(error)) from error
+    return params

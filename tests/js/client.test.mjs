@@ -192,3 +192,31 @@ test("presence follows who is subscribed, with the meta each set", async () => {
     bob.close();
   }
 });
+
+test("sharing takes consent: an invitation is listed, then accepted or declined, and a project can be left", async () => {
+  const alice = connect(gateway.wsUrl, { getToken: gateway.tokens("alice") });
+  const bob = connect(gateway.wsUrl, { getToken: gateway.tokens("bob") });
+  const bobId = demo.users.find((u) => u.key === "bob").id;
+  try {
+    const project = await alice.rpc("project.create", { name: "Shared with consent" });
+    const invite = { project_id: project.id, email: "bob@demo.sitebuilder.test" };
+    const asItIs = await alice.rpc("project.add_collaborator", invite);
+    assert.deepEqual(asItIs.collaborators, [], "invited, not added");
+
+    const [invitation] = (await bob.invitations()).filter((i) => i.project_id === project.id);
+    assert.equal(invitation.project_name, "Shared with consent");
+    assert.equal(invitation.invited_by_email, "alice@demo.sitebuilder.test");
+    const joined = await bob.acceptInvitation(project.id);
+    assert.deepEqual(joined.collaborators, [bobId]);
+    await assert.rejects(alice.leaveProject(project.id), (error) => error.code === "forbidden");
+    assert.deepEqual(await bob.leaveProject(project.id), { project_id: project.id });
+    await assert.rejects(bob.acceptInvitation(project.id), (error) => error.code === "not_found");
+
+    await alice.rpc("project.add_collaborator", invite);
+    assert.deepEqual(await bob.declineInvitation(project.id), { project_id: project.id });
+    assert.ok(!(await bob.invitations({ limit: 100 })).some((i) => i.project_id === project.id));
+  } finally {
+    alice.close();
+    bob.close();
+  }
+});

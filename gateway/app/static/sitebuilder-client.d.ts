@@ -508,7 +508,11 @@ export interface BatchCreateProjectStructureParams {
   style_guides?: Array<BatchStyleGuide>;
 }
 
-/** The user to add or remove: by id or by email, exactly one of them. */
+export interface ProjectAcceptInvitationParams {
+  project_id: string;
+}
+
+/** The user to invite or remove: by id or by email, exactly one of them. */
 export interface ProjectAddCollaboratorParams {
   project_id: string;
   user_id?: string | null;
@@ -529,11 +533,24 @@ export interface ProjectCreateParams {
   is_public?: boolean;
 }
 
+export interface ProjectDeclineInvitationParams {
+  project_id: string;
+}
+
 export interface ProjectDeleteParams {
   project_id: string;
 }
 
 export interface ProjectGetWithRelationsParams {
+  project_id: string;
+}
+
+/** The newest `limit` pending invitations of the caller. */
+export interface ProjectInvitationsParams {
+  limit?: number;
+}
+
+export interface ProjectLeaveParams {
   project_id: string;
 }
 
@@ -544,7 +561,7 @@ export interface ProjectListParams {
   cursor?: string | null;
 }
 
-/** The user to add or remove: by id or by email, exactly one of them. */
+/** The user to invite or remove: by id or by email, exactly one of them. */
 export interface ProjectRemoveCollaboratorParams {
   project_id: string;
   user_id?: string | null;
@@ -711,10 +728,14 @@ export interface RpcParams {
   "analytics.get_project_stats": AnalyticsGetProjectStatsParams;
   "analytics.get_user_analytics": AnalyticsGetUserAnalyticsParams;
   "batch.create_project_structure": BatchCreateProjectStructureParams;
+  "project.accept_invitation": ProjectAcceptInvitationParams;
   "project.add_collaborator": ProjectAddCollaboratorParams;
   "project.create": ProjectCreateParams;
+  "project.decline_invitation": ProjectDeclineInvitationParams;
   "project.delete": ProjectDeleteParams;
   "project.get_with_relations": ProjectGetWithRelationsParams;
+  "project.invitations": ProjectInvitationsParams;
+  "project.leave": ProjectLeaveParams;
   "project.list": ProjectListParams;
   "project.remove_collaborator": ProjectRemoveCollaboratorParams;
   "project.update": ProjectUpdateParams;
@@ -826,6 +847,15 @@ export interface SessionProgress {
   step_data?: { [key: string]: JsonValue };
 }
 
+/** A pending invitation (`project.invitations`): the invitee cannot read the project yet. */
+export interface ProjectInvitation {
+  project_id: string;
+  project_name: string;
+  invited_by: string;
+  invited_by_email: string | null;
+  invited_at: string;
+}
+
 export interface Client {
   readonly url: string;
   readonly status: ConnectionStatus;
@@ -849,6 +879,13 @@ export interface Client {
     cancel(id: string): Promise<SessionRow>;
     resume(sessionToken: string): Promise<SessionRow>;
   };
+  /** The caller's pending invitations, newest first (`limit`: 1 to 100, default 50). */
+  invitations(options?: { limit?: number }): Promise<ProjectInvitation[]>;
+  /** Join the project: its row, the caller now among its collaborators. */
+  acceptInvitation(projectId: string): Promise<ProjectRow>;
+  declineInvitation(projectId: string): Promise<{ project_id: string }>;
+  /** Stop collaborating on a project (the owner cannot). */
+  leaveProject(projectId: string): Promise<{ project_id: string }>;
   onStatus(listener: (status: ConnectionStatus, info: StatusInfo) => void): () => void;
   close(): void;
 }

@@ -285,6 +285,29 @@ class Client {
     return this._request(frame, { resend: Boolean(idempotencyKey), timeoutMs });
   }
 
+  // Sharing takes consent: adding someone to a project invites them (docs/protocol.md).
+
+  /** The caller's pending invitations, newest first: [{project_id, project_name,
+   * invited_by, invited_by_email, invited_at}]. */
+  invitations({ limit } = {}) {
+    return this.rpc("project.invitations", limit ? { limit } : {}).then((reply) => reply.invitations);
+  }
+
+  /** Join the project: resolves with its row; it then arrives on the project list. */
+  acceptInvitation(projectId) {
+    return this.rpc("project.accept_invitation", { project_id: projectId });
+  }
+
+  declineInvitation(projectId) {
+    return this.rpc("project.decline_invitation", { project_id: projectId });
+  }
+
+  /** Stop collaborating on the project (not its owner's to do): the subscriptions to it
+   * end with onUnsubscribed, unless it is public. */
+  leaveProject(projectId) {
+    return this.rpc("project.leave", { project_id: projectId });
+  }
+
   close() {
     this.closed = true;
     this._setStatus("closed", {});
