@@ -15,6 +15,8 @@ import platformdirs
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from protocol.jsontext import DEFAULT_MAX_DEPTH, DEPTH_CEILING
+
 APP_NAME = "sitebuilder-realtime"
 # Worker indexes end slot names, which PostgreSQL limits to 63 characters.
 MAX_WORKERS = 999
@@ -228,6 +230,18 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 256
+    max_json_depth: Annotated[
+        int,
+        Field(
+            ge=4,
+            le=DEPTH_CEILING,
+            description=(
+                "Deepest nesting of arrays and objects in a client's frame (at most "
+                f"{DEPTH_CEILING}: JSON much deeper cannot be written back or stored); "
+                "deeper: the frame is refused (`bad_json`, or Supabase's error reply)."
+            ),
+        ),
+    ] = DEFAULT_MAX_DEPTH
     presence_backend: Annotated[
         Literal["postgres", "redis", "memory"],
         Field(

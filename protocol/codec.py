@@ -7,16 +7,21 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from protocol import jsontext
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import CLIENT_FRAMES, ClientFrame, Frame
+from protocol.jsontext import DEFAULT_MAX_DEPTH
 
 
-def decode_client_frame(data: str | bytes) -> ClientFrame:
+def decode_client_frame(data: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> ClientFrame:
     """Parse one client frame, or raise ProtocolError naming what is wrong with it."""
     try:
-        obj: Any = orjson.loads(data)
+        obj: Any = jsontext.loads(data, max_depth)
     except orjson.JSONDecodeError as error:
         raise ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid JSON: {error}") from None
+    except jsontext.TooDeep as error:
+        ref = _ref_of(error.value) if isinstance(error.value, dict) else None
+        raise ProtocolError(ErrorCode.BAD_JSON, f"frame refused: {error}", ref) from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, "a frame must be a JSON object")
     ref = _ref_of(obj)

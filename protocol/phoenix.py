@@ -41,6 +41,9 @@ from typing import Any, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
+from protocol import jsontext
+from protocol.jsontext import DEFAULT_MAX_DEPTH
+
 TOPIC_PREFIX = "realtime:"
 HEARTBEAT_TOPIC = "phoenix"
 PROJECT_CHANNEL_PREFIX = "project:"
@@ -76,7 +79,12 @@ Ref = str | int | None
 
 
 class PhoenixError(ValueError):
-    """A frame or payload the server refuses; answered, never a dropped connection."""
+    """A frame or payload the server refuses; answered, never a dropped connection.
+    `request`: the refused message's envelope (payload left out), when it was read."""
+
+    def __init__(self, reason: str, request: Message | None = None) -> None:
+        super().__init__(reason)
+        self.request = request
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,27 +118,37 @@ def _ref(value: object, what: str) -> Ref:
     raise PhoenixError(f"{what} must be a string, a number or null")
 
 
-def decode_text(data: str | bytes, vsn: Vsn) -> Message:
+def decode_text(data: str | bytes, vsn: Vsn, max_depth: int = DEFAULT_MAX_DEPTH) -> Message:
     """A text frame in the socket's version, or PhoenixError saying what is wrong."""
     try:
-        obj: Any = orjson.loads(data)
+        obj: Any = jsontext.loads(data, max_depth)
     except orjson.JSONDecodeError as error:
         raise PhoenixError(f"frame is not valid JSON: {error}") from None
+    except jsontext.TooDeep as error:
+        envelope = _envelope(error.value, vsn)
+        raise PhoenixError(f"frame refused: {error}", envelope) from None
+    return _envelope(obj, vsn, payload=True)
+
+
+def _envelope(obj: Any, vsn: Vsn, *, payload: bool = False) -> Message:
+    """The message `obj` is in the socket's version (its payload only with `payload`)."""
     if vsn is Vsn.V2:
         if not isinstance(obj, list) or len(obj) != 5:
             raise PhoenixError("a vsn 2.0.0 frame is [join_ref, ref, topic, event, payload]")
-        join_ref, ref, topic, event, payload = obj
+        join_ref, ref, topic, event, body = obj
     else:
         if not isinstance(obj, dict):
             raise PhoenixError("a vsn 1.0.0 frame is {topic, event, payload, ref, join_ref}")
         join_ref, ref = obj.get("join_ref"), obj.get("ref")
-        topic, event, payload = obj.get("topic"), obj.get("event"), obj.get("payload", {})
+        topic, event, body = obj.get("topic"), obj.get("event"), obj.get("payload", {})
     if not isinstance(topic, str) or not isinstance(event, str):
         raise PhoenixError("a frame needs a string topic and event")
-    return Message(topic, event, payload, _ref(ref, "ref"), _ref(join_ref, "join_ref"))
+    return Message(
+        topic, event, body if payload else {}, _ref(ref, "ref"), _ref(join_ref, "join_ref")
+    )
 
 
-def decode_binary(data: bytes) -> Message:
+def decode_binary(data: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Message:
     """A binary frame: only the user broadcast push (kind 3) is a client's."""
     if not data:
         raise PhoenixError("empty binary frame")
@@ -156,18 +174,22 @@ def decode_binary(data: bytes) -> Message:
     payload: dict[str, Any] = {"type": "broadcast", "event": user_event}
     if encoding == JSON_ENCODING:
         try:
-            payload["payload"] = orjson.loads(body)
+            payload["payload"] = jsontext.loads(body, max_depth)
         except orjson.JSONDecodeError:
             raise PhoenixError("binary broadcast payload is not valid JSON") from None
+        except jsontext.TooDeep as error:
+            raise PhoenixError(f"binary broadcast payload refused: {error}") from None
     elif encoding == BINARY_ENCODING:
         payload["payload"] = bytes(body)
     else:
         raise PhoenixError(f"unknown binary broadcast encoding {encoding}")
     if metadata:
         try:
-            payload["meta"] = orjson.loads(metadata)
+            payload["meta"] = jsontext.loads(metadata, max_depth)
         except orjson.JSONDecodeError:
             raise PhoenixError("binary broadcast metadata is not valid JSON") from None
+        except jsontext.TooDeep as error:
+            raise PhoenixError(f"binary broadcast metadata refused: {error}") from None
     return Message(topic, Event.BROADCAST, payload, ref or None, join_ref or None)
 
 

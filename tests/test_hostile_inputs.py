@@ -11,12 +11,22 @@ from typing import Any
 from uuid import uuid4
 
 import asyncpg
+import jwt
 import pytest
 from pydantic import SecretStr
 
 from gateway.app.server import Gateway
 from tests.conftest import UserFactory
-from tests.gateway_fixtures import gateway_port, make_project, make_sitemap, open_client, token
+from tests.gateway_fixtures import (
+    AUDIENCE,
+    SECRET,
+    gateway_port,
+    gateway_url,
+    make_project,
+    make_sitemap,
+    open_client,
+    token,
+)
 from tests.phoenix_fixtures import change, expect_subscribed
 
 
@@ -222,3 +232,81 @@ async def test_subscribes_over_the_rate_are_refused_on_both_protocols(
     finally:
         await native.close()
     await supabase.heartbeat()
+
+
+def nested(depth: int) -> Any:
+    """A value `depth` arrays deep."""
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+async def test_json_nested_past_the_limit_is_refused_on_both_protocols(
+    gateway: Gateway, phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    """JSON nested 200 to 255 levels deep was read, then failed to be written back or
+    stored: a join's echoed binding, a broadcast, a presence diff (every diff of that
+    interval lost) and an RPC's row each ended in an error and close 1011."""
+    user = await make_user()
+    project = await make_project(conn, user)
+    native = await open_client(gateway_url(gateway))
+    try:
+        await native.auth(user)
+        await native.send(
+            {
+                "type": "rpc",
+                "ref": "deep",
+                "method": "project.create",
+                "params": {"name": "x", "data": {"a": nested(100)}},
+            }
+        )
+        refused = await native.expect_error("bad_json")
+        assert "SITEBUILDER_MAX_JSON_DEPTH" in refused["message"]
+        await native.subscribe(project, snapshot=False)
+        await native.send(
+            {
+                "type": "presence.update",
+                "ref": "p",
+                "project_id": str(project),
+                "meta": {"a": nested(29)},
+            }
+        )
+        assert (await native.recv_type("ok"))[
+            "ref"
+        ] == "p"  # 31 levels with the frame: within the limit
+        await native.ping()
+    finally:
+        await native.close()
+
+    supabase = await phx_client(token(user))
+    binding = {"event": nested(100), "schema": "public", "table": "sitemaps"}
+    reply = await supabase.join("deep", {"postgres_changes": [binding]})
+    assert reply["status"] == "error", reply
+    assert "SITEBUILDER_MAX_JSON_DEPTH" in reply["response"]["reason"]
+    assert (await supabase.join("room"))["status"] == "ok"
+    ref = await supabase.push(
+        "realtime:room", "broadcast", {"type": "broadcast", "event": "e", "payload": nested(100)}
+    )
+    refused = await supabase.reply(ref)
+    assert refused["status"] == "error", refused
+    assert "SITEBUILDER_MAX_JSON_DEPTH" in refused["response"]["reason"]
+    await supabase.heartbeat()
+
+
+async def test_a_token_whose_claims_json_cannot_carry_is_refused(
+    gateway: Gateway, make_user: UserFactory
+) -> None:
+    """A token (signed with the gateway's secret) with `exp` past 64 bits signed in, then
+    its first RPC ended in close 1011: the claims go to PostgreSQL as JSON."""
+    user = await make_user()
+    forged = jwt.encode(
+        {"sub": str(user), "aud": AUDIENCE, "role": "authenticated", "exp": 2**64},
+        SECRET,
+        algorithm="HS256",
+    )
+    native = await open_client(gateway_url(gateway))
+    await native.send({"type": "auth", "ref": "a", "token": forged})
+    error = await native.expect_error("invalid_token")
+    assert "JSON cannot carry" in error["message"]
+    assert (await native.expect_closed())[0] == 4003

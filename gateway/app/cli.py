@@ -39,7 +39,7 @@ logger = logging.getLogger("gateway")
 
 DEFAULT_TOKEN_TTL_SECONDS = 24 * 3600
 # What loadtest/ imports beyond the gateway's own dependencies: the `bench` extra's.
-BENCH_MODULES = ("picows", "hdrh", "matplotlib")
+BENCH_MODULES = ("picows", "hdrh", "matplotlib", "hypothesis")
 BENCH_EXTRA_MISSING = (
     "sitebuilder-gateway: bench needs the bench extra: pip install 'sitebuilder-realtime[bench]'"
 )

@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 import jwt
+import orjson
 
 ALGORITHM = "HS256"
 USER_ROLE = "authenticated"
@@ -106,6 +107,10 @@ class TokenVerifier:
             raise TokenExpired("token expired") from error
         except jwt.PyJWTError as error:  # also a key of the wrong type for the alg
             raise TokenError(f"invalid token: {error}") from error
+        try:  # the claims go to PostgreSQL as JSON (db.acting_user)
+            orjson.dumps(claims)
+        except TypeError as error:
+            raise TokenError(f"invalid token: claims that JSON cannot carry: {error}") from None
         return claims
 
     def _key_for(self, token: str) -> tuple[Any, list[str]]:

@@ -133,7 +133,7 @@ class Client(Connection):
                 self._metrics.frames_in.labels("invalid").inc()
             return None
         try:
-            frame = decode_client_frame(message)
+            frame = decode_client_frame(message, self._settings.max_json_depth)
         except ProtocolError as error:
             self.send(self._error(error.code, error.message, error.ref))
             self._metrics.frames_in.labels("invalid").inc()

@@ -216,13 +216,16 @@ class PhoenixClient(Connection):
         refusal = self._refusal(raw)
         try:
             if isinstance(raw, bytes):
-                message = phx.decode_binary(raw)
+                message = phx.decode_binary(raw, self._settings.max_json_depth)
             else:
-                message = phx.decode_text(raw, self.vsn)
+                message = phx.decode_text(raw, self.vsn, self._settings.max_json_depth)
         except PhoenixError as error:
             self._metrics.frames_in.labels("invalid").inc()
             reason = refusal.message if refusal is not None else str(error)
-            self._send(Message(phx.HEARTBEAT_TOPIC, Event.REPLY, _error(reason)))
+            if error.request is not None:
+                self._reply_error(error.request, reason)
+            else:
+                self._send(Message(phx.HEARTBEAT_TOPIC, Event.REPLY, _error(reason)))
             return None
         if refusal is not None:
             response: dict[str, Any] = {"reason": refusal.message, "code": refusal.code.value}
