@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the figures as JSON here and the plot beside it (.png); default: "
         "bench-results/SCENARIO-YYYYMMDD-HHMMSS.json",
     )
+    from loadtest.hostile import add_arguments as add_hostile_arguments  # `bench hostile`
+
+    add_hostile_arguments(parser)
     return parser
 
 
@@ -196,6 +199,11 @@ async def cancellable(work: Coroutine[Any, Any, Report]) -> Report:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["fuzz"]:  # `bench fuzz --minutes N`: options of its own (loadtest.fuzz_run)
+        from loadtest.fuzz_run import main as fuzz_main
+
+        return fuzz_main(argv[1:])
     args = build_parser().parse_args(argv)
     raise_open_files_limit()
     try:

@@ -35,3 +35,5 @@ class Options:
     feed: str = "auto"
     workers: int | None = None  # `serve --workers N`; None: plain `serve` (failover: 3)
     gateway_env: dict[str, str] = field(default_factory=dict)
+    hostile: int = 50  # hostile connections (`bench hostile`, loadtest.hostile)
+    hostile_patterns: str = "all"

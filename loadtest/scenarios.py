@@ -8,7 +8,9 @@
 - idle: N subscribed editors doing nothing: memory per connection, CPU at rest;
 - reference: fanout through a bare websockets broadcast server (the ceiling);
 - failover: editors spread over the workers of `serve --workers 3`, one worker killed
-  mid-stream; its editors reconnect to the same URL and resume from their position.
+  mid-stream; its editors reconnect to the same URL and resume from their position;
+- hostile: fanout twice, quiet and with N hostile connections abusing the limits
+  (loadtest.hostile).
 
 `--workers N` makes the started gateway `serve --workers N` in any scenario.
 """
@@ -519,6 +521,13 @@ async def failover(options: Options) -> Report:
     return report
 
 
+async def hostile(options: Options) -> Report:
+    """fanout, quiet and then with hostile clients at the limits (loadtest.hostile)."""
+    from loadtest.hostile import hostile as quiet_then_hostile
+
+    return await quiet_then_hostile(options)
+
+
 SCENARIOS = {
     "fanout": fanout,
     "projects": projects,
@@ -527,4 +536,5 @@ SCENARIOS = {
     "idle": idle,
     "reference": reference,
     "failover": failover,
+    "hostile": hostile,
 }

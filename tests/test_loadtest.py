@@ -52,8 +52,11 @@ async def run_module(*args: str, run: str = "") -> tuple[int | None, bytes, byte
     return process.returncode, stdout, stderr
 
 
-async def bench(tmp_path: Path, database_dsn: str, *args: str) -> dict[str, Any]:
-    """Run `python -m loadtest ARGS` against the test database; its JSON report."""
+async def bench(
+    tmp_path: Path, database_dsn: str, *args: str, printed: list[str] | None = None
+) -> dict[str, Any]:
+    """Run `python -m loadtest ARGS` against the test database; its JSON report (and
+    what it printed, appended to `printed`)."""
     out = tmp_path / "report.json"
     run = uuid.uuid4().hex
     status, stdout, stderr = await run_module(
@@ -61,6 +64,8 @@ async def bench(tmp_path: Path, database_dsn: str, *args: str) -> dict[str, Any]
     )
     assert status == 0, stderr.decode()[-3000:]
     assert "==" in stdout.decode(), "the table was printed"
+    if printed is not None:
+        printed.append(stdout.decode())
     assert processes_of(run) == set(), "a process of the benchmark was left behind"
     conn = await asyncpg.connect(database_dsn)
     try:
@@ -256,6 +261,79 @@ async def test_reference_alone(tmp_path: Path, database_dsn: str) -> None:
     assert reference["frames"]["wireframe"] == reference["commits"] * 12
 
 
+async def test_hostile_compares_a_quiet_run_with_a_hostile_one(
+    tmp_path: Path, database_dsn: str
+) -> None:
+    """Both runs side by side with the ratio; every pattern ran at the limits, was
+    answered with the refusals the limits promise, and the editors lost nothing."""
+    printed: list[str] = []
+    report = await bench(
+        tmp_path,
+        database_dsn,
+        "hostile",
+        "--subscribers",
+        "20",
+        "--users",
+        "4",
+        "--rate",
+        "5",
+        "--duration",
+        "3",
+        "--hostile",
+        "5",
+        # a small cap on connections not signed in, reached in seconds
+        "--gateway-env",
+        "SITEBUILDER_MAX_UNAUTHENTICATED_PER_ADDRESS=10",
+        "--gateway-env",
+        "SITEBUILDER_AUTH_TIMEOUT_SECONDS=1",
+        printed=printed,
+    )
+    quiet, hostile = report["runs"]
+    for run in (quiet, hostile):
+        assert_exact(run)
+        assert run["frames"]["wireframe"] == run["commits"] * 20
+        assert run["latency_ms"]["p99"] > 0
+    assert "hostile cpu %" in hostile
+    assert "hostile cpu %" not in quiet
+    assert report["ratio_p99"] > 0
+    assert report["verdict"] in ("PASS", "FAIL")
+    assert hostile["hostile 1011 closes"] == 0
+    (table,) = printed
+    header = next(line for line in table.splitlines() if line.strip().startswith("quiet"))
+    assert header.split() == ["quiet", "hostile"]
+    assert "ratio_p99: " in table
+    assert f"verdict: {report['verdict']}" in table
+    patterns = report["hostile"]["patterns"]
+    assert set(patterns) == {"filters", "churn", "presence", "malformed", "rpc", "unauthenticated"}
+    refusals: dict[str, int] = {}
+    closes: dict[str, int] = {}
+    for name, tally in patterns.items():
+        assert tally["frames_sent"] > 0 or name == "unauthenticated"
+        assert not tally["connect_failures"], name
+        for code, count in tally["refusals"].items():
+            refusals[code] = refusals.get(code, 0) + count
+        for code, count in tally["closes"].items():
+            closes[code] = closes.get(code, 0) + count
+    # each limit probed by one is refused, in each protocol's words
+    for code in (
+        "phoenix/too_many_bindings",
+        "phoenix/filter_too_long",
+        "phoenix/too_many_in_values",
+        "native/presence_too_large",
+        "native/frame_too_large",
+        "native/bad_json",
+        "native/unknown_type",
+        "native/forbidden",
+        "native/not_found",
+        "native/auth_timeout",
+    ):
+        assert refusals.get(code, 0) > 0, code
+    # not signed in: closed at the auth timeout, and refused at once past the cap
+    assert closes.get("4001", 0) > 0
+    assert closes.get("4009", 0) > 0
+    assert "1011" not in closes
+
+
 async def test_an_existing_deployment_needs_its_database() -> None:
     status, _, stderr = await run_module("loadtest", "fanout", "--url", "ws://127.0.0.1:9/")
     assert status == 1
@@ -276,5 +354,39 @@ async def test_the_gateway_command_runs_the_benchmark() -> None:
         b"idle",
         b"reference",
         b"failover",
+        b"hostile",
     ):
         assert scenario in stdout
+
+
+async def test_fuzz_sends_both_protocols_beside_normal_clients(
+    tmp_path: Path, database_dsn: str
+) -> None:
+    """`bench fuzz` at toy scale (loadtest.fuzz_run): sessions of both protocols sent to
+    a gateway it starts, nothing but the known bugs found (tests/test_fuzz.py), every
+    change delivered to the normal clients beside them, the gateway's log read."""
+    from tests.test_fuzz import KNOWN_BUGS
+
+    known = [arg for bug in KNOWN_BUGS.values() for arg in ("--known", bug.pattern)]
+    report = await bench(
+        tmp_path,
+        database_dsn,
+        "fuzz",
+        *("--minutes", "0.1", "--seed", "1", "--native", "2", "--supabase", "2"),
+        *known,
+    )
+    figures = report["figures"]
+    assert figures["sessions"] > 0
+    assert figures["messages received"] > 0
+    assert figures["problems"] == 0, report["findings"]
+    assert figures["log checked"] is True
+    written = figures["changes written"]
+    assert written > 0
+    assert figures["native bystander got"] == figures["supabase bystander got"] == written
+
+
+async def test_the_gateway_command_runs_the_fuzzer() -> None:
+    status, stdout, _ = await run_module("gateway.app.cli", "bench", "fuzz", "--help")
+    assert status == 0
+    assert b"--minutes" in stdout
+    assert b"--known" in stdout
