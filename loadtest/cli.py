@@ -20,9 +20,13 @@ from typing import Any
 import uvloop
 
 from loadtest.deployment import DeploymentError
+from loadtest.hostile import hostile
 from loadtest.options import Options
 from loadtest.report import Report, table
 from loadtest.scenarios import SCENARIOS
+
+# hostile builds on the others (loadtest.hostile imports loadtest.scenarios).
+ALL_SCENARIOS = {**SCENARIOS, "hostile": hostile}
 
 DEFAULTS = Options()
 
@@ -35,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
             "committing to PostgreSQL, figures printed as a table and written as JSON + PNG."
         ),
     )
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("scenario", choices=sorted(ALL_SCENARIOS))
     load = parser.add_argument_group("load")
     load.add_argument(
         "--subscribers",
@@ -207,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     raise_open_files_limit()
     try:
-        report = uvloop.run(cancellable(SCENARIOS[args.scenario](options_from(args))))
+        report = uvloop.run(cancellable(ALL_SCENARIOS[args.scenario](options_from(args))))
     except (DeploymentError, OSError, RuntimeError, TimeoutError) as error:
         print(f"\nsitebuilder-gateway bench: {error}", file=sys.stderr)
         return 1

@@ -9,8 +9,8 @@
 - reference: fanout through a bare websockets broadcast server (the ceiling);
 - failover: editors spread over the workers of `serve --workers 3`, one worker killed
   mid-stream; its editors reconnect to the same URL and resume from their position;
-- hostile: fanout twice, quiet and with N hostile connections abusing the limits
-  (loadtest.hostile).
+- hostile (loadtest.hostile, which builds on these): fanout twice, quiet and with N
+  hostile connections abusing the limits.
 
 `--workers N` makes the started gateway `serve --workers N` in any scenario.
 """
@@ -521,13 +521,6 @@ async def failover(options: Options) -> Report:
     return report
 
 
-async def hostile(options: Options) -> Report:
-    """fanout, quiet and then with hostile clients at the limits (loadtest.hostile)."""
-    from loadtest.hostile import hostile as quiet_then_hostile
-
-    return await quiet_then_hostile(options)
-
-
 SCENARIOS = {
     "fanout": fanout,
     "projects": projects,
@@ -536,5 +529,4 @@ SCENARIOS = {
     "idle": idle,
     "reference": reference,
     "failover": failover,
-    "hostile": hostile,
 }
