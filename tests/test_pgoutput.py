@@ -55,6 +55,7 @@ from db.pgoutput import (
     row_of,
 )
 from tests.gateway_fixtures import make_project, make_sitemap, make_style_guide, make_wireframe
+from tests.support import triggers_off
 
 UserFactory = Callable[..., Awaitable[uuid.UUID]]
 
@@ -197,17 +198,20 @@ async def write_every_table(conn: asyncpg.Connection, make_user: UserFactory) ->
             {"columns": 12},
             {"md": 768, "lg": 1024},
         )
-        await conn.execute(
-            "INSERT INTO builder_sessions (user_id, project_id, session_token, status, "
-            "current_step, step_data, progress, metadata, ended_at, duration, ip_address, "
-            "user_agent) VALUES ($1, $2, 'token-1', 'paused', 'layout', $3, $4, $5, "
-            "'2026-11-25 14:00:00.123456+00', 3600, '2001:db8::1/64', 'Mozilla/5.0 (X11)')",
-            owner,
-            project,
-            {"step": 2},
-            {"done": 2, "total": 5},
-            {"source": "test"},
-        )
+        # Past the trigger that keeps a session's client private (migration 0015): the
+        # inet column must still decode.
+        async with triggers_off(conn, "builder_sessions"):
+            await conn.execute(
+                "INSERT INTO builder_sessions (user_id, project_id, session_token, status, "
+                "current_step, step_data, progress, metadata, ended_at, duration, ip_address, "
+                "user_agent) VALUES ($1, $2, 'token-1', 'paused', 'layout', $3, $4, $5, "
+                "'2026-11-25 14:00:00.123456+00', 3600, '2001:db8::1/64', 'Mozilla/5.0 (X11)')",
+                owner,
+                project,
+                {"step": 2},
+                {"done": 2, "total": 5},
+                {"source": "test"},
+            )
         await conn.execute(
             "INSERT INTO version_history (entity_type, entity_id, version_number, user_id, "
             "changes, data, message, is_major) VALUES ('projects', $1, 99, $2, $3, $4, "
