@@ -35,22 +35,26 @@ def merged(encodings: list[str]) -> HdrHistogram:
     return total
 
 
-class EditorProcess:
+class ChildProcess:
+    """A process of simulated clients driven over stdio: commands in, one JSON event per
+    line out (the editors', loadtest.editors; the hostile clients', loadtest.hostile)."""
+
+    name = "child process"
+
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
-        self.connected = 0
-        self.received = 0
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.reader = asyncio.create_task(self._read())
+
+    def took(self, event: dict[str, Any]) -> bool:
+        """Whether the process handles `event` itself (else `expect` gets it)."""
+        return False
 
     async def _read(self) -> None:
         assert self.process.stdout is not None
         while line := await self.process.stdout.readline():
             event = orjson.loads(line)
-            if event["event"] == "progress":
-                self.connected = event["connected"]
-                self.received = event["received"]
-            else:
+            if not self.took(event):
                 await self.events.put(event)
         await self.events.put({"event": "exit"})
 
@@ -62,10 +66,10 @@ class EditorProcess:
         async with asyncio.timeout(timeout):
             event = await self.events.get()
         if event["event"] != kind:
-            raise RuntimeError(f"editor process: expected {kind}, got {event['event']}")
+            raise RuntimeError(f"{self.name}: expected {kind}, got {event['event']}")
         return event
 
-    async def stop(self) -> None:
+    async def kill(self) -> None:
         self.reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.reader
@@ -73,6 +77,22 @@ class EditorProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
         await self.process.wait()
+
+
+class EditorProcess(ChildProcess):
+    name = "editor process"
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.connected = 0
+        self.received = 0
+        super().__init__(process)
+
+    def took(self, event: dict[str, Any]) -> bool:
+        if event["event"] != "progress":
+            return False
+        self.connected = event["connected"]
+        self.received = event["received"]
+        return True
 
 
 class EditorPool:
@@ -146,4 +166,4 @@ class EditorPool:
         return waiting.result()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(p.stop() for p in self.processes))
+        await asyncio.gather(*(p.kill() for p in self.processes))

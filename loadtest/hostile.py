@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import sys
 import uuid
@@ -36,13 +35,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psutil
 
 from gateway.edge.tokens import mint_anon_key
 from gateway.settings import Settings
 from loadtest.deployment import Deployment
-from loadtest.editor_pool import STDOUT_LIMIT
+from loadtest.editor_pool import STDOUT_LIMIT, ChildProcess
 from loadtest.hostile_clients import PATTERNS, Limits
 from loadtest.options import Options
 from loadtest.population import Project, create_projects, create_users, tokens
@@ -204,13 +202,10 @@ async def hostile_job(
     }
 
 
-class HostileProcess:
+class HostileProcess(ChildProcess):
     """The hostile clients' process (loadtest.hostile_clients), driven over stdio."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.reader = asyncio.create_task(self._read())
+    name = "hostile process"
 
     @classmethod
     async def start(cls, job: dict[str, Any]) -> HostileProcess:
@@ -230,35 +225,9 @@ class HostileProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    async def _read(self) -> None:
-        assert self.process.stdout is not None
-        while line := await self.process.stdout.readline():
-            await self.events.put(orjson.loads(line))
-        await self.events.put({"event": "exit"})
-
-    def send(self, message: dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(orjson.dumps(message) + b"\n")
-
-    async def expect(self, kind: str, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
-        async with asyncio.timeout(timeout):
-            event = await self.events.get()
-        if event["event"] != kind:
-            raise RuntimeError(f"hostile process: expected {kind}, got {event['event']}")
-        return event
-
     async def stop(self) -> dict[str, Any]:
         self.send({"cmd": "stop"})
         return await self.expect("result", STEP_TIMEOUT)
-
-    async def kill(self) -> None:
-        self.reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.reader
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-        await self.process.wait()
 
 
 def gateway_log(deployment: Deployment) -> Path | None:
