@@ -84,6 +84,11 @@ class Metrics:
             "Connections closed because their outbound buffer overflowed.",
             registry=r,
         )
+        self.ping_timeouts = Counter(
+            "sitebuilder_ping_timeouts",
+            "Connections closed because no pong came in time (4010).",
+            registry=r,
+        )
         self.auth_failures = Counter(
             "sitebuilder_auth_failures",
             "Failed authentications, by reason.",

@@ -140,7 +140,9 @@ class Settings(BaseSettings):
             description=(
                 "Sustained subscribes (native `subscribe`, Supabase `phx_join`) per second "
                 "per connection, each a snapshot or access check in PostgreSQL; beyond "
-                "SITEBUILDER_JOIN_BURST at once they are refused (`rate_limited`)."
+                "SITEBUILDER_JOIN_BURST at once they are refused (`rate_limited`). A "
+                "Supabase join counts once per `postgres_changes` binding (at least once): "
+                "each is a filter to parse and a table subscription."
             ),
         ),
     ] = 10.0
@@ -165,6 +167,17 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 32
+    max_bindings_per_connection: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "`postgres_changes` bindings of all of one connection's Supabase channels "
+                "together (each is checked on every change of its table that no index "
+                "rules out); a join that would pass it is refused."
+            ),
+        ),
+    ] = 100
     max_filter_chars: Annotated[
         int,
         Field(
@@ -176,6 +189,16 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 4096
+    max_filter_conditions: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Conditions of one Supabase filter, joined by commas (Supabase's own "
+                "server takes one); more: the binding is refused."
+            ),
+        ),
+    ] = 4
     max_filter_in_values: Annotated[
         int,
         Field(

@@ -7,12 +7,14 @@ own (or the anon key), never as a member of the editors' project:
 - `filters`: Supabase joins carrying `SITEBUILDER_MAX_BINDINGS_PER_JOIN` bindings on the
   tables the editors' writes touch (wireframes, version_history), each filter
   `SITEBUILDER_MAX_FILTER_CHARS` long: `in` lists of `SITEBUILDER_MAX_FILTER_IN_VALUES`
-  ids (indexed by the gateway) and, on version_history in every other channel, as many
-  conditions as fit (every change is checked against those); as many channels as
-  `SITEBUILDER_MAX_SUBSCRIPTIONS` allows, joined in one burst (`SITEBUILDER_JOIN_BURST`),
-  then one left and another joined at `SITEBUILDER_JOINS_PER_SECOND`; every 25th join
-  probes a limit by one (a binding too many, a filter a character too long, an `in`
-  list a value too long);
+  ids (indexed by the gateway) and, on version_history in every other channel,
+  `SITEBUILDER_MAX_FILTER_CONDITIONS` conditions that hold for the editors' rows (every
+  change is checked against those); as many channels as
+  `SITEBUILDER_MAX_BINDINGS_PER_CONNECTION` allows, joined in one burst, then the oldest
+  left and another joined as fast as `SITEBUILDER_JOINS_PER_SECOND` allows (a join
+  counts once per binding); first, each limit probed by one (a binding too many for
+  the join or for the connection, a filter a character too long or a condition too
+  many, an `in` list a value too long);
 - `churn`: join/leave churn at the join rate: native `subscribe` (with snapshot) /
   `unsubscribe` of the user's own project and a `subscribe` of the editors' project
   (refused: not shared); Supabase `phx_join`/`phx_leave` of `project:<own>` (presence
@@ -85,7 +87,9 @@ class Limits:
     joins_per_second: float = 10.0
     join_burst: int = 100
     max_bindings_per_join: int = 32
+    max_bindings_per_connection: int = 100
     max_filter_chars: int = 4096
+    max_filter_conditions: int = 4
     max_filter_in_values: int = 100
     presence_updates_per_second: float = 20.0
     max_presence_meta_bytes: int = 2048
@@ -169,7 +173,9 @@ REASONS = [
     ("SITEBUILDER_JOINS_PER_SECOND", "rate_limited"),
     ("SITEBUILDER_MAX_SUBSCRIPTIONS", "too_many_subscriptions"),
     ("SITEBUILDER_MAX_BINDINGS_PER_JOIN", "too_many_bindings"),
+    ("SITEBUILDER_MAX_BINDINGS_PER_CONNECTION", "too_many_bindings_held"),
     ("SITEBUILDER_MAX_FILTER_CHARS", "filter_too_long"),
+    ("SITEBUILDER_MAX_FILTER_CONDITIONS", "too_many_conditions"),
     ("SITEBUILDER_MAX_FILTER_IN_VALUES", "too_many_in_values"),
     ("SITEBUILDER_MAX_PRESENCE_META_BYTES", "presence_too_large"),
     ("SITEBUILDER_MAX_PRESENCE_KEY_CHARS", "presence_key_too_long"),
@@ -341,42 +347,48 @@ def in_filter(table: str, ids: list[str], limits: Limits, values: int, chars: in
     return head
 
 
-def conditions_filter(table: str, chars: int) -> str:
-    """As many conditions as fit in `chars`, each true for the editors' rows: the
-    gateway has no value to index such a binding by."""
+def conditions_filter(table: str, chars: int, conditions: int) -> str:
+    """`conditions` conditions in `chars`, each true for the editors' rows: the gateway
+    has no value to index such a binding by."""
     _, text, number = TABLE_COLUMNS[table]
-    condition = f"{number}=gte.0"
-    count = max(1, (chars + 1) // (len(condition) + 1))
-    head = ",".join([condition] * count)
-    pad = f",{text}=neq."
-    if len(head) + len(pad) + 1 <= chars:
-        head += pad + "x" * (chars - len(head) - len(pad))
-    return head[:chars] if len(head) > chars else head
+    head = ",".join([f"{number}=gte.0"] * max(0, conditions - 1))
+    pad = f"{text}=neq."
+    last = pad + "x" * max(1, chars - len(head) - len(pad) - 1)
+    return f"{head},{last}" if head else last
 
 
-def bindings(
-    limits: Limits, ids: list[str], *, scanned: bool, probe: str | None = None
-) -> list[dict[str, Any]]:
+def bindings(limits: Limits, ids: list[str], *, scanned: bool) -> list[dict[str, Any]]:
     """A join's `postgres_changes`: the most bindings allowed, the longest filters,
     alternately on wireframes and version_history, `in` lists; `scanned`: those on
-    version_history made of conditions only. `probe` breaks one limit by one."""
-    count = limits.max_bindings_per_join + (1 if probe == "bindings" else 0)
+    version_history made of conditions only."""
     made = []
-    for index in range(count):
+    for index in range(limits.max_bindings_per_join):
         table = ("wireframes", "version_history")[index % 2]
         chars = limits.max_filter_chars
-        values = limits.max_filter_in_values
-        if index == 0 and probe == "chars":
-            chars += 1
-        if index == 0 and probe == "values":
-            values += 1
-            chars = max(chars, 40 * values)  # room for them: the values are the problem
-        if scanned and index % 2 == 1 and not (index == 0 and probe):
-            text = conditions_filter(table, chars)
+        if scanned and index % 2 == 1:
+            text = conditions_filter(table, chars, limits.max_filter_conditions)
         else:
-            text = in_filter(table, ids, limits, values, chars)
+            text = in_filter(table, ids, limits, limits.max_filter_in_values, chars)
         made.append({"event": "*", "schema": "public", "table": table, "filter": text})
     return made
+
+
+# Joins that break one limit by one: `bindings` is refused; the others are joined with
+# their one binding refused (a `system` error), and left at once.
+PROBES = ("bindings", "chars", "values", "conditions")
+
+
+def probe_bindings(limits: Limits, ids: list[str], probe: str) -> list[dict[str, Any]]:
+    table, chars, values = "wireframes", limits.max_filter_chars, limits.max_filter_in_values
+    if probe == "bindings":
+        return bindings(limits, ids, scanned=False) + bindings(limits, ids, scanned=False)[:1]
+    if probe == "conditions":
+        text = conditions_filter(table, chars, limits.max_filter_conditions + 1)
+    elif probe == "chars":
+        text = in_filter(table, ids, limits, values, chars + 1)
+    else:  # room for the values: their number is the problem
+        text = in_filter(table, ids, limits, values + 1, max(chars, 40 * (values + 1)))
+    return [{"event": "*", "schema": "public", "table": table, "filter": text}]
 
 
 def join_payload(
@@ -417,45 +429,63 @@ class Pattern:
 
 
 class Filters(Pattern):
-    """Max-size joins on wireframes and version_history, churned at the join rate."""
+    """Max-size joins on wireframes and version_history, as many bindings held as
+    allowed, churned as fast as the join rate allows; each limit probed by one."""
 
     def __init__(self, plan: Plan, limits: Limits, editors_project: str, index: int) -> None:
         super().__init__(plan, limits, editors_project, index)
-        self.rate = limits.joins_per_second
+        per_join = limits.max_bindings_per_join
+        self.rate = limits.joins_per_second / per_join
+        self.held = max(
+            1, min(limits.max_subscriptions, limits.max_bindings_per_connection // per_join)
+        )
         ids = list(plan.wireframes)
         self.indexed = join_payload(bindings(limits, ids, scanned=False))
         self.scanned = join_payload(bindings(limits, ids, scanned=True))
-        self.probes = {
-            probe: join_payload(bindings(limits, ids, scanned=False, probe=probe))
-            for probe in ("bindings", "chars", "values")
-        }
+        self.probes = {p: join_payload(probe_bindings(limits, ids, p)) for p in PROBES}
         self.open: deque[tuple[str, str]] = deque()  # (topic, join_ref)
         self.joins = 0
 
+    def _topic(self) -> tuple[str, str]:
+        self.joins += 1
+        return f"realtime:hostile-{self.index}-{self.joins}", str(self.joins)
+
     def join(self) -> list[Frame]:
+        """Leave the oldest channel when holding all that is allowed; join another."""
         frames: list[Frame] = []
-        if len(self.open) >= self.limits.max_subscriptions:
+        if len(self.open) >= self.held:
             topic, join_ref = self.open.popleft()
             frames.append(phoenix("phx_leave", topic, "phx_leave", {}, self.refs, join_ref))
-        self.joins += 1
-        topic = f"realtime:hostile-{self.index}-{self.joins}"
-        join_ref = str(self.joins)
-        if self.joins % PROBE_EVERY == 0:
-            probe = ("bindings", "chars", "values")[(self.joins // PROBE_EVERY) % 3]
-            payload, kind = self.probes[probe], f"phx_join over the limit ({probe})"
-        elif self.joins % 2:
+        topic, join_ref = self._topic()
+        if self.joins % 2:
             payload, kind = self.scanned, "phx_join (filters checked on every change)"
         else:
             payload, kind = self.indexed, "phx_join (indexed in lists)"
         frames.append(phoenix(kind, topic, "phx_join", payload, self.refs, join_ref))
-        if payload is not self.probes["bindings"]:  # that one is refused: no channel
-            self.open.append((topic, join_ref))
+        self.open.append((topic, join_ref))
         return frames
 
+    def probe(self, probe: str) -> list[Frame]:
+        topic, join_ref = self._topic()
+        kind = f"phx_join over the limit ({probe})"
+        frames = [phoenix(kind, topic, "phx_join", self.probes[probe], self.refs, join_ref)]
+        if probe != "bindings":  # joined, its binding refused
+            frames.append(phoenix("phx_leave", topic, "phx_leave", {}, self.refs, join_ref))
+        return frames
+
+    def probe_held(self) -> list[Frame]:
+        """One full join more than the connection may hold (refused), when it would be."""
+        limits = self.limits
+        if (self.held + 1) * limits.max_bindings_per_join <= limits.max_bindings_per_connection:
+            return []
+        topic, join_ref = self._topic()
+        kind = "phx_join over the limit (held)"
+        return [phoenix(kind, topic, "phx_join", self.indexed, self.refs, join_ref)]
+
     def setup(self) -> list[Frame]:
-        burst = min(self.limits.join_burst, self.limits.max_subscriptions)
-        burst = min(burst, self.limits.message_burst) - 1  # room for the first tick
-        return [frame for _ in range(max(0, burst)) for frame in self.join()]
+        frames = [frame for probe in PROBES for frame in self.probe(probe)]
+        frames += [frame for _ in range(self.held) for frame in self.join()]
+        return frames + self.probe_held()
 
     def ticks(self) -> Iterator[list[Frame]]:
         while True:

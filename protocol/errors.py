@@ -45,6 +45,8 @@ class CloseCode(IntEnum):
     AUTH_FAILED = 4003
     SLOW_CONSUMER = 4008
     TOO_MANY_CONNECTIONS = 4009
+    # No pong within the ping timeout, while the gateway had read all the client sent.
+    PING_TIMEOUT = 4010
 
 
 class ProtocolError(Exception):

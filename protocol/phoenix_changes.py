@@ -1,7 +1,7 @@
 """`postgres_changes` for Supabase clients: bindings, filters and the change payload.
 
 A binding is `{event, schema, table, filter}` from `phx_join`'s config. Its `filter`
-is PostgREST-like, `column=op.value` (several joined by commas, all must hold), with
+is PostgREST-like, `column=op.value` (a few joined by commas, all must hold), with
 `eq, neq, lt, lte, gt, gte` and `in.(a,b,…)`; the value is read as the column's type,
 so `version=gt.9` compares numbers and `id=eq.<uuid>` uuids. What Supabase refuses it
 reports in the same words (supabase/realtime's `parse_subscription_params`), e.g.
@@ -18,6 +18,7 @@ passes unknown fields by.
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -149,6 +150,8 @@ class Condition:
     column: str
     op: Op
     values: tuple[Any, ...]
+    # `in`'s values as a set: a check costs one lookup, however long the list.
+    members: frozenset[Any] = frozenset()
 
     def holds(self, row: Mapping[str, Any]) -> bool:
         value = row.get(self.column)
@@ -163,7 +166,7 @@ class Condition:
             if self.op is Op.NEQ:
                 return bool(value != first)
             if self.op is Op.IN:
-                return value in self.values
+                return value in self.members
             if self.op is Op.LT:
                 return bool(value < first)
             if self.op is Op.LTE:
@@ -171,7 +174,7 @@ class Condition:
             if self.op is Op.GT:
                 return bool(value > first)
             return bool(value >= first)
-        except TypeError:
+        except TypeError:  # an unhashable or incomparable value matches nothing
             return False
 
 
@@ -205,10 +208,12 @@ def binding_id(params: Mapping[str, JsonValue]) -> int:
 
 @dataclass(frozen=True, slots=True)
 class FilterLimits:
-    """What one binding's filter may cost: its length, and the values of an `in` list
-    (Supabase's own server takes at most 100). Parsing and matching are linear in them."""
+    """What one binding's filter may cost: its length, its conditions, and the values of
+    an `in` list (Supabase's own server takes one condition and at most 100 values).
+    Parsing is linear in the length, a check of a row costs a step per condition."""
 
     max_chars: int = 4096
+    max_conditions: int = 4
     max_in_values: int = 100
 
 
@@ -239,7 +244,7 @@ def parse_binding(
             )
         if len(tables) != 1:
             raise BindingError(_unable(event, schema, "*", filter_text[:200]))
-        conditions = parse_filter(filter_text, next(iter(tables)), limits.max_in_values)
+        conditions = parse_filter(filter_text, next(iter(tables)), limits)
     return Binding(binding_id(params), tables, wants, conditions)
 
 
@@ -269,25 +274,46 @@ def _parse_error(parts: list[str]) -> BindingError:
     return BindingError(f"Error parsing `filter` params: [{shown}]")
 
 
-def _split_conditions(text: str) -> list[str]:
-    """Split on the commas between conditions, not those inside `in.(…)`."""
-    parts, depth, start = [], 0, 0
-    for index, char in enumerate(text):
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth = max(0, depth - 1)
-        elif char == "," and depth == 0:
-            parts.append(text[start:index])
-            start = index + 1
-    parts.append(text[start:])
-    return parts
+# A quoted value (`\` escapes; unclosed: to the end), an `in` list's parenthesized
+# values, and anything else up to a comma. Each character is read by one branch and
+# never again (possessive repeats), so matching is linear in the filter's length.
+_QUOTED = r'"(?:[^"\\]++|\\.)*+\\?(?:"|\Z)'
+_CONDITION = re.compile(rf'(?:\((?:{_QUOTED}|[^")]++)*+(?:\)|\Z)|{_QUOTED}|[^,"(]++)*+', re.DOTALL)
+_LIST_ITEM = re.compile(rf'(?:{_QUOTED}|[^,"]++)*+', re.DOTALL)
 
 
-def parse_filter(text: str, table: str, max_in_values: int = 100) -> tuple[Condition, ...]:
+def _split_conditions(text: str, max_conditions: int) -> list[str]:
+    """Split on the commas between conditions, not those inside `in.(…)`; BindingError
+    past `max_conditions` (before reading further)."""
+    parts: list[str] = []
+    position = 0
+    while True:
+        match = _CONDITION.match(text, position)
+        assert match is not None  # the pattern matches the empty string
+        parts.append(match.group())
+        if len(parts) > max_conditions:
+            raise BindingError(
+                f"filter of more than {max_conditions} conditions "
+                "(SITEBUILDER_MAX_FILTER_CONDITIONS)"
+            )
+        position = match.end()
+        if position >= len(text):
+            return parts
+        if text[position] != ",":  # an unclosed quote or parenthesis: the rest as is
+            parts[-1] += text[position:]
+            return parts
+        position += 1
+        if position == len(text):
+            parts.append("")
+            return parts
+
+
+def parse_filter(
+    text: str, table: str, limits: FilterLimits = FilterLimits()
+) -> tuple[Condition, ...]:
     """The conditions of `column=op.value[,…]` on `table`; BindingError when bad."""
     conditions = []
-    for part in _split_conditions(text):
+    for part in _split_conditions(text, limits.max_conditions):
         column_rest = part.split("=", 1)
         if len(column_rest) != 2:
             raise _parse_error(column_rest)
@@ -300,7 +326,7 @@ def parse_filter(text: str, table: str, max_in_values: int = 100) -> tuple[Condi
             op = Op(op_text)
         except ValueError:
             raise _parse_error(op_value) from None
-        conditions.append(_condition(table, column, op, value, max_in_values))
+        conditions.append(_condition(table, column, op, value, limits.max_in_values))
     return tuple(conditions)
 
 
@@ -316,37 +342,46 @@ def _condition(table: str, column: str, op: Op, value: str, max_in_values: int) 
             raise BindingError(
                 "Error parsing `filter` params: `in` filter value must be wrapped by parentheses"
             )
-        items = [_unquote(v) for v in _split_list(value[1:-1])]
-        if len(items) > max_in_values:
-            raise BindingError(
-                f"`in` filter of {len(items)} values is over the limit of {max_in_values} "
-                "(SITEBUILDER_MAX_FILTER_IN_VALUES)"
-            )
-    else:
-        items = [_unquote(value)]
-    return Condition(column, op, tuple(coerce(item, kind) for item in items))
+        items = [_unquote(v) for v in _split_list(value[1:-1], max_in_values)]
+        values = tuple(coerce(item, kind) for item in items)
+        return Condition(column, op, values, frozenset(values))
+    return Condition(column, op, (coerce(_unquote(value), kind),))
 
 
-def _split_list(text: str) -> list[str]:
-    """`a,"b,c",d` → three items (PostgREST quotes values holding commas)."""
-    items, current, quoted, escaped = [], [], False, False
-    for char in text:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\" and quoted:
-            current.append(char)
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-            current.append(char)
-        elif char == "," and not quoted:
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    items.append("".join(current))
-    return items
+def _split_list(text: str, max_items: int) -> list[str]:
+    """`a,"b,c",d` → three items; BindingError past `max_items` (counted before they
+    are split, when none is quoted)."""
+    if '"' not in text:
+        if text.count(",") >= max_items:
+            raise _too_many_values(text.count(",") + 1, max_items)
+        return text.split(",")
+    items: list[str] = []
+    position = 0
+    while True:
+        match = _LIST_ITEM.match(text, position)
+        assert match is not None  # the pattern matches the empty string
+        items.append(match.group())
+        if len(items) > max_items:
+            raise _too_many_values(len(items), max_items)
+        position = match.end()
+        if position >= len(text):
+            return items
+        if text[position] != ",":  # an unclosed quote: the rest is the last value
+            items[-1] += text[position:]
+            return items
+        position += 1
+        if position == len(text):
+            items.append("")
+            if len(items) > max_items:
+                raise _too_many_values(len(items), max_items)
+            return items
+
+
+def _too_many_values(count: int, limit: int) -> BindingError:
+    return BindingError(
+        f"`in` filter of {count} values is over the limit of {limit} "
+        "(SITEBUILDER_MAX_FILTER_IN_VALUES)"
+    )
 
 
 def _unquote(value: str) -> str:

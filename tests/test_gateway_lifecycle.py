@@ -16,6 +16,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
@@ -71,16 +72,110 @@ async def silent_peer_close_code(url: str, auth_token: str) -> int | None:
 @pytest.mark.parametrize(
     "gateway_overrides", [{"ping_interval_seconds": 0.2, "ping_timeout_seconds": 0.3}]
 )
-async def test_a_peer_that_stops_answering_pings_is_closed_1011(
+async def test_a_peer_that_stops_answering_pings_is_closed_4010(
     gateway: Gateway, ws_client: Connect, make_user: UserFactory
 ) -> None:
     user = await make_user()
     answering = await ws_client()
     await answering.auth(user)
     code = await asyncio.wait_for(silent_peer_close_code(gateway_url(gateway), token(user)), 10)
-    assert code == 1011
+    assert code == 4010
     # Meanwhile several pings went to the peer that answers them: it is still connected.
     await answering.ping()
+
+
+async def raw_client(
+    url: str, auth_token: str
+) -> tuple[ClientProtocol, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A signed-in connection on websockets' sans-I/O client: every frame seen."""
+    protocol = ClientProtocol(parse_uri(url))
+    protocol.send_request(protocol.connect())
+    host, port = url.removeprefix("ws://").rstrip("/").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"".join(protocol.data_to_send()))
+    while protocol.state is not State.OPEN:
+        protocol.receive_data(await reader.read(65536))
+    protocol.events_received()
+    protocol.send_text(orjson.dumps({"type": "auth", "token": auth_token}))
+    writer.write(b"".join(protocol.data_to_send()))
+    return protocol, reader, writer
+
+
+async def read_frames(
+    protocol: ClientProtocol, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> list[Frame]:
+    """The next frames received (pings answered); AssertionError when closed."""
+    data = await reader.read(65536)
+    assert data, f"closed: {protocol.close_rcvd}"
+    protocol.receive_data(data)
+    frames = [event for event in protocol.events_received() if isinstance(event, Frame)]
+    assert not any(f.opcode is Opcode.CLOSE for f in frames), f"closed: {protocol.close_rcvd}"
+    writer.write(b"".join(protocol.data_to_send()))  # the pongs
+    return frames
+
+
+async def count_pings(url: str, auth_token: str, pings: int) -> None:
+    """Return once a connection that answers them has had `pings` pings: a clock
+    of the gateway's ping interval."""
+    protocol, reader, writer = await raw_client(url, auth_token)
+    try:
+        seen = 0
+        while seen < pings:
+            frames = await read_frames(protocol, reader, writer)
+            seen += sum(frame.opcode is Opcode.PING for frame in frames)
+    finally:
+        writer.close()
+
+
+async def answers_to(url: str, auth_token: str, frames: list[bytes]) -> set[object]:
+    """Send `frames` at once, answering every ping; the refs answered, once the last
+    frame's is."""
+    protocol, reader, writer = await raw_client(url, auth_token)
+    try:
+        for frame in frames:
+            protocol.send_text(frame)
+        writer.write(b"".join(protocol.data_to_send()))
+        last_ref = orjson.loads(frames[-1])["ref"]
+        answered: set[object] = set()
+        while last_ref not in answered:
+            for frame in await read_frames(protocol, reader, writer):
+                if frame.opcode is Opcode.TEXT:
+                    answered.add(orjson.loads(frame.data).get("ref"))
+        return answered
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "gateway_overrides", [{"ping_interval_seconds": 0.2, "ping_timeout_seconds": 0.3}]
+)
+async def test_a_client_whose_frames_wait_to_be_handled_is_not_closed_for_want_of_a_pong(
+    gateway: Gateway, make_user: UserFactory, conn: asyncpg.Connection, database_dsn: str
+) -> None:
+    """40 subscribes sent at once while the projects table is locked: the gateway
+    stops reading past websockets' queue of 16 frames, pongs included, for several
+    ping timeouts (5 pings to another client). The client answered every ping: it gets
+    every answer, not a close."""
+    user = await make_user()
+    project = await make_project(conn, user)
+    frames = [
+        orjson.dumps({"type": "subscribe", "project_id": str(project), "ref": f"s{n}"})
+        for n in range(40)
+    ]
+    url = gateway_url(gateway)
+    blocker = await asyncpg.connect(database_dsn)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE projects IN ACCESS EXCLUSIVE MODE")
+        client = asyncio.create_task(answers_to(url, token(user), frames))
+        await asyncio.wait_for(count_pings(url, token(user), 5), 20)
+        assert not client.done(), client
+        await transaction.rollback()
+        answered = await asyncio.wait_for(client, 20)
+    finally:
+        await blocker.close()
+    assert {f"s{n}" for n in range(40)} <= answered, answered
 
 
 # Shutdown

@@ -98,6 +98,70 @@ async def test_a_join_with_more_bindings_than_the_limit_is_refused(
     await expect_subscribed(client, "two")
 
 
+@pytest.mark.parametrize("gateway_overrides", [{"max_filter_conditions": 2}])
+async def test_a_filter_of_more_conditions_than_the_limit_is_refused(
+    phx_client: Any, make_user: UserFactory
+) -> None:
+    client = await phx_client(token(await make_user()))
+    binding = {"event": "*", "schema": "public", "table": "sitemaps"}
+    three = {**binding, "filter": 'version=gt.0,version=lt.9,title=in.(a,"b,c")'}
+
+    message = await refused_binding(client, "three", three)
+
+    assert "more than 2 conditions (SITEBUILDER_MAX_FILTER_CONDITIONS)" in message
+    two = {**binding, "filter": 'version=gt.0,title=in.(a,"b,c",d)'}
+    assert (await client.join("two", {"postgres_changes": [two]}))["status"] == "ok"
+    await expect_subscribed(client, "two")
+
+
+@pytest.mark.parametrize(
+    "gateway_overrides", [{"max_bindings_per_connection": 5, "max_bindings_per_join": 4}]
+)
+async def test_bindings_are_bounded_across_a_connections_channels(
+    phx_client: Any, make_user: UserFactory
+) -> None:
+    """Each binding is checked on every change of its table: their number on one
+    connection is bounded whatever the channels; leaving one frees its bindings."""
+    client = await phx_client(token(await make_user()))
+    binding = {"event": "*", "schema": "public", "table": "sitemaps"}
+    assert (await client.join("a", {"postgres_changes": [binding] * 4}))["status"] == "ok"
+    await expect_subscribed(client, "a")
+
+    reply = await client.join("b", {"postgres_changes": [binding] * 2})
+
+    assert reply["status"] == "error", reply
+    reason = reply["response"]["reason"]
+    assert "beside the 4 of this connection's other channels; at most 5" in reason
+    assert "SITEBUILDER_MAX_BINDINGS_PER_CONNECTION" in reason
+    assert (await client.join("c", {"postgres_changes": [binding]}))["status"] == "ok"
+    await expect_subscribed(client, "c")
+    left = await client.push("realtime:a", "phx_leave", {})
+    assert (await client.reply(left))["status"] == "ok"
+    await client.expect("phx_close", "realtime:a")
+    assert (await client.join("b", {"postgres_changes": [binding] * 2}))["status"] == "ok"
+    await expect_subscribed(client, "b")
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"joins_per_second": 0.01, "join_burst": 6}])
+async def test_a_join_counts_against_the_join_rate_once_per_binding(
+    phx_client: Any, make_user: UserFactory
+) -> None:
+    """A join's cost is its bindings' (each a filter to parse, a table to watch): a
+    burst of 6 takes one join of 4 bindings and one of 2, then refuses even one."""
+    client = await phx_client(token(await make_user()))
+    binding = {"event": "*", "schema": "public", "table": "sitemaps"}
+    assert (await client.join("four", {"postgres_changes": [binding] * 4}))["status"] == "ok"
+    await expect_subscribed(client, "four")
+    assert (await client.join("two", {"postgres_changes": [binding] * 2}))["status"] == "ok"
+    await expect_subscribed(client, "two")
+
+    reply = await client.join("one", {"postgres_changes": [binding]})
+
+    assert reply["status"] == "error", reply
+    assert "SITEBUILDER_JOINS_PER_SECOND" in reply["response"]["reason"]
+    await client.heartbeat()
+
+
 async def test_the_megabyte_in_lists_that_stalled_the_gateway_are_refused_at_once(
     gateway: Gateway, phx_client: Any, make_user: UserFactory, conn: asyncpg.Connection
 ) -> None:

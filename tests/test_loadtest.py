@@ -317,7 +317,9 @@ async def test_hostile_compares_a_quiet_run_with_a_hostile_one(
     # each limit probed by one is refused, in each protocol's words
     for code in (
         "phoenix/too_many_bindings",
+        "phoenix/too_many_bindings_held",
         "phoenix/filter_too_long",
+        "phoenix/too_many_conditions",
         "phoenix/too_many_in_values",
         "native/presence_too_large",
         "native/frame_too_large",

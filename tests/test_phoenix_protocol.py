@@ -13,6 +13,7 @@ from protocol.phoenix_changes import (
     COLUMNS,
     BindingError,
     ChangeType,
+    FilterLimits,
     binding_id,
     change_data,
     parse_binding,
@@ -236,6 +237,54 @@ def test_bindings_refused_in_supabases_words(params: dict[str, object], message:
     with pytest.raises(BindingError) as error:
         parse_binding(params)  # type: ignore[arg-type]
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    ("flt", "values"),
+    [
+        ('title=in.(a,"b,c",d)', ("a", "b,c", "d")),
+        (r'title=in.("say \"hi\"",x)', ('say "hi"', "x")),
+        ('title=in.("a)b",c)', ("a)b", "c")),
+        ("title=in.(a,)", ("a", "")),
+        ("title=in.()", ("",)),
+        ('title=eq."a,b"', ("a,b",)),
+        ('title=eq."unclosed,x', ('"unclosed,x',)),  # an unclosed quote: the rest, as is
+        ('title=eq.a"b,c"d', ('a"b,c"d',)),
+    ],
+)
+def test_filter_values_split_on_commas_outside_quotes(flt: str, values: tuple[str, ...]) -> None:
+    (condition,) = parse_binding({"table": "wireframes", "filter": flt}).conditions
+    assert condition.values == values
+
+
+@pytest.mark.parametrize(
+    ("flt", "message"),
+    [
+        ("version=gt.1,version=gt.2,version=gt.3", "more than 2 conditions"),
+        ("title=in.(a,b,c,d)", "`in` filter of 4 values is over the limit of 3"),
+        ('title=in.("a","b","c",d)', "`in` filter of 4 values is over the limit of 3"),
+        ("title=in.(" + "," * 4000 + ")", "`in` filter of 4001 values is over the limit of 3"),
+    ],
+)
+def test_filters_are_refused_past_their_limits_before_being_read_further(
+    flt: str, message: str
+) -> None:
+    """Splitting stops at the first condition or quoted value too many (unquoted values
+    are counted before they are split): a filter costs the limits, not its length."""
+    limits = FilterLimits(max_chars=8192, max_conditions=2, max_in_values=3)
+    with pytest.raises(BindingError, match=message.replace("(", r"\(")):
+        parse_binding({"table": "wireframes", "filter": flt}, limits)
+
+
+def test_an_in_list_is_matched_as_a_set_of_the_columns_values() -> None:
+    ids = [UUID(int=n) for n in range(100)]
+    flt = f"sitemap_id=in.({','.join(map(str, ids))})"
+    binding = parse_binding({"table": "wireframes", "filter": flt})
+    assert binding.matches("wireframes", ChangeType.INSERT, {"sitemap_id": ids[99]})
+    assert not binding.matches("wireframes", ChangeType.INSERT, {"sitemap_id": UUID(int=100)})
+    number = parse_binding({"table": "wireframes", "filter": "version=in.(1,2,3)"})
+    assert number.matches("wireframes", ChangeType.INSERT, {"version": 3})
+    assert not number.matches("wireframes", ChangeType.INSERT, {"version": [3]})
 
 
 def test_a_binding_without_table_covers_every_table_and_unknown_events_mean_all() -> None:

@@ -257,8 +257,7 @@ class Gateway:
                 backlog=self.settings.listen_backlog,
                 reuse_port=self._share_port,
                 max_size=self.settings.max_frame_bytes * 4,
-                ping_interval=self.settings.ping_interval_seconds,
-                ping_timeout=self.settings.ping_timeout_seconds,
+                ping_interval=None,  # each connection's own (gateway.edge.connection)
             )
         except BaseException:
             await self._stop_tasks()

@@ -73,6 +73,9 @@ class Connection:
         self._expiry: asyncio.TimerHandle | None = None
         self._admitted = False
         self._closing = False
+        # A frame is being handled (reading waits meanwhile), and when one was last read.
+        self._busy = False
+        self._last_read = time.monotonic()
         # Counted against the connections not signed in yet until it signs in (the
         # gateway sets it when it admits the socket).
         self._unauthenticated_from: str | None = None
@@ -82,14 +85,49 @@ class Connection:
 
     async def run(self) -> None:
         """Serve the connection until it closes, then release all it holds."""
+        keepalive = asyncio.create_task(self._keep_alive())
         try:
             if await self._open():
                 await self._serve()
         except ConnectionClosed:
             pass
         finally:
+            keepalive.cancel()
             self._release()
             await self._wait_for_tasks()
+            await asyncio.gather(keepalive, return_exceptions=True)
+
+    async def _keep_alive(self) -> None:
+        """Ping every interval; close the connection when no pong comes within the
+        timeout while the gateway has read all it was sent. websockets' own keepalive
+        closes with 1011 a client whose frames wait to be handled (reading pauses past
+        websockets' `max_queue`, and its pongs wait behind them): such a client is
+        alive, the gateway is the slow side, and it waits for the pong as long as it is
+        handling the client's frames."""
+        interval = self._settings.ping_interval_seconds
+        timeout = self._settings.ping_timeout_seconds
+        while not self._closing:
+            await asyncio.sleep(interval)
+            try:
+                pong = await self.ws.ping()
+            except ConnectionClosed:
+                return
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(pong), timeout)
+                    break
+                except TimeoutError:
+                    if not self._behind(timeout):
+                        self._metrics.ping_timeouts.inc()
+                        self.close(CloseCode.PING_TIMEOUT, "keepalive ping timeout")
+                        return
+                except ConnectionClosed:
+                    return
+
+    def _behind(self, window: float) -> bool:
+        """Whether the gateway handled one of the client's frames in the last `window`
+        seconds, or is handling one: it may not have read the pong yet."""
+        return self._busy or time.monotonic() - self._last_read < window
 
     async def _open(self) -> bool:
         """The protocol's handshake; False when the connection was refused (closed)."""
@@ -162,6 +200,7 @@ class Connection:
 
     def _refusal(self, message: str | bytes) -> Refusal | None:
         """Why a frame is refused unread (size, then rate), or None to read it."""
+        self._last_read = time.monotonic()
         size = len(message.encode() if isinstance(message, str) else message)
         if size > self._settings.max_frame_bytes:
             self._metrics.rate_limited.labels("max_frame_bytes").inc()
@@ -180,9 +219,10 @@ class Connection:
             )
         return None
 
-    def _joining_too_fast(self) -> str | None:
-        """The refusal of a subscribe over the rate, or None (the subscribe is counted)."""
-        wait = self._join_bucket.take()
+    def _joining_too_fast(self, cost: int = 1) -> str | None:
+        """The refusal of a subscribe over the rate, or None (the subscribe is counted,
+        as `cost` subscribes: a Supabase join counts its bindings)."""
+        wait = self._join_bucket.take(cost)
         if not wait:
             return None
         self._metrics.rate_limited.labels("joins_per_second").inc()

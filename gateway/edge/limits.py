@@ -15,15 +15,17 @@ class TokenBucket:
         self._tokens = float(burst)
         self._updated = time.monotonic()
 
-    def take(self) -> float:
-        """0.0 when an event may pass now, else the seconds until one may."""
+    def take(self, cost: float = 1.0) -> float:
+        """0.0 when an event of `cost` may pass now (it is counted), else the seconds
+        until one may. A cost above the burst counts as the burst."""
+        cost = min(cost, self._capacity)
         now = time.monotonic()
         self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
         self._updated = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= cost:
+            self._tokens -= cost
             return 0.0
-        return (1.0 - self._tokens) / self._rate
+        return (cost - self._tokens) / self._rate
 
 
 class Unauthenticated:

@@ -77,7 +77,6 @@ class Client(Connection):
         self._list_reading = False
         self._list_stale: ResetReason | None = None
         self._stopping = False
-        self._busy = False
 
     # Lifecycle
 

@@ -79,6 +79,7 @@ class Channel:
     presence_key: str
     # The `postgres_changes` bindings: one subscription per table channel they name.
     tables: list[Subscription] = field(default_factory=list)
+    bindings: int = 0  # how many (none when they were refused)
 
 
 class PhoenixClient(Connection):
@@ -96,9 +97,10 @@ class PhoenixClient(Connection):
         self._token: str | None = None
         self._token_expired = False
         self._stopping = False
-        self._busy = False
         settings = gateway.settings
-        self._filter_limits = FilterLimits(settings.max_filter_chars, settings.max_filter_in_values)
+        self._filter_limits = FilterLimits(
+            settings.max_filter_chars, settings.max_filter_conditions, settings.max_filter_in_values
+        )
 
     # Lifecycle
 
@@ -303,7 +305,7 @@ class PhoenixClient(Connection):
         refused = (
             self._too_many_subscriptions()
             or self._too_many_bindings(payload)
-            or self._joining_too_fast()
+            or self._joining_too_fast(max(1, len(payload.config.postgres_changes)))
         )
         if refused is not None:
             self._reply_error(message, refused)
@@ -355,14 +357,24 @@ class PhoenixClient(Connection):
         return presence_key_problem(key, self.user_id)
 
     def _too_many_bindings(self, payload: phx.JoinPayload) -> str | None:
+        """The refusal of a join's bindings over the limit of one join or of all the
+        connection's channels (each binding is checked on every change of its table)."""
         count, limit = len(payload.config.postgres_changes), self._settings.max_bindings_per_join
-        if count <= limit:
-            return None
-        self._metrics.rate_limited.labels("max_bindings_per_join").inc()
-        return (
-            f"{count} postgres_changes bindings; at most {limit} "
-            "(SITEBUILDER_MAX_BINDINGS_PER_JOIN)"
-        )
+        if count > limit:
+            self._metrics.rate_limited.labels("max_bindings_per_join").inc()
+            return (
+                f"{count} postgres_changes bindings; at most {limit} "
+                "(SITEBUILDER_MAX_BINDINGS_PER_JOIN)"
+            )
+        held = sum(channel.bindings for channel in self._channels.values())
+        limit = self._settings.max_bindings_per_connection
+        if held + count > limit:
+            self._metrics.rate_limited.labels("max_bindings_per_connection").inc()
+            return (
+                f"{count} postgres_changes bindings beside the {held} of this connection's "
+                f"other channels; at most {limit} (SITEBUILDER_MAX_BINDINGS_PER_CONNECTION)"
+            )
+        return None
 
     def _open_channel(
         self, message: Message, config: phx.JoinConfig, project_id: UUID | None, level: Level
@@ -401,6 +413,7 @@ class PhoenixClient(Connection):
             else:
                 replay, after, resumed = self._replay(project_id, resume.since, basis)
         hub = self._gateway.hub
+        channel.bindings = len(bindings)
         by_table: dict[str, Subscription] = {}
         for table in sorted(frozenset().union(*(b.tables for b in bindings))):
             view = TableView(channel.topic, self.vsn, table, bindings)
