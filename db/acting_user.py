@@ -42,19 +42,19 @@ async def acting_as(
     to the changes it makes: migration 0013).
     """
     published = {**(claims or {}), "sub": str(user_id), "role": USER_ROLE}
+    limit = "0" if timeout_seconds is None else f"{max(1, round(timeout_seconds * 1000))}ms"
     async with conn.transaction():
-        await conn.execute(f"SET LOCAL ROLE {USER_ROLE}")
+        # One round trip: `set_config('role', …, true)` is `SET LOCAL ROLE` (as
+        # PostgREST does it); a limit of "0" leaves the session's own in place.
         await conn.execute(
-            "SELECT set_config('request.jwt.claims', $1, true),"
-            " set_config('sitebuilder.request', $2, true)",
+            "SELECT set_config('role', $1, true),"
+            " set_config('request.jwt.claims', $2, true),"
+            " set_config('sitebuilder.request', $3, true),"
+            " CASE WHEN $4 <> '0' THEN set_config('statement_timeout', $4, true) END,"
+            " CASE WHEN $4 <> '0' THEN set_config('lock_timeout', $4, true) END",
+            USER_ROLE,
             orjson.dumps(published).decode(),
             request or "",
+            limit,
         )
-        if timeout_seconds is not None:
-            limit = f"{max(1, round(timeout_seconds * 1000))}ms"
-            await conn.execute(
-                "SELECT set_config('statement_timeout', $1, true),"
-                " set_config('lock_timeout', $1, true)",
-                limit,
-            )
         yield conn

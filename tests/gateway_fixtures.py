@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -90,13 +91,34 @@ def gateway_settings(
     return base.model_copy(update=gateway_overrides)
 
 
-async def start_gateway(settings: Settings, dsn: str) -> tuple[Gateway, asyncpg.Pool]:
-    """A Gateway object (not yet running) and its pool; the caller closes the pool."""
+@dataclass
+class Pools:
+    """A gateway's pools: clients' requests and the core's lookups."""
+
+    requests: asyncpg.Pool
+    core: asyncpg.Pool
+
+    async def close(self) -> None:
+        await self.core.close()
+        await self.requests.close()
+
+
+async def open_pools(dsn: str, size: int = 5) -> Pools:
+    requests = await asyncio.wait_for(asyncpg.create_pool(dsn, min_size=1, max_size=size), TIMEOUT)
+    core = await asyncio.wait_for(asyncpg.create_pool(dsn, min_size=1, max_size=2), TIMEOUT)
+    assert requests is not None
+    assert core is not None
+    return Pools(requests, core)
+
+
+async def start_gateway(settings: Settings, dsn: str) -> tuple[Gateway, Pools]:
+    """A Gateway object (not yet running) and its pools; the caller closes them."""
     feed = await asyncio.wait_for(choose_feed(settings, dsn), TIMEOUT)
-    pool = await asyncio.wait_for(asyncpg.create_pool(dsn, min_size=1, max_size=5), TIMEOUT)
-    assert pool is not None
+    pools = await open_pools(dsn)
     presence = open_presence(settings, dsn)
-    return Gateway(settings, pool, feed, token_verifier(settings), presence), pool
+    verifier = token_verifier(settings)
+    gateway = Gateway(settings, pools.requests, feed, verifier, presence, core_pool=pools.core)
+    return gateway, pools
 
 
 @pytest.fixture

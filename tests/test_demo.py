@@ -49,7 +49,7 @@ async def test_every_gateway_serves_the_client_and_its_types(gateway: Gateway) -
 async def demo_gateway(gateway_settings: Settings, database_dsn: str) -> AsyncIterator[Gateway]:
     """A gateway with the demo seeded and its routes on, as `serve --demo` runs it."""
     gw, pool = await start_gateway(gateway_settings.model_copy(update={"demo": True}), database_dsn)
-    await asyncio.wait_for(seed_demo(pool), 10)
+    await asyncio.wait_for(seed_demo(pool.requests), 10)
     gw.demo = Demo(SECRET, AUDIENCE)
     try:
         async with gw.running():

@@ -40,6 +40,7 @@ from tests.gateway_fixtures import (
     make_sitemap,
     make_style_guide,
     make_wireframe,
+    open_pools,
     slot_for,
 )
 from tests.test_gateway_feed import recv_until
@@ -49,15 +50,15 @@ Frame = dict[str, Any]
 
 @asynccontextmanager
 async def running_gateway(settings: Settings, dsn: str, feed: ChangeFeed) -> AsyncIterator[Gateway]:
-    pool = await asyncio.wait_for(asyncpg.create_pool(dsn, min_size=1, max_size=3), TIMEOUT)
-    assert pool is not None
+    pools = await open_pools(dsn, size=3)
     try:
         presence = open_presence(settings, dsn)
-        gateway = Gateway(settings, pool, feed, token_verifier(settings), presence)
+        verifier = token_verifier(settings)
+        gateway = Gateway(settings, pools.requests, feed, verifier, presence, core_pool=pools.core)
         async with gateway.running():
             yield gateway
     finally:
-        await asyncio.wait_for(pool.close(), 10)
+        await asyncio.wait_for(pools.close(), 10)
 
 
 async def subscriber(gateway: Gateway, user: UUID, projects: list[UUID]) -> WsClient:

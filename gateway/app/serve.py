@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10
+# The core's lookups: one at a time from the dispatcher, beside a fence's.
+CORE_POOL_MAX_SIZE = 2
 # Collector thresholds while serving (CPython's defaults are 700, 10, 10).
 GC_YOUNG_THRESHOLD = 50_000
 GC_MIDDLE_THRESHOLD = 20
@@ -236,6 +238,7 @@ async def serve(
     """One gateway on a prepared database until `stop`: worker `worker_index` of a
     supervisor (sharing its port), or the only process of the node when None."""
     pool = await asyncpg.create_pool(dsn, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE)
+    core_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=CORE_POOL_MAX_SIZE)
     try:
         feed = await choose_feed(settings, dsn, worker_index or 0)
         gateway = Gateway(
@@ -245,6 +248,7 @@ async def serve(
             verifier,
             open_presence(settings, dsn, worker_index or 0),
             demo_minter(settings),
+            core_pool=core_pool,
             worker_index=worker_index or 0,
             share_port=worker_index is not None,
         )
@@ -257,4 +261,5 @@ async def serve(
                 ready()
             await stop.wait()
     finally:
+        await core_pool.close()
         await pool.close()

@@ -62,6 +62,7 @@ class Gateway:
         presence: Presence,
         demo: Demo | None = None,
         *,
+        core_pool: asyncpg.Pool,
         worker_index: int = 0,
         share_port: bool = False,
     ) -> None:
@@ -71,14 +72,18 @@ class Gateway:
         # so a second one started by mistake fails instead of taking half the traffic.
         self._share_port = share_port
         self.demo = demo
+        # Clients' requests (RPCs, snapshots, sign-ins) queue for `pool`; the core's few
+        # lookups (a change's project, its access list, fences) have `core_pool`, so a
+        # flood of requests never holds up the delivery of changes.
         self.pool = pool
+        self.core_pool = core_pool
         self.feed = feed
         self.verifier = verifier
         self.metrics = Metrics()
         # Change frames wait here while the dispatcher handles a transaction.
         self.outbox = Outbox()
         # Who may read which project as of the dispatcher's position (table channels).
-        self.access_lists = AccessLists(pool, settings.access_cache_size)
+        self.access_lists = AccessLists(core_pool, settings.access_cache_size)
         self.hub = Hub(self.metrics, settings.max_pending_events, self.outbox)
         self.history = History(
             max_per_project=settings.history_max_per_project,
@@ -87,8 +92,8 @@ class Gateway:
             # The native frame's size: what most of a kept change's memory is.
             size_of=encoded_size,
         )
-        self.router = Router(pool, settings.route_cache_size)
-        self.fences = Fences(pool, feed, settings.resume_fence_timeout_seconds)
+        self.router = Router(core_pool, settings.route_cache_size)
+        self.fences = Fences(core_pool, feed, settings.resume_fence_timeout_seconds)
         # Built from the settings by gateway.presence.backends; started and closed here.
         self.presence = presence
         self.sessions = LiveSessions(pool, settings, self.metrics, presence)
