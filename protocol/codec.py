@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -10,7 +11,7 @@ from pydantic import ValidationError
 from protocol import jsontext
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import CLIENT_FRAMES, ClientFrame, Frame
-from protocol.jsontext import DEFAULT_MAX_DEPTH
+from protocol.jsontext import DEFAULT_MAX_DEPTH, REFUSED_DECODE_BYTES
 
 
 def decode_client_frame(data: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> ClientFrame:
@@ -42,10 +43,22 @@ def decode_client_frame(data: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -
         ) from None
 
 
+_REF = re.compile(rb'"ref"\s*:\s*("(?:[^"\\]|\\.)*+"|-?\d{1,18})')
+
+
 def refused_frame_ref(data: str | bytes) -> str | int | None:
-    """The `ref` of a frame refused unprocessed (rate limit), so the client knows which."""
+    """The `ref` of a frame refused unprocessed (rate limit), so the client knows which:
+    decoded when small, otherwise found in its first or last kilobyte, so refusing
+    costs the same whatever the frame holds."""
+    raw = data.encode() if isinstance(data, str) else data
+    if len(raw) > REFUSED_DECODE_BYTES:
+        found = _REF.search(raw[:1024]) or _REF.search(raw[-1024:])
+        try:
+            return _ref_of({"ref": orjson.loads(found.group(1))}) if found else None
+        except orjson.JSONDecodeError:
+            return None
     try:
-        obj: Any = orjson.loads(data)
+        obj: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
     return _ref_of(obj) if isinstance(obj, dict) else None

@@ -17,6 +17,9 @@ import orjson
 DEPTH_CEILING = 128
 # The setting's default: deeper than any frame or row of this product needs.
 DEFAULT_MAX_DEPTH = 32
+# A frame refused unread (too large, too many) is decoded for its ref only up to this
+# size; past it the ref is read from the frame's ends, so a refusal's cost is bounded.
+REFUSED_DECODE_BYTES = 65_536
 
 
 class TooDeep(ValueError):

@@ -33,6 +33,7 @@ RealtimeChannel.ts, RealtimePresence.ts) and supabase/realtime's channel tests:
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from enum import StrEnum
@@ -42,7 +43,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from protocol import jsontext
-from protocol.jsontext import DEFAULT_MAX_DEPTH
+from protocol.jsontext import DEFAULT_MAX_DEPTH, REFUSED_DECODE_BYTES
 
 TOPIC_PREFIX = "realtime:"
 HEARTBEAT_TOPIC = "phoenix"
@@ -128,6 +129,55 @@ def decode_text(data: str | bytes, vsn: Vsn, max_depth: int = DEFAULT_MAX_DEPTH)
         envelope = _envelope(error.value, vsn)
         raise PhoenixError(f"frame refused: {error}", envelope) from None
     return _envelope(obj, vsn, payload=True)
+
+
+_STRING = r'"(?:[^"\\]|\\.)*+"'
+_REF = rf"(?:null|{_STRING}|-?\d{{1,18}})"
+_V2_HEAD = re.compile(
+    rf"\s*\[\s*({_REF})\s*,\s*({_REF})\s*,\s*({_STRING})\s*,\s*({_STRING})".encode()
+)
+_V1_FIELD = {
+    name: re.compile(
+        rf'"{name}"\s*:\s*({_STRING if name in ("topic", "event") else _REF})'.encode()
+    )
+    for name in ("topic", "event", "ref", "join_ref")
+}
+
+
+def refused_envelope(data: str | bytes, vsn: Vsn) -> Message | None:
+    """The topic, event and refs of a frame refused unread (too large, too many), to
+    answer it by its ref: decoded when small, otherwise read from the frame's first and
+    last kilobyte (where realtime-js writes them), so refusing costs the same whatever
+    the frame holds. None when they cannot be found."""
+    raw = data.encode() if isinstance(data, str) else data
+    if len(raw) <= REFUSED_DECODE_BYTES:
+        try:
+            return _envelope(orjson.loads(raw), vsn)
+        except (orjson.JSONDecodeError, PhoenixError):
+            return None
+    head, tail = raw[:1024], raw[-1024:]
+    try:
+        if vsn is Vsn.V2:
+            match = _V2_HEAD.match(head)
+            if match is None:
+                return None
+            join_ref, ref, topic, event = (orjson.loads(group) for group in match.groups())
+        else:
+            found = {}
+            for name, pattern in _V1_FIELD.items():
+                where = pattern.search(head) or pattern.search(tail)
+                found[name] = orjson.loads(where.group(1)) if where else None
+            topic, event, ref, join_ref = (
+                found["topic"],
+                found["event"],
+                found["ref"],
+                found["join_ref"],
+            )
+        if not isinstance(topic, str) or not isinstance(event, str):
+            return None
+        return Message(topic, event, {}, _ref(ref, "ref"), _ref(join_ref, "join_ref"))
+    except (orjson.JSONDecodeError, PhoenixError):
+        return None
 
 
 def _envelope(obj: Any, vsn: Vsn, *, payload: bool = False) -> Message:

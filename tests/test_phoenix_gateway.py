@@ -506,6 +506,26 @@ async def test_frame_size_and_channel_limits(phx_client: Any, make_user: UserFac
     await client.heartbeat()
 
 
+@pytest.mark.parametrize("gateway_overrides", [{"max_frame_bytes": 70_000}])
+@pytest.mark.parametrize("vsn", ["1.0.0", "2.0.0"])
+async def test_a_large_frame_over_the_limit_is_refused_by_its_ref_unread(
+    phx_client: Any, make_user: UserFactory, vsn: str
+) -> None:
+    """Past 64 KiB a refused frame is not decoded: its topic and refs are read from its
+    ends, where realtime-js writes them, so the push still gets its error reply."""
+    client = await phx_client(token(await make_user()), vsn)
+    assert (await client.join("one"))["status"] == "ok"
+    ref = await client.push(
+        "realtime:one",
+        "broadcast",
+        {"type": "broadcast", "event": "e", "payload": {"x": "y" * 100_000}},
+    )
+    refused = await client.reply(ref)
+    assert refused["status"] == "error"
+    assert refused["response"]["code"] == "frame_too_large"
+    await client.heartbeat()
+
+
 @pytest.mark.parametrize("gateway_overrides", [{"messages_per_second": 0.01, "message_burst": 2}])
 async def test_frames_over_the_rate_are_refused_unprocessed(
     phx_client: Any, make_user: UserFactory

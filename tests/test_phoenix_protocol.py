@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from protocol import phoenix as phx
+from protocol.jsontext import REFUSED_DECODE_BYTES
 from protocol.phoenix_changes import (
     COLUMNS,
     BindingError,
@@ -307,3 +308,18 @@ def test_change_data_has_record_and_old_record_as_supabase_sends_them() -> None:
     assert delete["old_record"] == row
     update = change_data("wireframes", ChangeType.UPDATE, row, row, moment, "p")
     assert update["record"] == update["old_record"] == row
+
+
+@pytest.mark.parametrize("vsn", [phx.Vsn.V1, phx.Vsn.V2])
+def test_a_refused_frames_envelope_is_read_from_its_ends_when_large(vsn: phx.Vsn) -> None:
+    body = {"type": "broadcast", "event": "e", "payload": {"x": "y" * 200_000}}
+    message = phx.Message("realtime:room", "broadcast", body, "7", "3")
+    large = phx.encode(message, vsn)
+    assert len(large) > REFUSED_DECODE_BYTES
+    found = phx.refused_envelope(large.decode(), vsn)
+    assert found == phx.Message("realtime:room", "broadcast", {}, "7", "3")
+    cut = large[: REFUSED_DECODE_BYTES + 10].decode()  # not JSON: the head still is
+    head = phx.refused_envelope(cut, vsn)
+    assert head is not None
+    assert head.topic == "realtime:room"
+    assert phx.refused_envelope("[" * 100_000, vsn) is None

@@ -215,6 +215,10 @@ def test_unknown_type_echoes_ref(ref: str | int | None) -> None:
         (b'{"type": "ping", "ref": true}', None),
         (b'["ping"]', None),
         (b"{oops", None),
+        # past 64 KiB, not decoded: the ref is read from the frame's ends
+        (b'{"type": "rpc", "ref": "r1", "params": "' + b"x" * 100_000 + b'"}', "r1"),
+        (b'{"type": "rpc", "params": "' + b"x" * 100_000 + b'", "ref": 9}', 9),
+        (b'{"type": "rpc", "params": "' + b"x" * 100_000 + b'"}', None),
     ],
 )
 def test_refused_frame_ref(data: bytes, ref: str | int | None) -> None:

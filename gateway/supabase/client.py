@@ -36,13 +36,14 @@ from gateway.core.authorization import ANONYMOUS, Acl, Level, level_of, plan_rep
 from gateway.core.channels import PresenceKey, ProjectChannel, TableChannel, TopicChannel
 from gateway.core.events import Change, Loss
 from gateway.core.hub import Subscription
-from gateway.edge.connection import Connection
+from gateway.edge.connection import Connection, Refusal
 from gateway.edge.services import Services
 from gateway.edge.tokens import TokenError, TokenExpired, is_anonymous
 from gateway.supabase.presence import phoenix_state, presence_key_problem
 from gateway.supabase.views import Broadcast, ChannelView, TableView
 from protocol import phoenix as phx
 from protocol.errors import CloseCode
+from protocol.jsontext import REFUSED_DECODE_BYTES
 from protocol.phoenix import Event, Message, PhoenixError, Vsn
 from protocol.phoenix_changes import (
     Binding,
@@ -216,6 +217,9 @@ class PhoenixClient(Connection):
     def _read(self, raw: str | bytes) -> Message | None:
         """The message, or None after answering a bad or refused one."""
         refusal = self._refusal(raw)
+        if refusal is not None:
+            self._refuse(raw, refusal)
+            return None
         try:
             if isinstance(raw, bytes):
                 message = phx.decode_binary(raw, self._settings.max_json_depth)
@@ -223,20 +227,31 @@ class PhoenixClient(Connection):
                 message = phx.decode_text(raw, self.vsn, self._settings.max_json_depth)
         except PhoenixError as error:
             self._metrics.frames_in.labels("invalid").inc()
-            reason = refusal.message if refusal is not None else str(error)
             if error.request is not None:
-                self._reply_error(error.request, reason)
+                self._reply_error(error.request, str(error))
             else:
-                self._send(Message(phx.HEARTBEAT_TOPIC, Event.REPLY, _error(reason)))
-            return None
-        if refusal is not None:
-            response: dict[str, Any] = {"reason": refusal.message, "code": refusal.code.value}
-            if refusal.retry_after_ms is not None:
-                response["retry_after_ms"] = refusal.retry_after_ms
-            self._send(phx.reply(message, "error", response))
+                self._send(Message(phx.HEARTBEAT_TOPIC, Event.REPLY, _error(str(error))))
             return None
         self._metrics.frames_in.labels(_label(message.event)).inc()
         return message
+
+    def _refuse(self, raw: str | bytes, refusal: Refusal) -> None:
+        """Answer a frame refused unread by its ref when its envelope can be found
+        cheaply (protocol.phoenix.refused_envelope), else on topic `phoenix`."""
+        response: dict[str, Any] = {"reason": refusal.message, "code": refusal.code.value}
+        if refusal.retry_after_ms is not None:
+            response["retry_after_ms"] = refusal.retry_after_ms
+        else:
+            self._metrics.frames_in.labels("invalid").inc()
+        request = (
+            _refused_binary(raw) if isinstance(raw, bytes) else phx.refused_envelope(raw, self.vsn)
+        )
+        if request is not None:
+            self._send(phx.reply(request, "error", response))
+        else:
+            self._send(
+                Message(phx.HEARTBEAT_TOPIC, Event.REPLY, {"status": "error", "response": response})
+            )
 
     async def _handle(self, message: Message) -> None:
         if message.topic == phx.HEARTBEAT_TOPIC:
@@ -566,6 +581,16 @@ class PhoenixClient(Connection):
 def _label(event: str) -> str:
     """A metrics label: the event's name when it is one of the protocol's."""
     return event if event in KNOWN_EVENTS else "unknown"
+
+
+def _refused_binary(raw: bytes) -> Message | None:
+    """A refused binary broadcast's envelope, when it is small enough to decode."""
+    if len(raw) > REFUSED_DECODE_BYTES:
+        return None
+    try:
+        return phx.decode_binary(raw)
+    except PhoenixError:
+        return None
 
 
 def _error(reason: str) -> dict[str, Any]:
