@@ -157,6 +157,21 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 100
+    rpcs_per_second: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "Sustained `rpc` frames per second per connection, each a transaction in "
+                "PostgreSQL; beyond SITEBUILDER_RPC_BURST at once they are refused "
+                "(`rate_limited`, with `retry_after_ms`)."
+            ),
+        ),
+    ] = 20.0
+    rpc_burst: Annotated[
+        int,
+        Field(gt=0, description="`rpc` frames a connection may send at once above the rate."),
+    ] = 50
     max_bindings_per_join: Annotated[
         int,
         Field(

@@ -271,6 +271,29 @@ async def test_rate_limit(gateway: Gateway, ws_client: Connect, make_user: UserF
     assert limited == len(refused)
 
 
+@pytest.mark.parametrize("gateway_overrides", [{"rpcs_per_second": 0.01, "rpc_burst": 2}])
+async def test_rpcs_have_a_rate_of_their_own(
+    gateway: Gateway, ws_client: Connect, make_user: UserFactory
+) -> None:
+    """Each RPC is a transaction: past the RPC burst a call is refused unmade, by its
+    ref, while other frames still pass."""
+    client = await ws_client()
+    await client.auth(await make_user())
+    for n in range(3):
+        await client.send({"type": "rpc", "ref": n, "method": "project.list", "params": {}})
+    replies = [await client.recv() for _ in range(3)]
+    assert [(r["type"], r["ref"]) for r in replies[:2]] == [("result", 0), ("result", 1)]
+    refused = replies[2]
+    assert (refused["type"], refused["code"], refused["ref"]) == ("error", "rate_limited", 2)
+    assert "SITEBUILDER_RPCS_PER_SECOND" in refused["message"]
+    assert refused["retry_after_ms"] > 0
+    await client.ping()
+    limited = gateway.metrics.registry.get_sample_value(
+        "sitebuilder_rate_limited_total", {"limit": "rpcs_per_second"}
+    )
+    assert limited == 1
+
+
 @pytest.mark.parametrize("gateway_overrides", [{"max_connections_per_user": 2}])
 async def test_too_many_connections_closes_4009(ws_client: Connect, make_user: UserFactory) -> None:
     user = await make_user()

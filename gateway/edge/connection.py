@@ -63,6 +63,7 @@ class Connection:
         self._metrics = gateway.metrics
         self._bucket = TokenBucket(self._settings.messages_per_second, self._settings.message_burst)
         self._join_bucket = TokenBucket(self._settings.joins_per_second, self._settings.join_burst)
+        self._rpc_bucket = TokenBucket(self._settings.rpcs_per_second, self._settings.rpc_burst)
         self._subscriptions: dict[ChannelKey, Subscription] = {}
         rate = self._settings.presence_updates_per_second
         self._presence_bucket = TokenBucket(rate, max(1, math.ceil(rate)))
@@ -229,6 +230,19 @@ class Connection:
         return (
             f"more than {self._settings.joins_per_second:g} subscribes per second "
             f"(SITEBUILDER_JOINS_PER_SECOND): retry in {wait:.1f} s"
+        )
+
+    def _calling_too_fast(self) -> Refusal | None:
+        """The refusal of an RPC over the rate, or None (the call is counted)."""
+        wait = self._rpc_bucket.take()
+        if not wait:
+            return None
+        self._metrics.rate_limited.labels("rpcs_per_second").inc()
+        return Refusal(
+            ErrorCode.RATE_LIMITED,
+            f"more than {self._settings.rpcs_per_second:g} RPCs per second "
+            "(SITEBUILDER_RPCS_PER_SECOND): the call was not made; slow down",
+            max(1, round(wait * 1000)),
         )
 
     def _too_many_subscriptions(self) -> str | None:

@@ -247,21 +247,7 @@ class Client(Connection):
         elif isinstance(frame, UnsubscribeProjects):
             self._unsubscribe_projects(frame)
         elif isinstance(frame, Rpc):
-            caller = Call(
-                self.user_id,
-                self._claims,
-                self._gateway.pool,
-                frame.ref,
-                online=self._gateway.online_users,
-                timeout_seconds=self._settings.rpc_timeout_seconds,
-                idempotency_limits=IdempotencyLimits(
-                    self._settings.rpc_idempotency_max_keys_per_user,
-                    self._settings.rpc_idempotency_max_result_bytes,
-                ),
-                request_tag=request_tag(self._gateway.instance, self.id, frame.ref),
-                origin=self._gateway.sessions.origin(self, self.ws, self._show_session),
-            )
-            self.send(await call(METHODS, frame, caller))
+            await self._rpc(frame)
         elif isinstance(frame, PresenceUpdate):
             self._update_presence(frame)
         elif isinstance(frame, AuthRefresh):
@@ -274,6 +260,34 @@ class Client(Connection):
                     frame.ref,
                 )
             )
+
+    async def _rpc(self, frame: Rpc) -> None:
+        refused = self._calling_too_fast()
+        if refused is not None:
+            self.send(
+                Error(
+                    code=refused.code,
+                    message=refused.message,
+                    retry_after_ms=refused.retry_after_ms,
+                    ref=frame.ref,
+                )
+            )
+            return
+        caller = Call(
+            self.user_id,
+            self._claims,
+            self._gateway.pool,
+            frame.ref,
+            online=self._gateway.online_users,
+            timeout_seconds=self._settings.rpc_timeout_seconds,
+            idempotency_limits=IdempotencyLimits(
+                self._settings.rpc_idempotency_max_keys_per_user,
+                self._settings.rpc_idempotency_max_result_bytes,
+            ),
+            request_tag=request_tag(self._gateway.instance, self.id, frame.ref),
+            origin=self._gateway.sessions.origin(self, self.ws, self._show_session),
+        )
+        self.send(await call(METHODS, frame, caller))
 
     def _refresh(self, frame: AuthRefresh) -> None:
         try:
