@@ -24,6 +24,19 @@ USER_ROLE = "authenticated"
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 
+async def _no_reset(_conn: asyncpg.Connection) -> None:
+    """asyncpg rolls back an open transaction itself before calling this."""
+
+
+async def open_pool(dsn: str, *, max_size: int) -> asyncpg.Pool:
+    """A pool for statements run as users (and the gateway's own reads). They only
+    ever set transaction-local state (above), so a connection goes back to the pool
+    without asyncpg's `RESET ALL; UNLISTEN *; …` round trip on every release."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_no_reset)
+    assert pool is not None
+    return pool
+
+
 @asynccontextmanager
 async def acting_as(
     conn: Conn,

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from db.acting_user import open_pool
 from gateway.app.serve import choose_feed, token_verifier
 from gateway.app.server import Gateway
 from gateway.edge.tokens import mint_token
@@ -104,10 +105,8 @@ class Pools:
 
 
 async def open_pools(dsn: str, size: int = 5) -> Pools:
-    requests = await asyncio.wait_for(asyncpg.create_pool(dsn, min_size=1, max_size=size), TIMEOUT)
-    core = await asyncio.wait_for(asyncpg.create_pool(dsn, min_size=1, max_size=2), TIMEOUT)
-    assert requests is not None
-    assert core is not None
+    requests = await asyncio.wait_for(open_pool(dsn, max_size=size), TIMEOUT)
+    core = await asyncio.wait_for(open_pool(dsn, max_size=2), TIMEOUT)
     return Pools(requests, core)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 
 import asyncpg
 
+from db.acting_user import open_pool
 from db.feed import ChangeFeed
 from db.feed_triggers import FeedName, use_feed_triggers
 from db.notify_feed import NotifyFeed
@@ -32,7 +33,6 @@ from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10
 # The core's lookups: one at a time from the dispatcher, beside a fence's.
 CORE_POOL_MAX_SIZE = 2
@@ -237,8 +237,8 @@ async def serve(
 ) -> None:
     """One gateway on a prepared database until `stop`: worker `worker_index` of a
     supervisor (sharing its port), or the only process of the node when None."""
-    pool = await asyncpg.create_pool(dsn, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE)
-    core_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=CORE_POOL_MAX_SIZE)
+    pool = await open_pool(dsn, max_size=POOL_MAX_SIZE)
+    core_pool = await open_pool(dsn, max_size=CORE_POOL_MAX_SIZE)
     try:
         feed = await choose_feed(settings, dsn, worker_index or 0)
         gateway = Gateway(
