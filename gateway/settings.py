@@ -95,7 +95,15 @@ class Settings(BaseSettings):
         Field(description="JWKS file of RS256/ES256 keys, chosen by the token's `kid`."),
     ] = None
     auth_timeout_seconds: Annotated[
-        float, Field(gt=0, description="A new connection must authenticate within this (4001).")
+        float,
+        Field(
+            gt=0,
+            description=(
+                "A new connection must authenticate within this (4001); it is closed up to "
+                "a quarter later, at random, so that connections opened together are not "
+                "closed (and back) together."
+            ),
+        ),
     ] = 5.0
     max_unauthenticated_connections: Annotated[
         int,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 from uuid import UUID
 
@@ -141,8 +142,14 @@ class Client(Connection):
         return frame
 
     async def _open(self) -> bool:
+        """Wait for `auth` for the auth timeout and up to a quarter more, at random:
+        connections opened together (a reconnect wave, or a flood of connections that
+        never sign in and come straight back) are then not all closed together, and do
+        not return together, which would stall every other connection for as long as
+        their handshakes take."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.auth_timeout_seconds
+        timeout = self._settings.auth_timeout_seconds * random.uniform(1.0, 1.25)
+        deadline = loop.time() + timeout
         while True:
             try:
                 message = await asyncio.wait_for(self.ws.recv(), max(0.0, deadline - loop.time()))
