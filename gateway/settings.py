@@ -253,6 +253,18 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 0.05
+    supabase_presence_default: Annotated[
+        bool,
+        Field(
+            description=(
+                "Whether a Supabase join that does not say (no `config.presence.enabled`: "
+                "@supabase/realtime-js before 2.15) gets the channel's `presence_state` on "
+                "joining, as Supabase's server gave it to those clients; off: only joins "
+                "with `enabled: true` do, like Supabase's per-project presence switch. "
+                "Presence diffs reach every member of a channel either way."
+            )
+        ),
+    ] = True
     max_presence_meta_bytes: Annotated[
         int,
         Field(

@@ -356,7 +356,9 @@ class BroadcastConfig(Payload):
 
 class PresenceConfig(Payload):
     key: str = ""
-    enabled: bool = False
+    # None: the join does not say (realtime-js before 2.15 never does); the gateway's
+    # SITEBUILDER_SUPABASE_PRESENCE_DEFAULT decides.
+    enabled: bool | None = None
 
 
 class ResumeConfig(Payload):

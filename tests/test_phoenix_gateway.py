@@ -604,6 +604,41 @@ async def test_anonymous_connections_share_one_limit(
     await second.heartbeat()
 
 
+async def track(client: Any, topic: str, meta: dict[str, Any]) -> None:
+    push = {"type": "presence", "event": "track", "payload": meta}
+    assert (await client.reply(await client.push(topic, "presence", push)))["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("gateway_overrides", "gets_state"),
+    [({}, True), ({"supabase_presence_default": False}, False)],
+)
+async def test_a_join_that_does_not_say_whether_it_wants_presence_gets_it_by_default(
+    phx_client: Any, make_user: UserFactory, gets_state: bool
+) -> None:
+    """realtime-js before 2.15 sends `config.presence` without `enabled`: it gets the
+    channel's presence_state, unless SITEBUILDER_SUPABASE_PRESENCE_DEFAULT is off (then
+    as an explicit `enabled: false`: diffs only)."""
+    alice, bob = await make_user(), await make_user()
+    a = await phx_client(token(alice))
+    await a.join("lobby", {"presence": {"key": "alice", "enabled": True}})
+    assert (await a.expect("presence_state"))["payload"] == {}
+    await track(a, "realtime:lobby", {"x": 1})
+    await a.expect("presence_diff")
+    old_client = await phx_client(token(bob), "1.0.0")
+
+    reply = await old_client.join("lobby", {"presence": {"key": ""}})
+
+    assert reply["status"] == "ok"
+    if gets_state:
+        state = (await old_client.expect("presence_state"))["payload"]
+        assert list(state) == ["alice"]
+    await old_client.quiet()  # nothing else (no state when off)
+    explicit = await phx_client(token(bob))
+    await explicit.join("lobby", {"presence": {"key": "", "enabled": False}})
+    await explicit.quiet()
+
+
 async def test_presence_in_a_channel_of_no_project_uses_the_configured_key(
     phx_client: Any, make_user: UserFactory
 ) -> None:

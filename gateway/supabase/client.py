@@ -355,7 +355,10 @@ class PhoenixClient(Connection):
             self._system(channel, "postgres_changes", "error", binding_error)
         elif bindings:
             self._watch(channel, bindings, project_id, basis)
-        if payload.config.presence.enabled:
+        wants_presence = payload.config.presence.enabled
+        if wants_presence is None:
+            wants_presence = self._settings.supabase_presence_default
+        if wants_presence:
             await self._send_presence_state(channel)
 
     def _presence_key_refusal(self, key: str) -> str | None:
