@@ -2,12 +2,13 @@
 live AI builder sessions, their progress, and their end.
 
 The `session_token` is the owner's key to a session (`get_by_token`, `resume`): it is
-returned to the owner in the results of `create`, `get_by_token` and `resume`, and never
-in a `change` frame or a snapshot (`SessionRow` drops it).
+returned to the owner in the results of `create`, `get_by_token`, `resume` and `list`,
+and never in a `change` frame or a snapshot (`SessionRow` drops it).
 """
 
 from __future__ import annotations
 
+from typing import Literal
 from uuid import UUID
 
 from pydantic import Field, JsonValue, model_validator
@@ -55,6 +56,33 @@ class SessionId(Params):
     id: UUID
 
 
+SessionStatus = Literal["active", "paused", "completed", "cancelled"]
+LIST_MAX = 200
+
+
+class SessionList(Params):
+    """The caller's own sessions (any device's), newest first: of one project or all,
+    of the given statuses or all."""
+
+    project_id: UUID | None = None
+    status: list[SessionStatus] | None = Field(default=None, min_length=1, max_length=4)
+    limit: int = Field(default=50, ge=1, le=LIST_MAX)
+
+
+class SessionResume(Params):
+    """A session by its token (whoever holds it: its owner), or by its id (its owner, on
+    any device: `session.list` names them)."""
+
+    session_token: Token | None = Field(default=None, min_length=1, max_length=256)
+    id: UUID | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> SessionResume:
+        if (self.session_token is None) == (self.id is None):
+            raise ValueError("give session_token or id (one of them)")
+        return self
+
+
 class OwnedSession(SessionRow):
     """A session as its owner sees it: with its token."""
 
@@ -68,5 +96,6 @@ PARAMS: dict[str, type[Params]] = {
     "session.update_progress": SessionProgress,
     "session.complete": SessionId,
     "session.cancel": SessionId,
-    "session.resume": SessionToken,
+    "session.resume": SessionResume,
+    "session.list": SessionList,
 }

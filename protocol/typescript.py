@@ -139,8 +139,24 @@ export interface Client {
     progress(id: string, progress: SessionProgress): Promise<SessionRow>;
     complete(id: string): Promise<SessionRow>;
     cancel(id: string): Promise<SessionRow>;
-    resume(sessionToken: string): Promise<SessionRow>;
+    /** Make a paused session active again, attached to this connection: by its token, or
+     * (the owner, on any device) by `{ id }`. */
+    resume(sessionTokenOrId: string | { id: string }): Promise<SessionRow>;
+    /** The caller's own sessions from any device, newest first, each with its token. */
+    list(filter?: SessionListParams): Promise<SessionRow[]>;
   };
+  /** Follow the caller's project list: `onChange` gets the whole list (newest
+   * `updated_at` first) after the first `project_list`, each change and each list sent
+   * again (also after a reconnect). Returns the unsubscribe function. */
+  subscribeToProjects(
+    onChange: (
+      projects: ProjectRow[],
+      event:
+        | { type: "snapshot" }
+        | { type: "reset"; reason: string }
+        | { type: "insert" | "update" | "delete"; project: ProjectRow },
+    ) => void,
+  ): () => void;
   /** The caller's pending invitations, newest first (`limit`: 1 to 100, default 50). */
   invitations(options?: { limit?: number }): Promise<ProjectInvitation[]>;
   /** Join the project: its row, the caller now among its collaborators. */

@@ -452,3 +452,47 @@ async def test_a_sessions_address_and_agent_reach_only_its_owner(
                 " UNION ALL SELECT host(ip_address), user_agent FROM builder_session_clients"
             )
         assert [(r["ip"], r["user_agent"]) for r in rows] == expected
+
+
+async def test_the_owner_lists_and_resumes_their_sessions_from_another_device(
+    ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    """`session.list` gives the caller's own sessions (any device's), newest first, with
+    their tokens; `session.resume {id}` reattaches one without its token. Another
+    member sees neither, and cannot resume it by id."""
+    owner, member = await make_user(), await make_user()
+    project = await make_project(conn, owner, collaborators=[member])
+    other_project = await make_project(conn, owner)
+    laptop = await signed_in(ws_client, owner)
+    first = await result(laptop, "session.create", project_id=str(project), current_step="a")
+    second = await result(laptop, "session.create", project_id=str(project), current_step="b")
+    elsewhere = await result(
+        laptop, "session.create", project_id=str(other_project), current_step="c"
+    )
+    await result(laptop, "session.complete", id=second["id"])
+    mine = await result(
+        await signed_in(ws_client, member),
+        "session.create",
+        project_id=str(project),
+        current_step="m",
+    )
+
+    phone = await signed_in(ws_client, owner)
+    listed = await rpc(phone, "session.list", project_id=str(project))
+    assert [row["id"] for row in listed["data"]] == [second["id"], first["id"]]
+    assert listed["data"][1]["session_token"] == first["session_token"]
+    live = await rpc(phone, "session.list", status=["active", "paused"])
+    assert {row["id"] for row in live["data"]} == {first["id"], elsewhere["id"]}
+    assert len((await rpc(phone, "session.list", limit=1))["data"]) == 1
+
+    resumed = await result(phone, "session.resume", id=first["id"])
+    assert (resumed["id"], resumed["status"]) == (first["id"], "active")
+    assert resumed["session_token"] == first["session_token"]
+    ended = await rpc(phone, "session.resume", id=second["id"])
+    assert (ended["type"], ended["code"]) == ("error", "conflict")
+    theirs = await rpc(phone, "session.resume", id=mine["id"])
+    assert (theirs["type"], theirs["code"]) == ("error", "forbidden")
+    both = await rpc(phone, "session.resume", id=first["id"], session_token="x")
+    assert (both["type"], both["code"]) == ("error", "invalid_params")
+    member_view = await rpc(await signed_in(ws_client, member), "session.list")
+    assert [row["id"] for row in member_view["data"]] == [mine["id"]]

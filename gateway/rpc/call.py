@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=BaseModel)
 
-_JSON: TypeAdapter[JsonValue] = TypeAdapter(JsonValue)
+# Results as JSON, whatever the handler returned: models, lists of them, plain values.
+_RESULT: TypeAdapter[Any] = TypeAdapter(Any)
 
 
 class RpcError(Exception):
@@ -335,7 +336,7 @@ def _jsonable(data: Any) -> JsonValue:
     dumped: JsonValue = (
         data.model_dump(mode="json")
         if isinstance(data, BaseModel)
-        else _JSON.dump_python(data, mode="json")
+        else _RESULT.dump_python(data, mode="json")
     )
     return dumped
 

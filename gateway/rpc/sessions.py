@@ -19,6 +19,7 @@ import secrets
 from typing import Any
 
 import orjson
+from pydantic import TypeAdapter
 
 from db.acting_user import Conn
 from gateway.rpc.call import Call, Handlers, RpcError
@@ -28,9 +29,13 @@ from protocol.rpc_sessions import (
     OwnedSession,
     SessionCreate,
     SessionId,
+    SessionList,
     SessionProgress,
+    SessionResume,
     SessionToken,
 )
+
+_OWNED_LIST = TypeAdapter(list[OwnedSession])
 
 handles = Handlers()
 
@@ -68,6 +73,26 @@ _RESUME = f"""
     UPDATE public.builder_sessions AS s SET status = 'active'
     WHERE s.session_token = $1 AND {_LIVE}
     RETURNING s.session_token
+"""
+_RESUME_OWN = f"""
+    UPDATE public.builder_sessions AS s SET status = 'active'
+    WHERE s.id = $1 AND s.user_id = $2 AND {_LIVE}
+    RETURNING s.session_token
+"""
+# The caller's sessions as their owner sees them, newest first.
+_LIST = """
+    SELECT coalesce(jsonb_agg(owned ORDER BY updated_at DESC, id), '[]'::jsonb)::text
+    FROM (
+        SELECT s.updated_at, s.id, to_jsonb(s.*) || jsonb_build_object(
+            'ip_address', c.ip_address, 'user_agent', c.user_agent) AS owned
+        FROM public.builder_sessions s
+        LEFT JOIN public.builder_session_clients c ON c.session_id = s.id
+        WHERE s.user_id = $1
+          AND ($2::uuid IS NULL OR s.project_id = $2)
+          AND ($3::text[] IS NULL OR s.status = ANY($3))
+        ORDER BY s.updated_at DESC, s.id
+        LIMIT $4
+    ) mine
 """
 # Why a write matched nothing: the row as the caller sees it, and whether it is theirs.
 _SEEN = """
@@ -165,12 +190,26 @@ async def cancel(call: Call, params: SessionId) -> SessionRow:
     return await _end("cancelled", call, params)
 
 
-@handles("session.resume")
-async def resume(call: Call, params: SessionToken) -> OwnedSession:
+@handles("session.list", writes=False)
+async def list_sessions(call: Call, params: SessionList) -> list[OwnedSession]:
     async with call.as_user() as conn:
-        token = await conn.fetchval(_RESUME, params.session_token)
-        if token is None:
-            raise await _refusal(conn, "session_token", params.session_token, "of this token")
+        rows = await conn.fetchval(
+            _LIST, call.user_id, params.project_id, params.status, params.limit
+        )
+    return _OWNED_LIST.validate_json(rows)
+
+
+@handles("session.resume")
+async def resume(call: Call, params: SessionResume) -> OwnedSession:
+    async with call.as_user() as conn:
+        if params.id is not None:
+            token = await conn.fetchval(_RESUME_OWN, params.id, call.user_id)
+            if token is None:
+                raise await _refusal(conn, "id", params.id, str(params.id))
+        else:
+            token = await conn.fetchval(_RESUME, params.session_token)
+            if token is None:
+                raise await _refusal(conn, "session_token", params.session_token, "of this token")
         row = await conn.fetchval(_OWNED, token)
     session = OwnedSession.model_validate_json(row)
     if call.origin is not None:

@@ -220,3 +220,63 @@ test("sharing takes consent: an invitation is listed, then accepted or declined,
     bob.close();
   }
 });
+
+test("a builder session started on one device is listed and resumed by id on another", async () => {
+  const laptop = connect(gateway.wsUrl, { getToken: gateway.tokens("alice") });
+  const phone = connect(gateway.wsUrl, { getToken: gateway.tokens("alice") });
+  try {
+    const project = await laptop.rpc("project.create", { name: "Two devices" });
+    const started = await laptop.session.start(project.id, "sitemap-generation");
+    const [listed] = await phone.session.list({ project_id: project.id });
+    assert.equal(listed.id, started.id);
+    assert.equal(listed.session_token, started.session_token);
+    const resumed = await phone.session.resume({ id: started.id });
+    assert.equal(resumed.status, "active");
+    assert.ok(phone.sessions.has(started.id), "the phone now keeps it attached");
+    await laptop.session.complete(started.id);
+    await assert.rejects(phone.session.resume({ id: started.id }), (error) => error.code === "conflict");
+  } finally {
+    laptop.close();
+    phone.close();
+  }
+});
+
+test("subscribeToProjects follows the caller's project list: created, renamed, shared, deleted", async () => {
+  const alice = connect(gateway.wsUrl, { getToken: gateway.tokens("alice") });
+  const bob = connect(gateway.wsUrl, { getToken: gateway.tokens("bob") });
+  const seen = { alice: [], bob: [] };
+  const listen = (who) => (projects, event) => {
+    seen[who].push({ names: projects.map((p) => p.name), event });
+    notify();
+  };
+  const stopAlice = alice.subscribeToProjects(listen("alice"));
+  const stopBob = bob.subscribeToProjects(listen("bob"));
+  const last = (who) => seen[who].at(-1);
+  try {
+    await waitFor(() => seen.alice.length && seen.bob.length, 20_000, "the first lists");
+    assert.equal(seen.alice[0].event.type, "snapshot");
+    const project = await alice.rpc("project.create", { name: "Listed live" });
+    await waitFor(() => last("alice")?.event.project?.id === project.id, 20_000, "insert");
+    assert.equal(last("alice").event.type, "insert");
+    assert.equal(last("alice").names[0], "Listed live", "newest first");
+
+    await alice.rpc("project.update", { project_id: project.id, set: { name: "Renamed live" } });
+    await waitFor(() => last("alice").event.type === "update", 20_000, "update");
+    assert.ok(last("alice").names.includes("Renamed live"));
+    assert.ok(!last("alice").names.includes("Listed live"));
+
+    await alice.rpc("project.add_collaborator", { project_id: project.id, email: "bob@demo.sitebuilder.test" });
+    await bob.acceptInvitation(project.id);
+    await waitFor(() => last("bob")?.event.project?.id === project.id, 20_000, "bob's insert");
+    assert.equal(last("bob").event.type, "insert");
+
+    stopBob();
+    await alice.rpc("project.delete", { project_id: project.id });
+    await waitFor(() => last("alice").event.type === "delete", 20_000, "delete");
+    assert.ok(!last("alice").names.includes("Renamed live"));
+  } finally {
+    stopAlice();
+    alice.close();
+    bob.close();
+  }
+});

@@ -232,6 +232,7 @@ class Client {
     if (options.onStatus) this.statusListeners.add(options.onStatus);
     this.meta = null; // the presence meta to set in every project
     this.sessions = new Map(); // builder sessions started or resumed here: id -> token
+    this.projectList = { listeners: new Set(), projects: null }; // subscribeToProjects
     this.refs = 0;
     this.attempt = 0;
     this.ws = null;
@@ -252,8 +253,12 @@ class Client {
         this.rpc("session.update_progress", { id, ...progress }).then((row) => this._ended(row)),
       complete: (id) => this.rpc("session.complete", { id }).then((row) => this._ended(row)),
       cancel: (id) => this.rpc("session.cancel", { id }).then((row) => this._ended(row)),
-      resume: (sessionToken) =>
-        this.rpc("session.resume", { session_token: sessionToken }).then((row) => this._remember(row)),
+      resume: (sessionTokenOrId) =>
+        this.rpc(
+          "session.resume",
+          typeof sessionTokenOrId === "string" ? { session_token: sessionTokenOrId } : { id: sessionTokenOrId.id },
+        ).then((row) => this._remember(row)),
+      list: (filter = {}) => this.rpc("session.list", filter),
     };
     this._open();
   }
@@ -286,6 +291,23 @@ class Client {
   }
 
   // Sharing takes consent: adding someone to a project invites them (docs/protocol.md).
+
+  /** Follow the caller's project list (owned or shared with them, as accepted):
+   * `onChange(projects, event)` gets the whole list, newest `updated_at` first, after
+   * the first `project_list` (event `{type: "snapshot"}`), after each change
+   * (`{type: "insert" | "update" | "delete", project}`: joined, changed, left) and after
+   * a list sent again (`{type: "reset", reason}`; also after every reconnect). Returns
+   * the unsubscribe function. */
+  subscribeToProjects(onChange) {
+    const list = this.projectList;
+    list.listeners.add(onChange);
+    if (list.listeners.size === 1 && this.authed) this._sendSubscribeProjects();
+    return () => {
+      if (!list.listeners.delete(onChange) || list.listeners.size) return;
+      list.projects = null;
+      if (this.authed) this._request({ type: "unsubscribe_projects" }).catch(() => {});
+    };
+  }
 
   /** The caller's pending invitations, newest first: [{project_id, project_name,
    * invited_by, invited_by_email, invited_at}]. */
@@ -379,6 +401,7 @@ class Client {
     this._startHeartbeat();
     this._setStatus("connected", {});
     for (const handle of this.projects.values()) this._sendSubscribe(handle);
+    if (this.projectList.listeners.size) this._sendSubscribeProjects();
     for (const [id, token] of this.sessions) {
       // Reattach our builder sessions to this connection before their pause grace ends.
       this.rpc("session.resume", { session_token: token }).catch(() => this.sessions.delete(id));
@@ -487,9 +510,13 @@ class Client {
         this.minDelayMs = frame.reconnect_after_ms ?? 0;
         return;
       case "project_list":
+        this._projectList(frame);
         return;
       default: {
-        if (frame.type === "change" && frame.list) return;
+        if (frame.type === "change" && frame.list) {
+          this._projectListChange(frame);
+          return;
+        }
         const handle = this.projects.get(frame.project_id);
         if (handle) handle._frame(frame);
       }
@@ -514,6 +541,40 @@ class Client {
         }),
       );
     } else entry.resolve(frame.data);
+  }
+
+  // The project list
+
+  _sendSubscribeProjects() {
+    this._request({ type: "subscribe_projects" }).catch((error) => {
+      if (error.code === "disconnected" || error.code === "closed") return;
+      setTimeout(() => {
+        if (this.authed && this.projectList.listeners.size) this._sendSubscribeProjects();
+      }, backoffDelay(1, this.options));
+    });
+  }
+
+  _projectList(frame) {
+    const list = this.projectList;
+    if (!list.listeners.size) return;
+    list.projects = new Map(frame.projects.map((row) => [row.id, row]));
+    this._emitProjects(frame.reset ? { type: "reset", reason: frame.reset } : { type: "snapshot" });
+  }
+
+  _projectListChange(frame) {
+    const list = this.projectList;
+    if (!list.projects) return;
+    const row = frame.new ?? frame.old;
+    if (frame.op === "delete") list.projects.delete(row.id);
+    else list.projects.set(row.id, frame.new);
+    this._emitProjects({ type: frame.op, project: row });
+  }
+
+  _emitProjects(event) {
+    const projects = [...this.projectList.projects.values()].sort((a, b) =>
+      a.updated_at < b.updated_at ? 1 : a.updated_at > b.updated_at ? -1 : 0,
+    );
+    for (const listener of [...this.projectList.listeners]) listener(projects, event);
   }
 
   // Subscriptions
