@@ -165,8 +165,96 @@ export interface Client {
   /** Stop collaborating on a project (the owner cannot). */
   leaveProject(projectId: string): Promise<{ project_id: string }>;
   onStatus(listener: (status: ConnectionStatus, info: StatusInfo) => void): () => void;
+  /** The seed's builderHelpers over this connection. */
+  readonly builderHelpers: BuilderHelpers;
   close(): void;
 }
+
+/** What every builderHelpers call resolves with (never rejects), as the seed destructures it. */
+export type Outcome<T> = Promise<{ data: T; error: null } | { data: null; error: SitebuilderError }>;
+
+/** A change as the seed's callbacks read it (Supabase's payload shape). */
+export interface ChangePayload<Row> {
+  type: "project" | "sitemap" | "wireframe" | "style-guide" | "session";
+  eventType: "INSERT" | "UPDATE" | "DELETE";
+  new: Row | Record<string, never>;
+  old: Row | Record<string, never>;
+  commit_timestamp: string;
+  change: Change;
+}
+
+export interface Subscription {
+  unsubscribe(): void;
+}
+
+/** The seed's `builderHelpers`. A `user_id` / `userId` argument must be the signed-in
+ * user's (another is `forbidden`: the server acts as the token's user); a client-made
+ * `session_token` is replaced by the server's. */
+export interface BuilderHelpers {
+  session: {
+    create(data: {
+      project_id: string;
+      current_step: string;
+      metadata?: { [key: string]: JsonValue };
+      user_id?: string;
+      session_token?: string;
+    }): Outcome<SessionRow>;
+    getByToken(token: string): Outcome<SessionRow>;
+    updateProgress(id: string, updates: SessionProgress): Outcome<SessionRow>;
+    complete(id: string): Outcome<SessionRow>;
+    cancel(id: string): Outcome<SessionRow>;
+    subscribe(id: string, callback: (payload: ChangePayload<SessionRow>) => void): Subscription;
+  };
+  project: {
+    create(project: ProjectCreateParams): Outcome<ProjectRow>;
+    getWithRelations(id: string): Outcome<{
+      project: ProjectRow;
+      sitemaps: SitemapRow[];
+      wireframes: WireframeRow[];
+      style_guides: StyleGuideRow[];
+    }>;
+    /** Plain columns replaced; `data` and `settings` merged into (RFC 7396). */
+    update(
+      id: string,
+      updates: ProjectSet & { data?: JsonValue; settings?: JsonValue },
+      userId?: string,
+    ): Outcome<ProjectRow>;
+    delete(id: string): Outcome<{ id: string }>;
+  };
+  version: {
+    getByEntity(
+      type: "projects" | "sitemaps" | "wireframes" | "style_guides",
+      id: string,
+    ): Outcome<VersionRow[]>;
+    revert(versionId: string, userId?: string): Outcome<{ [key: string]: JsonValue }>;
+  };
+  collaboration: {
+    subscribeToProject(
+      projectId: string,
+      callback: (
+        payload: ChangePayload<ProjectRow | SitemapRow | WireframeRow | StyleGuideRow>,
+      ) => void,
+    ): Subscription;
+    subscribeToSessions(
+      projectId: string,
+      callback: (payload: ChangePayload<SessionRow>) => void,
+    ): Subscription;
+    subscribeToProjects(
+      callback: Parameters<Client["subscribeToProjects"]>[0],
+    ): Subscription;
+  };
+  analytics: {
+    getProjectStats(projectId: string): Outcome<{ [key: string]: JsonValue }>;
+    getUserAnalytics(userId: string, days?: number): Outcome<{ [key: string]: JsonValue }>;
+  };
+  batch: {
+    createProjectStructure(
+      structure: BatchCreateProjectStructureParams,
+    ): Outcome<{ [key: string]: JsonValue }>;
+  };
+}
+
+export declare function builderHelpers(client: Client): BuilderHelpers;
 
 export declare function connect(url: string, options: ConnectOptions): Client;
 

@@ -54,6 +54,7 @@ async def test_node_client_tests_pass(tmp_path: Path, database_dsn: str) -> None
         node,
         "--experimental-websocket",
         "--test",
+        "--test-concurrency=1",  # one gateway at a time: they share a replication slot
         "--test-reporter=tap",
         *map(str, NODE_TESTS),
         env=env,

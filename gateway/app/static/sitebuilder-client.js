@@ -272,6 +272,12 @@ class Client {
     return () => this.statusListeners.delete(listener);
   }
 
+  /** The seed's builderHelpers over this client (see `builderHelpers` below). */
+  get builderHelpers() {
+    this._helpers ??= builderHelpers(this);
+    return this._helpers;
+  }
+
   project(id) {
     let handle = this.projects.get(id);
     if (!handle) {
@@ -645,4 +651,129 @@ class Client {
     if (row.status === "completed" || row.status === "cancelled") this.sessions.delete(row.id);
     return row;
   }
+}
+
+// The seed's builderHelpers (its "Builder Helpers" and "Usage Examples"), over the one
+// socket: each call resolves with `{data, error}` as the seed's code destructures it
+// (`error` a SitebuilderError, never a rejection), and reconnects and resumes as the
+// client does. What the seed passes that the server decides itself is accepted and
+// documented: a `user_id` / `userId` must be the signed-in user's (the server takes the
+// caller from the token; another user's id is `forbidden`), a client-made
+// `session_token` is replaced by the server's (the returned row carries it).
+
+const CHANGE_TYPES = { insert: "INSERT", update: "UPDATE", delete: "DELETE" };
+const CONTENT = new Set(["project", "sitemap", "wireframe", "style-guide"]);
+const PROJECT_COLUMNS = ["name", "description", "type", "status", "is_public"];
+const PROJECT_JSON = ["data", "settings"];
+
+async function outcome(promise) {
+  try {
+    return { data: await promise, error: null };
+  } catch (error) {
+    return { data: null, error };
+  }
+}
+
+/** A change frame as the seed's callbacks read it: `type` (the entity: 'project',
+ * 'sitemap', 'wireframe', 'style-guide', 'session'), `eventType` ('INSERT', 'UPDATE',
+ * 'DELETE'), `new` and `old` rows (as Supabase's payloads carry them), and the frame. */
+function payloadOf(change) {
+  return {
+    type: change.entity,
+    eventType: CHANGE_TYPES[change.op],
+    new: change.new ?? {},
+    old: change.old ?? {},
+    commit_timestamp: change.committed_at,
+    change,
+  };
+}
+
+export function builderHelpers(client) {
+  const notYou = (userId) =>
+    userId != null && client.userId != null && userId !== client.userId
+      ? new SitebuilderError("forbidden", "user_id must be the signed-in user's: the server acts as the token's user")
+      : null;
+  const refuse = (error) => Promise.resolve({ data: null, error });
+  const follow = (projectId, accept, callback) => {
+    const stop = client.project(projectId).subscribe((change) => {
+      if (accept(change)) callback(payloadOf(change));
+    });
+    return { unsubscribe: stop };
+  };
+  return {
+    session: {
+      /** `{project_id, current_step, metadata}`; `user_id` must be the caller's and a
+       * `session_token` is replaced by the server's (in the returned row). */
+      create: ({ user_id, project_id, session_token: _clientToken, current_step, metadata } = {}) =>
+        notYou(user_id) ? refuse(notYou(user_id)) : outcome(client.session.start(project_id, current_step, metadata)),
+      getByToken: (token) => outcome(client.rpc("session.get_by_token", { session_token: token })),
+      updateProgress: (id, updates) => outcome(client.session.progress(id, updates)),
+      complete: (id) => outcome(client.session.complete(id)),
+      cancel: (id) => outcome(client.session.cancel(id)),
+      /** Changes of one of the caller's sessions: `callback({eventType, new, old})`. */
+      subscribe: (id, callback) => {
+        let stop = null;
+        let stopped = false;
+        client.session.list({ limit: 200 }).then((sessions) => {
+          const session = sessions.find((row) => row.id === id);
+          if (!session || stopped) return;
+          stop = follow(session.project_id, (c) => c.entity === "session" && (c.new ?? c.old).id === id, callback);
+        }, () => {});
+        return {
+          unsubscribe: () => {
+            stopped = true;
+            stop?.unsubscribe();
+          },
+        };
+      },
+    },
+    project: {
+      create: (project) => outcome(client.rpc("project.create", project)),
+      getWithRelations: (id) => outcome(client.rpc("project.get_with_relations", { project_id: id })),
+      /** Plain columns are replaced; `data` and `settings` are merged into (RFC 7396:
+       * a null removes a key), so two editors' changes to different keys both stay. */
+      update: (id, updates = {}, userId) => {
+        if (notYou(userId)) return refuse(notYou(userId));
+        const set = {};
+        const patch = {};
+        for (const [key, value] of Object.entries(updates)) {
+          if (PROJECT_COLUMNS.includes(key)) set[key] = value;
+          else if (PROJECT_JSON.includes(key)) patch[key] = value;
+          else return refuse(new SitebuilderError("invalid_params", `project.update cannot change ${key}`));
+        }
+        return outcome(client.rpc("project.update", { project_id: id, set, patch }));
+      },
+      delete: (id) => outcome(client.rpc("project.delete", { project_id: id })),
+    },
+    version: {
+      /** The newest versions first (up to 100); `type` is the table: 'projects',
+       * 'sitemaps', 'wireframes', 'style_guides'. */
+      getByEntity: (type, id) =>
+        outcome(
+          client
+            .rpc("version.get_by_entity", { entity_type: type, entity_id: id, limit: 100 })
+            .then((page) => page.versions),
+        ),
+      /** The new version the revert made is the caller's (`userId` must be theirs). */
+      revert: (versionId, userId) =>
+        notYou(userId) ? refuse(notYou(userId)) : outcome(client.rpc("version.revert", { version_id: versionId })),
+    },
+    collaboration: {
+      /** Project, sitemap, wireframe and style guide changes of the project. */
+      subscribeToProject: (projectId, callback) => follow(projectId, (c) => CONTENT.has(c.entity), callback),
+      /** Builder session changes of the project (`payload.new.user_id`, `.status`). */
+      subscribeToSessions: (projectId, callback) => follow(projectId, (c) => c.entity === "session", callback),
+      /** The caller's project list: `callback(projects, event)` (subscribeToProjects). */
+      subscribeToProjects: (callback) => ({ unsubscribe: client.subscribeToProjects(callback) }),
+    },
+    analytics: {
+      getProjectStats: (projectId) => outcome(client.rpc("analytics.get_project_stats", { project_id: projectId })),
+      /** The caller's own sessions over `days` (`userId` must be the caller's). */
+      getUserAnalytics: (userId, days = 30) =>
+        notYou(userId) ? refuse(notYou(userId)) : outcome(client.rpc("analytics.get_user_analytics", { days })),
+    },
+    batch: {
+      createProjectStructure: (structure) => outcome(client.rpc("batch.create_project_structure", structure)),
+    },
+  };
 }
