@@ -312,3 +312,88 @@ async def test_a_new_page_and_a_revert_from_the_history_show_in_both_editors(
     await expect(bob.locator('[data-page="opening-hours"]')).to_have_count(0)
     await expect(bob.locator("#history li").first).to_contain_text("v3 · Alice")
     await expect(bob.locator("#sitemap-version")).to_have_text("v3")
+
+
+SEED_EXAMPLES = REPO_ROOT / "tests" / "js" / "seed_usage_examples.md"
+
+# Runs in the page: the seed's usage examples as written, with the served client's
+# builderHelpers; Bob keeps the collaboration example open while Alice runs the rest.
+RUN_SEED_EXAMPLES = """
+async (blocks) => {
+  const { connect } = await import("/sitebuilder-client.js");
+  const tokens = (user) => async () => {
+    const reply = await fetch(`/demo/token?user=${user}`);
+    return (await reply.json()).token;
+  };
+  const url = `ws://${location.host}/`;
+  const alice = connect(url, { getToken: tokens("alice") });
+  const bob = connect(url, { getToken: tokens("bob") });
+  await Promise.all([alice.ready(), bob.ready()]);
+  const AsyncFunction = (async () => {}).constructor;
+  const run = (code, scope) =>
+    new AsyncFunction(...Object.keys(scope), code)(...Object.values(scope));
+  const project = await alice.rpc("project.create", { name: "Seed examples in Chromium" });
+  const invite = { project_id: project.id, email: "bob@demo.sitebuilder.test" };
+  await alice.rpc("project.add_collaborator", invite);
+  await bob.acceptInvitation(project.id);
+  const user = { id: alice.userId };
+  const scope = {
+    builderHelpers: alice.builderHelpers, user, project, projectId: project.id,
+    sitemap: { pages: { home: { title: "Home", path: "/" } } },
+    generateToken: () => "made-by-the-page",
+  };
+  await run(blocks["Creating a New Project"], scope);
+  const logged = [];
+  let ended;
+  const completed = new Promise((resolve) => { ended = resolve; });
+  const log = (line) => {
+    logged.push(line);
+    if (line.endsWith(" is completed")) ended();
+  };
+  const asBob = { ...scope, builderHelpers: bob.builderHelpers, console: { log } };
+  await run(blocks["Real-time Collaboration"], asBob);
+  await bob.project(project.id).ready();
+  await run(blocks["Tracking User Sessions"], scope);
+  await completed;
+  const { data: versions } = await alice.builderHelpers.version.getByEntity("projects", project.id);
+  await alice.rpc("project.update", { project_id: project.id, set: { name: "Renamed" } });
+  await run(blocks["Version History"], { ...scope, versionId: versions.at(-1).id });
+  await run(blocks["Analytics"], scope);
+  const { data: now } = await alice.builderHelpers.project.getWithRelations(project.id);
+  const mine = await alice.rpc("project.list", {});
+  alice.close();
+  bob.close();
+  return {
+    userId: user.id, logged, name: now.project.name,
+    created: mine.projects.some((p) => p.name === "My New Website"),
+  };
+}
+"""
+
+
+def seed_example_blocks() -> dict[str, str]:
+    """The code of each `###` section of the seed's usage examples."""
+    blocks = {}
+    for section in SEED_EXAMPLES.read_text().split("\n### ")[1:]:
+        title, _, body = section.partition("\n")
+        blocks[title] = "\n".join(re.findall(r"```typescript\n(.*?)```", body, re.DOTALL))
+    return blocks
+
+
+async def test_the_seeds_usage_examples_run_as_written_in_chromium(
+    browser: Browser, demo_server: DemoServer
+) -> None:
+    context = await browser.new_context()
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"{demo_server.url}healthz")
+
+    outcome = await asyncio.wait_for(page.evaluate(RUN_SEED_EXAMPLES, seed_example_blocks()), 60)
+
+    assert outcome["created"], "the batch example created 'My New Website'"
+    user = outcome["userId"]
+    assert f"User {user} is active" in outcome["logged"], outcome
+    assert f"User {user} is completed" in outcome["logged"], outcome
+    assert outcome["name"] == "Seed examples in Chromium", "reverted to the first version"
+    assert not errors, errors
