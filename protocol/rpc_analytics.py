@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, Field
@@ -54,4 +55,10 @@ class UserAnalytics(BaseModel):
 PARAMS: dict[str, type[Params]] = {
     "analytics.get_project_stats": ProjectId,
     "analytics.get_user_analytics": UserAnalyticsParams,
+}
+
+# Method name → result type (the JSON Schema and the `.d.ts` read this).
+RESULTS: dict[str, Any] = {
+    "analytics.get_project_stats": ProjectStats,
+    "analytics.get_user_analytics": UserAnalytics,
 }

@@ -3,7 +3,7 @@ builderHelpers.batch.createProjectStructure): a project and its first content at
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 from pydantic import BaseModel, Field, JsonValue, model_validator
 
@@ -73,4 +73,9 @@ class ProjectStructureCreated(BaseModel):
 # Method name → params model (the JSON Schema export reads this).
 PARAMS: dict[str, type[Params]] = {
     "batch.create_project_structure": ProjectStructure,
+}
+
+# Method name → result type (the JSON Schema and the `.d.ts` read this).
+RESULTS: dict[str, Any] = {
+    "batch.create_project_structure": ProjectStructureCreated,
 }

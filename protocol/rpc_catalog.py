@@ -1,6 +1,10 @@
-"""Every RPC method's params model, by method name, for the JSON Schema export."""
+"""Every RPC method's params model and result type, by method name, for the JSON
+Schema export, the `.d.ts` and the gateway's method table (which checks its handlers
+against both)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -20,4 +24,13 @@ RPC_PARAMS: dict[str, type[BaseModel]] = {
     **rpc_batch.PARAMS,
     **rpc_versions.PARAMS,
     **rpc_sessions.PARAMS,
+}
+
+RPC_RESULTS: dict[str, Any] = {
+    **rpc_projects.RESULTS,
+    **rpc_entities.RESULTS,
+    **rpc_analytics.RESULTS,
+    **rpc_batch.RESULTS,
+    **rpc_versions.RESULTS,
+    **rpc_sessions.RESULTS,
 }

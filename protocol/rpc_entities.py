@@ -12,12 +12,13 @@ typed without null, and the JSON Schema says exactly that.
 
 from __future__ import annotations
 
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator, with_config
 from typing_extensions import TypedDict  # pydantic refuses typing.TypedDict before 3.12
 
+from protocol.rows import SitemapRow, StyleGuideRow, WireframeRow
 from protocol.rpc_projects import Params
 
 Title = Annotated[str, Field(min_length=1)]
@@ -186,4 +187,17 @@ PARAMS: dict[str, type[Params]] = {
     "style_guide.create": StyleGuideCreate,
     "style_guide.update": StyleGuideUpdate,
     "style_guide.delete": Delete,
+}
+
+# Method name → result type (the JSON Schema and the `.d.ts` read this).
+RESULTS: dict[str, Any] = {
+    "sitemap.create": SitemapRow,
+    "sitemap.update": SitemapRow,
+    "sitemap.delete": Deleted,
+    "wireframe.create": WireframeRow,
+    "wireframe.update": WireframeRow,
+    "wireframe.delete": Deleted,
+    "style_guide.create": StyleGuideRow,
+    "style_guide.update": StyleGuideRow,
+    "style_guide.delete": Deleted,
 }

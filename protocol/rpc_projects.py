@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 from uuid import UUID
 
 from pydantic import (
@@ -217,6 +217,21 @@ PARAMS: dict[str, type[Params]] = {
     "project.remove_collaborator": ProjectCollaborator,
     "project.invitations": ProjectInvitationList,
     "project.accept_invitation": ProjectId,
+    "project.decline_invitation": ProjectId,
+    "project.leave": ProjectId,
+}
+
+# Method name → result type (the JSON Schema and the `.d.ts` read this).
+RESULTS: dict[str, Any] = {
+    "project.create": ProjectRow,
+    "project.get_with_relations": ProjectWithRelations,
+    "project.update": ProjectRow,
+    "project.delete": ProjectDeleted,
+    "project.list": ProjectPage,
+    "project.add_collaborator": ProjectRow,
+    "project.remove_collaborator": ProjectRow,
+    "project.invitations": ProjectInvitations,
+    "project.accept_invitation": ProjectRow,
     "project.decline_invitation": ProjectId,
     "project.leave": ProjectId,
 }

@@ -8,7 +8,7 @@ and never in a `change` frame or a snapshot (`SessionRow` drops it).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import Field, JsonValue, model_validator
@@ -98,4 +98,15 @@ PARAMS: dict[str, type[Params]] = {
     "session.cancel": SessionId,
     "session.resume": SessionResume,
     "session.list": SessionList,
+}
+
+# Method name → result type (the JSON Schema and the `.d.ts` read this).
+RESULTS: dict[str, Any] = {
+    "session.create": OwnedSession,
+    "session.get_by_token": OwnedSession,
+    "session.update_progress": SessionRow,
+    "session.complete": SessionRow,
+    "session.cancel": SessionRow,
+    "session.resume": OwnedSession,
+    "session.list": list[OwnedSession],
 }

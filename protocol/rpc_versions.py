@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
@@ -58,4 +58,12 @@ PARAMS: dict[str, type[Params]] = {
     "version.get": VersionId,
     "version.checkpoint": Checkpoint,
     "version.revert": Revert,
+}
+
+# Method name → result type (the JSON Schema and the `.d.ts` read this).
+RESULTS: dict[str, Any] = {
+    "version.get_by_entity": VersionPage,
+    "version.get": VersionRow,
+    "version.checkpoint": VersionRow,
+    "version.revert": VersionRow,
 }

@@ -109,15 +109,6 @@ export interface SessionProgress {
   step_data?: { [key: string]: JsonValue };
 }
 
-/** A pending invitation (`project.invitations`): the invitee cannot read the project yet. */
-export interface ProjectInvitation {
-  project_id: string;
-  project_name: string;
-  invited_by: string;
-  invited_by_email: string | null;
-  invited_at: string;
-}
-
 export interface Client {
   readonly url: string;
   readonly status: ConnectionStatus;
@@ -125,7 +116,11 @@ export interface Client {
   /** Resolves once authenticated (the first time). */
   ready(): Promise<void>;
   project(id: string): ProjectHandle;
-  rpc<M extends RpcMethod>(method: M, params: RpcParams[M], options?: RpcOptions): Promise<any>;
+  rpc<M extends RpcMethod>(
+    method: M,
+    params: RpcParams[M],
+    options?: RpcOptions,
+  ): Promise<RpcResults[M]>;
   presence: {
     /** Set this connection's meta in every subscribed project (kept across reconnects). */
     update(meta: { [key: string]: JsonValue }): Promise<void>;
@@ -135,15 +130,15 @@ export interface Client {
       projectId: string,
       currentStep: string,
       metadata?: { [key: string]: JsonValue },
-    ): Promise<SessionRow>;
+    ): Promise<OwnedSession>;
     progress(id: string, progress: SessionProgress): Promise<SessionRow>;
     complete(id: string): Promise<SessionRow>;
     cancel(id: string): Promise<SessionRow>;
     /** Make a paused session active again, attached to this connection: by its token, or
      * (the owner, on any device) by `{ id }`. */
-    resume(sessionTokenOrId: string | { id: string }): Promise<SessionRow>;
+    resume(sessionTokenOrId: string | { id: string }): Promise<OwnedSession>;
     /** The caller's own sessions from any device, newest first, each with its token. */
-    list(filter?: SessionListParams): Promise<SessionRow[]>;
+    list(filter?: SessionListParams): Promise<OwnedSession[]>;
   };
   /** Follow the caller's project list: `onChange` gets the whole list (newest
    * `updated_at` first) after the first `project_list`, each change and each list sent
@@ -171,7 +166,9 @@ export interface Client {
 }
 
 /** What every builderHelpers call resolves with (never rejects), as the seed destructures it. */
-export type Outcome<T> = Promise<{ data: T; error: null } | { data: null; error: SitebuilderError }>;
+export type Outcome<T> = Promise<
+  { data: T; error: null } | { data: null; error: SitebuilderError }
+>;
 
 /** A change as the seed's callbacks read it (Supabase's payload shape). */
 export interface ChangePayload<Row> {
@@ -198,8 +195,8 @@ export interface BuilderHelpers {
       metadata?: { [key: string]: JsonValue };
       user_id?: string;
       session_token?: string;
-    }): Outcome<SessionRow>;
-    getByToken(token: string): Outcome<SessionRow>;
+    }): Outcome<OwnedSession>;
+    getByToken(token: string): Outcome<OwnedSession>;
     updateProgress(id: string, updates: SessionProgress): Outcome<SessionRow>;
     complete(id: string): Outcome<SessionRow>;
     cancel(id: string): Outcome<SessionRow>;
@@ -207,26 +204,21 @@ export interface BuilderHelpers {
   };
   project: {
     create(project: ProjectCreateParams): Outcome<ProjectRow>;
-    getWithRelations(id: string): Outcome<{
-      project: ProjectRow;
-      sitemaps: SitemapRow[];
-      wireframes: WireframeRow[];
-      style_guides: StyleGuideRow[];
-    }>;
+    getWithRelations(id: string): Outcome<ProjectWithRelations>;
     /** Plain columns replaced; `data` and `settings` merged into (RFC 7396). */
     update(
       id: string,
       updates: ProjectSet & { data?: JsonValue; settings?: JsonValue },
       userId?: string,
     ): Outcome<ProjectRow>;
-    delete(id: string): Outcome<{ id: string }>;
+    delete(id: string): Outcome<ProjectDeleted>;
   };
   version: {
     getByEntity(
       type: "projects" | "sitemaps" | "wireframes" | "style_guides",
       id: string,
     ): Outcome<VersionRow[]>;
-    revert(versionId: string, userId?: string): Outcome<{ [key: string]: JsonValue }>;
+    revert(versionId: string, userId?: string): Outcome<VersionRow>;
   };
   collaboration: {
     subscribeToProject(
@@ -244,13 +236,13 @@ export interface BuilderHelpers {
     ): Subscription;
   };
   analytics: {
-    getProjectStats(projectId: string): Outcome<{ [key: string]: JsonValue }>;
-    getUserAnalytics(userId: string, days?: number): Outcome<{ [key: string]: JsonValue }>;
+    getProjectStats(projectId: string): Outcome<ProjectStats>;
+    getUserAnalytics(userId: string, days?: number): Outcome<UserAnalytics>;
   };
   batch: {
     createProjectStructure(
       structure: BatchCreateProjectStructureParams,
-    ): Outcome<{ [key: string]: JsonValue }>;
+    ): Outcome<ProjectStructureCreated>;
   };
 }
 
@@ -357,6 +349,11 @@ def typescript_declarations() -> str:
         entries.append(f'  "{method}": {params_name};')
     blocks.append("export interface RpcParams {\n" + "\n".join(entries) + "\n}\n")
     blocks.append("export type RpcMethod = keyof RpcParams;\n")
+    blocks.append("// RPC results: the `data` of each method's `result` frame\n")
+    results = [
+        f'  "{method}": {ts_type(result)};' for method, result in schema["rpc_results"].items()
+    ]
+    blocks.append("export interface RpcResults {\n" + "\n".join(results) + "\n}\n")
     blocks.append(CLIENT_API)
     return "\n".join(blocks)
 

@@ -12,6 +12,7 @@ from gateway.rpc.call import Call, Handlers, call
 from gateway.rpc.methods import METHODS, MethodTableError, bind
 from protocol.errors import ErrorCode
 from protocol.frames import Error, Rpc
+from protocol.rows import ProjectRow, SessionRow
 from protocol.rpc_projects import ProjectCreate, ProjectId
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import Connect, WsClient
@@ -162,6 +163,25 @@ def test_method_table_refuses_any_mismatch_with_protocol() -> None:
     assert "x.missing: no handler" in message
     assert "x.unknown: a handler, but no params in protocol" in message
     assert "x.mistyped: its handler takes ProjectCreate, protocol's params are ProjectId" in message
+
+
+async def read_project_row(_call: Call, _params: ProjectId) -> ProjectRow:
+    """A stand-in handler declaring its result."""
+    raise NotImplementedError
+
+
+def test_method_table_refuses_a_handler_returning_another_result_than_protocols() -> None:
+    """The `.d.ts` promises clients protocol's result type: a handler must return it."""
+    group = Handlers()
+    group("x.read")(read_project_row)
+    with pytest.raises(MethodTableError) as refused:
+        bind({"x.read": ProjectId}, [group], {"x.read": SessionRow})
+    assert "x.read: its handler returns ProjectRow, protocol's result is" in str(refused.value)
+    with pytest.raises(MethodTableError, match=r"x\.read: no result type in protocol"):
+        bind({"x.read": ProjectId}, [group], {})
+    assert (
+        bind({"x.read": ProjectId}, [group], {"x.read": ProjectRow})["x.read"].params is ProjectId
+    )
 
 
 def test_a_group_refuses_a_second_handler_for_a_method() -> None:

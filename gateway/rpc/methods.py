@@ -3,7 +3,9 @@ one table of names, protocol.rpc_catalog) bound to the handler its group registe
 
 Binding checks the two sides against each other when this module is imported, so a
 method protocol declares without a handler, a handler for a method it does not
-declare, or a handler written for other params stops the gateway from starting.
+declare, or a handler written for other params or returning another result than
+protocol declares (the `.d.ts` promises clients that type) stops the gateway from
+starting.
 """
 
 from __future__ import annotations
@@ -16,19 +18,25 @@ from pydantic import BaseModel
 
 from gateway.rpc import analytics, batch, entities, projects, sessions, versions
 from gateway.rpc.call import Handler, Handlers, Method, Methods, Registered
-from protocol.rpc_catalog import RPC_PARAMS
+from protocol.rpc_catalog import RPC_PARAMS, RPC_RESULTS
 
 Catalog = Mapping[str, type[BaseModel]]
+Results = Mapping[str, Any]
 
 
 class MethodTableError(Exception):
     """Protocol's methods and the gateway's handlers do not match."""
 
 
-def bind(catalog: Catalog, groups: Iterable[Handlers]) -> dict[str, Method[Any]]:
-    """Each method of `catalog` with its params and the one handler registered for it."""
+def bind(
+    catalog: Catalog, groups: Iterable[Handlers], results: Results | None = None
+) -> dict[str, Method[Any]]:
+    """Each method of `catalog` with its params and the one handler registered for it
+    (whose result, when `results` are given, must be the declared one)."""
     registered, problems = _merged(groups)
     problems += _mismatches(catalog, registered)
+    if results is not None:
+        problems += _misreturning(results, registered)
     if problems:
         raise MethodTableError("rpc methods do not match protocol: " + "; ".join(problems))
     return {
@@ -75,6 +83,29 @@ def _mistyped(name: str, params: type[BaseModel], handler: Handler[Any]) -> str 
     return f"{name}: its handler takes {named}, protocol's params are {params.__name__}"
 
 
+def _misreturning(results: Results, registered: Mapping[str, Registered]) -> list[str]:
+    """Handlers whose return annotation is not protocol's result type for their method
+    (a generic handler annotated with a base class may return the declared subclass)."""
+    problems = []
+    for name, entry in registered.items():
+        if name not in results:
+            problems.append(
+                f"{name}: no result type in protocol (RESULTS of protocol/rpc_<group>.py)"
+            )
+            continue
+        declared = results[name]
+        returns = inspect.signature(entry.handler, eval_str=True).return_annotation
+        if returns == declared or (
+            isinstance(returns, type)
+            and isinstance(declared, type)
+            and issubclass(declared, returns)
+        ):
+            continue
+        named = getattr(returns, "__name__", repr(returns))
+        problems.append(f"{name}: its handler returns {named}, protocol's result is {declared!r}")
+    return problems
+
+
 def _generic_origin(annotation: Any) -> Any:
     """`Update` for `Update[Any, Any]`: a parametrized pydantic model is a class of its
     own, which the concrete params (subclasses of `Update[SetT, PatchT]`) do not extend."""
@@ -92,4 +123,5 @@ METHODS: Methods = bind(
         versions.handles,
         sessions.handles,
     ),
+    RPC_RESULTS,
 )

@@ -484,6 +484,109 @@ export interface WireframeSet {
   components?: Array<string>;
 }
 
+/** Builder sessions of the project by status, as far as the caller may see them. */
+export interface SessionCounts {
+  active: number;
+  paused: number;
+  completed: number;
+  cancelled: number;
+}
+
+/** A dashboard tile's worth of numbers about one project, read in one statement. */
+export interface ProjectStats {
+  project_id: string;
+  sitemaps: number;
+  wireframes: number;
+  style_guides: number;
+  versions: number;
+  sessions: SessionCounts;
+  editors_online: number;
+  last_activity: string | null;
+}
+
+/** The caller's builder sessions over the last `days` (get_session_analytics). */
+export interface UserAnalytics {
+  days: number;
+  total_sessions: number;
+  avg_duration: number | null;
+  completed_sessions: number;
+  most_common_step: string | null;
+  sessions_per_day: number;
+}
+
+/** Every row the batch created, in request order, as stored. */
+export interface ProjectStructureCreated {
+  project: ProjectRow;
+  sitemap: SitemapRow;
+  wireframes: Array<WireframeRow>;
+  style_guides: Array<StyleGuideRow>;
+}
+
+export interface ProjectId {
+  project_id: string;
+}
+
+export interface ProjectDeleted {
+  id: string;
+}
+
+export interface ProjectWithRelations {
+  project: ProjectRow;
+  sitemaps: Array<SitemapRow>;
+  wireframes: Array<WireframeRow>;
+  style_guides: Array<StyleGuideRow>;
+}
+
+/** An invitation to a project the invitee cannot read yet: its name and who sent it. */
+export interface ProjectInvitation {
+  project_id: string;
+  project_name: string;
+  invited_by: string;
+  invited_by_email: string | null;
+  invited_at: string;
+}
+
+/** Newest first. */
+export interface ProjectInvitations {
+  invitations: Array<ProjectInvitation>;
+}
+
+/** Newest updated first; `next_cursor` is null on the last page. */
+export interface ProjectPage {
+  projects: Array<ProjectRow>;
+  next_cursor: string | null;
+}
+
+/** A session as its owner sees it: with its token. */
+export interface OwnedSession {
+  id: string;
+  created_at?: string | null;
+  updated_at?: string | null;
+  user_id: string;
+  project_id?: string | null;
+  status: "active" | "paused" | "completed" | "cancelled";
+  current_step: string;
+  step_data?: JsonValue | null;
+  progress?: JsonValue | null;
+  metadata?: JsonValue | null;
+  started_at?: string | null;
+  ended_at?: string | null;
+  duration?: number | null;
+  ip_address?: string | null;
+  user_agent?: string | null;
+  session_token: string;
+}
+
+export interface Deleted {
+  id: string;
+}
+
+/** `next_before_version` is null on the last page. */
+export interface VersionPage {
+  versions: Array<VersionRow>;
+  next_before_version: number | null;
+}
+
 export type ClientFrame = Auth | AuthRefresh | Subscribe | Unsubscribe | SubscribeProjects | UnsubscribeProjects | Ping | Rpc | PresenceUpdate;
 
 export type ServerFrame = Ok | ErrorFrame | Result | Snapshot | ProjectChange | SitemapChange | WireframeChange | StyleGuideChange | SessionChange | VersionChange | ProjectListSnapshot | Unsubscribed | Reset | Closing | PresenceState | PresenceDiff;
@@ -772,6 +875,45 @@ export interface RpcParams {
 
 export type RpcMethod = keyof RpcParams;
 
+// RPC results: the `data` of each method's `result` frame
+
+export interface RpcResults {
+  "analytics.get_project_stats": ProjectStats;
+  "analytics.get_user_analytics": UserAnalytics;
+  "batch.create_project_structure": ProjectStructureCreated;
+  "project.accept_invitation": ProjectRow;
+  "project.add_collaborator": ProjectRow;
+  "project.create": ProjectRow;
+  "project.decline_invitation": ProjectId;
+  "project.delete": ProjectDeleted;
+  "project.get_with_relations": ProjectWithRelations;
+  "project.invitations": ProjectInvitations;
+  "project.leave": ProjectId;
+  "project.list": ProjectPage;
+  "project.remove_collaborator": ProjectRow;
+  "project.update": ProjectRow;
+  "session.cancel": SessionRow;
+  "session.complete": SessionRow;
+  "session.create": OwnedSession;
+  "session.get_by_token": OwnedSession;
+  "session.list": Array<OwnedSession>;
+  "session.resume": OwnedSession;
+  "session.update_progress": SessionRow;
+  "sitemap.create": SitemapRow;
+  "sitemap.delete": Deleted;
+  "sitemap.update": SitemapRow;
+  "style_guide.create": StyleGuideRow;
+  "style_guide.delete": Deleted;
+  "style_guide.update": StyleGuideRow;
+  "version.checkpoint": VersionRow;
+  "version.get": VersionRow;
+  "version.get_by_entity": VersionPage;
+  "version.revert": VersionRow;
+  "wireframe.create": WireframeRow;
+  "wireframe.delete": Deleted;
+  "wireframe.update": WireframeRow;
+}
+
 // The client API (sitebuilder-client.js)
 
 export type ConnectionStatus = "connecting" | "connected" | "reconnecting" | "closed";
@@ -857,15 +999,6 @@ export interface SessionProgress {
   step_data?: { [key: string]: JsonValue };
 }
 
-/** A pending invitation (`project.invitations`): the invitee cannot read the project yet. */
-export interface ProjectInvitation {
-  project_id: string;
-  project_name: string;
-  invited_by: string;
-  invited_by_email: string | null;
-  invited_at: string;
-}
-
 export interface Client {
   readonly url: string;
   readonly status: ConnectionStatus;
@@ -873,7 +1006,11 @@ export interface Client {
   /** Resolves once authenticated (the first time). */
   ready(): Promise<void>;
   project(id: string): ProjectHandle;
-  rpc<M extends RpcMethod>(method: M, params: RpcParams[M], options?: RpcOptions): Promise<any>;
+  rpc<M extends RpcMethod>(
+    method: M,
+    params: RpcParams[M],
+    options?: RpcOptions,
+  ): Promise<RpcResults[M]>;
   presence: {
     /** Set this connection's meta in every subscribed project (kept across reconnects). */
     update(meta: { [key: string]: JsonValue }): Promise<void>;
@@ -883,15 +1020,15 @@ export interface Client {
       projectId: string,
       currentStep: string,
       metadata?: { [key: string]: JsonValue },
-    ): Promise<SessionRow>;
+    ): Promise<OwnedSession>;
     progress(id: string, progress: SessionProgress): Promise<SessionRow>;
     complete(id: string): Promise<SessionRow>;
     cancel(id: string): Promise<SessionRow>;
     /** Make a paused session active again, attached to this connection: by its token, or
      * (the owner, on any device) by `{ id }`. */
-    resume(sessionTokenOrId: string | { id: string }): Promise<SessionRow>;
+    resume(sessionTokenOrId: string | { id: string }): Promise<OwnedSession>;
     /** The caller's own sessions from any device, newest first, each with its token. */
-    list(filter?: SessionListParams): Promise<SessionRow[]>;
+    list(filter?: SessionListParams): Promise<OwnedSession[]>;
   };
   /** Follow the caller's project list: `onChange` gets the whole list (newest
    * `updated_at` first) after the first `project_list`, each change and each list sent
@@ -919,7 +1056,9 @@ export interface Client {
 }
 
 /** What every builderHelpers call resolves with (never rejects), as the seed destructures it. */
-export type Outcome<T> = Promise<{ data: T; error: null } | { data: null; error: SitebuilderError }>;
+export type Outcome<T> = Promise<
+  { data: T; error: null } | { data: null; error: SitebuilderError }
+>;
 
 /** A change as the seed's callbacks read it (Supabase's payload shape). */
 export interface ChangePayload<Row> {
@@ -946,8 +1085,8 @@ export interface BuilderHelpers {
       metadata?: { [key: string]: JsonValue };
       user_id?: string;
       session_token?: string;
-    }): Outcome<SessionRow>;
-    getByToken(token: string): Outcome<SessionRow>;
+    }): Outcome<OwnedSession>;
+    getByToken(token: string): Outcome<OwnedSession>;
     updateProgress(id: string, updates: SessionProgress): Outcome<SessionRow>;
     complete(id: string): Outcome<SessionRow>;
     cancel(id: string): Outcome<SessionRow>;
@@ -955,26 +1094,21 @@ export interface BuilderHelpers {
   };
   project: {
     create(project: ProjectCreateParams): Outcome<ProjectRow>;
-    getWithRelations(id: string): Outcome<{
-      project: ProjectRow;
-      sitemaps: SitemapRow[];
-      wireframes: WireframeRow[];
-      style_guides: StyleGuideRow[];
-    }>;
+    getWithRelations(id: string): Outcome<ProjectWithRelations>;
     /** Plain columns replaced; `data` and `settings` merged into (RFC 7396). */
     update(
       id: string,
       updates: ProjectSet & { data?: JsonValue; settings?: JsonValue },
       userId?: string,
     ): Outcome<ProjectRow>;
-    delete(id: string): Outcome<{ id: string }>;
+    delete(id: string): Outcome<ProjectDeleted>;
   };
   version: {
     getByEntity(
       type: "projects" | "sitemaps" | "wireframes" | "style_guides",
       id: string,
     ): Outcome<VersionRow[]>;
-    revert(versionId: string, userId?: string): Outcome<{ [key: string]: JsonValue }>;
+    revert(versionId: string, userId?: string): Outcome<VersionRow>;
   };
   collaboration: {
     subscribeToProject(
@@ -992,13 +1126,13 @@ export interface BuilderHelpers {
     ): Subscription;
   };
   analytics: {
-    getProjectStats(projectId: string): Outcome<{ [key: string]: JsonValue }>;
-    getUserAnalytics(userId: string, days?: number): Outcome<{ [key: string]: JsonValue }>;
+    getProjectStats(projectId: string): Outcome<ProjectStats>;
+    getUserAnalytics(userId: string, days?: number): Outcome<UserAnalytics>;
   };
   batch: {
     createProjectStructure(
       structure: BatchCreateProjectStructureParams,
-    ): Outcome<{ [key: string]: JsonValue }>;
+    ): Outcome<ProjectStructureCreated>;
   };
 }
 
