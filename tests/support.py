@@ -43,18 +43,21 @@ async def triggers_off(conn: asyncpg.Connection, table: str) -> AsyncIterator[No
 class HttpResponse:
     status: int
     body: str
+    headers: dict[str, str]
 
 
 async def http_get(port: int, path: str, host: str = "127.0.0.1") -> HttpResponse:
     """One plain HTTP/1.1 GET, as a load balancer's probe would send it."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         raw = await asyncio.wait_for(reader.read(), 10)
     finally:
         writer.close()
     head, _, body = raw.decode().partition("\r\n\r\n")
-    return HttpResponse(int(head.split()[1]), body)
+    status, *lines = head.split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return HttpResponse(int(status.split()[1]), body, headers)
 
 
 def cli_env(**settings: str) -> dict[str, str]:

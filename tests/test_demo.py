@@ -35,6 +35,16 @@ async def test_without_demo_the_demo_paths_are_not_found(gateway: Gateway) -> No
         assert response.status == 404, (path, response)
 
 
+async def test_every_http_answer_says_the_connection_closes(gateway: Gateway) -> None:
+    """websockets closes the connection after any answer but an upgrade: an HTTP client
+    told otherwise (keep-alive, HTTP/1.1's default) may send its next request on the
+    closed connection and wait for an answer that never comes (Node's fetch did)."""
+    port = gateway_port(gateway)
+    for path in ("/healthz", "/readyz", "/metrics", "/sitebuilder-client.js", "/nowhere"):
+        response = await http_get(port, path)
+        assert response.headers.get("connection") == "close", (path, response)
+
+
 async def test_every_gateway_serves_the_client_and_its_types(gateway: Gateway) -> None:
     port = gateway_port(gateway)
     script = await http_get(port, "/sitebuilder-client.js")

@@ -54,6 +54,12 @@ CLIENT_FILES = {
 DEMO_FILES = {"/": "index.html", "/demo.js": "demo.js", "/demo.css": "demo.css"}
 
 
+# websockets closes the connection after any answer but a websocket upgrade: say so,
+# or an HTTP client (Node's fetch, browsers) may send its next request on the closed
+# connection and wait for an answer that never comes.
+CLOSE = ("Connection", "close")
+
+
 def text_response(status: HTTPStatus, body: str) -> Response:
     data = body.encode()
     headers = Headers(
@@ -61,6 +67,7 @@ def text_response(status: HTTPStatus, body: str) -> Response:
             ("Content-Type", "text/plain; charset=utf-8"),
             ("Content-Length", str(len(data))),
             ("Cache-Control", "no-store"),
+            CLOSE,
         ]
     )
     return Response(status.value, status.phrase, headers, data)
@@ -75,6 +82,7 @@ def static_response(name: str) -> Response:
             ("Content-Type", CONTENT_TYPES[path.suffix]),
             ("Content-Length", str(len(data))),
             ("Cache-Control", "no-cache"),
+            CLOSE,
         ]
     )
     return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, data)
@@ -87,6 +95,7 @@ def json_response(reply: DemoReply) -> Response:
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(reply.body))),
             ("Cache-Control", "no-store"),
+            CLOSE,
         ]
     )
     return Response(status.value, status.phrase, headers, reply.body)
@@ -98,6 +107,7 @@ def metrics_response(body: bytes) -> Response:
             ("Content-Type", CONTENT_TYPE_LATEST),
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
+            CLOSE,
         ]
     )
     return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
