@@ -135,8 +135,19 @@ async def project_access_row(
     return visibility, None if row is None else dict(row)
 
 
-async def user_exists(conn: Conn, user_id: UUID) -> bool:
-    return bool(await conn.fetchval("SELECT true FROM auth.users WHERE id = $1", user_id))
+async def user_name(conn: Conn, user_id: UUID) -> str | None:
+    """The user's display name (migration 0017), or None when there is no such user."""
+    names = await display_names(conn, [user_id])
+    return names.get(user_id)
+
+
+async def display_names(conn: Conn, user_ids: list[UUID]) -> dict[UUID, str]:
+    """Display names of the users among `user_ids` that exist. The gateway's own query
+    (not as a user): call it only for users the caller may already see."""
+    rows = await conn.fetch(
+        "SELECT user_id, display_name FROM public.display_names($1::uuid[])", user_ids
+    )
+    return {row["user_id"]: row["display_name"] for row in rows}
 
 
 async def sitemap_project(conn: Conn, sitemap_id: UUID) -> UUID | None:

@@ -337,6 +337,11 @@ class PresenceMeta(Frame):
     """One connection of a user in a project's presence."""
 
     connection_id: str = Field(description="Opaque, unique per connection and gateway.")
+    name: str | None = Field(
+        None,
+        description="The user's display name: their profile's full name, else their "
+        "email before the `@` (set by the server; null for an anonymous viewer).",
+    )
     meta: dict[str, JsonValue]
     session: dict[str, JsonValue] | None = Field(
         None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
 from pydantic import (
@@ -101,6 +101,21 @@ class ProjectUpdate(Params):
         if not self.set and not self.patch:
             raise ValueError("nothing to change: give `set` and/or `patch`")
         return self
+
+
+class ProjectMember(BaseModel):
+    """Someone who may edit the project: its owner or a collaborator (who accepted)."""
+
+    user_id: UUID
+    name: str = Field(description="Their display name (profile's full name, else email before @).")
+    role: Literal["owner", "collaborator"]
+    online: bool = Field(description="Subscribed to the project on a gateway right now.")
+
+
+class ProjectMembers(BaseModel):
+    """The owner first, then the collaborators in the order they were added."""
+
+    members: list[ProjectMember]
 
 
 class ProjectDeleted(BaseModel):
@@ -219,6 +234,7 @@ PARAMS: dict[str, type[Params]] = {
     "project.accept_invitation": ProjectId,
     "project.decline_invitation": ProjectId,
     "project.leave": ProjectId,
+    "project.members": ProjectId,
 }
 
 # Method name → result type (the JSON Schema and the `.d.ts` read this).
@@ -234,4 +250,5 @@ RESULTS: dict[str, Any] = {
     "project.accept_invitation": ProjectRow,
     "project.decline_invitation": ProjectId,
     "project.leave": ProjectId,
+    "project.members": ProjectMembers,
 }

@@ -45,10 +45,17 @@ class Revert(Params):
     message: str | None = Field(default=None, min_length=1)
 
 
+class VersionEntry(VersionRow):
+    """A version as the history shows it: with its author's display name (null when
+    no user made it)."""
+
+    user_name: str | None = None
+
+
 class VersionPage(BaseModel):
     """`next_before_version` is null on the last page."""
 
-    versions: list[VersionRow]
+    versions: list[VersionEntry]
     next_before_version: int | None
 
 
@@ -63,7 +70,7 @@ PARAMS: dict[str, type[Params]] = {
 # Method name → result type (the JSON Schema and the `.d.ts` read this).
 RESULTS: dict[str, Any] = {
     "version.get_by_entity": VersionPage,
-    "version.get": VersionRow,
-    "version.checkpoint": VersionRow,
-    "version.revert": VersionRow,
+    "version.get": VersionEntry,
+    "version.checkpoint": VersionEntry,
+    "version.revert": VersionEntry,
 }

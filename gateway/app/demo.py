@@ -75,9 +75,12 @@ async def seed_demo(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn, conn.transaction():
         for user in DEMO_USERS:
             await conn.execute(
-                "INSERT INTO auth.users (id, email) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                "INSERT INTO auth.users (id, email, raw_user_meta_data)"
+                " VALUES ($1, $2, jsonb_build_object('full_name', $3::text))"
+                " ON CONFLICT DO NOTHING",
                 user.id,
                 user.email,
+                user.name,
             )
         await conn.execute(
             "INSERT INTO projects (id, user_id, name, description, type, status, collaborators)"

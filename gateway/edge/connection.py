@@ -57,6 +57,8 @@ class Connection:
         self.id = client_id
         self.ws = ws
         self.user_id: UUID = ANONYMOUS
+        # The user's display name, read at sign-in (None: anonymous).
+        self.display_name: str | None = None
         self._claims: dict[str, Any] = {}
         self._gateway = gateway
         self._settings = gateway.settings

@@ -185,8 +185,8 @@ class Client(Connection):
             return False
         user_id = UUID(claims["sub"])
         async with self._gateway.pool.acquire() as conn:
-            known = await queries.user_exists(conn, user_id)
-        if not known:
+            name = await queries.user_name(conn, user_id)
+        if name is None:
             self._metrics.auth_failures.labels("unknown_user").inc()
             message = f"user {user_id} does not exist"
             self.close(
@@ -204,6 +204,7 @@ class Client(Connection):
             )
             return False
         self._sign_in(user_id, claims)
+        self.display_name = name
         self._view.signed_in(user_id)
         self.send(
             Ok(
@@ -508,7 +509,7 @@ class Client(Connection):
         presence = self._gateway.presence
         project_id = _project(subscription)
         key = ProjectChannel(project_id)
-        await presence.join(key, self.user_id, self.connection_id, {})
+        await presence.join(key, self.user_id, self.connection_id, {}, name=self.display_name)
         entries = await presence.list(key) if self._subscribed_to(subscription) else None
         if entries is None or not self._subscribed_to(subscription):
             await presence.leave(key, self.connection_id)  # it ended meanwhile

@@ -54,6 +54,7 @@ def group_by_user(entries: Iterable[PresenceEntry]) -> dict[UUID, PresenceUser]:
         metas.setdefault(entry.user_id, []).append(
             PresenceMeta(
                 connection_id=entry.connection_id,
+                name=entry.name,
                 meta=entry.meta,
                 session=entry.session,
                 joined_at=entry.joined_at,

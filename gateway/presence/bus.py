@@ -138,6 +138,7 @@ def _entry_message(channel: PresenceKey, entry: PresenceEntry) -> Message:
         "joined_at": entry.joined_at.isoformat(),
         "last_active": entry.last_active.isoformat(),
         "key": entry.key,
+        "name": entry.name,
     }
 
 
@@ -150,6 +151,7 @@ def _entry_of(message: Message) -> tuple[PresenceKey, PresenceEntry]:
         last_active=datetime.fromisoformat(message["last_active"]),
         session=message["session"],
         key=message.get("key"),
+        name=message.get("name"),
     )
     return key_from_wire(message["project"]), entry
 
@@ -245,9 +247,11 @@ class BusPresence:
         connection_id: str,
         meta: Meta,
         key: str | None = None,
+        name: str | None = None,
     ) -> None:
         at = now()
-        self._put_own(channel, PresenceEntry(user_id, connection_id, meta, at, at, key=key))
+        entry = PresenceEntry(user_id, connection_id, meta, at, at, key=key, name=name)
+        self._put_own(channel, entry)
 
     async def leave(self, channel: PresenceKey, connection_id: str) -> None:
         key = (channel, connection_id)

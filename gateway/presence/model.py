@@ -51,6 +51,9 @@ class PresenceEntry:
     session: Meta | None = None
     # Supabase clients' presence key (`config.presence.key`); others' is their user id.
     key: str | None = None
+    # The user's display name (migration 0017), as the gateway read it at sign-in;
+    # None for an anonymous (anon key) connection.
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ class Presence(SessionHolds, Protocol):
         connection_id: str,
         meta: Meta,
         key: str | None = None,
+        name: str | None = None,
     ) -> None:
         """Add (or replace) the connection in the project's presence."""
         ...
@@ -188,9 +192,10 @@ class InMemoryPresence:
         connection_id: str,
         meta: Meta,
         key: str | None = None,
+        name: str | None = None,
     ) -> None:
         at = now()
-        entry = PresenceEntry(user_id, connection_id, meta, at, at, key=key)
+        entry = PresenceEntry(user_id, connection_id, meta, at, at, key=key, name=name)
         entries = self._projects.setdefault(channel, {})
         old = entries.get(connection_id)
         entries[connection_id] = entry

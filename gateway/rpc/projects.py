@@ -17,6 +17,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from db import queries
 from db.acting_user import Conn
 from gateway.rpc.call import Call, Handlers, RpcError
 from protocol.errors import ErrorCode
@@ -31,6 +32,8 @@ from protocol.rpc_projects import (
     ProjectInvitationList,
     ProjectInvitations,
     ProjectList,
+    ProjectMember,
+    ProjectMembers,
     ProjectPage,
     ProjectUpdate,
     ProjectWithRelations,
@@ -103,6 +106,33 @@ async def get_with_relations(call: Call, params: ProjectId) -> ProjectWithRelati
     if found is None:
         raise RpcError(ErrorCode.NOT_FOUND, f"no project {params.project_id} visible to you")
     return ProjectWithRelations.model_validate_json(found)
+
+
+_MEMBERS = "SELECT user_id, collaborators FROM public.projects WHERE id = $1"
+
+
+@handles("project.members", writes=False)
+async def members(call: Call, params: ProjectId) -> ProjectMembers:
+    """Whoever can read the project sees who edits it, by name (never by email)."""
+    async with call.as_user() as conn:
+        found = await conn.fetchrow(_MEMBERS, params.project_id)
+    if found is None:
+        raise RpcError(ErrorCode.NOT_FOUND, f"no project {params.project_id} visible to you")
+    ids = [found["user_id"], *(found["collaborators"] or [])]
+    async with call.pool.acquire() as conn:
+        names = await queries.display_names(conn, ids)
+    online = await call.online(params.project_id)
+    return ProjectMembers(
+        members=[
+            ProjectMember(
+                user_id=user_id,
+                name=names.get(user_id, "user"),
+                role="owner" if index == 0 else "collaborator",
+                online=user_id in online,
+            )
+            for index, user_id in enumerate(dict.fromkeys(ids))
+        ]
+    )
 
 
 # Why a write touched nothing

@@ -13,6 +13,7 @@ from typing import get_args
 import asyncpg
 from pydantic import TypeAdapter
 
+from db import queries
 from gateway.rpc.call import Call, Handlers, RpcError
 from protocol.errors import ErrorCode
 from protocol.rows import VersionRow
@@ -20,6 +21,7 @@ from protocol.rpc_versions import (
     Checkpoint,
     EntityType,
     Revert,
+    VersionEntry,
     VersionId,
     VersionPage,
     VersionsByEntity,
@@ -71,7 +73,24 @@ async def get_by_entity(call: Call, params: VersionsByEntity) -> VersionPage:
             )
         )
     page, more = rows[: params.limit], len(rows) > params.limit
-    return VersionPage(versions=page, next_before_version=page[-1].version_number if more else None)
+    return VersionPage(
+        versions=await _named(call, page),
+        next_before_version=page[-1].version_number if more else None,
+    )
+
+
+async def _named(call: Call, rows: list[VersionRow]) -> list[VersionEntry]:
+    """The rows with their authors' display names: looked up by the gateway (names are
+    not the users' to query), for versions the caller could read."""
+    authors = list({row.user_id for row in rows if row.user_id is not None})
+    names = {}
+    if authors:
+        async with call.pool.acquire() as conn:
+            names = await queries.display_names(conn, authors)
+    return [
+        VersionEntry(**row.model_dump(), user_name=names.get(row.user_id) if row.user_id else None)
+        for row in rows
+    ]
 
 
 def _history_refused(code: ErrorCode, params: VersionsByEntity) -> RpcError:
@@ -81,27 +100,28 @@ def _history_refused(code: ErrorCode, params: VersionsByEntity) -> RpcError:
 
 
 @handles("version.get", writes=False)
-async def get(call: Call, params: VersionId) -> VersionRow:
+async def get(call: Call, params: VersionId) -> VersionEntry:
     async with call.as_user() as conn:
         row = await conn.fetchval(_GET, params.version_id)
     if row is None:
         raise RpcError(ErrorCode.NOT_FOUND, f"no version {params.version_id} visible to you")
-    return VersionRow.model_validate_json(row)
+    (entry,) = await _named(call, [VersionRow.model_validate_json(row)])
+    return entry
 
 
 @handles("version.checkpoint")
-async def checkpoint(call: Call, params: Checkpoint) -> VersionRow:
+async def checkpoint(call: Call, params: Checkpoint) -> VersionEntry:
     return await _write_version(
         call, _CHECKPOINT, params.entity_type, params.entity_id, params.message, params.is_major
     )
 
 
 @handles("version.revert")
-async def revert(call: Call, params: Revert) -> VersionRow:
+async def revert(call: Call, params: Revert) -> VersionEntry:
     return await _write_version(call, _REVERT, params.version_id, params.message)
 
 
-async def _write_version(call: Call, statement: str, *args: object) -> VersionRow:
+async def _write_version(call: Call, statement: str, *args: object) -> VersionEntry:
     """Runs a version-writing function of 0011; its no_data_found (the entity or version
     is not visible to the caller) is the client's not_found, its 42501 is mapped to
     forbidden centrally like any refusal of row-level security."""
@@ -110,4 +130,5 @@ async def _write_version(call: Call, statement: str, *args: object) -> VersionRo
             row = await conn.fetchval(statement, *args)
     except asyncpg.NoDataFoundError as error:
         raise RpcError(ErrorCode.NOT_FOUND, error.message) from error
-    return VersionRow.model_validate_json(row)
+    (entry,) = await _named(call, [VersionRow.model_validate_json(row)])
+    return entry

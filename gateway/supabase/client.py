@@ -149,12 +149,14 @@ class PhoenixClient(Connection):
             problem = "access_token must be of the same user: open a new connection for another"
             return CloseCode.AUTH_FAILED, problem
         if user_id != self.user_id or not self._admitted:
+            name = None
             if user_id != ANONYMOUS:
                 async with self._gateway.pool.acquire() as conn:
-                    known = await queries.user_exists(conn, user_id)
-                if not known:
+                    name = await queries.user_name(conn, user_id)
+                if name is None:
                     self._metrics.auth_failures.labels("unknown_user").inc()
                     return CloseCode.AUTH_FAILED, f"user {user_id} does not exist"
+            self.display_name = name
             refused = self._admit(user_id)
             if refused is not None:
                 return CloseCode.TOO_MANY_CONNECTIONS, refused
@@ -573,7 +575,12 @@ class PhoenixClient(Connection):
         presence = self._gateway.presence
         subscription.joined = True
         await presence.join(
-            channel.key, self.user_id, self.connection_id, push.payload, key=channel.presence_key
+            channel.key,
+            self.user_id,
+            self.connection_id,
+            push.payload,
+            key=channel.presence_key,
+            name=self.display_name,
         )
         if self._channels.get(channel.topic) is not channel or not subscription.joined:
             await presence.leave(channel.key, self.connection_id)  # it ended meanwhile

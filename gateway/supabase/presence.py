@@ -18,7 +18,7 @@ from gateway.presence.model import PresenceEntry
 
 # Fields of a Supabase meta that the gateway writes: a client's own values for them
 # are dropped, so nobody can show as someone else.
-SERVER_META_FIELDS = frozenset({"phx_ref", "user_id", "connection_id", "session"})
+SERVER_META_FIELDS = frozenset({"phx_ref", "user_id", "name", "connection_id", "session"})
 
 
 def phx_ref(entry: PresenceEntry) -> str:
@@ -38,6 +38,7 @@ def phoenix_state(entries: Iterable[PresenceEntry]) -> dict[str, JsonValue]:
         }
         meta["phx_ref"] = phx_ref(entry)
         meta["user_id"] = None if entry.user_id == ANONYMOUS else str(entry.user_id)
+        meta["name"] = entry.name
         if entry.key is None:
             meta["connection_id"] = entry.connection_id
             if entry.session is not None:

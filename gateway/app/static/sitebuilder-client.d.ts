@@ -113,6 +113,8 @@ export interface PresenceDiff {
 export interface PresenceMeta {
   /** Opaque, unique per connection and gateway. */
   connection_id: string;
+  /** The user's display name: their profile's full name, else their email before the `@` (set by the server; null for an anonymous viewer). */
+  name?: string | null;
   meta: { [key: string]: JsonValue };
   /** The builder session this connection drives: {id, current_step, status}. */
   session?: { [key: string]: JsonValue } | null;
@@ -557,6 +559,21 @@ export interface ProjectPage {
   next_cursor: string | null;
 }
 
+/** Someone who may edit the project: its owner or a collaborator (who accepted). */
+export interface ProjectMember {
+  user_id: string;
+  /** Their display name (profile's full name, else email before @). */
+  name: string;
+  role: "owner" | "collaborator";
+  /** Subscribed to the project on a gateway right now. */
+  online: boolean;
+}
+
+/** The owner first, then the collaborators in the order they were added. */
+export interface ProjectMembers {
+  members: Array<ProjectMember>;
+}
+
 /** A session as its owner sees it: with its token. */
 export interface OwnedSession {
   id: string;
@@ -581,9 +598,25 @@ export interface Deleted {
   id: string;
 }
 
+/** A version as the history shows it: with its author's display name (null when no user made it). */
+export interface VersionEntry {
+  id: string;
+  created_at?: string | null;
+  entity_type: string;
+  entity_id: string;
+  version_number: number;
+  user_id: string;
+  changes?: JsonValue | null;
+  data?: JsonValue | null;
+  message?: string | null;
+  is_major?: boolean | null;
+  user_name?: string | null;
+  [key: string]: unknown;
+}
+
 /** `next_before_version` is null on the last page. */
 export interface VersionPage {
-  versions: Array<VersionRow>;
+  versions: Array<VersionEntry>;
   next_before_version: number | null;
 }
 
@@ -662,6 +695,10 @@ export interface ProjectListParams {
   scope?: ProjectScope;
   limit?: number;
   cursor?: string | null;
+}
+
+export interface ProjectMembersParams {
+  project_id: string;
 }
 
 /** The user to invite or remove: by id or by email, exactly one of them. */
@@ -849,6 +886,7 @@ export interface RpcParams {
   "project.invitations": ProjectInvitationsParams;
   "project.leave": ProjectLeaveParams;
   "project.list": ProjectListParams;
+  "project.members": ProjectMembersParams;
   "project.remove_collaborator": ProjectRemoveCollaboratorParams;
   "project.update": ProjectUpdateParams;
   "session.cancel": SessionCancelParams;
@@ -890,6 +928,7 @@ export interface RpcResults {
   "project.invitations": ProjectInvitations;
   "project.leave": ProjectId;
   "project.list": ProjectPage;
+  "project.members": ProjectMembers;
   "project.remove_collaborator": ProjectRow;
   "project.update": ProjectRow;
   "session.cancel": SessionRow;
@@ -905,10 +944,10 @@ export interface RpcResults {
   "style_guide.create": StyleGuideRow;
   "style_guide.delete": Deleted;
   "style_guide.update": StyleGuideRow;
-  "version.checkpoint": VersionRow;
-  "version.get": VersionRow;
+  "version.checkpoint": VersionEntry;
+  "version.get": VersionEntry;
   "version.get_by_entity": VersionPage;
-  "version.revert": VersionRow;
+  "version.revert": VersionEntry;
   "wireframe.create": WireframeRow;
   "wireframe.delete": Deleted;
   "wireframe.update": WireframeRow;

@@ -293,7 +293,7 @@ test("presence is shared with native-protocol editors of the project: sync, join
     const [bobMeta] = channel.presenceState()[DEMO.bob];
     assert.deepEqual(
       { ...bobMeta, presence_ref: typeof bobMeta.presence_ref, connection_id: typeof bobMeta.connection_id },
-      { user_id: DEMO.bob, connection_id: "string", editing: "page home", presence_ref: "string" },
+      { user_id: DEMO.bob, name: "Bob", connection_id: "string", editing: "page home", presence_ref: "string" },
     );
 
     assert.equal(await channel.track({ status: "online", page: "menu" }), "ok");
@@ -302,6 +302,7 @@ test("presence is shared with native-protocol editors of the project: sync, join
       10_000,
       "alice's tracked state in bob's native presence",
     );
+    assert.ok(nativePresence[DEMO.alice].metas.every((m) => m.name === "Alice"), "alice by her name");
     assert.equal(await channel.untrack(), "ok");
     await waitFor(() => nativePresence[DEMO.alice] === undefined, 10_000, "alice untracked, in bob's native presence");
 
