@@ -44,7 +44,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.errors import HypothesisWarning
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from loadtest.fuzz import (
     Known,
@@ -64,6 +64,8 @@ from protocol import phoenix as phx
 LOG_LAG = 0.2  # seconds a logged error may take to reach the log file
 REPLY_TIMEOUT = 15.0  # for the sentinel's answer: every frame before it was handled
 OPEN_TIMEOUT = 10.0
+# websockets answers 414 to a request line (the URL, with an apikey) longer than this.
+MAX_REQUEST_LINE = 8192
 SUPABASE_PATH = "realtime/v1/websocket"
 
 # The world the fuzzers run in
@@ -305,11 +307,15 @@ class Fuzzer:
                 vsn = phx.Vsn.V1  # the gateway closes with 1003 before any message
             heartbeat = phx.Message(phx.HEARTBEAT_TOPIC, phx.Event.HEARTBEAT, {}, sentinel_ref)
             sentinel = phx.encode(heartbeat, vsn).decode()
+        url = self.url_of(session)
         try:
             ws = await asyncio.wait_for(
-                connect(self.url_of(session), max_size=None, open_timeout=OPEN_TIMEOUT),
-                OPEN_TIMEOUT,
+                connect(url, max_size=None, open_timeout=OPEN_TIMEOUT), OPEN_TIMEOUT
             )
+        except InvalidStatus as error:
+            if not (error.response.status_code == 414 and len(url) > MAX_REQUEST_LINE):
+                outcome.problems.append(f"the websocket was refused: {error!r}")
+            return outcome  # else the documented answer to a URL over the limit
         except (InvalidHandshake, OSError, TimeoutError) as error:
             outcome.problems.append(f"the websocket was refused: {error!r}")
             return outcome

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from pydantic import TypeAdapter
 
 # The most a setting may allow: below every limit above, with room for the envelope.
 DEPTH_CEILING = 128
@@ -42,3 +43,19 @@ def loads(data: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
             raise TooDeep(max_depth, value)
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return value
+
+
+_ANY: TypeAdapter[Any] = TypeAdapter(Any)
+
+
+def dumps(value: Any) -> bytes:
+    """JSON of `value`, with orjson, which refuses integers past 64 bits. A client's
+    JSON never holds one (orjson reads it), but PostgreSQL's jsonb keeps numbers
+    exactly: `1e20` comes back as the integer 100000000000000000000. Such values are
+    written by pydantic's serializer instead, which takes any integer."""
+    try:
+        return orjson.dumps(value)
+    except TypeError as error:
+        if "64-bit" not in str(error):
+            raise
+        return _ANY.dump_json(value)

@@ -117,6 +117,26 @@ async def test_a_repeat_gets_the_first_result_and_writes_nothing(
     assert frames[0]["new"] == first["data"]
 
 
+async def test_a_number_past_64_bits_in_a_result_is_stored_and_repeated(
+    ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
+) -> None:
+    """jsonb keeps `1e20` exactly: it comes back as an integer past 64 bits, which the
+    result's stored copy (and a Supabase record) must still hold. It once closed the
+    connection with 1011 instead (found by `bench fuzz`)."""
+    owner = await make_user()
+    project = await make_project(conn, owner)
+    editor = await signed_in(ws_client, owner)
+    params = {"project_id": str(project), "title": "Big", "pages": {"n": 1e20}}
+
+    first = await keyed(editor, "big-number", "sitemap.create", **params)
+    again = await keyed(editor, "big-number", "sitemap.create", **params)
+
+    assert first["type"] == again["type"] == "result", (first, again)
+    assert first["data"]["pages"] == {"n": 100000000000000000000}
+    assert again["data"] == first["data"]
+    await editor.ping()
+
+
 async def test_a_repeat_on_a_new_connection_gets_the_first_result(
     ws_client: Connect, make_user: UserFactory, conn: asyncpg.Connection
 ) -> None:

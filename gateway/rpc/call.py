@@ -34,6 +34,7 @@ import orjson
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 
 from db.acting_user import Conn, acting_as
+from protocol import jsontext
 from protocol.errors import ErrorCode
 from protocol.frames import Error, Ref, Result, Rpc
 
@@ -166,7 +167,7 @@ class Idempotent:
         """Record the result in the transaction, if the handler opened it."""
         if self.conn is None:
             return
-        stored = orjson.dumps(result)
+        stored = jsontext.dumps(result)
         if len(stored) > self.limits.max_result_bytes:
             return  # kept as applied, result unknown: a repeat gets `conflict`
         await self.conn.execute(_STORE, self.user_id, self.key, stored.decode())
