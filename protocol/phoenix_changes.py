@@ -282,30 +282,38 @@ _CONDITION = re.compile(rf'(?:\((?:{_QUOTED}|[^")]++)*+(?:\)|\Z)|{_QUOTED}|[^,"(
 _LIST_ITEM = re.compile(rf'(?:{_QUOTED}|[^,"]++)*+', re.DOTALL)
 
 
-def _split_conditions(text: str, max_conditions: int) -> list[str]:
-    """Split on the commas between conditions, not those inside `in.(…)`; BindingError
-    past `max_conditions` (before reading further)."""
+def _split(text: str, part: re.Pattern[str], limit: int) -> list[str] | None:
+    """`text` cut at the commas between the parts `part` matches; None past `limit`
+    parts (before reading further). What no part can hold (an unclosed quote or
+    parenthesis) ends the last part, as is."""
     parts: list[str] = []
     position = 0
     while True:
-        match = _CONDITION.match(text, position)
+        match = part.match(text, position)
         assert match is not None  # the pattern matches the empty string
         parts.append(match.group())
-        if len(parts) > max_conditions:
-            raise BindingError(
-                f"filter of more than {max_conditions} conditions "
-                "(SITEBUILDER_MAX_FILTER_CONDITIONS)"
-            )
         position = match.end()
+        if position < len(text) and text[position] != ",":
+            parts[-1] += text[position:]
+            position = len(text)
+        elif position < len(text):
+            position += 1
+            if position == len(text):
+                parts.append("")
+        if len(parts) > limit:
+            return None
         if position >= len(text):
             return parts
-        if text[position] != ",":  # an unclosed quote or parenthesis: the rest as is
-            parts[-1] += text[position:]
-            return parts
-        position += 1
-        if position == len(text):
-            parts.append("")
-            return parts
+
+
+def _split_conditions(text: str, max_conditions: int) -> list[str]:
+    """Split on the commas between conditions, not those inside `in.(…)`."""
+    parts = _split(text, _CONDITION, max_conditions)
+    if parts is None:
+        raise BindingError(
+            f"filter of more than {max_conditions} conditions (SITEBUILDER_MAX_FILTER_CONDITIONS)"
+        )
+    return parts
 
 
 def parse_filter(
@@ -355,26 +363,10 @@ def _split_list(text: str, max_items: int) -> list[str]:
         if text.count(",") >= max_items:
             raise _too_many_values(text.count(",") + 1, max_items)
         return text.split(",")
-    items: list[str] = []
-    position = 0
-    while True:
-        match = _LIST_ITEM.match(text, position)
-        assert match is not None  # the pattern matches the empty string
-        items.append(match.group())
-        if len(items) > max_items:
-            raise _too_many_values(len(items), max_items)
-        position = match.end()
-        if position >= len(text):
-            return items
-        if text[position] != ",":  # an unclosed quote: the rest is the last value
-            items[-1] += text[position:]
-            return items
-        position += 1
-        if position == len(text):
-            items.append("")
-            if len(items) > max_items:
-                raise _too_many_values(len(items), max_items)
-            return items
+    items = _split(text, _LIST_ITEM, max_items)
+    if items is None:
+        raise _too_many_values(max_items + 1, max_items)
+    return items
 
 
 def _too_many_values(count: int, limit: int) -> BindingError:
