@@ -19,6 +19,7 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 USER_ROLE = "authenticated"
+ANON_ROLE = "anon"
 
 # A plain connection or one borrowed from a pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -40,7 +41,7 @@ async def open_pool(dsn: str, *, max_size: int) -> asyncpg.Pool:
 @asynccontextmanager
 async def acting_as(
     conn: Conn,
-    user_id: UUID | str,
+    user_id: UUID | str | None,
     claims: Mapping[str, Any] | None = None,
     *,
     timeout_seconds: float | None = None,
@@ -49,12 +50,16 @@ async def acting_as(
     """A transaction on `conn` in which the database sees `user_id` as the caller.
 
     `claims` are the rest of the user's token (email, role, …); `sub` is always
-    `user_id`, whatever `claims` says. `timeout_seconds` bounds every statement and
-    every lock wait in it (a request must not hang on another's row lock). `request`
-    names the gateway request (`sitebuilder.request`, which the change feeds carry
-    to the changes it makes: migration 0013).
+    `user_id`, whatever `claims` says. None: a signed-out visitor (Supabase's anon key),
+    as the `anon` role with no `sub` (auth.uid() is null). `timeout_seconds` bounds
+    every statement and every lock wait in it (a request must not hang on another's
+    row lock). `request` names the gateway request (`sitebuilder.request`, which the
+    change feeds carry to the changes it makes: migration 0013).
     """
-    published = {**(claims or {}), "sub": str(user_id), "role": USER_ROLE}
+    role = USER_ROLE if user_id is not None else ANON_ROLE
+    published = {**(claims or {}), "sub": str(user_id), "role": role}
+    if user_id is None:
+        published = {"role": ANON_ROLE}
     limit = "0" if timeout_seconds is None else f"{max(1, round(timeout_seconds * 1000))}ms"
     async with conn.transaction():
         # One round trip: `set_config('role', …, true)` is `SET LOCAL ROLE` (as
@@ -65,7 +70,7 @@ async def acting_as(
             " set_config('sitebuilder.request', $3, true),"
             " CASE WHEN $4 <> '0' THEN set_config('statement_timeout', $4, true) END,"
             " CASE WHEN $4 <> '0' THEN set_config('lock_timeout', $4, true) END",
-            USER_ROLE,
+            role,
             orjson.dumps(published).decode(),
             request or "",
             limit,

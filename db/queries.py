@@ -71,9 +71,10 @@ _SESSIONS = """
 
 
 async def view_project(
-    conn: Conn, user_id: UUID, project_id: UUID, *, with_content: bool
+    conn: Conn, user_id: UUID | None, project_id: UUID, *, with_content: bool
 ) -> ProjectView | None:
-    """The project as `user_id` sees it in one REPEATABLE READ snapshot; None if hidden."""
+    """The project as `user_id` (None: a signed-out visitor) sees it in one REPEATABLE
+    READ snapshot; None if hidden."""
     async with (
         conn.transaction(isolation="repeatable_read", readonly=True),
         acting_as(conn, user_id),
@@ -87,11 +88,19 @@ async def view_project(
         editable = bool(await conn.fetchval("SELECT public.can_edit_project($1)", project_id))
         if not with_content:
             return ProjectView(visibility, editable, orjson.loads(project), [], [], [], [])
-        parts = [
-            orjson.loads(await conn.fetchval(sql, project_id))
-            for sql in (_SITEMAPS, _WIREFRAMES, _STYLE_GUIDES, _SESSIONS)
-        ]
-    return ProjectView(visibility, editable, orjson.loads(project), *parts)
+        # Builder sessions are for members: a signed-out visitor may not read them.
+        tables = (_SITEMAPS, _WIREFRAMES, _STYLE_GUIDES) + ((_SESSIONS,) if user_id else ())
+        parts = [orjson.loads(await conn.fetchval(sql, project_id)) for sql in tables]
+    sitemaps, wireframes, style_guides, *sessions = parts
+    return ProjectView(
+        visibility,
+        editable,
+        orjson.loads(project),
+        sitemaps,
+        wireframes,
+        style_guides,
+        sessions[0] if sessions else [],
+    )
 
 
 _PROJECT_LIST = """

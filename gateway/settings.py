@@ -360,8 +360,8 @@ class Settings(BaseSettings):
         Field(
             gt=0,
             description=(
-                "Open connections signed in with a Supabase `anon` key, all together, on "
-                "this gateway (4009)."
+                "Open connections signed in with the `anon` key (signed-out visitors, "
+                "native or Supabase protocol), all together, on this gateway (4009)."
             ),
         ),
     ] = 1000

@@ -27,7 +27,7 @@ from gateway.core.hub import Subscription
 from gateway.core.origin import request_tag
 from gateway.edge.connection import Connection, token_error_code
 from gateway.edge.services import Services
-from gateway.edge.tokens import TokenError
+from gateway.edge.tokens import TokenError, is_anonymous
 from gateway.native.views import NativeView, group_by_user
 from gateway.presence.model import Meta
 from gateway.rpc.call import Call, IdempotencyLimits, call
@@ -177,16 +177,19 @@ class Client(Connection):
 
     async def _accept_token(self, frame: Auth) -> bool:
         try:
-            claims = self._verify(frame.token)
+            claims = self._gateway.verifier.verify_key(frame.token)
         except TokenError as error:
             code = token_error_code(error)
             self._metrics.auth_failures.labels(code.value).inc()
             self.close(CloseCode.AUTH_FAILED, code.value, self._error(code, str(error), frame.ref))
             return False
-        user_id = UUID(claims["sub"])
-        async with self._gateway.pool.acquire() as conn:
-            name = await queries.user_name(conn, user_id)
-        if name is None:
+        # An anon key: a signed-out visitor, who reads public projects only.
+        user_id = ANONYMOUS if is_anonymous(claims) else UUID(claims["sub"])
+        name = None
+        if user_id != ANONYMOUS:
+            async with self._gateway.pool.acquire() as conn:
+                name = await queries.user_name(conn, user_id)
+        if name is None and user_id != ANONYMOUS:
             self._metrics.auth_failures.labels("unknown_user").inc()
             message = f"user {user_id} does not exist"
             self.close(
@@ -244,6 +247,13 @@ class Client(Connection):
                 self.close(CloseCode.SERVICE_RESTART, "service restart")
 
     async def _handle(self, frame: ClientFrame) -> None:
+        if self.user_id == ANONYMOUS and not isinstance(frame, _VISITOR_FRAMES):
+            message = (
+                f"{_kind(frame)} is for signed-in users: an anon key reads public projects "
+                "(subscribe, unsubscribe, ping) and nothing more"
+            )
+            self.send(self._error(ErrorCode.FORBIDDEN, message, frame.ref))
+            return
         if isinstance(frame, Ping):
             self.send(Ok(ref=frame.ref))
         elif isinstance(frame, Subscribe):
@@ -299,12 +309,12 @@ class Client(Connection):
 
     def _refresh(self, frame: AuthRefresh) -> None:
         try:
-            claims = self._verify(frame.token)
+            claims = self._gateway.verifier.verify_key(frame.token)
         except TokenError as error:
             self._metrics.auth_failures.labels("refresh").inc()
             self.send(self._error(token_error_code(error), str(error), frame.ref))
             return
-        if UUID(claims["sub"]) != self.user_id:
+        if (ANONYMOUS if is_anonymous(claims) else UUID(claims["sub"])) != self.user_id:
             self.send(
                 self._error(
                     ErrorCode.USER_MISMATCH,
@@ -407,7 +417,7 @@ class Client(Connection):
         project_id = _project(subscription)
         async with self._gateway.pool.acquire() as conn:
             view = await queries.view_project(
-                conn, self.user_id, project_id, with_content=with_snapshot
+                conn, _as_reader(self.user_id), project_id, with_content=with_snapshot
             )
         if view is None:
             return False
@@ -653,3 +663,17 @@ def _gap(since_text: str, since: Position | None) -> str:
         f"the changes after {since_text} are no longer all kept "
         "(or were given out before a restart): here is a snapshot"
     )
+
+
+# What a signed-out visitor (anon key) may send: reading public projects.
+_VISITOR_FRAMES = (Ping, Subscribe, Unsubscribe, AuthRefresh, Auth)
+
+
+def _kind(frame: ClientFrame) -> str:
+    return str(type(frame).model_fields["type"].default)
+
+
+def _as_reader(user_id: UUID) -> UUID | None:
+    """Who the database sees reading: the user, or None (the `anon` role) for a
+    signed-out visitor."""
+    return None if user_id == ANONYMOUS else user_id
