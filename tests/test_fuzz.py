@@ -50,8 +50,8 @@ from tests.gateway_fixtures import AUDIENCE, SECRET, gateway_url
 MAX_FRAME_BYTES = 65_536
 # Examples per protocol: about 10 s for each test on two shared cores (a Supabase
 # session is slower to draw, and is answered with more).
-NATIVE_EXAMPLES = 900
-SUPABASE_EXAMPLES = 800
+NATIVE_EXAMPLES = 600
+SUPABASE_EXAMPLES = 500
 
 
 @pytest.fixture
