@@ -260,8 +260,9 @@ class Connection:
     # Signing in
 
     def _verify(self, token: str) -> dict[str, Any]:
-        """The token's claims (TokenError when it is not one this gateway accepts)."""
-        return self._gateway.verifier.verify(token)
+        """The claims of a user token or an anon key (`is_anonymous` tells which);
+        TokenError when it is neither one this gateway accepts."""
+        return self._gateway.verifier.verify_key(token)
 
     def _admit(self, user_id: UUID) -> str | None:
         """Count the connection against its user's limit (instead of the one it was

@@ -177,7 +177,7 @@ class Client(Connection):
 
     async def _accept_token(self, frame: Auth) -> bool:
         try:
-            claims = self._gateway.verifier.verify_key(frame.token)
+            claims = self._verify(frame.token)
         except TokenError as error:
             code = token_error_code(error)
             self._metrics.auth_failures.labels(code.value).inc()
@@ -309,7 +309,7 @@ class Client(Connection):
 
     def _refresh(self, frame: AuthRefresh) -> None:
         try:
-            claims = self._gateway.verifier.verify_key(frame.token)
+            claims = self._verify(frame.token)
         except TokenError as error:
             self._metrics.auth_failures.labels("refresh").inc()
             self.send(self._error(token_error_code(error), str(error), frame.ref))

@@ -140,7 +140,7 @@ class PhoenixClient(Connection):
         """Sign the connection in with `token`; the close code and problem when it may
         not (the socket is closed only when it has not signed in yet)."""
         try:
-            claims = self._gateway.verifier.verify_key(token)
+            claims = self._verify(token)
         except TokenError as error:
             self._metrics.auth_failures.labels("phoenix").inc()
             return CloseCode.AUTH_FAILED, _token_problem(error)
