@@ -566,6 +566,18 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 65_536
+    trash_retention_days: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "How long a deleted sitemap, wireframe or style guide stays in its "
+                "project's trash (`trash.list`, `trash.restore`); the gateway deletes older "
+                "entries about once a minute. A deleted project is gone at once, trash "
+                "included."
+            ),
+        ),
+    ] = 30.0
     metrics_token: Annotated[
         SecretStr | None,
         Field(

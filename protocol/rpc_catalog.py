@@ -14,6 +14,7 @@ from protocol import (
     rpc_entities,
     rpc_projects,
     rpc_sessions,
+    rpc_trash,
     rpc_versions,
 )
 
@@ -24,6 +25,7 @@ RPC_PARAMS: dict[str, type[BaseModel]] = {
     **rpc_batch.PARAMS,
     **rpc_versions.PARAMS,
     **rpc_sessions.PARAMS,
+    **rpc_trash.PARAMS,
 }
 
 RPC_RESULTS: dict[str, Any] = {
@@ -33,4 +35,5 @@ RPC_RESULTS: dict[str, Any] = {
     **rpc_batch.RESULTS,
     **rpc_versions.RESULTS,
     **rpc_sessions.RESULTS,
+    **rpc_trash.RESULTS,
 }

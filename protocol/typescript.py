@@ -244,6 +244,13 @@ export interface BuilderHelpers {
       structure: BatchCreateProjectStructureParams,
     ): Outcome<ProjectStructureCreated>;
   };
+  /** Not in the seed: what was deleted from a project (its editors only). */
+  trash: {
+    /** Most recently deleted first; pass the page's `next_before` as `before` for more. */
+    list(projectId: string, options?: { limit?: number; before?: string }): Outcome<TrashPage>;
+    /** Put an entry (`TrashEntry.id`) back, with what was deleted with it. */
+    restore(entryId: string): Outcome<TrashRestored>;
+  };
 }
 
 export declare function builderHelpers(client: Client): BuilderHelpers;

@@ -41,6 +41,7 @@ from gateway.presence.fanout import PresenceFanout
 from gateway.presence.model import Presence
 from gateway.presence.sessions import LiveSessions, client_address
 from gateway.rpc.call import expire_idempotency_keys
+from gateway.rpc.trash import expire_trash
 from gateway.settings import Settings
 from gateway.supabase.client import PhoenixClient
 from protocol.errors import CloseCode
@@ -48,8 +49,9 @@ from protocol.errors import CloseCode
 logger = logging.getLogger(__name__)
 
 FEED_START_TIMEOUT_SECONDS = 10.0
-# How often expired RPC idempotency keys are deleted (at most: every TTL if shorter).
-IDEMPOTENCY_SWEEP_SECONDS = 60.0
+# How often expired RPC idempotency keys and trash entries are deleted (at most: every
+# idempotency TTL if shorter).
+RETENTION_SWEEP_SECONDS = 60.0
 
 
 class Gateway:
@@ -223,18 +225,21 @@ class Gateway:
                     self.metrics.slot_lag_bytes.set(lag)
             await asyncio.sleep(self.settings.replication_status_interval_seconds)
 
-    async def _expire_idempotency_keys(self) -> None:
-        """Delete RPC idempotency keys past their retention, now and then."""
+    async def _expire_retained(self) -> None:
+        """Delete RPC idempotency keys and trash entries past their retention, now and
+        then."""
         ttl = self.settings.rpc_idempotency_ttl_seconds
+        trash_seconds = self.settings.trash_retention_days * 86_400
         while True:
             try:
-                expired = await expire_idempotency_keys(self.pool, ttl)
+                keys = await expire_idempotency_keys(self.pool, ttl)
+                trashed = await expire_trash(self.pool, trash_seconds)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                logger.warning("expired idempotency keys not deleted: %s", error)
+                logger.warning("expired idempotency keys or trash not deleted: %s", error)
             else:
-                if expired:
-                    logger.debug("deleted %d expired idempotency keys", expired)
-            await asyncio.sleep(min(ttl, IDEMPOTENCY_SWEEP_SECONDS))
+                if keys or trashed:
+                    logger.debug("deleted %d idempotency keys, %d trash rows", keys, trashed)
+            await asyncio.sleep(min(ttl, RETENTION_SWEEP_SECONDS))
 
     # Lifecycle
 
@@ -246,7 +251,7 @@ class Gateway:
             self._tasks = [
                 asyncio.create_task(self._dispatcher().run(), name="dispatcher"),
                 asyncio.create_task(self._watch_feed(), name="feed-watch"),
-                asyncio.create_task(self._expire_idempotency_keys(), name="idempotency-expiry"),
+                asyncio.create_task(self._expire_retained(), name="retention-expiry"),
                 asyncio.create_task(self.sessions.run_sweeps(), name="session-sweep"),
                 asyncio.create_task(self.sessions.run_cleanups(), name="session-cleanup"),
             ]

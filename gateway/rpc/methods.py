@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from gateway.rpc import analytics, batch, entities, projects, sessions, versions
+from gateway.rpc import analytics, batch, entities, projects, sessions, trash, versions
 from gateway.rpc.call import Handler, Handlers, Method, Methods, Registered
 from protocol.rpc_catalog import RPC_PARAMS, RPC_RESULTS
 
@@ -122,6 +122,7 @@ METHODS: Methods = bind(
         batch.handles,
         versions.handles,
         sessions.handles,
+        trash.handles,
     ),
     RPC_RESULTS,
 )

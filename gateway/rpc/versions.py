@@ -8,12 +8,15 @@ for any edit: users never write version_history themselves.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import get_args
+from uuid import UUID
 
 import asyncpg
 from pydantic import TypeAdapter
 
 from db import queries
+from db.acting_user import Conn
 from gateway.rpc.call import Call, Handlers, RpcError
 from protocol.errors import ErrorCode
 from protocol.rows import VersionRow
@@ -64,9 +67,9 @@ _REVERT = "SELECT to_jsonb(public.revert_to_version($1, $2))::text"
 async def get_by_entity(call: Call, params: VersionsByEntity) -> VersionPage:
     """Reads one row past the page, so the client learns whether to ask for more."""
     async with call.as_user() as conn:
-        refusal = await conn.fetchval(_REFUSAL[params.entity_type], params.entity_id)
+        refusal = await members_only(conn, params.entity_type, params.entity_id)
         if refusal is not None:
-            raise _history_refused(ErrorCode(refusal), params)
+            raise _history_refused(refusal, params)
         rows = _VERSIONS.validate_json(
             await conn.fetchval(
                 _PAGE, params.entity_type, params.entity_id, params.before_version, params.limit + 1
@@ -79,14 +82,26 @@ async def get_by_entity(call: Call, params: VersionsByEntity) -> VersionPage:
     )
 
 
+async def members_only(conn: Conn, entity_type: EntityType, entity_id: UUID) -> ErrorCode | None:
+    """Why the caller (on `conn`, as themselves) may not read what only the entity's
+    project members read (its history, the project's trash), or None."""
+    refusal: str | None = await conn.fetchval(_REFUSAL[entity_type], entity_id)
+    return None if refusal is None else ErrorCode(refusal)
+
+
+async def display_names(call: Call, users: Iterable[UUID | None]) -> dict[UUID, str]:
+    """Display names of users whose rows the caller could read: looked up by the
+    gateway (names are not the users' to query)."""
+    known = list({user for user in users if user is not None})
+    if not known:
+        return {}
+    async with call.pool.acquire() as conn:
+        return await queries.display_names(conn, known)
+
+
 async def _named(call: Call, rows: list[VersionRow]) -> list[VersionEntry]:
-    """The rows with their authors' display names: looked up by the gateway (names are
-    not the users' to query), for versions the caller could read."""
-    authors = list({row.user_id for row in rows if row.user_id is not None})
-    names = {}
-    if authors:
-        async with call.pool.acquire() as conn:
-            names = await queries.display_names(conn, authors)
+    """The rows with their authors' display names."""
+    names = await display_names(call, (row.user_id for row in rows))
     return [
         VersionEntry(**row.model_dump(), user_name=names.get(row.user_id) if row.user_id else None)
         for row in rows

@@ -598,6 +598,37 @@ export interface Deleted {
   id: string;
 }
 
+/** One deletion: `id` is what `trash.restore` takes; `parent_id` is the project, sitemap or wireframe the row was in; `with_wireframes` and `with_style_guides` count what was deleted with it (and comes back with it). */
+export interface TrashEntry {
+  id: string;
+  entity_type: "sitemaps" | "wireframes" | "style_guides";
+  entity_id: string;
+  parent_id: string;
+  title: string;
+  deleted_at: string;
+  deleted_by: string | null;
+  deleted_by_name?: string | null;
+  with_wireframes: number;
+  with_style_guides: number;
+}
+
+/** `next_before` is null on the last page. */
+export interface TrashPage {
+  entries: Array<TrashEntry>;
+  next_before: string | null;
+}
+
+/** A row back in its table, under its old id, at the new `version` its restore made. */
+export interface RestoredRow {
+  entity_type: "sitemaps" | "wireframes" | "style_guides";
+  entity_id: string;
+  version: number;
+}
+
+export interface TrashRestored {
+  restored: Array<RestoredRow>;
+}
+
 /** A version as the history shows it: with its author's display name (null when no user made it). */
 export interface VersionEntry {
   id: string;
@@ -818,6 +849,18 @@ export interface StyleGuideUpdateParams {
   expected_version?: number | null;
 }
 
+/** A project's trash, most recently deleted first; `before` continues a listing from the `next_before` of the previous page. */
+export interface TrashListParams {
+  project_id: string;
+  limit?: number;
+  before?: string | null;
+}
+
+/** The entry's `id` (not the deleted row's): its rows come back, parents first. An entry whose parent was deleted since is `conflict` (restore the parent's entry first). */
+export interface TrashRestoreParams {
+  id: string;
+}
+
 /** A named version of the entity as it is now; major unless said otherwise, since naming a state is what one does before or after a big change. */
 export interface VersionCheckpointParams {
   entity_type: "projects" | "sitemaps" | "wireframes" | "style_guides";
@@ -902,6 +945,8 @@ export interface RpcParams {
   "style_guide.create": StyleGuideCreateParams;
   "style_guide.delete": StyleGuideDeleteParams;
   "style_guide.update": StyleGuideUpdateParams;
+  "trash.list": TrashListParams;
+  "trash.restore": TrashRestoreParams;
   "version.checkpoint": VersionCheckpointParams;
   "version.get": VersionGetParams;
   "version.get_by_entity": VersionGetByEntityParams;
@@ -944,6 +989,8 @@ export interface RpcResults {
   "style_guide.create": StyleGuideRow;
   "style_guide.delete": Deleted;
   "style_guide.update": StyleGuideRow;
+  "trash.list": TrashPage;
+  "trash.restore": TrashRestored;
   "version.checkpoint": VersionEntry;
   "version.get": VersionEntry;
   "version.get_by_entity": VersionPage;
@@ -1172,6 +1219,13 @@ export interface BuilderHelpers {
     createProjectStructure(
       structure: BatchCreateProjectStructureParams,
     ): Outcome<ProjectStructureCreated>;
+  };
+  /** Not in the seed: what was deleted from a project (its editors only). */
+  trash: {
+    /** Most recently deleted first; pass the page's `next_before` as `before` for more. */
+    list(projectId: string, options?: { limit?: number; before?: string }): Outcome<TrashPage>;
+    /** Put an entry (`TrashEntry.id`) back, with what was deleted with it. */
+    restore(entryId: string): Outcome<TrashRestored>;
   };
 }
 

@@ -775,5 +775,10 @@ export function builderHelpers(client) {
     batch: {
       createProjectStructure: (structure) => outcome(client.rpc("batch.create_project_structure", structure)),
     },
+    trash: {
+      list: (projectId, { limit, before } = {}) =>
+        outcome(client.rpc("trash.list", { project_id: projectId, ...(limit ? { limit } : {}), ...(before ? { before } : {}) })),
+      restore: (entryId) => outcome(client.rpc("trash.restore", { id: entryId })),
+    },
   };
 }
