@@ -319,9 +319,8 @@ def _object_body(schema: Schema, indent: str) -> str:
         if "description" in sub:
             lines.append(f"{indent}  /** {' '.join(sub['description'].split())} */")
         lines.append(f"{indent}  {_key(prop)}{optional}: {ts_type(sub)};")
-    extra = schema.get("additionalProperties")
-    if extra is True:
-        lines.append(f"{indent}  [key: string]: unknown;")
+    # No index signature for models that let unknown keys through (rows: a column a
+    # later migration adds is still delivered): with one, `row.nmae` would compile.
     lines.append(f"{indent}}}")
     return "\n".join(lines)
 

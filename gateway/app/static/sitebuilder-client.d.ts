@@ -175,7 +175,6 @@ export interface ProjectRow {
   settings?: JsonValue | null;
   collaborators?: Array<string> | null;
   is_public?: boolean | null;
-  [key: string]: unknown;
 }
 
 /** Changes may have been missed: discard local state; a fresh `snapshot` follows. */
@@ -260,7 +259,6 @@ export interface SitemapRow {
   pages?: JsonValue | null;
   metadata?: JsonValue | null;
   version: number;
-  [key: string]: unknown;
 }
 
 /** A project and everything under it as of one database snapshot; every later change follows as `change` frames, none that is already in here. */
@@ -310,7 +308,6 @@ export interface StyleGuideRow {
   grid?: JsonValue | null;
   breakpoints?: JsonValue | null;
   version: number;
-  [key: string]: unknown;
 }
 
 /** The server ended a subscription; nothing more of that project follows. */
@@ -352,7 +349,6 @@ export interface VersionRow {
   data?: JsonValue | null;
   message?: string | null;
   is_major?: boolean | null;
-  [key: string]: unknown;
 }
 
 export interface WireframeChange {
@@ -384,7 +380,6 @@ export interface WireframeRow {
   style_guide?: JsonValue | null;
   components?: Array<string> | null;
   version: number;
-  [key: string]: unknown;
 }
 
 export interface BatchSitemap {
@@ -642,7 +637,6 @@ export interface VersionEntry {
   message?: string | null;
   is_major?: boolean | null;
   user_name?: string | null;
-  [key: string]: unknown;
 }
 
 /** `next_before_version` is null on the last page. */
