@@ -194,7 +194,7 @@ async def type_at_end(page: Page, selector: str, text: str) -> None:
 async def screenshot(page: Page, name: str) -> None:
     folder = os.environ.get("DEMO_SCREENSHOT_DIR")
     if folder:
-        await page.screenshot(path=str(Path(folder) / name))
+        await page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
 # The tests
@@ -234,8 +234,26 @@ async def test_an_edit_in_one_editor_shows_in_the_other_and_presence_shows_both(
     await bob.click("#session-next")
     await expect(alice.locator("#session-label")).to_contain_text("wireframe-design (40%")
 
+    # The preview: a click selects, the others see who is where; saves show everywhere.
+    await alice.click('#preview [data-field="hero_title"]')
+    await expect(alice.locator("#hero-title")).to_be_focused()
+    await expect(bob.locator('#preview [data-field="hero_title"] .who')).to_have_text("Alice")
+    await alice.fill("#hero-title", "Warm rolls at seven")
+    await alice.click("#wireframe-save")
+    await expect(bob.locator('#preview [data-field="hero_title"]')).to_contain_text(
+        "Warm rolls at seven"
+    )
+    await bob.fill('[data-color="primary"]', "#1864ab")
+    await bob.click("#colors-save")
+    await expect(alice.locator("#preview .hero")).to_have_css(
+        "background-color", "rgb(24, 100, 171)"
+    )
+    await expect(alice.locator('#preview [data-field="colors"] > .who')).to_have_text("Bob")
+
     await alice.click('[data-page="about"] .page-title')
     await expect(bob.locator('#presence [data-user="alice"]')).to_contain_text("editing page about")
+    await expect(bob.locator('#preview [data-field="page:about"] .who')).to_have_text("Alice")
+    await expect(bob.locator('#preview [data-field="hero_title"] .who')).to_have_count(0)
     await expect(alice.locator("#history li").first).to_contain_text("Edited by")
     await screenshot(alice, "demo-editor-alice.png")
     await screenshot(bob, "demo-editor-bob.png")
@@ -312,6 +330,26 @@ async def test_a_new_page_and_a_revert_from_the_history_show_in_both_editors(
     await expect(bob.locator('[data-page="opening-hours"]')).to_have_count(0)
     await expect(bob.locator("#history li").first).to_contain_text("v3 · Alice")
     await expect(bob.locator("#sitemap-version")).to_have_text("v3")
+
+    # One deletes the wireframe (its style guide goes with it), the other restores it.
+    await alice.click("#wireframe-delete")
+    for page in (alice, bob):
+        await expect(page.locator("#wireframe-version")).to_have_text("deleted")
+        await expect(page.locator("#style-guide-version")).to_have_text("deleted")
+        await expect(page.locator("#preview")).to_contain_text("restore it from the trash")
+    entry = bob.locator("#trash li", has_text="wireframe Home page")
+    await expect(entry).to_contain_text("with 1 style guide")
+    await expect(entry).to_contain_text("deleted by Alice")
+    await entry.locator("text=Restore").click()
+    for page in (alice, bob):
+        await expect(page.locator("#wireframe-version")).to_have_text("v2")
+        await expect(page.locator("#hero-title")).to_have_value("Fresh bread every morning")
+        await expect(page.locator("#hero-title")).to_be_enabled()
+        await expect(page.locator("#preview .hero")).to_contain_text("Fresh bread every morning")
+        await expect(page.locator("#trash li")).to_have_text("Nothing deleted.")
+    await bob.fill("#footer-text", "Back again")
+    await bob.click("#wireframe-save")
+    await expect(alice.locator('#preview [data-field="footer_text"]')).to_have_text("Back again")
 
 
 SEED_EXAMPLES = REPO_ROOT / "tests" / "js" / "seed_usage_examples.md"

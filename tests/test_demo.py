@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from gateway.app.demo import DEMO_PROJECT_ID, DEMO_USERS, Demo, seed_demo
+from gateway.app.demo import DEMO_PROJECT_ID, DEMO_USERS, DEMO_WIREFRAME_ID, Demo, seed_demo
 from gateway.app.server import Gateway
 from gateway.settings import Settings
 from tests.gateway_fixtures import (
@@ -23,6 +23,7 @@ from tests.gateway_fixtures import (
     gateway_port,
     gateway_url,
     open_client,
+    open_pools,
     start_gateway,
 )
 from tests.support import http_get
@@ -108,3 +109,22 @@ async def test_the_demo_editor_is_served_at_the_root(demo_gateway: Gateway) -> N
     page = await http_get(gateway_port(demo_gateway), "/")
     assert page.status == 200
     assert '<script type="module" src="/demo.js">' in page.body
+
+
+async def test_seeding_again_leaves_a_deleted_demo_row_in_the_trash(database_dsn: str) -> None:
+    """`serve --demo` seeds at every start: a demo wireframe deleted since stays in the
+    trash for the page to restore (its id may not be used again), and the start works."""
+    pools = await open_pools(database_dsn, size=1)
+    try:
+        await asyncio.wait_for(seed_demo(pools.requests), 10)
+        await pools.requests.execute("DELETE FROM wireframes WHERE id = $1", DEMO_WIREFRAME_ID)
+        await asyncio.wait_for(seed_demo(pools.requests), 10)
+        found = await pools.requests.fetchrow(
+            "SELECT (SELECT count(*) FROM wireframes) AS live,"
+            " (SELECT count(*) FROM trash WHERE entity_id = $1) AS trashed",
+            DEMO_WIREFRAME_ID,
+            timeout=10,
+        )
+    finally:
+        await asyncio.wait_for(pools.close(), CLOSE_TIMEOUT)
+    assert (found["live"], found["trashed"]) == (0, 1)

@@ -68,6 +68,11 @@ DEMO_COLORS = {
 }
 
 
+# A demo row deleted since is in the project's trash (restore it from the demo page),
+# and its id may not be used again: it is not created anew.
+NEVER_DELETED = "WHERE NOT EXISTS (SELECT 1 FROM version_history v WHERE v.entity_id = $1)"
+
+
 async def seed_demo(pool: asyncpg.Pool) -> None:
     """Create the demo users and project where absent; existing rows (and their edits)
     are left alone, so restarting `serve --demo` continues the same demo."""
@@ -91,8 +96,8 @@ async def seed_demo(pool: asyncpg.Pool) -> None:
             [user.id for user in others],
         )
         await conn.execute(
-            "INSERT INTO sitemaps (id, project_id, title, pages) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT DO NOTHING",
+            "INSERT INTO sitemaps (id, project_id, title, pages) SELECT $1, $2, $3, $4"
+            f" {NEVER_DELETED} ON CONFLICT DO NOTHING",
             DEMO_SITEMAP_ID,
             DEMO_PROJECT_ID,
             "Main site structure",
@@ -100,15 +105,15 @@ async def seed_demo(pool: asyncpg.Pool) -> None:
         )
         await conn.execute(
             "INSERT INTO wireframes (id, sitemap_id, title, layout, components)"
-            " VALUES ($1, $2, 'Home page', $3, $4) ON CONFLICT DO NOTHING",
+            f" SELECT $1, $2, 'Home page', $3, $4 {NEVER_DELETED} ON CONFLICT DO NOTHING",
             DEMO_WIREFRAME_ID,
             DEMO_SITEMAP_ID,
             orjson.dumps(DEMO_LAYOUT).decode(),
             ["hero", "columns", "footer"],
         )
         await conn.execute(
-            "INSERT INTO style_guides (id, wireframe_id, title, colors) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT DO NOTHING",
+            "INSERT INTO style_guides (id, wireframe_id, title, colors) SELECT $1, $2, $3, $4"
+            f" {NEVER_DELETED} ON CONFLICT DO NOTHING",
             DEMO_STYLE_GUIDE_ID,
             DEMO_WIREFRAME_ID,
             "Bakery brand",

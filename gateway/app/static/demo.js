@@ -1,5 +1,7 @@
 // The demo editor: the demo project's sitemap pages, wireframe layout and style guide
-// colors as forms, live for everyone signed in, through sitebuilder-client.js only.
+// colors as forms, live for everyone signed in, through sitebuilder-client.js only,
+// with a preview of the home page as saved, where everyone's selection shows (their
+// presence meta's `field`), and the version history and trash of the project.
 //
 // Every edit is an rpc with `expected_version`: the version the form showed when its
 // editor started changing it. If someone saved the row since, the gateway refuses it
@@ -16,6 +18,7 @@ let project = null;
 let me = null;
 let usersById = new Map();
 const lastActor = new Map(); // row id -> user id of the last change to it
+let presenceNow = {}; // the project's presence, as last received
 const dirtyPages = new Set(); // sitemap pages edited here and not saved yet
 
 function el(tag, attributes = {}, ...children) {
@@ -77,11 +80,15 @@ function signIn(user, projectId) {
       setTimeout(() => showConnection(client.status, {}), 3000);
       renderAll(state, { force: true });
     },
-    onPresence: renderPresence,
+    onPresence: (presence) => {
+      presenceNow = presence;
+      renderPresence(presence);
+      renderSelections();
+    },
     onUnsubscribed: (frame) => showConnection("closed", { message: frame.message }),
     onError: (error) => showConnection("closed", { message: error.message }),
   });
-  client.presence.update({ editing: null });
+  client.presence.update({ editing: null, field: null });
 }
 
 function showConnection(status, info) {
@@ -100,7 +107,17 @@ function onChange(change, state) {
   else if (change.entity === "style-guide") forms.styleGuide.update(only(state.style_guides));
   else if (change.entity === "session") renderSession(state);
   else if (change.entity === "version") historyPanel.changed(change.new ?? change.old);
+  if (CONTENT.has(change.entity)) {
+    renderPreview(state);
+    if (change.op !== "update") {
+      // Deleted or back from the trash: the history's choices and the trash change.
+      historyPanel.fillChoices(state);
+      trashPanel.soon();
+    }
+  }
 }
+
+const CONTENT = new Set(["sitemap", "wireframe", "style-guide"]);
 
 function renderAll(state, { force = false } = {}) {
   $("#project-name").textContent = state.project?.name ?? "";
@@ -108,14 +125,17 @@ function renderAll(state, { force = false } = {}) {
   forms.wireframe.update(only(state.wireframes), { force });
   forms.styleGuide.update(only(state.style_guides), { force });
   renderSession(state);
+  renderPreview(state);
   historyPanel.fillChoices(state);
+  trashPanel.soon();
 }
 
 // Forms: one row each, saved with expected_version
 
 class EntityForm {
-  constructor({ name, method, entityType, statusId, versionId, fill, read, rebase, saved }) {
+  constructor({ name, method, entityType, formId, statusId, versionId, fill, read, rebase, saved }) {
     Object.assign(this, { name, method, entityType, fill, read, rebase, saved });
+    this.form = $(formId);
     this.status = $(statusId);
     this.versionLabel = $(versionId);
     this.row = null;
@@ -129,7 +149,11 @@ class EntityForm {
 
   /** A newer row arrived: show it, unless the user is editing (then a save conflicts). */
   update(row, { force = false } = {}) {
-    if (!row) return;
+    if (!row) {
+      this.gone();
+      return;
+    }
+    if (this.form.classList.contains("gone")) this.back();
     const previous = this.row;
     const remote = previous !== null && row.version !== previous.version;
     this.row = row;
@@ -229,6 +253,24 @@ class EntityForm {
     this.save();
   }
 
+  /** The row was deleted: nothing to edit until it is restored from the trash. */
+  gone() {
+    if (!this.row) return;
+    this.row = null;
+    this.dirty = false;
+    this.saved?.();
+    this.form.classList.add("gone");
+    for (const control of this.form.querySelectorAll("input, button")) control.disabled = true;
+    this.versionLabel.textContent = "deleted";
+    this.say(`This ${this.name} was deleted: restore it from the trash.`);
+  }
+
+  back() {
+    this.form.classList.remove("gone");
+    for (const control of this.form.querySelectorAll("input, button")) control.disabled = false;
+    this.say("");
+  }
+
   setBase(row) {
     this.base = row.version;
     this.baseRow = row;
@@ -254,8 +296,8 @@ function fillPages(row, remote) {
       line = el(
         "div",
         { class: "page", "data-page": key },
-        el("input", { class: "page-title", "aria-label": `${key} title`, oninput: () => pageEdited(key), onfocus: () => editing(`page ${key}`) }),
-        el("input", { class: "page-path", "aria-label": `${key} path`, oninput: () => pageEdited(key), onfocus: () => editing(`page ${key}`) }),
+        el("input", { class: "page-title", "aria-label": `${key} title`, oninput: () => pageEdited(key), onfocus: () => editing(`page ${key}`, `page:${key}`) }),
+        el("input", { class: "page-path", "aria-label": `${key} path`, oninput: () => pageEdited(key), onfocus: () => editing(`page ${key}`, `page:${key}`) }),
       );
       box.append(line);
     }
@@ -333,7 +375,7 @@ function fillColors(row) {
       swatch.value = text.value;
       forms.styleGuide.edited();
     });
-    text.addEventListener("focus", () => editing("colors"));
+    text.addEventListener("focus", () => editing("colors", "colors"));
     box.append(el("label", { class: "color" }, name, swatch, text));
   }
 }
@@ -349,6 +391,7 @@ const forms = {
     name: "sitemap",
     method: "sitemap.update",
     entityType: "sitemaps",
+    formId: "#pages-panel",
     statusId: "#sitemap-status",
     versionId: "#sitemap-version",
     fill: fillPages,
@@ -360,6 +403,7 @@ const forms = {
     name: "wireframe",
     method: "wireframe.update",
     entityType: "wireframes",
+    formId: "#wireframe-form",
     statusId: "#wireframe-status",
     versionId: "#wireframe-version",
     fill: fillWireframe,
@@ -369,6 +413,7 @@ const forms = {
     name: "style guide",
     method: "style_guide.update",
     entityType: "style_guides",
+    formId: "#colors-form",
     statusId: "#style-guide-status",
     versionId: "#style-guide-version",
     fill: fillColors,
@@ -377,7 +422,14 @@ const forms = {
 };
 
 $("#wireframe-form").addEventListener("input", () => forms.wireframe.edited());
-$("#wireframe-form").addEventListener("focusin", () => editing("wireframe"));
+$("#wireframe-form").addEventListener("focusin", (event) => editing("wireframe", event.target.name || null));
+$("#wireframe-delete").addEventListener("click", async () => {
+  try {
+    await client.rpc("wireframe.delete", { id: forms.wireframe.row.id });
+  } catch (error) {
+    forms.wireframe.say(`not deleted: ${error.message}`);
+  }
+});
 $("#wireframe-form").addEventListener("submit", (event) => {
   event.preventDefault();
   forms.wireframe.save();
@@ -406,8 +458,10 @@ $("#add-page").addEventListener("submit", async (event) => {
 
 // Presence
 
-function editing(what) {
-  client?.presence.update({ editing: what });
+/** Tell the others what this editor is on: `what` for the header, `field` for the
+ * preview's outlines. */
+function editing(what, field = null) {
+  client?.presence.update({ editing: what, field });
 }
 
 function renderPresence(presence) {
@@ -477,7 +531,7 @@ const historyPanel = {
       ["style_guides", only(state.style_guides)],
     ].filter(([, row]) => row);
     select.replaceChildren(...options.map(([type, row]) => el("option", { value: `${type}:${row.id}` }, `${type.replace("_", " ")}: ${row.title}`)));
-    if (this.choice) select.value = this.choice;
+    if (options.some(([type, row]) => `${type}:${row.id}` === this.choice)) select.value = this.choice;
     this.load();
   },
 
@@ -510,5 +564,127 @@ const historyPanel = {
   },
 };
 $("#history-entity").addEventListener("change", () => historyPanel.load());
+
+// The trash: deleted wireframes (with their style guides) and sitemaps, back on a click.
+
+const trashPanel = {
+  timer: null,
+
+  soon() {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.load(), 100);
+  },
+
+  async load() {
+    const { entries } = await client.rpc("trash.list", { project_id: project.id, limit: 10 });
+    $("#trash").replaceChildren(
+      ...entries.map((entry) => {
+        const more = entry.with_style_guides ? ` (with ${entry.with_style_guides} style guide${entry.with_style_guides > 1 ? "s" : ""})` : "";
+        const when = new Date(entry.deleted_at).toLocaleTimeString();
+        return el(
+          "li",
+          { "data-entry": entry.id },
+          `${entry.entity_type.replace("_", " ").replace(/s$/, "")} ${entry.title}${more} · deleted by ${entry.deleted_by_name ?? "someone"} · ${when}`,
+          el("button", { type: "button", onclick: () => this.restore(entry) }, "Restore"),
+        );
+      }),
+    );
+    if (!entries.length) $("#trash").replaceChildren(el("li", { class: "hint" }, "Nothing deleted."));
+  },
+
+  async restore(entry) {
+    try {
+      await client.rpc("trash.restore", { id: entry.id });
+    } catch (error) {
+      this.soon();
+      alertIn("#trash", `not restored: ${error.message}`);
+    }
+  },
+};
+
+function alertIn(selector, text) {
+  $(selector).prepend(el("li", { class: "conflict" }, text));
+}
+
+// The preview: the home page as saved, from the sitemap's pages, the wireframe's layout
+// and the style guide's colors; everyone else's selection outlined in their color.
+
+const FIELD_INPUTS = {
+  hero_title: "#hero-title",
+  hero_subtitle: "#hero-subtitle",
+  columns: "#columns",
+  footer_text: "#footer-text",
+  colors: ".color-value",
+};
+
+function renderPreview(state) {
+  const wireframe = only(state.wireframes);
+  const box = $("#preview");
+  if (!wireframe) {
+    box.replaceChildren(el("div", { class: "empty" }, "The home page has no wireframe: restore it from the trash."));
+    return;
+  }
+  const layout = wireframe.layout ?? {};
+  const colors = only(state.style_guides)?.colors ?? {};
+  const pages = Object.entries(only(state.sitemaps)?.pages ?? {});
+  const field = (name, tag, attributes, ...children) => el(tag, { "data-field": name, ...attributes }, ...children);
+  const columns = Math.max(1, Math.min(6, Number(layout.columns) || 1));
+  const site = field(
+    "colors",
+    "div",
+    { class: "site" },
+    el("nav", {}, ...pages.map(([key, page]) => field(`page:${key}`, "span", {}, page.title ?? key))),
+    el(
+      "div",
+      { class: "hero" },
+      field("hero_title", "h3", {}, layout.hero?.title ?? ""),
+      field("hero_subtitle", "p", {}, layout.hero?.subtitle ?? ""),
+    ),
+    field("columns", "div", { class: "columns" }, ...Array.from({ length: columns }, () => el("div", { class: "column" }))),
+    field("footer_text", "footer", {}, layout.footer?.text ?? ""),
+  );
+  site.style.background = colors.background ?? "#fff";
+  site.style.color = colors.text ?? "#222";
+  site.querySelector("nav").style.color = colors.primary ?? "inherit";
+  site.querySelector(".hero").style.background = colors.primary ?? "#555";
+  site.querySelector(".columns").style.gridTemplateColumns = `repeat(${columns}, 1fr)`;
+  for (const column of site.querySelectorAll(".column")) column.style.background = colors.secondary ?? "#999";
+  site.querySelector("footer").style.borderTop = `3px solid ${colors.secondary ?? "#999"}`;
+  site.addEventListener("click", (event) => select(event.target.closest("[data-field]")?.dataset.field));
+  box.replaceChildren(site);
+  renderSelections();
+}
+
+/** A click on the preview: edit that part (its input takes the focus). */
+function select(name) {
+  if (!name) return;
+  const input = name.startsWith("page:")
+    ? $(`[data-page="${name.slice(5)}"] .page-title`)
+    : $(FIELD_INPUTS[name] ?? "#hero-title");
+  input?.focus();
+}
+
+function renderSelections() {
+  const preview = $("#preview");
+  for (const node of preview.querySelectorAll(".selected")) node.classList.remove("selected");
+  for (const node of preview.querySelectorAll(".who")) node.remove();
+  for (const [userId, { metas }] of Object.entries(presenceNow)) {
+    if (userId === me?.id) continue;
+    const name = metas.at(-1)?.meta?.field;
+    const target = name && preview.querySelector(`[data-field="${CSS.escape(name)}"]`);
+    if (!target) continue;
+    const user = usersById.get(userId) ?? { name: metas.at(-1).name ?? "someone", color: "#888", key: userId };
+    target.classList.add("selected");
+    target.style.setProperty("--who", user.color);
+    let labels = target.querySelector(":scope > .who");
+    if (!labels) {
+      labels = el("div", { class: "who" });
+      target.append(labels);
+    }
+    const label = el("span", { "data-user": user.key }, user.name);
+    label.style.background = user.color;
+    labels.append(label);
+  }
+}
 
 start();
