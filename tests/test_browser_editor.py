@@ -259,6 +259,27 @@ async def test_an_edit_in_one_editor_shows_in_the_other_and_presence_shows_both(
     await screenshot(bob, "demo-editor-bob.png")
 
 
+async def test_a_signed_out_visitor_reads_live_and_the_editors_see_an_anonymous_viewer(
+    browser: Browser, demo_server: DemoServer
+) -> None:
+    alice = await open_editor(browser, demo_server, "alice")
+    visitor = await open_editor(browser, demo_server, "visitor")
+    await expect(visitor.locator("#me")).to_have_text("not signed in: read-only")
+    await expect(visitor.locator("#hero-title")).to_have_value("Fresh bread every morning")
+    for control in ("#hero-title", "#wireframe-save", page_title(visitor, "home")):
+        await expect(visitor.locator(control)).to_be_disabled()
+    await expect(alice.locator('#presence [data-user="visitors"]')).to_contain_text("1 visitor")
+
+    await alice.fill("#hero-title", "Open on Sundays")
+    await alice.click("#wireframe-save")
+    await expect(visitor.locator('#preview [data-field="hero_title"]')).to_have_text(
+        "Open on Sundays"
+    )
+    await expect(visitor.locator("#hero-title")).to_have_value("Open on Sundays")
+    await visitor.context.close()
+    await expect(alice.locator('#presence [data-user="visitors"]')).to_have_count(0)
+
+
 async def test_a_conflicting_edit_shows_the_conflict_message(
     browser: Browser, demo_server: DemoServer
 ) -> None:

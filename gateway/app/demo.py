@@ -19,7 +19,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from gateway.edge.tokens import mint_token
+from gateway.edge.tokens import mint_anon_key, mint_token
 
 DEMO_PROJECT_ID = UUID("d3e0d3e0-0000-4000-8000-000000000001")
 DEMO_SITEMAP_ID = UUID("d3e0d3e0-0000-4000-8000-000000000002")
@@ -88,8 +88,9 @@ async def seed_demo(pool: asyncpg.Pool) -> None:
                 user.name,
             )
         await conn.execute(
-            "INSERT INTO projects (id, user_id, name, description, type, status, collaborators)"
-            " VALUES ($1, $2, 'Corner Bakery', 'The demo project', 'website', 'draft', $3)"
+            "INSERT INTO projects"
+            " (id, user_id, name, description, type, status, collaborators, is_public)"
+            " VALUES ($1, $2, 'Corner Bakery', 'The demo project', 'website', 'draft', $3, true)"
             " ON CONFLICT DO NOTHING",
             DEMO_PROJECT_ID,
             owner.id,
@@ -137,11 +138,15 @@ class Demo:
         self._audience = audience
 
     def users(self) -> DemoReply:
-        """`GET /demo/users`: the users to sign in as and the project they share."""
+        """`GET /demo/users`: the users to sign in as, the project they share (public),
+        and an anon key for looking at it signed out (as Supabase hands its anon key to
+        every page; fresh for TOKEN_TTL_SECONDS)."""
         users = [
             {"key": u.key, "name": u.name, "color": u.color, "id": str(u.id)} for u in DEMO_USERS
         ]
-        return DemoReply(200, orjson.dumps({"project_id": DEMO_PROJECT_ID, "users": users}))
+        anon_key = mint_anon_key(self._secret, ttl_seconds=TOKEN_TTL_SECONDS)
+        body = {"project_id": DEMO_PROJECT_ID, "users": users, "anon_key": anon_key}
+        return DemoReply(200, orjson.dumps(body))
 
     def token(self, target: str) -> DemoReply:
         """`GET /demo/token?user=alice[&ttl=SECONDS]`: a fresh token for a demo user."""

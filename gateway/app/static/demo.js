@@ -16,6 +16,8 @@ const $ = (selector) => document.querySelector(selector);
 let client = null;
 let project = null;
 let me = null;
+let visitor = false; // signed out, with the anon key: reads the public project only
+const ANONYMOUS = "00000000-0000-0000-0000-000000000000"; // presence's key for visitors
 let usersById = new Map();
 const lastActor = new Map(); // row id -> user id of the last change to it
 let presenceNow = {}; // the project's presence, as last received
@@ -46,8 +48,8 @@ async function start() {
   usersById = new Map(demo.users.map((u) => [u.id, u]));
   const wanted = new URLSearchParams(location.search).get("user");
   const chosen = demo.users.find((u) => u.key === wanted);
-  if (chosen) {
-    signIn(chosen, demo.project_id);
+  if (chosen || wanted === "visitor") {
+    signIn(chosen ?? VISITOR, demo.project_id);
     return;
   }
   for (const user of demo.users) {
@@ -55,21 +57,32 @@ async function start() {
     button.style.background = user.color;
     $("#users").append(button);
   }
+  const look = el("button", { onclick: () => signIn(VISITOR, demo.project_id) }, "Look as a signed-out visitor");
+  look.style.background = VISITOR.color;
+  $("#users").append(look);
+}
+
+const VISITOR = { key: "visitor", name: "a signed-out visitor", color: "#868e96", id: ANONYMOUS };
+
+/** A demo user's token, or for the visitor the public anon key (a fresh one each time). */
+async function tokenFor(user) {
+  const reply = await fetch(user === VISITOR ? "/demo/users" : `/demo/token?user=${user.key}`);
+  if (!reply.ok) throw new Error(`token: HTTP ${reply.status}`);
+  const body = await reply.json();
+  return user === VISITOR ? body.anon_key : body.token;
 }
 
 function signIn(user, projectId) {
   me = user;
+  visitor = user === VISITOR;
   history.replaceState(null, "", `?user=${user.key}`);
   $("#signin").hidden = true;
   $("#editor").hidden = false;
-  $("#me").textContent = `signed in as ${user.name}`;
+  $("#me").textContent = visitor ? "not signed in: read-only" : `signed in as ${user.name}`;
+  document.body.classList.toggle("visitor", visitor);
   const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
   client = connect(wsUrl, {
-    getToken: async () => {
-      const reply = await fetch(`/demo/token?user=${user.key}`);
-      if (!reply.ok) throw new Error(`token: HTTP ${reply.status}`);
-      return (await reply.json()).token;
-    },
+    getToken: () => tokenFor(user),
     onStatus: (status, info) => showConnection(status, info),
   });
   project = client.project(projectId);
@@ -88,6 +101,11 @@ function signIn(user, projectId) {
     onUnsubscribed: (frame) => showConnection("closed", { message: frame.message }),
     onError: (error) => showConnection("closed", { message: error.message }),
   });
+  if (visitor) {
+    readOnly();
+    $("#history").replaceChildren(el("li", { class: "hint" }, "Version history and the trash are for the project's members."));
+    return;
+  }
   client.presence.update({ editing: null, field: null });
 }
 
@@ -107,6 +125,7 @@ function onChange(change, state) {
   else if (change.entity === "style-guide") forms.styleGuide.update(only(state.style_guides));
   else if (change.entity === "session") renderSession(state);
   else if (change.entity === "version") historyPanel.changed(change.new ?? change.old);
+  readOnly();
   if (CONTENT.has(change.entity)) {
     renderPreview(state);
     if (change.op !== "update") {
@@ -128,6 +147,13 @@ function renderAll(state, { force = false } = {}) {
   renderPreview(state);
   historyPanel.fillChoices(state);
   trashPanel.soon();
+  readOnly();
+}
+
+/** A visitor's page: every control off, including those a change just drew. */
+function readOnly() {
+  if (!visitor) return;
+  for (const control of $("#editor").querySelectorAll("input, button, select")) control.disabled = true;
 }
 
 // Forms: one row each, saved with expected_version
@@ -267,7 +293,7 @@ class EntityForm {
 
   back() {
     this.form.classList.remove("gone");
-    for (const control of this.form.querySelectorAll("input, button")) control.disabled = false;
+    for (const control of this.form.querySelectorAll("input, button")) control.disabled = visitor;
     this.say("");
   }
 
@@ -461,13 +487,20 @@ $("#add-page").addEventListener("submit", async (event) => {
 /** Tell the others what this editor is on: `what` for the header, `field` for the
  * preview's outlines. */
 function editing(what, field = null) {
-  client?.presence.update({ editing: what, field });
+  if (!visitor) client?.presence.update({ editing: what, field });
 }
 
 function renderPresence(presence) {
   const bar = $("#presence");
   bar.replaceChildren();
   for (const [userId, { metas }] of Object.entries(presence)) {
+    if (userId === ANONYMOUS) {
+      const count = `${metas.length} visitor${metas.length > 1 ? "s" : ""}`;
+      const dot = el("span", { class: "dot" }, "?");
+      dot.style.background = VISITOR.color;
+      bar.append(el("span", { class: "avatar", "data-user": "visitors", title: `${count}, not signed in, reading` }, dot, el("span", {}, count, " ", el("span", { class: "step" }, "viewing"))));
+      continue;
+    }
     const user = usersById.get(userId) ?? { name: userId.slice(0, 8), color: "#888", key: userId };
     const latest = metas[metas.length - 1];
     const session = metas.find((m) => m.session)?.session;
@@ -543,7 +576,7 @@ const historyPanel = {
 
   async load() {
     const value = $("#history-entity").value;
-    if (!value) return;
+    if (!value || visitor) return;
     this.choice = value;
     const [entityType, entityId] = value.split(":");
     const { versions } = await client.rpc("version.get_by_entity", { entity_type: entityType, entity_id: entityId, limit: 15 });
@@ -571,6 +604,7 @@ const trashPanel = {
   timer: null,
 
   soon() {
+    if (visitor) return;
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.load(), 100);
   },
