@@ -20,13 +20,14 @@ from typing import Any
 import uvloop
 
 from loadtest.deployment import DeploymentError
+from loadtest.feed_run import feed
 from loadtest.hostile import hostile
 from loadtest.options import Options
 from loadtest.report import Report, table
 from loadtest.scenarios import SCENARIOS
 
-# hostile builds on the others (loadtest.hostile imports loadtest.scenarios).
-ALL_SCENARIOS = {**SCENARIOS, "hostile": hostile}
+# hostile and feed build on the others (their modules import loadtest.scenarios).
+ALL_SCENARIOS = {**SCENARIOS, "hostile": hostile, "feed": feed}
 
 DEFAULTS = Options()
 
@@ -114,6 +115,33 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULTS.drain_seconds,
         help="longest wait for the last deliveries after writing stops (default %(default)s)",
+    )
+    bulk = parser.add_argument_group("bulk writes (feed)")
+    bulk.add_argument(
+        "--rows",
+        type=int,
+        default=DEFAULTS.rows,
+        help="wireframes the writer inserts, as fast as the database takes them "
+        "(default %(default)s)",
+    )
+    bulk.add_argument(
+        "--batch-rows",
+        type=int,
+        default=DEFAULTS.batch_rows,
+        help="rows per transaction, one INSERT each (default %(default)s)",
+    )
+    bulk.add_argument(
+        "--prefill",
+        type=int,
+        default=DEFAULTS.prefill,
+        help="wireframes inserted first, not measured (default %(default)s)",
+    )
+    bulk.add_argument(
+        "--no-versioning",
+        dest="versioning",
+        action="store_false",
+        help="switch the writer's triggers off (session_replication_role = replica; a "
+        "superuser's): one change per row, the feed alone",
     )
     ramp = parser.add_argument_group("ramp (fanout, reference)")
     ramp.add_argument(

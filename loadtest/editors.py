@@ -20,7 +20,8 @@ The first line is the job (see `Job`); then commands:
   report how long each took;
 - `{"cmd": "finish", "expected": {wireframe_id: commits}, "drain_seconds": s}`: wait
   until every editor has every expected commit (or the drain time passed), close all,
-  report the result and exit.
+  report the result and exit; with `"changes_each": n`, also until this process's
+  editors have n changes each (bulk inserts carry no seqs: `bench feed`).
 
 With `follow` in the job, an editor whose connection is cut without its asking
 reconnects by itself, as the product's client does (exponential backoff with jitter,
@@ -120,6 +121,7 @@ class Tally:
     window_open: bool = False
     per_second: list[int] = field(default_factory=list)
     deliveries: int = 0
+    last_arrival: float = 0.0  # epoch seconds of the latest delivery
     bytes_by_entity: dict[str, int] = field(default_factory=dict)
     frames_by_entity: dict[str, int] = field(default_factory=dict)
     duplicated: int = 0
@@ -140,6 +142,7 @@ class Tally:
             self.per_second.append(0)
         self.per_second[second] += 1
         self.deliveries += 1
+        self.last_arrival = now
         self.bytes_by_entity[entity] = self.bytes_by_entity.get(entity, 0) + size
         self.frames_by_entity[entity] = self.frames_by_entity.get(entity, 0) + 1
         return now
@@ -631,9 +634,11 @@ class Session:
             seconds=time.perf_counter() - started,
         )
 
-    async def finish(self, expected: dict[str, int], drain_seconds: float) -> None:
+    async def finish(
+        self, expected: dict[str, int], drain_seconds: float, changes_each: int = 0
+    ) -> None:
         def complete() -> bool:
-            return all(
+            return self.tally.deliveries >= changes_each * len(self.editors) and all(
                 has_targets(editor, {w: expected.get(w, 0) for w in editor.wireframes})
                 for editor in self.editors
                 if editor.closed is not None and not editor.closed.done()
@@ -655,6 +660,7 @@ class Session:
             per_second=tally.per_second,
             started=tally.started,
             deliveries=tally.deliveries,
+            last_arrival=tally.last_arrival,
             bytes_by_entity=tally.bytes_by_entity,
             frames_by_entity=tally.frames_by_entity,
             lost=sum(lost),
@@ -703,7 +709,11 @@ async def run() -> None:
                         float(command["killed_at"]), command.get("node"), float(command["timeout"])
                     )
                 case "finish":
-                    await session.finish(command["expected"], float(command["drain_seconds"]))
+                    await session.finish(
+                        command["expected"],
+                        float(command["drain_seconds"]),
+                        int(command.get("changes_each", 0)),
+                    )
                     return
     finally:
         await session.stop_rejoining()

@@ -37,3 +37,7 @@ class Options:
     gateway_env: dict[str, str] = field(default_factory=dict)
     hostile: int = 50  # hostile connections (`bench hostile`, loadtest.hostile)
     hostile_patterns: str = "all"
+    rows: int = 50_000  # `bench feed`: wireframes inserted in bulk (loadtest.feed_run)
+    batch_rows: int = 1000
+    prefill: int = 0
+    versioning: bool = True

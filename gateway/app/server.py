@@ -40,6 +40,7 @@ from gateway.native.views import encoded_size
 from gateway.presence.fanout import PresenceFanout
 from gateway.presence.model import Presence
 from gateway.presence.sessions import LiveSessions, client_address
+from gateway.presence.states import PresenceStates
 from gateway.rpc.call import expire_idempotency_keys
 from gateway.rpc.trash import expire_trash
 from gateway.settings import Settings
@@ -52,6 +53,9 @@ FEED_START_TIMEOUT_SECONDS = 10.0
 # How often expired RPC idempotency keys and trash entries are deleted (at most: every
 # idempotency TTL if shorter).
 RETENTION_SWEEP_SECONDS = 60.0
+# Joiners of a project within this long share one encoded `presence.state`
+# (gateway.presence.states); at most the presence diff interval.
+PRESENCE_STATE_WINDOW_SECONDS = 0.05
 
 
 class Gateway:
@@ -99,6 +103,9 @@ class Gateway:
         # Built from the settings by gateway.presence.backends; started and closed here.
         self.presence = presence
         self.sessions = LiveSessions(pool, settings, self.metrics, presence)
+        self.presence_states = PresenceStates(
+            presence, min(settings.presence_diff_interval_seconds, PRESENCE_STATE_WINDOW_SECONDS)
+        )
         self.presence_fanout = PresenceFanout(self.hub, settings.presence_diff_interval_seconds)
         self.presence.subscribe(self.presence_fanout)
         # Tells this process's connections from another gateway's in request tags

@@ -22,6 +22,7 @@ from gateway.edge.tokens import TokenVerifier
 from gateway.metrics import Metrics
 from gateway.presence.model import Presence
 from gateway.presence.sessions import LiveSessions
+from gateway.presence.states import PresenceStates
 from gateway.settings import Settings
 
 
@@ -42,6 +43,7 @@ class Services(Protocol):
     router: Router
     outbox: Outbox
     presence: Presence
+    presence_states: PresenceStates
     sessions: LiveSessions
     unauthenticated: Unauthenticated
     # This gateway process, as request tags name it (gateway.core.origin).

@@ -29,7 +29,7 @@ from gateway.edge.connection import Connection, token_error_code
 from gateway.edge.services import Services
 from gateway.edge.tokens import TokenError, is_anonymous
 from gateway.native.views import NativeView, group_by_user
-from gateway.presence.model import Meta
+from gateway.presence.model import Meta, PresenceEntry
 from gateway.rpc.call import Call, IdempotencyLimits, call
 from gateway.rpc.methods import METHODS
 from protocol.codec import decode_client_frame, encode_frame, refused_frame_ref
@@ -520,12 +520,23 @@ class Client(Connection):
         project_id = _project(subscription)
         key = ProjectChannel(project_id)
         await presence.join(key, self.user_id, self.connection_id, {}, name=self.display_name)
-        entries = await presence.list(key) if self._subscribed_to(subscription) else None
-        if entries is None or not self._subscribed_to(subscription):
+
+        def encode(entries: list[PresenceEntry]) -> bytes:
+            return encode_frame(PresenceState(project_id=project_id, users=group_by_user(entries)))
+
+        def receive(state: bytes) -> bool:
+            if not self._subscribed_to(subscription):
+                return False
+            subscription.joined = subscription.presence = True
+            if self.can_send():
+                self.send_bytes(state)
+                self._metrics.frames_out.labels("presence.state").inc()
+            return True
+
+        if self._subscribed_to(subscription):
+            await self._gateway.presence_states.deliver(key, "native", encode, receive)
+        if not subscription.presence:
             await presence.leave(key, self.connection_id)  # it ended meanwhile
-            return
-        subscription.joined = subscription.presence = True
-        self.send(PresenceState(project_id=project_id, users=group_by_user(entries)))
 
     async def _show_session(self, project_id: UUID, session: Meta | None) -> None:
         channel = ProjectChannel(project_id)

@@ -1,0 +1,83 @@
+"""One `presence.state` per channel and protocol for every joiner of a short window.
+
+A joiner is sent the channel's whole presence: with N connections there, building and
+encoding it for each of N joiners (a reconnect wave after a deploy, a popular public
+project) is N² work. Joiners instead wait up to one window (the presence diff
+interval) and everyone who joined within it gets the same bytes, built once, after all
+their joins: each still finds its own connection in its state.
+
+Handing the bytes over happens in one step with the build, so no presence diff can be
+sent between the two: each joiner holds the state from the moment it was read and gets
+every diff after it (`Receive` marks it as a holder of the channel's presence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.core.channels import PresenceKey
+from gateway.presence.model import Presence, PresenceEntry
+
+Encode = Callable[[list[PresenceEntry]], bytes]
+# Called with the shared state, at once after it was read; returns whether the joiner
+# took it (False: it left meanwhile).
+Receive = Callable[[bytes], bool]
+
+
+class Rebuild(Exception):
+    """The joiner building the batch's state left first: build it anew."""
+
+
+@dataclass
+class _Batch:
+    encode: Encode
+    receivers: list[Receive] = field(default_factory=list)
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class PresenceStates:
+    """Batches of joiners by (channel, protocol variant)."""
+
+    def __init__(self, presence: Presence, window_seconds: float) -> None:
+        self._presence = presence
+        self._window = window_seconds
+        self._batches: dict[tuple[PresenceKey, str], _Batch] = {}
+
+    async def deliver(
+        self, channel: PresenceKey, variant: str, encode: Encode, receive: Receive
+    ) -> None:
+        """Hand the joiner the channel's state (built after its join) through `receive`,
+        within about one window."""
+        while True:
+            key = (channel, variant)
+            batch = self._batches.get(key)
+            if batch is None:
+                await self._build(key, receive, encode)
+                return
+            batch.receivers.append(receive)
+            try:
+                await asyncio.shield(batch.done)
+                return
+            except Rebuild:
+                continue
+
+    async def _build(self, key: tuple[PresenceKey, str], receive: Receive, encode: Encode) -> None:
+        """Gather the window's joiners, read the presence once, hand it to each."""
+        batch = self._batches[key] = _Batch(encode, [receive])
+        try:
+            await asyncio.sleep(self._window)
+            del self._batches[key]
+            data = batch.encode(await self._presence.list(key[0]))
+        except BaseException:
+            if self._batches.get(key) is batch:
+                del self._batches[key]
+            batch.done.set_exception(Rebuild())
+            batch.done.exception()  # retrieved: the waiting joiners get it
+            raise
+        for taker in batch.receivers:
+            taker(data)
+        batch.done.set_result(None)

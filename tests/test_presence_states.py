@@ -1,0 +1,81 @@
+"""Joiners of a project within one window share one `presence.state` (what a reconnect
+wave after a deploy costs), each still finding itself in it; the in-memory presence
+backend is the real one a lone gateway runs."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import uuid4
+
+import orjson
+
+from gateway.core.channels import ProjectChannel
+from gateway.presence.model import InMemoryPresence, PresenceEntry
+from gateway.presence.states import PresenceStates
+from tests.gateway_fixtures import TIMEOUT
+
+WINDOW = 0.05
+
+
+def connection_ids(entries: list[PresenceEntry]) -> bytes:
+    return orjson.dumps(sorted(entry.connection_id for entry in entries))
+
+
+async def test_joiners_within_a_window_share_one_state_that_lists_each_of_them() -> None:
+    presence = InMemoryPresence()
+    states = PresenceStates(presence, WINDOW)
+    channel = ProjectChannel(uuid4())
+    builds: list[int] = []
+    received: dict[str, bytes] = {}
+
+    def encode(entries: list[PresenceEntry]) -> bytes:
+        builds.append(len(entries))
+        return connection_ids(entries)
+
+    async def join(connection: str) -> None:
+        await presence.join(channel, uuid4(), connection, {})
+
+        def receive(state: bytes) -> bool:
+            received[connection] = state
+            return True
+
+        await states.deliver(channel, "native", encode, receive)
+
+    joiners = [f"c{i}" for i in range(50)]
+    await asyncio.wait_for(asyncio.gather(*(join(c) for c in joiners)), TIMEOUT)
+
+    assert builds == [50]
+    (state,) = set(received.values())
+    assert set(received) == set(orjson.loads(state)) == set(joiners)
+
+    # A later joiner gets a state of its own, built after its join.
+    await asyncio.wait_for(join("late"), TIMEOUT)
+    assert builds == [50, 51]
+    assert "late" in orjson.loads(received["late"])
+
+
+async def test_the_others_still_get_a_state_when_the_first_joiner_leaves_while_waiting() -> None:
+    presence = InMemoryPresence()
+    states = PresenceStates(presence, WINDOW)
+    channel = ProjectChannel(uuid4())
+    received: dict[str, bytes] = {}
+
+    async def join(connection: str) -> None:
+        await presence.join(channel, uuid4(), connection, {})
+        await states.deliver(
+            channel,
+            "native",
+            connection_ids,
+            lambda state: bool(received.setdefault(connection, state)),
+        )
+
+    first = asyncio.create_task(join("first"))
+    await asyncio.sleep(0)  # it is waiting for the window's other joiners
+    second = asyncio.create_task(join("second"))
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.wait_for(second, TIMEOUT)
+
+    assert first.cancelled()
+    assert set(received) == {"second"}
+    assert "second" in orjson.loads(received["second"])
