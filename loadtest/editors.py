@@ -57,6 +57,9 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 SLOW_CONSUMER_CLOSE = 4008
 CHANGE_PREFIX = b'{"type":"change"'
+# Presence frames are counted, not read: a project's state lists every connection, so
+# parsing each joiner's would make this process, not the server, the storm's bottleneck.
+PRESENCE_PREFIX = b'{"type":"presence.'
 DIGITS = frozenset(b"0123456789")
 LATENCY_MAX_US = 600_000_000  # ten minutes: anything later is recorded as this
 STEP_TIMEOUT = 60.0  # longest wait for one reply (connect, auth, subscribe)
@@ -122,6 +125,7 @@ class Tally:
     per_second: list[int] = field(default_factory=list)
     deliveries: int = 0
     last_arrival: float = 0.0  # epoch seconds of the latest delivery
+    presence_bytes: int = 0
     bytes_by_entity: dict[str, int] = field(default_factory=dict)
     frames_by_entity: dict[str, int] = field(default_factory=dict)
     duplicated: int = 0
@@ -267,6 +271,9 @@ class Editor(WSListener):
     def on_message(self, payload: bytes) -> None:
         if payload.startswith(CHANGE_PREFIX):
             self.on_change(payload)
+            return
+        if payload.startswith(PRESENCE_PREFIX):
+            self.tally.presence_bytes += len(payload)
             return
         message = orjson.loads(payload)
         kind = message.get("type")

@@ -221,6 +221,25 @@ async def test_storm_gets_everyone_ready(tmp_path: Path, database_dsn: str) -> N
     assert gateway["subscribe p99 (ms)"] > 0
 
 
+async def test_feed_delivers_every_bulk_insert_and_reports_the_rates(
+    tmp_path: Path, database_dsn: str
+) -> None:
+    report = await bench(
+        tmp_path,
+        database_dsn,
+        "feed",
+        *("--subscribers", "2", "--users", "2", "--rows", "300", "--batch-rows", "100"),
+        *("--prefill", "100"),
+    )
+    (gateway,) = report["runs"]
+    # Each row and its version, to each subscriber, once.
+    assert gateway["changes_per_subscriber"] == gateway["expected_per_subscriber"] == 600
+    assert gateway["frames"] == {"wireframe": 600, "version": 600}
+    assert gateway["writer_rows_per_s"] > 0
+    assert gateway["gateway_changes_per_s"] > 0
+    assert gateway["prefill_rows_per_s"] > 0
+
+
 async def test_reconnect_resumes_without_loss(tmp_path: Path, database_dsn: str) -> None:
     report = await bench(
         tmp_path,
