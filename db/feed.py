@@ -86,6 +86,10 @@ class RowChange:
     actor: UUID | None
     # The gateway request that made it (`sitebuilder.request`, migration 0013), if any.
     request: str | None = None
+    # The rows hold the protocol's types already (UUID, datetime, parsed jsonb: the
+    # replication feed's decoder), so they need no validation; JSON from the NOTIFY
+    # feed does.
+    typed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

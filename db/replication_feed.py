@@ -321,6 +321,7 @@ class ReplicationFeed:
                 committed_at=commit.commit_time,
                 actor=transaction.actor,
                 request=transaction.request,
+                typed=True,
             )
             for index, (table, op, new, old) in enumerate(transaction.changes, start=1)
         ]
