@@ -1,6 +1,7 @@
-"""Joiners of a project within one window share one `presence.state` (what a reconnect
-wave after a deploy costs), each still finding itself in it; the in-memory presence
-backend is the real one a lone gateway runs."""
+"""A joiner of a quiet project gets its `presence.state` at once; joiners following
+within one window share one (what a reconnect wave after a deploy costs), each still
+finding itself in it. The in-memory presence backend is the real one a lone gateway
+runs."""
 
 from __future__ import annotations
 
@@ -41,16 +42,18 @@ async def test_joiners_within_a_window_share_one_state_that_lists_each_of_them()
 
         await states.deliver(channel, "native", encode, receive)
 
+    await asyncio.wait_for(join("first"), TIMEOUT)
+    assert builds == [1]  # at once: nobody joined lately
     joiners = [f"c{i}" for i in range(50)]
     await asyncio.wait_for(asyncio.gather(*(join(c) for c in joiners)), TIMEOUT)
 
-    assert builds == [50]
-    (state,) = set(received.values())
-    assert set(received) == set(orjson.loads(state)) == set(joiners)
+    assert builds == [1, 51]
+    (state,) = {received[c] for c in joiners}
+    assert set(orjson.loads(state)) == {"first", *joiners}
 
     # A later joiner gets a state of its own, built after its join.
     await asyncio.wait_for(join("late"), TIMEOUT)
-    assert builds == [50, 51]
+    assert builds == [1, 51, 52]
     assert "late" in orjson.loads(received["late"])
 
 
@@ -69,6 +72,7 @@ async def test_the_others_still_get_a_state_when_the_first_joiner_leaves_while_w
             lambda state: bool(received.setdefault(connection, state)),
         )
 
+    await asyncio.wait_for(join("earlier"), TIMEOUT)  # now joiners wait for the window
     first = asyncio.create_task(join("first"))
     await asyncio.sleep(0)  # it is waiting for the window's other joiners
     second = asyncio.create_task(join("second"))
@@ -77,5 +81,5 @@ async def test_the_others_still_get_a_state_when_the_first_joiner_leaves_while_w
     await asyncio.wait_for(second, TIMEOUT)
 
     assert first.cancelled()
-    assert set(received) == {"second"}
+    assert set(received) == {"earlier", "second"}
     assert "second" in orjson.loads(received["second"])
