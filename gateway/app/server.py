@@ -12,12 +12,14 @@ import contextlib
 import itertools
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from uuid import UUID
 
 import asyncpg
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 
 from db.feed import ChangeFeed
 from gateway.app.demo import Demo
@@ -39,7 +41,7 @@ from gateway.native.client import Client
 from gateway.native.views import encoded_size
 from gateway.presence.fanout import PresenceFanout
 from gateway.presence.model import Presence
-from gateway.presence.sessions import LiveSessions, client_address
+from gateway.presence.sessions import LiveSessions, client_address, user_agent
 from gateway.presence.states import PresenceStates
 from gateway.rpc.call import expire_idempotency_keys
 from gateway.rpc.trash import expire_trash
@@ -53,6 +55,9 @@ FEED_START_TIMEOUT_SECONDS = 10.0
 # How often expired RPC idempotency keys and trash entries are deleted (at most: every
 # idempotency TTL if shorter).
 RETENTION_SWEEP_SECONDS = 60.0
+# Keepalive ticks per ping interval (or timeout, if shorter): a ping goes out at most
+# a tick late, a silent client is closed at most a tick after its timeout.
+KEEPALIVE_TICKS = 4
 # Joiners of a project within this long share one encoded `presence.state`
 # (gateway.presence.states); at most the presence diff interval.
 PRESENCE_STATE_WINDOW_SECONDS = 0.05
@@ -150,7 +155,9 @@ class Gateway:
             client = PhoenixClient(self, ws, next(self._ids), ws.request.path)
         else:
             client = Client(self, ws, next(self._ids))
-        client.count_as_unauthenticated(address)
+        client.arrived(address, user_agent(ws))
+        if ws.request is not None:
+            ws.request.headers = Headers()  # read: let the handshake's headers go
         self._clients.add(client)
         self.metrics.connections.inc()
         try:
@@ -232,6 +239,17 @@ class Gateway:
                     self.metrics.slot_lag_bytes.set(lag)
             await asyncio.sleep(self.settings.replication_status_interval_seconds)
 
+    async def _keep_alive(self) -> None:
+        """Tick every connection's keepalive (gateway.edge.connection) a few times per
+        ping interval or timeout, whichever is shorter."""
+        settings = self.settings
+        tick = min(settings.ping_interval_seconds, settings.ping_timeout_seconds) / KEEPALIVE_TICKS
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for client in list(self._clients):
+                client.keep_alive(now)
+
     async def _expire_retained(self) -> None:
         """Delete RPC idempotency keys and trash entries past their retention, now and
         then."""
@@ -259,6 +277,7 @@ class Gateway:
                 asyncio.create_task(self._dispatcher().run(), name="dispatcher"),
                 asyncio.create_task(self._watch_feed(), name="feed-watch"),
                 asyncio.create_task(self._expire_retained(), name="retention-expiry"),
+                asyncio.create_task(self._keep_alive(), name="keepalive"),
                 asyncio.create_task(self.sessions.run_sweeps(), name="session-sweep"),
                 asyncio.create_task(self.sessions.run_cleanups(), name="session-cleanup"),
             ]

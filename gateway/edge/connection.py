@@ -51,7 +51,40 @@ def token_error_code(error: TokenError) -> ErrorCode:
 
 
 class Connection:
-    """A connection's state. Bounded: its subscriptions are capped by a setting."""
+    """A connection's state. Bounded: its subscriptions are capped by a setting.
+
+    Slots: past 30 attributes an instance's dict is no longer shared with its class's
+    other instances and costs each connection another 1.5 KB."""
+
+    __slots__ = (
+        "_admitted",
+        "_bucket",
+        "_busy",
+        "_claims",
+        "_closing",
+        "_expiry",
+        "_gateway",
+        "_join_bucket",
+        "_last_read",
+        "_metrics",
+        "_pinged_at",
+        "_pinging",
+        "_pong",
+        "_presence_bucket",
+        "_presence_pending",
+        "_presence_timer",
+        "_rpc_bucket",
+        "_settings",
+        "_subscriptions",
+        "_tasks",
+        "_unauthenticated",
+        "address",
+        "display_name",
+        "id",
+        "user_agent",
+        "user_id",
+        "ws",
+    )
 
     def __init__(self, gateway: Services, ws: ServerConnection, client_id: int) -> None:
         self.id = client_id
@@ -79,53 +112,59 @@ class Connection:
         # A frame is being handled (reading waits meanwhile), and when one was last read.
         self._busy = False
         self._last_read = time.monotonic()
-        # Counted against the connections not signed in yet until it signs in (the
-        # gateway sets it when it admits the socket).
-        self._unauthenticated_from: str | None = None
+        # Keepalive (`keep_alive`): the last ping, its pong while awaited.
+        self._pinged_at = self._last_read
+        self._pinging = False
+        self._pong: asyncio.Future[float] | None = None
+        # Where it came from, read once from the handshake (`arrived`), whose headers
+        # are then let go: kept for the connection's life, they were its largest part.
+        self.address: str | None = None
+        self.user_agent: str | None = None
+        # Counted against the connections not signed in yet until it signs in.
         self._unauthenticated = False
 
     # Lifecycle
 
     async def run(self) -> None:
         """Serve the connection until it closes, then release all it holds."""
-        keepalive = asyncio.create_task(self._keep_alive())
         try:
             if await self._open():
                 await self._serve()
         except ConnectionClosed:
             pass
         finally:
-            keepalive.cancel()
             self._release()
             await self._wait_for_tasks()
-            await asyncio.gather(keepalive, return_exceptions=True)
 
-    async def _keep_alive(self) -> None:
-        """Ping every interval; close the connection when no pong comes within the
-        timeout while the gateway has read all it was sent. websockets' own keepalive
-        closes with 1011 a client whose frames wait to be handled (reading pauses past
-        websockets' `max_queue`, and its pongs wait behind them): such a client is
-        alive, the gateway is the slow side, and it waits for the pong as long as it is
-        handling the client's frames."""
-        interval = self._settings.ping_interval_seconds
+    def keep_alive(self, now: float) -> None:
+        """The gateway's keepalive tick (one task for every connection: a task and a
+        timer of its own cost each connection a kilobyte). Ping every interval; close
+        the connection when no pong came within the timeout while the gateway has read
+        all it was sent. websockets' own keepalive closes with 1011 a client whose
+        frames wait to be handled (reading pauses past websockets' `max_queue`, and its
+        pongs wait behind them): such a client is alive, the gateway is the slow side,
+        and it waits for the pong as long as it is handling the client's frames."""
+        if self._closing or self._pinging:
+            return
         timeout = self._settings.ping_timeout_seconds
-        while not self._closing:
-            await asyncio.sleep(interval)
-            try:
-                pong = await self.ws.ping()
-            except ConnectionClosed:
-                return
-            while True:
-                try:
-                    await asyncio.wait_for(asyncio.shield(pong), timeout)
-                    break
-                except TimeoutError:
-                    if not self._behind(timeout):
-                        self._metrics.ping_timeouts.inc()
-                        self.close(CloseCode.PING_TIMEOUT, "keepalive ping timeout")
-                        return
-                except ConnectionClosed:
-                    return
+        if self._pong is not None and not self._pong.done():
+            if now - self._pinged_at >= timeout and not self._behind(timeout):
+                self._metrics.ping_timeouts.inc()
+                self.close(CloseCode.PING_TIMEOUT, "keepalive ping timeout")
+            return
+        self._pong = None
+        if now - self._pinged_at >= self._settings.ping_interval_seconds:
+            self._pinging = True
+            self._pinged_at = now
+            self._spawn(self._ping())
+
+    async def _ping(self) -> None:
+        try:
+            self._pong = asyncio.ensure_future(await self.ws.ping())
+        except ConnectionClosed:
+            pass
+        finally:
+            self._pinging = False
 
     def _behind(self, window: float) -> bool:
         """Whether the gateway handled one of the client's frames in the last `window`
@@ -280,15 +319,18 @@ class Connection:
         self._signed_in()
         return None
 
-    def count_as_unauthenticated(self, address: str | None) -> None:
-        self._unauthenticated_from = address
+    def arrived(self, address: str | None, user_agent: str | None) -> None:
+        """The gateway admitted the socket from `address`: counted against the
+        connections not signed in yet until it signs in."""
+        self.address = address
+        self.user_agent = user_agent
         self._unauthenticated = True
 
     def _signed_in(self) -> None:
         """No longer one of the connections not signed in yet."""
         if self._unauthenticated:
             self._unauthenticated = False
-            self._gateway.unauthenticated.release(self._unauthenticated_from)
+            self._gateway.unauthenticated.release(self.address)
 
     def _sign_in(self, user_id: UUID, claims: dict[str, Any]) -> None:
         self.user_id = user_id

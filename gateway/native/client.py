@@ -230,21 +230,25 @@ class Client(Connection):
 
     async def _serve(self) -> None:
         async for message in self.ws:
-            if self._closing:
-                continue
-            frame = self._decode(message)
-            if frame is None:
-                continue
-            self._busy = True
-            try:
-                await self._handle(frame)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                logger.exception("request %r of user %s failed", frame, self.user_id)
-                self.send(self._error(ErrorCode.INTERNAL, f"request failed: {error}", frame.ref))
-            finally:
-                self._busy = False
-            if self._stopping:
-                self.close(CloseCode.SERVICE_RESTART, "service restart")
+            if not self._closing:
+                await self._receive(message)
+            del message  # not kept while the next is awaited
+
+    async def _receive(self, message: str | bytes) -> None:
+        """One frame from the client: decoded, handled, and let go when done."""
+        frame = self._decode(message)
+        if frame is None:
+            return
+        self._busy = True
+        try:
+            await self._handle(frame)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            logger.exception("request %r of user %s failed", frame, self.user_id)
+            self.send(self._error(ErrorCode.INTERNAL, f"request failed: {error}", frame.ref))
+        finally:
+            self._busy = False
+        if self._stopping:
+            self.close(CloseCode.SERVICE_RESTART, "service restart")
 
     async def _handle(self, frame: ClientFrame) -> None:
         if self.user_id == ANONYMOUS and not isinstance(frame, _VISITOR_FRAMES):
@@ -303,7 +307,9 @@ class Client(Connection):
                 self._settings.rpc_idempotency_max_result_bytes,
             ),
             request_tag=request_tag(self._gateway.instance, self.id, frame.ref),
-            origin=self._gateway.sessions.origin(self, self.ws, self._show_session),
+            origin=self._gateway.sessions.origin(
+                self, self.address, self.user_agent, self._show_session
+            ),
         )
         self.send(await call(METHODS, frame, caller))
 

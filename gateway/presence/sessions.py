@@ -83,6 +83,12 @@ def client_address(
     return _ip(str(ws.remote_address[0])) if ws.remote_address else None
 
 
+def user_agent(ws: ServerConnection) -> str | None:
+    """The handshake's User-Agent, cut to what a session keeps."""
+    agent = ws.request.headers.get("User-Agent") if ws.request is not None else None
+    return agent[:USER_AGENT_MAX_CHARS] if agent is not None else None
+
+
 def _ip(text: str) -> str | None:
     try:
         return str(ipaddress.ip_address(text.strip()))
@@ -149,14 +155,10 @@ class LiveSessions:
     def origin(
         self,
         connection: Hashable,
-        ws: ServerConnection,
+        address: str | None,
+        agent: str | None,
         show: Callable[[UUID, Meta | None], Awaitable[None]] | None = None,
     ) -> Origin:
-        headers = ws.request.headers if ws.request is not None else None
-        address = client_address(ws, trust_proxy=self._trust_proxy)
-        agent = headers.get("User-Agent") if headers is not None else None
-        if agent is not None:
-            agent = agent[:USER_AGENT_MAX_CHARS]
         return Origin(connection, address, agent, self, show)
 
     # Attachments

@@ -200,21 +200,25 @@ class PhoenixClient(Connection):
 
     async def _serve(self) -> None:
         async for raw in self.ws:
-            if self._closing:
-                continue
-            message = self._read(raw)
-            if message is None:
-                continue
-            self._busy = True
-            try:
-                await self._handle(message)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                logger.exception("%s of user %s failed", message.event, self.user_id)
-                self._reply_error(message, f"request failed: {error}")
-            finally:
-                self._busy = False
-            if self._stopping:
-                self.close(CloseCode.SERVICE_RESTART, "service restart")
+            if not self._closing:
+                await self._receive(raw)
+            del raw  # not kept while the next is awaited
+
+    async def _receive(self, raw: str | bytes) -> None:
+        """One message from the client: read, handled, and let go when done."""
+        message = self._read(raw)
+        if message is None:
+            return
+        self._busy = True
+        try:
+            await self._handle(message)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            logger.exception("%s of user %s failed", message.event, self.user_id)
+            self._reply_error(message, f"request failed: {error}")
+        finally:
+            self._busy = False
+        if self._stopping:
+            self.close(CloseCode.SERVICE_RESTART, "service restart")
 
     def _read(self, raw: str | bytes) -> Message | None:
         """The message, or None after answering a bad or refused one."""
