@@ -10,10 +10,14 @@ import orjson
 
 from db.acting_user import Conn, acting_as
 
+_NONE_IN_PROGRESS: frozenset[int] = frozenset()
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class VisibilitySnapshot:
-    """A `pg_current_snapshot()`: which transactions were committed as of it."""
+    """A `pg_current_snapshot()`: which transactions were committed as of it. Every
+    subscription keeps one until changes pass it (idle ones: for good), so it is small:
+    slots, and one shared empty set for the usual no transaction in progress."""
 
     xmin: int
     xmax: int
@@ -22,7 +26,8 @@ class VisibilitySnapshot:
     @classmethod
     def parse(cls, text: str) -> VisibilitySnapshot:
         xmin, xmax, xip = text.split(":")
-        return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x))
+        in_progress = frozenset(int(x) for x in xip.split(",") if x) or _NONE_IN_PROGRESS
+        return cls(int(xmin), int(xmax), in_progress)
 
     def sees(self, xid: int) -> bool:
         """True when transaction `xid` had committed for this snapshot."""

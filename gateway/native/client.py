@@ -297,7 +297,7 @@ class Client(Connection):
             return
         caller = Call(
             self.user_id,
-            self._claims,
+            self.claims(),
             self._gateway.pool,
             frame.ref,
             online=self._gateway.online_users,
@@ -329,7 +329,7 @@ class Client(Connection):
                 )
             )
             return
-        self._claims = claims
+        self._keep_claims(claims)
         self._expire_at(float(claims["exp"]))
         self.send(Ok(ref=frame.ref, data={"expires_at": claims["exp"]}))
 
