@@ -338,12 +338,13 @@ class Connection:
     def _sign_in(self, user_id: UUID, claims: dict[str, Any]) -> None:
         self.user_id = user_id
         self._keep_claims(claims)
-        self._expire_at(float(claims["exp"]))
 
     def _keep_claims(self, claims: dict[str, Any]) -> None:
+        """Keep a verified token's claims, and close the connection when it expires."""
         # As text: orjson's bytes keep the 4 KB buffer they were written in.
         self._claims = orjson.dumps(claims).decode()
         self._expires = float(claims["exp"])
+        self._expire_at(self._expires)
 
     def claims(self) -> dict[str, Any]:
         """The signed-in token's claims (what an RPC tells the database)."""

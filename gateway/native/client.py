@@ -330,7 +330,6 @@ class Client(Connection):
             )
             return
         self._keep_claims(claims)
-        self._expire_at(float(claims["exp"]))
         self.send(Ok(ref=frame.ref, data={"expires_at": claims["exp"]}))
 
     # Subscriptions
