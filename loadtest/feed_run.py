@@ -63,7 +63,11 @@ async def writer(deployment: Deployment, owner: uuid.UUID, versioning: bool) -> 
 
 
 async def caught_up(
-    deployment: Deployment, token: str, project_id: str, conn: asyncpg.Connection
+    deployment: Deployment,
+    token: str,
+    project_id: str,
+    conn: asyncpg.Connection,
+    sitemap: uuid.UUID,
 ) -> float:
     """Wait until the gateway has read everything committed so far: a probe subscribes,
     a marker wireframe is committed, and the gateway reads the log in order, so when the
@@ -78,7 +82,6 @@ async def caught_up(
             async with asyncio.timeout(STEP_TIMEOUT):
                 while orjson.loads(await probe.recv()).get("ref") != frame["ref"]:
                     pass
-        sitemap = await sitemap_of(conn, project_id)
         marker = await conn.fetchval(
             "INSERT INTO wireframes (sitemap_id, title) VALUES ($1, 'caught up') RETURNING id",
             sitemap,
@@ -122,7 +125,8 @@ async def feed(options: Options) -> Report:
                 prefill = {
                     "prefill_rows_per_s": round(options.prefill / seconds),
                     "prefill_read_by_gateway_s": round(
-                        await caught_up(deployment, editors[0]["token"], project_id, conn), 2
+                        await caught_up(deployment, editors[0]["token"], project_id, conn, sitemap),
+                        2,
                     ),
                 }
             report.runs.append(await measured(deployment, editors, conn, sitemap, options))

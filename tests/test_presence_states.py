@@ -36,9 +36,8 @@ async def test_joiners_within_a_window_share_one_state_that_lists_each_of_them()
     async def join(connection: str) -> None:
         await presence.join(channel, uuid4(), connection, {})
 
-        def receive(state: bytes) -> bool:
+        def receive(state: bytes) -> None:
             received[connection] = state
-            return True
 
         await states.deliver(channel, "native", encode, receive)
 
@@ -69,7 +68,7 @@ async def test_the_others_still_get_a_state_when_the_first_joiner_leaves_while_w
             channel,
             "native",
             connection_ids,
-            lambda state: bool(received.setdefault(connection, state)),
+            lambda state: received.update({connection: state}),
         )
 
     await asyncio.wait_for(join("earlier"), TIMEOUT)  # now joiners wait for the window

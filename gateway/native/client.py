@@ -529,14 +529,13 @@ class Client(Connection):
         def encode(entries: list[PresenceEntry]) -> bytes:
             return encode_frame(PresenceState(project_id=project_id, users=group_by_user(entries)))
 
-        def receive(state: bytes) -> bool:
+        def receive(state: bytes) -> None:
             if not self._subscribed_to(subscription):
-                return False
+                return
             subscription.joined = subscription.presence = True
             if self.can_send():
                 self.send_bytes(state)
                 self._metrics.frames_out.labels("presence.state").inc()
-            return True
 
         if self._subscribed_to(subscription):
             await self._gateway.presence_states.deliver(key, "native", encode, receive)

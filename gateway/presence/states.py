@@ -25,9 +25,9 @@ from gateway.presence.model import Presence, PresenceEntry
 Encode = Callable[[list[PresenceEntry]], bytes]
 # Past this many keys remembered, those whose window is over are forgotten.
 FORGET_PAST = 1024
-# Called with the shared state, at once after it was read; returns whether the joiner
-# took it (False: it left meanwhile).
-Receive = Callable[[bytes], bool]
+# Called with the shared state, at once after it was read (a joiner that left meanwhile
+# ignores it).
+Receive = Callable[[bytes], None]
 
 
 class Rebuild(Exception):
