@@ -71,6 +71,15 @@ class Subscribe(ClientFrame):
         max_length=64,
         description="The `position` of the last change (or snapshot) the client has.",
     )
+    delta: bool = Field(
+        False,
+        description="Updates as `delta` frames (the changed columns and merge patches), "
+        "version-history changes without `data` and `changes` (`version.get` has them).",
+    )
+    old: bool = Field(
+        False,
+        description="With `delta`: `delta` frames carry the whole previous row too.",
+    )
 
 
 class Unsubscribe(ClientFrame):
@@ -264,6 +273,75 @@ class VersionChange(ChangeBase[VersionRow]):
     entity: Literal["version"] = "version"
 
 
+class DeltaBase(Frame, Generic[RowT]):
+    """An update, for a subscription made with `delta`: what changed since the row at
+    `base_version` (the previous row, for tables without a version)."""
+
+    type: Literal["delta"] = "delta"
+    # Declared here so it serializes right after `type`; each subclass fixes its value.
+    entity: str = Field("", description="What changed.")
+    project_id: UUID
+    id: UUID = Field(description="The updated row's id.")
+    version: int | None = Field(description="The row's version now; null for tables without.")
+    base_version: int | None = Field(
+        description="The version the delta applies to: a client holding another version "
+        "resubscribes (a fresh snapshot)."
+    )
+    set: dict[str, JsonValue] = Field(description="Changed columns, their new values whole.")
+    patch: dict[str, JsonValue] = Field(
+        description="Changed JSON object columns: an RFC 7396 merge patch from the previous "
+        "value each (a column is in `set` or in `patch`, never both)."
+    )
+    old: RowT | None = Field(
+        None,
+        description="The whole previous row, only for subscriptions made with `old`.",
+        exclude_if=lambda old: old is None,
+    )
+    actor: UUID | None = Field(description="The user who made the change, when known.")
+    committed_at: datetime
+    position: str = Field(
+        description="Opaque; strictly increasing per project (compare as strings)."
+    )
+    ref: Ref | None = Field(
+        None,
+        description="The `ref` of the `rpc` that made this change, present only on the "
+        "connection that sent it (absent on replays).",
+        exclude_if=lambda ref: ref is None,
+    )
+
+
+class ProjectDelta(DeltaBase[ProjectRow]):
+    entity: Literal["project"] = "project"
+
+
+class SitemapDelta(DeltaBase[SitemapRow]):
+    entity: Literal["sitemap"] = "sitemap"
+
+
+class WireframeDelta(DeltaBase[WireframeRow]):
+    entity: Literal["wireframe"] = "wireframe"
+
+
+class StyleGuideDelta(DeltaBase[StyleGuideRow]):
+    entity: Literal["style-guide"] = "style-guide"
+
+
+class SessionDelta(DeltaBase[SessionRow]):
+    entity: Literal["session"] = "session"
+
+
+Delta = Annotated[
+    ProjectDelta | SitemapDelta | WireframeDelta | StyleGuideDelta | SessionDelta,
+    Field(discriminator="entity"),
+]
+DELTA_FRAMES: dict[str, type[DeltaBase]] = {  # type: ignore[type-arg]
+    "project": ProjectDelta,
+    "sitemap": SitemapDelta,
+    "wireframe": WireframeDelta,
+    "style-guide": StyleGuideDelta,
+    "session": SessionDelta,
+}
+
 Change = Annotated[
     ProjectChange
     | SitemapChange
@@ -379,6 +457,7 @@ ServerMessage = Annotated[
     | Result
     | Snapshot
     | Change
+    | Delta
     | ProjectListSnapshot
     | Unsubscribed
     | Reset

@@ -165,9 +165,12 @@ class WsClient:
         await asyncio.wait_for(self.ws.send(message), TIMEOUT)
 
     async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:  # noqa: ASYNC109
-        message = await asyncio.wait_for(self._next_message(), timeout)
-        frame: dict[str, Any] = orjson.loads(message)
+        frame: dict[str, Any] = orjson.loads(await self.recv_raw(timeout))
         return frame
+
+    async def recv_raw(self, timeout: float = TIMEOUT) -> str | bytes:  # noqa: ASYNC109
+        """The next frame as it came over the wire (its size is what the client paid)."""
+        return await asyncio.wait_for(self._next_message(), timeout)
 
     async def recv_type(self, frame_type: str, timeout: float = TIMEOUT) -> dict[str, Any]:  # noqa: ASYNC109
         """The next frame, which must be of `frame_type`."""
@@ -214,11 +217,12 @@ class WsClient:
         return reply
 
     async def subscribe(
-        self, project_id: UUID, snapshot: bool = True
+        self, project_id: UUID, snapshot: bool = True, **options: Any
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """Subscribe; (ok, snapshot or None). Fails on an error reply."""
+        """Subscribe (`options`: the frame's other fields); (ok, snapshot or None). Fails
+        on an error reply."""
         reply = await self.request(
-            {"type": "subscribe", "project_id": str(project_id), "snapshot": snapshot}
+            {"type": "subscribe", "project_id": str(project_id), "snapshot": snapshot, **options}
         )
         assert reply["type"] == "ok", reply
         if not snapshot:

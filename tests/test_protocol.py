@@ -525,6 +525,7 @@ def test_schema_discriminates_client_and_server_frames_by_type() -> None:
         "result",
         "snapshot",
         "change",
+        "delta",
         "project_list",
         "unsubscribed",
         "reset",

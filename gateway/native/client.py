@@ -28,7 +28,7 @@ from gateway.core.origin import request_tag
 from gateway.edge.connection import Connection, token_error_code
 from gateway.edge.services import Services
 from gateway.edge.tokens import TokenError, is_anonymous
-from gateway.native.views import NativeView, group_by_user
+from gateway.native.views import DeltaMode, NativeView, group_by_user
 from gateway.presence.model import Meta, PresenceEntry
 from gateway.rpc.call import Call, IdempotencyLimits, call
 from gateway.rpc.methods import METHODS
@@ -72,6 +72,7 @@ class Client(Connection):
     def __init__(self, gateway: Services, ws: ServerConnection, client_id: int) -> None:
         super().__init__(gateway, ws, client_id)
         self._view = NativeView(client_id, ANONYMOUS)
+        self._delta_views: dict[DeltaMode, NativeView] | None = None  # made on first use
         self._project_list: Subscription | None = None
         # A read of the project list is in flight; `_list_stale` (a reason) makes it
         # read again.
@@ -208,7 +209,8 @@ class Client(Connection):
             return False
         self._sign_in(user_id, claims)
         self.display_name = name
-        self._view.signed_in(user_id)
+        for view in (self._view, *(self._delta_views or {}).values()):
+            view.signed_in(user_id)
         self.send(
             Ok(
                 ref=frame.ref,
@@ -353,7 +355,7 @@ class Client(Connection):
             message = "the change feed is reconnecting; retry shortly"
             self.send(self._error(ErrorCode.UNAVAILABLE, message, frame.ref))
             return
-        subscription = self._gateway.hub.subscribe(self, key, self._view)
+        subscription = self._gateway.hub.subscribe(self, key, self._view_for(frame))
         self._subscriptions[key] = subscription
         try:
             if frame.since is None:
@@ -369,6 +371,19 @@ class Client(Connection):
             self.send(self._error(ErrorCode.FORBIDDEN, message, frame.ref))
             return
         await self._join_presence(subscription)
+
+    def _view_for(self, frame: Subscribe) -> NativeView:
+        """The view the subscription asked for: the connection's, or one of its views
+        for `delta` subscriptions (with or without the old row)."""
+        if not frame.delta:
+            return self._view
+        mode = DeltaMode.DELTA_WITH_OLD if frame.old else DeltaMode.DELTA
+        if self._delta_views is None:
+            self._delta_views = {}
+        view = self._delta_views.get(mode)
+        if view is None:
+            view = self._delta_views[mode] = NativeView(self.id, self.user_id, mode)
+        return view
 
     async def _resume(self, subscription: Subscription, since_text: str, ref: Ref | None) -> bool:
         """Replay what followed `since` that the user could read when it was committed,

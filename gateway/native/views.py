@@ -1,26 +1,57 @@
-"""How the native protocol shows the core's events: change and presence frames.
+"""How the native protocol shows the core's events: change, delta and presence frames.
 
 A change's frame is the same for every subscriber but the connection whose RPC made
-it, whose copy carries the RPC's `ref`. The shared one is encoded once and kept on
-the event (gateway.core.events), so replays from the history send those same bytes;
-its size is what the history counts the event as (`encoded_size`).
+it, whose copy carries the RPC's `ref`. Each shared encoding (the full frame; for
+subscriptions made with `delta`, the update's `delta` frame and the version-history
+change without its data) is encoded once and kept on the event (gateway.core.events),
+so every subscriber and every replay from the history sends those same bytes; the full
+frame's size is what the history counts the event as (`encoded_size`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
 from gateway.core.channels import ProjectChannel
+from gateway.core.delta import RowDelta, row_delta
 from gateway.core.events import Change
+from gateway.core.events import Op as ChangeOp
 from gateway.core.hub import Encoded
 from gateway.presence.model import PresenceChange, PresenceEntry
 from protocol.codec import encode_frame
-from protocol.frames import CHANGE_FRAMES, ChangeBase, Op, PresenceDiff, PresenceMeta, PresenceUser
+from protocol.frames import (
+    CHANGE_FRAMES,
+    DELTA_FRAMES,
+    ChangeBase,
+    DeltaBase,
+    Frame,
+    Op,
+    PresenceDiff,
+    PresenceMeta,
+    PresenceUser,
+)
+from protocol.rows import Entity, Row, VersionRow
 
-_SHARED = "native"
 _PRESENCE = "native-presence"
+
+
+class Shape(StrEnum):
+    """The encodings of a change subscribers share (their `memo` keys on the event)."""
+
+    FULL = "native"
+    DELTA = "native-delta"
+    DELTA_WITH_OLD = "native-delta-old"
+    VERSION_METADATA = "native-version-metadata"
+
+
+class DeltaMode(StrEnum):
+    """How a subscription made with `delta` gets updates: without or with the old row."""
+
+    DELTA = "delta"
+    DELTA_WITH_OLD = "delta-with-old"
 
 
 def change_frame(change: Change) -> ChangeBase[Any]:
@@ -38,13 +69,74 @@ def change_frame(change: Change) -> ChangeBase[Any]:
     return frame
 
 
-def encoded(change: Change) -> bytes:
-    """The frame every subscriber shares, encoded once per event."""
-    return change.memo(_SHARED, lambda c: encode_frame(change_frame(c)))
+def version_metadata_frame(change: Change) -> ChangeBase[Any]:
+    """A version-history change without the version's `data` and `changes` (the bulk of
+    it: the entity's whole row and its diff), which `version.get` returns on demand."""
+    rows = (change.new, change.old)
+    new, old = (
+        row.model_copy(update={"data": None, "changes": None})
+        if isinstance(row, VersionRow)
+        else row
+        for row in rows
+    )
+    return change_frame(change).model_copy(update={"new": new, "old": old})
+
+
+def changed_columns(change: Change, old: Row, new: Row) -> RowDelta:
+    """What the update changed, computed once per event for every delta subscriber."""
+    return change.memo(
+        "delta", lambda _: row_delta(old.model_dump(mode="json"), new.model_dump(mode="json"))
+    )
+
+
+def delta_frame(change: Change, with_old: bool) -> DeltaBase[Any] | ChangeBase[Any]:
+    """The update's `delta` frame; its full frame when the feed did not have the row
+    before it (nothing to compute a delta from)."""
+    new, old = change.new, change.old
+    if old is None:
+        return change_frame(change)
+    assert new is not None, "an update has a new row"
+    delta = changed_columns(change, old, new)
+    return DELTA_FRAMES[change.entity].model_construct(
+        project_id=change.project_id,
+        id=getattr(new, "id"),  # noqa: B009 (every row has an id; Row declares none)
+        version=getattr(new, "version", None),
+        base_version=getattr(old, "version", None),
+        set=delta.set,
+        patch=delta.patch,
+        old=old if with_old else None,
+        actor=change.actor,
+        committed_at=change.committed_at,
+        position=str(change.position),
+    )
+
+
+def frame_of(change: Change, shape: Shape) -> Frame:
+    if shape is Shape.FULL:
+        return change_frame(change)
+    if shape is Shape.VERSION_METADATA:
+        return version_metadata_frame(change)
+    return delta_frame(change, with_old=shape is Shape.DELTA_WITH_OLD)
+
+
+def encoded(change: Change, shape: Shape = Shape.FULL) -> bytes:
+    """A frame subscribers share, encoded once per event and shape."""
+    return change.memo(shape, lambda c: encode_frame(frame_of(c, shape)))
 
 
 def encoded_size(change: Change) -> int:
     return len(encoded(change))
+
+
+def shape_for(change: Change, delta: DeltaMode | None) -> Shape:
+    """The shape a subscription (made with `delta` or not) gets `change` in."""
+    if delta is None:
+        return Shape.FULL
+    if change.entity is Entity.VERSION:
+        return Shape.VERSION_METADATA
+    if change.op is ChangeOp.UPDATE and not change.listed and change.entity in DELTA_FRAMES:
+        return Shape.DELTA if delta is DeltaMode.DELTA else Shape.DELTA_WITH_OLD
+    return Shape.FULL
 
 
 def group_by_user(entries: Iterable[PresenceEntry]) -> dict[UUID, PresenceUser]:
@@ -65,33 +157,37 @@ def group_by_user(entries: Iterable[PresenceEntry]) -> dict[UUID, PresenceUser]:
 
 
 class NativeView:
-    """A native connection's view of what the hub delivers (one per connection)."""
+    """A native subscription's view of what the hub delivers: one per connection, and
+    one more per `delta` mode its subscriptions asked for."""
 
-    __slots__ = ("_connection_id", "_user_id")
+    __slots__ = ("_connection_id", "_delta", "_user_id")
 
-    def __init__(self, connection_id: int, user_id: UUID) -> None:
+    def __init__(self, connection_id: int, user_id: UUID, delta: DeltaMode | None = None) -> None:
         self._connection_id = connection_id
         self._user_id = user_id
+        self._delta = delta
 
     def signed_in(self, user_id: UUID) -> None:
         self._user_id = user_id
 
     def variant(self, item: object) -> Hashable | None:
         if type(item) is Change:
+            shape = shape_for(item, self._delta)
             if item.origin is not None and item.made_by(self._connection_id, self._user_id):
-                return self._connection_id
-            return _SHARED
+                return (self._connection_id, shape)
+            return shape
         if isinstance(item, PresenceChange) and isinstance(item.channel, ProjectChannel):
             return _PRESENCE
         return None
 
     def encode(self, item: object, variant: Hashable) -> Encoded:
         if isinstance(item, Change):
-            if variant == _SHARED:
-                return Encoded(encoded(item), "change")
+            if isinstance(variant, Shape):
+                return _labelled(encoded(item, variant))
+            assert isinstance(variant, tuple)
             assert item.origin is not None
-            frame = change_frame(item).model_copy(update={"ref": item.origin.ref})
-            return Encoded(encode_frame(frame), "change")
+            frame = frame_of(item, variant[1]).model_copy(update={"ref": item.origin.ref})
+            return _labelled(encode_frame(frame))
         assert isinstance(item, PresenceChange)
         assert isinstance(item.channel, ProjectChannel)
         diff = PresenceDiff(
@@ -100,3 +196,7 @@ class NativeView:
             leaves=group_by_user(item.leaves),
         )
         return Encoded(encode_frame(diff), "presence.diff")
+
+
+def _labelled(data: bytes) -> Encoded:
+    return Encoded(data, "delta" if data.startswith(b'{"type":"delta"') else "change")

@@ -51,6 +51,10 @@ export interface Subscribe {
   snapshot?: boolean;
   /** The `position` of the last change (or snapshot) the client has. */
   since?: string | null;
+  /** Updates as `delta` frames (the changed columns and merge patches), version-history changes without `data` and `changes` (`version.get` has them). */
+  delta?: boolean;
+  /** With `delta`: `delta` frames carry the whole previous row too. */
+  old?: boolean;
 }
 
 /** Follow the user's project list (owned or shared with them): `ok`, then a `project_list`, then every change to it as `change` frames with `list: true`. One per connection. */
@@ -154,6 +158,31 @@ export interface ProjectChange {
   list?: boolean;
 }
 
+export interface ProjectDelta {
+  type: "delta";
+  entity: "project";
+  project_id: string;
+  /** The updated row's id. */
+  id: string;
+  /** The row's version now; null for tables without. */
+  version: number | null;
+  /** The version the delta applies to: a client holding another version resubscribes (a fresh snapshot). */
+  base_version: number | null;
+  /** Changed columns, their new values whole. */
+  set: { [key: string]: JsonValue };
+  /** Changed JSON object columns: an RFC 7396 merge patch from the previous value each (a column is in `set` or in `patch`, never both). */
+  patch: { [key: string]: JsonValue };
+  /** The whole previous row, only for subscriptions made with `old`. */
+  old?: ProjectRow | null;
+  /** The user who made the change, when known. */
+  actor: string | null;
+  committed_at: string;
+  /** Opaque; strictly increasing per project (compare as strings). */
+  position: string;
+  /** The `ref` of the `rpc` that made this change, present only on the connection that sent it (absent on replays). */
+  ref?: string | number | null;
+}
+
 /** The projects the user owns or collaborates on, newest `updated_at` first, as of one database snapshot: replaces the client's list. Every later change of the list follows as a `change` with `list: true`, none that is already in here. */
 export interface ProjectListSnapshot {
   type: "project_list";
@@ -212,6 +241,31 @@ export interface SessionChange {
   ref?: string | number | null;
 }
 
+export interface SessionDelta {
+  type: "delta";
+  entity: "session";
+  project_id: string;
+  /** The updated row's id. */
+  id: string;
+  /** The row's version now; null for tables without. */
+  version: number | null;
+  /** The version the delta applies to: a client holding another version resubscribes (a fresh snapshot). */
+  base_version: number | null;
+  /** Changed columns, their new values whole. */
+  set: { [key: string]: JsonValue };
+  /** Changed JSON object columns: an RFC 7396 merge patch from the previous value each (a column is in `set` or in `patch`, never both). */
+  patch: { [key: string]: JsonValue };
+  /** The whole previous row, only for subscriptions made with `old`. */
+  old?: SessionRow | null;
+  /** The user who made the change, when known. */
+  actor: string | null;
+  committed_at: string;
+  /** Opaque; strictly increasing per project (compare as strings). */
+  position: string;
+  /** The `ref` of the `rpc` that made this change, present only on the connection that sent it (absent on replays). */
+  ref?: string | number | null;
+}
+
 /** A builder session. `session_token` is never sent to collaborators: it is the owner's key for resuming the session, so it is dropped from every row. */
 export interface SessionRow {
   id: string;
@@ -240,6 +294,31 @@ export interface SitemapChange {
   new: SitemapRow | null;
   /** The row before the change; null for an insert. */
   old: SitemapRow | null;
+  /** The user who made the change, when known. */
+  actor: string | null;
+  committed_at: string;
+  /** Opaque; strictly increasing per project (compare as strings). */
+  position: string;
+  /** The `ref` of the `rpc` that made this change, present only on the connection that sent it (absent on replays). */
+  ref?: string | number | null;
+}
+
+export interface SitemapDelta {
+  type: "delta";
+  entity: "sitemap";
+  project_id: string;
+  /** The updated row's id. */
+  id: string;
+  /** The row's version now; null for tables without. */
+  version: number | null;
+  /** The version the delta applies to: a client holding another version resubscribes (a fresh snapshot). */
+  base_version: number | null;
+  /** Changed columns, their new values whole. */
+  set: { [key: string]: JsonValue };
+  /** Changed JSON object columns: an RFC 7396 merge patch from the previous value each (a column is in `set` or in `patch`, never both). */
+  patch: { [key: string]: JsonValue };
+  /** The whole previous row, only for subscriptions made with `old`. */
+  old?: SitemapRow | null;
   /** The user who made the change, when known. */
   actor: string | null;
   committed_at: string;
@@ -285,6 +364,31 @@ export interface StyleGuideChange {
   new: StyleGuideRow | null;
   /** The row before the change; null for an insert. */
   old: StyleGuideRow | null;
+  /** The user who made the change, when known. */
+  actor: string | null;
+  committed_at: string;
+  /** Opaque; strictly increasing per project (compare as strings). */
+  position: string;
+  /** The `ref` of the `rpc` that made this change, present only on the connection that sent it (absent on replays). */
+  ref?: string | number | null;
+}
+
+export interface StyleGuideDelta {
+  type: "delta";
+  entity: "style-guide";
+  project_id: string;
+  /** The updated row's id. */
+  id: string;
+  /** The row's version now; null for tables without. */
+  version: number | null;
+  /** The version the delta applies to: a client holding another version resubscribes (a fresh snapshot). */
+  base_version: number | null;
+  /** Changed columns, their new values whole. */
+  set: { [key: string]: JsonValue };
+  /** Changed JSON object columns: an RFC 7396 merge patch from the previous value each (a column is in `set` or in `patch`, never both). */
+  patch: { [key: string]: JsonValue };
+  /** The whole previous row, only for subscriptions made with `old`. */
+  old?: StyleGuideRow | null;
   /** The user who made the change, when known. */
   actor: string | null;
   committed_at: string;
@@ -360,6 +464,31 @@ export interface WireframeChange {
   new: WireframeRow | null;
   /** The row before the change; null for an insert. */
   old: WireframeRow | null;
+  /** The user who made the change, when known. */
+  actor: string | null;
+  committed_at: string;
+  /** Opaque; strictly increasing per project (compare as strings). */
+  position: string;
+  /** The `ref` of the `rpc` that made this change, present only on the connection that sent it (absent on replays). */
+  ref?: string | number | null;
+}
+
+export interface WireframeDelta {
+  type: "delta";
+  entity: "wireframe";
+  project_id: string;
+  /** The updated row's id. */
+  id: string;
+  /** The row's version now; null for tables without. */
+  version: number | null;
+  /** The version the delta applies to: a client holding another version resubscribes (a fresh snapshot). */
+  base_version: number | null;
+  /** Changed columns, their new values whole. */
+  set: { [key: string]: JsonValue };
+  /** Changed JSON object columns: an RFC 7396 merge patch from the previous value each (a column is in `set` or in `patch`, never both). */
+  patch: { [key: string]: JsonValue };
+  /** The whole previous row, only for subscriptions made with `old`. */
+  old?: WireframeRow | null;
   /** The user who made the change, when known. */
   actor: string | null;
   committed_at: string;
@@ -647,9 +776,9 @@ export interface VersionPage {
 
 export type ClientFrame = Auth | AuthRefresh | Subscribe | Unsubscribe | SubscribeProjects | UnsubscribeProjects | Ping | Rpc | PresenceUpdate;
 
-export type ServerFrame = Ok | ErrorFrame | Result | Snapshot | ProjectChange | SitemapChange | WireframeChange | StyleGuideChange | SessionChange | VersionChange | ProjectListSnapshot | Unsubscribed | Reset | Closing | PresenceState | PresenceDiff;
+export type ServerFrame = Ok | ErrorFrame | Result | Snapshot | ProjectChange | SitemapChange | WireframeChange | StyleGuideChange | SessionChange | VersionChange | ProjectDelta | SitemapDelta | WireframeDelta | StyleGuideDelta | SessionDelta | ProjectListSnapshot | Unsubscribed | Reset | Closing | PresenceState | PresenceDiff;
 
-export type Change = ProjectChange | SitemapChange | WireframeChange | StyleGuideChange | SessionChange | VersionChange;
+export type Change = ProjectChange | SitemapChange | WireframeChange | StyleGuideChange | SessionChange | VersionChange | ProjectDelta | SitemapDelta | WireframeDelta | StyleGuideDelta | SessionDelta;
 
 // RPC methods and their params
 
