@@ -19,6 +19,7 @@ from typing import Any
 
 import uvloop
 
+from loadtest.client_load import with_client_procs
 from loadtest.deployment import DeploymentError
 from loadtest.feed_run import feed
 from loadtest.hostile import hostile
@@ -100,9 +101,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument(
         "--client-procs",
-        type=int,
+        type=processes,
         default=DEFAULTS.client_procs,
-        help="processes the editors are spread over (default %(default)s)",
+        help="processes the editors are spread over; auto (the default): as many as keep "
+        "each below --client-bound-percent at the offered load, up to half the cores",
+    )
+    load.add_argument(
+        "--client-bound-percent",
+        type=float,
+        default=DEFAULTS.client_bound_percent,
+        help="%% of a core past which an editors' process is client-bound: figures taken "
+        "meanwhile are marked (default %(default)s)",
+    )
+    load.add_argument(
+        "--layout-bytes",
+        type=int,
+        default=DEFAULTS.layout_bytes,
+        help="size of each wireframe's layout JSON the projects are created with and the "
+        "writer commits (default %(default)s; a real page: 50000)",
+    )
+    load.add_argument(
+        "--delta",
+        action="store_true",
+        help="editors subscribe with delta: true (an UPDATE arrives as a `delta` frame)",
     )
     load.add_argument(
         "--connect-concurrency",
@@ -208,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def processes(text: str) -> int:
+    """`--client-procs`: a count, or auto (0: chosen by loadtest.client_load)."""
+    if text == "auto":
+        return 0
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError("at least 1, or auto")
+    return count
+
+
 def options_from(args: argparse.Namespace) -> Options:
     names = {f.name for f in fields(Options)} - {"gateway_env"}
     values = {name: getattr(args, name) for name in names if hasattr(args, name)}
@@ -238,8 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fuzz_main(argv[1:])
     args = build_parser().parse_args(argv)
     raise_open_files_limit()
+    options, advice = with_client_procs(args.scenario, options_from(args))
+    if advice:
+        print(f"sitebuilder-gateway bench: {advice}", file=sys.stderr)
     try:
-        report = uvloop.run(cancellable(ALL_SCENARIOS[args.scenario](options_from(args))))
+        report = uvloop.run(cancellable(ALL_SCENARIOS[args.scenario](options)))
     except (DeploymentError, OSError, RuntimeError, TimeoutError) as error:
         print(f"\nsitebuilder-gateway bench: {error}", file=sys.stderr)
         return 1
@@ -249,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    if advice:
+        report.notes.append(advice)
     print(table(report))
     out = args.out or default_out(args.scenario)
     plot = report.write(out)

@@ -17,6 +17,7 @@ import orjson
 from hdrh.histogram import HdrHistogram
 
 from loadtest.editors import new_histogram
+from loadtest.options import CLIENT_BOUND_PERCENT
 
 STDOUT_LIMIT = 1 << 28  # a result carries histograms and per-second counts
 EXIT_TIMEOUT = 30.0
@@ -112,6 +113,8 @@ class EditorPool:
         snapshot: bool = False,
         connect_concurrency: int = 200,
         follow: bool = False,
+        delta: bool = False,
+        client_bound_percent: float = CLIENT_BOUND_PERCENT,
     ) -> EditorPool:
         procs = max(1, min(procs, len(editors) or 1))
         started = []
@@ -133,6 +136,8 @@ class EditorPool:
                     "snapshot": snapshot,
                     "connect_concurrency": max(1, connect_concurrency // procs),
                     "follow": follow,
+                    "delta": delta,
+                    "client_bound_percent": client_bound_percent,
                 }
             )
             started.append(editor_process)

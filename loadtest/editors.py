@@ -7,7 +7,8 @@ on uvloop, one orjson parse per frame and nothing else per frame but counting.
 The driver writes one JSON object per line on stdin and reads one per line on stdout.
 The first line is the job (see `Job`); then commands:
 
-- `{"cmd": "interval"}`: report the latency histogram since the last interval, reset it;
+- `{"cmd": "interval"}`: report the latency histogram since the last interval (and this
+  process's CPU, bytes received and client-bound deliveries since then), reset it;
 - `{"cmd": "drop", "fraction": 0.3}`: abort that share of the connections (no close
   frame, as a dropped network does); their editors remember their last position;
 - `{"cmd": "resume", "targets": {wireframe_id: seq}}`: reconnect the dropped editors
@@ -23,6 +24,14 @@ The first line is the job (see `Job`); then commands:
   report the result and exit; with `"changes_each": n`, also until this process's
   editors have n changes each (bulk inserts carry no seqs: `bench feed`).
 
+With `delta` in the job, editors subscribe with `delta: true`: an UPDATE then arrives
+as a `delta` frame (the row's `id`, changed columns in `set`, merge patches of changed
+jsonb columns in `patch`), counted as a delivery like a `change`.
+
+This process samples its own CPU every second. A delivery that arrived while it used
+more than `client_bound_percent` of a core is *client-bound*: it may have waited for
+this process rather than for the server, so its latency is partly the client's.
+
 With `follow` in the job, an editor whose connection is cut without its asking
 reconnects by itself, as the product's client does (exponential backoff with jitter,
 250 ms base), to the same URL, and resumes with `subscribe {since}` from its last
@@ -32,9 +41,10 @@ Events (`event` key): `progress` (every half second), `ready` (every editor conn
 authenticated and subscribed, or failed), `interval`, `dropped`, `resumed`, `armed`,
 `recovered`, `disarmed`, `result`.
 Counting: each wireframe change carries the writer's sequence number in
-`new.layout.bench_seq`; an editor keeps a bitmap of the seqs it saw per wireframe, so
-a repeat is a duplicate, a seq below the highest seen is out of order, and whatever
-the writer committed that never arrived is lost; each is counted per editor as well.
+`new.layout.bench_seq` (a delta: in `patch.layout` or `set.layout`); an editor keeps a
+bitmap of the seqs it saw per wireframe, so a repeat is a duplicate, a seq below the
+highest seen is out of order, and whatever the writer committed that never arrived is
+lost; each is counted per editor as well.
 """
 
 from __future__ import annotations
@@ -57,6 +67,8 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 SLOW_CONSUMER_CLOSE = 4008
 CHANGE_PREFIX = b'{"type":"change"'
+DELTA_PREFIX = b'{"type":"delta"'
+SEQ_KEY = b'"bench_seq":'
 # Presence frames are counted, not read: a project's state lists every connection, so
 # parsing each joiner's would make this process, not the server, the storm's bottleneck.
 PRESENCE_PREFIX = b'{"type":"presence.'
@@ -64,6 +76,8 @@ DIGITS = frozenset(b"0123456789")
 LATENCY_MAX_US = 600_000_000  # ten minutes: anything later is recorded as this
 STEP_TIMEOUT = 60.0  # longest wait for one reply (connect, auth, subscribe)
 PROGRESS_EVERY = 0.5
+CPU_EVERY = 1.0  # seconds per CPU sample (one per second of the deliveries' series)
+SHORTEST_SPAN = 0.1  # seconds: a shorter sample's CPU % is mostly the clock's 10 ms tick
 # The product's client (gateway/app/static/sitebuilder-client.js): base * 2^attempt capped,
 # half of it fixed and half random, so a worker's editors do not all return at once.
 BACKOFF_BASE = 0.25
@@ -79,6 +93,16 @@ def new_histogram() -> HdrHistogram:
 def field_text(payload: bytes, key: bytes) -> str:
     """The string value of the first `key` (which ends in its opening quote), or ""."""
     start = payload.find(key)
+    if start < 0:
+        return ""
+    start += len(key)
+    return payload[start : payload.index(b'"', start)].decode()
+
+
+def last_field_text(payload: bytes, key: bytes) -> str:
+    """As `field_text`, searched from the end: `committed_at` and `position` close every
+    change and delta frame, after rows that may be hundreds of kilobytes."""
+    start = payload.rfind(key)
     if start < 0:
         return ""
     start += len(key)
@@ -105,6 +129,8 @@ class Job:
     snapshot: bool = False
     connect_concurrency: int = 200
     follow: bool = False  # reconnect by itself when the server cuts the connection
+    delta: bool = False  # subscribe with `delta: true`
+    client_bound_percent: float = 70.0
 
     @classmethod
     def parse(cls, line: bytes) -> Job:
@@ -126,6 +152,7 @@ class Tally:
     deliveries: int = 0
     last_arrival: float = 0.0  # epoch seconds of the latest delivery
     presence_bytes: int = 0
+    delta_frames: int = 0
     bytes_by_entity: dict[str, int] = field(default_factory=dict)
     frames_by_entity: dict[str, int] = field(default_factory=dict)
     duplicated: int = 0
@@ -150,6 +177,83 @@ class Tally:
         self.bytes_by_entity[entity] = self.bytes_by_entity.get(entity, 0) + size
         self.frames_by_entity[entity] = self.frames_by_entity.get(entity, 0) + 1
         return now
+
+
+@dataclass
+class Mark:
+    """A moment of this process: wall clock, CPU seconds used so far, deliveries so far."""
+
+    wall: float
+    cpu: float
+    deliveries: int
+
+    def percent_to(self, later: Mark) -> float:
+        """CPU used from this mark to `later`, in % of a core."""
+        return 100.0 * (later.cpu - self.cpu) / max(later.wall - self.wall, 1e-6)
+
+
+class Busy:
+    """How busy this process was: its CPU each second, and how many deliveries arrived
+    while it was above the threshold (client-bound: their latency includes this process
+    catching up, not only the server's). Sampled about once a second (CPU_EVERY), and
+    when the driver asks for an interval."""
+
+    def __init__(self, tally: Tally, threshold: float) -> None:
+        self.tally = tally
+        self.threshold = threshold
+        self.process = psutil.Process()
+        self.per_second: list[float] = []
+        self.hot = 0
+        self.span = self.mark()
+        self.interval = self.span
+        self.interval_hot = 0
+
+    def mark(self) -> Mark:
+        times = self.process.cpu_times()
+        return Mark(time.time(), times.user + times.system, self.tally.deliveries)
+
+    def sample(self) -> None:
+        """Close the current span: its CPU % goes to every second it covers (the highest
+        when a second has two), its deliveries are hot if it was above the threshold.
+        A span too short to measure goes on instead."""
+        now = self.mark()
+        if now.wall - self.span.wall < SHORTEST_SPAN:
+            return
+        percent = self.span.percent_to(now)
+        if percent > self.threshold:
+            self.hot += now.deliveries - self.span.deliveries
+        first = round(self.span.wall - self.tally.started)
+        last = max(first, round(now.wall - self.tally.started) - 1)
+        while len(self.per_second) <= last:
+            self.per_second.append(0.0)
+        for second in range(first, last + 1):
+            self.per_second[second] = max(self.per_second[second], round(percent, 1))
+        self.span = now
+
+    def since_interval(self) -> tuple[float, int]:
+        """CPU % and hot deliveries since the last call (a ramp step)."""
+        self.sample()
+        now = self.mark()
+        figures = self.interval.percent_to(now), self.hot - self.interval_hot
+        self.interval, self.interval_hot = now, self.hot
+        return figures
+
+    def delivering_percent(self) -> float:
+        """CPU % over the seconds that carried deliveries (the writing, not the setup)."""
+        busy = [
+            percent
+            for percent, count in zip(self.per_second, self.tally.per_second, strict=False)
+            if count
+        ]
+        return round(sum(busy) / len(busy), 1) if busy else 0.0
+
+    async def run(self) -> None:
+        """Sample on the second boundaries of the deliveries' series, so that second i's
+        CPU and second i's deliveries cover the same time."""
+        while True:
+            ahead = CPU_EVERY - (time.time() - self.tally.started) % CPU_EVERY
+            await asyncio.sleep(ahead if ahead > SHORTEST_SPAN else ahead + CPU_EVERY)
+            self.sample()
 
 
 class Seen:
@@ -272,6 +376,9 @@ class Editor(WSListener):
         if payload.startswith(CHANGE_PREFIX):
             self.on_change(payload)
             return
+        if payload.startswith(DELTA_PREFIX):
+            self.on_delta(payload)
+            return
         if payload.startswith(PRESENCE_PREFIX):
             self.tally.presence_bytes += len(payload)
             return
@@ -297,27 +404,48 @@ class Editor(WSListener):
     def on_change(self, payload: bytes) -> None:
         """Read the few fields counted straight from the bytes: a full JSON parse of every
         5 KB frame would make this process, not the server, the bottleneck."""
-        entity = field_text(payload, b'"entity":"')
-        committed = datetime.fromisoformat(field_text(payload, b'"committed_at":"')).timestamp()
-        arrived = self.tally.delivered(entity, len(payload), committed)
-        self.outage.delivered(committed, arrived)
-        position = field_text(payload, b'"position":"')
-        if position:
-            self.position = position
-        if entity != "wireframe":
+        if self.arrived(payload) != "wireframe":
             return
         new = payload.find(b'"new":{"id":"')
-        seq_at = payload.find(b'"bench_seq":', new)
-        if new < 0 or seq_at < 0:
+        if new >= 0:
+            self.count_seq(payload[new + 13 : new + 49], payload, payload.find(SEQ_KEY, new))
+
+    def on_delta(self, payload: bytes) -> None:
+        """An UPDATE to a delta subscriber: the row is the frame's own `id`, its seq in
+        `patch` (or in `set`, when the whole layout was sent)."""
+        self.tally.delta_frames += 1
+        if self.arrived(payload) != "wireframe":
             return
-        wireframe_id = payload[new + 13 : new + 49].decode()
-        end = seq_at + 12
+        at = payload.find(b',"id":"')
+        if at >= 0:
+            self.count_seq(payload[at + 7 : at + 43], payload, payload.find(SEQ_KEY, at))
+
+    def arrived(self, payload: bytes) -> str:
+        """Count a change or delta frame (latency, bytes, this editor's position); its entity."""
+        entity = field_text(payload, b'"entity":"')
+        committed = datetime.fromisoformat(
+            last_field_text(payload, b'"committed_at":"')
+        ).timestamp()
+        arrived = self.tally.delivered(entity, len(payload), committed)
+        self.outage.delivered(committed, arrived)
+        position = last_field_text(payload, b'"position":"')
+        if position:
+            self.position = position
+        return entity
+
+    def count_seq(self, row_id: bytes, payload: bytes, seq_at: int) -> None:
+        """The wireframe `row_id`'s seq (its digits at `seq_at`, -1: none): new, repeated
+        or out of order for this editor."""
+        if seq_at < 0:
+            return
+        end = start = seq_at + len(SEQ_KEY)
         while payload[end] in DIGITS:
             end += 1
+        wireframe_id = row_id.decode()
         seen = self.seen.get(wireframe_id)
         if seen is None:
             seen = self.seen[wireframe_id] = Seen()
-        outcome = seen.add(int(payload[seq_at + 12 : end]))
+        outcome = seen.add(int(payload[start:end]))
         if outcome == DUPLICATE:
             self.duplicated += 1
             self.tally.duplicated += 1
@@ -437,6 +565,8 @@ async def open_editor(job: Job, editor: Editor, steps: Steps, since_position: st
 
 async def subscribe(job: Job, editor: Editor, since_position: str | None) -> None:
     frame: dict[str, Any] = {"type": "subscribe", "project_id": editor.project_id}
+    if job.delta:
+        frame["delta"] = True
     if since_position is not None:
         frame["since"] = since_position
     else:
@@ -485,6 +615,7 @@ class Session:
     def __init__(self, job: Job) -> None:
         self.job = job
         self.tally = Tally()
+        self.busy = Busy(self.tally, job.client_bound_percent)
         self.editors = [
             Editor(self.tally, e.get("token", ""), e.get("project_id", ""), e.get("wireframes", []))
             for e in job.editors
@@ -600,10 +731,14 @@ class Session:
         )
 
     def interval(self) -> None:
+        cpu_percent, hot = self.busy.since_interval()
         emit(
             "interval",
             latency=self.tally.interval.encode().decode(),
             received=self.tally.deliveries,
+            bytes=sum(self.tally.bytes_by_entity.values()),
+            cpu_percent=round(cpu_percent, 1),
+            client_bound_deliveries=hot,
         )
         self.tally.interval.reset()
 
@@ -659,6 +794,7 @@ class Session:
             editor.on_cut = None
             editor.close()
         await wait_until(lambda: self.connected() == 0, 5.0)
+        self.busy.sample()
         tally = self.tally
         emit(
             "result",
@@ -670,6 +806,7 @@ class Session:
             last_arrival=tally.last_arrival,
             bytes_by_entity=tally.bytes_by_entity,
             frames_by_entity=tally.frames_by_entity,
+            delta_frames=tally.delta_frames,
             lost=sum(lost),
             duplicated=tally.duplicated,
             out_of_order=tally.out_of_order,
@@ -684,6 +821,10 @@ class Session:
             closes={str(code): n for code, n in tally.closes.items()},
             slow_consumer_closes=tally.closes.get(SLOW_CONSUMER_CLOSE, 0),
             cpu_seconds=sum(self.process.cpu_times()[:2]) - self.cpu_start,
+            cpu_per_second=self.busy.per_second,
+            cpu_percent_delivering=self.busy.delivering_percent(),
+            client_bound_deliveries=self.busy.hot,
+            client_bound_percent=self.busy.threshold,
         )
 
 
@@ -698,6 +839,7 @@ async def run() -> None:
     reader = await commands()
     session = Session(Job.parse(await reader.readline()))
     progress = asyncio.create_task(session.report_progress())
+    sampling = asyncio.create_task(session.busy.run())
     try:
         await session.open()
         while line := await reader.readline():
@@ -724,9 +866,10 @@ async def run() -> None:
                     return
     finally:
         await session.stop_rejoining()
-        progress.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await progress
+        for task in (progress, sampling):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 if __name__ == "__main__":

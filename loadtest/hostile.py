@@ -45,7 +45,7 @@ from loadtest.hostile_clients import PATTERNS, Limits
 from loadtest.options import Options
 from loadtest.population import Project, create_projects, create_users, tokens
 from loadtest.report import Report, Run, latency_ms
-from loadtest.scenarios import config_of, one_project, target
+from loadtest.scenarios import LOAD_KEYS, config_of, one_project, target
 from loadtest.streams import STEP_TIMEOUT, measure, open_stream
 from loadtest.usage import Usage
 from loadtest.writer import Writer
@@ -274,7 +274,7 @@ async def one_run(name: str, options: Options, limits: Limits, loud: bool) -> Ou
         projects, editors, owner = await one_project(deployment, options)
         job = await hostile_job(deployment, projects[0], options, limits)
         wireframes = [w for project in projects for w in project.wireframes]
-        writer = Writer(deployment.database_url, wireframes, str(owner))
+        writer = Writer(deployment.database_url, wireframes, str(owner), options.layout_bytes)
         await writer.open()
         processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
         crowd: HostileProcess | None = None
@@ -478,7 +478,7 @@ async def hostile(options: Options) -> Report:
     options = with_caps(options)
     limits = limits_of(options)
     patterns_of(options)  # refuse unknown ones before anything starts
-    keys = ["subscribers", "rate", "duration", "wireframes", "client_procs", "hostile"]
+    keys = ["subscribers", "rate", "duration", "wireframes", *LOAD_KEYS, "hostile"]
     if options.hostile_patterns != "all":
         keys.append("hostile_patterns")
     if options.workers is not None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+LAYOUT_BYTES = 2048  # a realistic wireframe layout: ~2 KB of jsonb
+CLIENT_BOUND_PERCENT = 70.0  # % of a core: past it an editors' process delays what it reads
+
 
 @dataclass
 class Options:
@@ -19,7 +22,10 @@ class Options:
     clients: int = 1000
     drop_fraction: float = 0.3
     snapshot: bool = False
-    client_procs: int = 1
+    client_procs: int = 0  # 0: chosen from the offered load (loadtest.client_load)
+    client_bound_percent: float = CLIENT_BOUND_PERCENT
+    layout_bytes: int = LAYOUT_BYTES
+    delta: bool = False  # editors subscribe with `delta: true`
     connect_concurrency: int = 200
     drain_seconds: float = 30.0
     ramp: bool = False

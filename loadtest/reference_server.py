@@ -36,16 +36,19 @@ def emit(event: str, **fields: Any) -> None:
 
 
 def change_frame(entity: str, size: int, wireframe_id: str, seq: int, due: float) -> bytes:
-    """A frame the editors count exactly as they count the gateway's. Its commit time is
-    when the simulated commit was due, not when this busy loop got to it: an overloaded
-    server must show as latency, as an overloaded gateway does."""
+    """A frame the editors count exactly as they count the gateway's, its fields where
+    the gateway's are (the row first, `committed_at` and `position` last: the editors
+    search for those from the end). Its commit time is when the simulated commit was
+    due, not when this busy loop got to it: an overloaded server must show as latency,
+    as an overloaded gateway does."""
     frame: dict[str, Any] = {
         "type": "change",
         "entity": entity,
         "op": "update",
-        "committed_at": datetime.fromtimestamp(due, UTC).isoformat(),
         "new": {"id": wireframe_id, "layout": {"bench_seq": seq}},
         "pad": "",
+        "committed_at": datetime.fromtimestamp(due, UTC).isoformat(),
+        "position": str(seq),
     }
     bare = len(orjson.dumps(frame))
     frame["pad"] = "x" * max(0, size - bare)

@@ -18,6 +18,9 @@ import orjson
 from hdrh.histogram import HdrHistogram
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
+# Figures a client-bound run marks in the table: what the editors' own delay can change.
+CLIENT_BOUND_MARK = " *"
+MARKED = ("deliveries_per_s", "egress_mb_per_s", "sustained_deliveries_per_s")
 CURVE = [0, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 99.999]
 
 
@@ -48,6 +51,11 @@ class Run:
     latency: HdrHistogram | None = None
     throughput: list[int] = field(default_factory=list)  # deliveries in each second
 
+    @property
+    def client_bound(self) -> bool:
+        """Whether its figures are partly the editors' processes' (loadtest.streams)."""
+        return bool(self.figures.get("client_bound") or self.figures.get("sustained_client_bound"))
+
     def as_json(self) -> dict[str, Any]:
         out = dict(self.figures)
         if self.latency is not None:
@@ -72,6 +80,7 @@ class Report:
             "config": self.config,
             "machine": {"cpus": _cpu_count(), "python": platform.python_version()},
             "runs": [run.as_json() for run in self.runs],
+            "client_bound_runs": [run.name for run in self.runs if run.client_bound],
             **self.ratios,
             "notes": self.notes,
         }
@@ -88,6 +97,8 @@ def _cpu_count() -> int | None:
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
     if isinstance(value, int):
@@ -98,17 +109,12 @@ def _cell(value: Any) -> str:
 
 
 def table(report: Report) -> str:
-    """Rows are figures, columns are runs: side by side is how they are compared."""
+    """Rows are figures, columns are runs: side by side is how they are compared. A
+    client-bound run's latencies and rates are marked, and why is said below."""
     rows: dict[str, list[str]] = {}
     for index, run in enumerate(report.runs):
-        figures = dict(run.figures)
-        if run.latency is not None:
-            for name, value in latency_ms(run.latency).items():
-                figures[f"latency {name} (ms)"] = value
-        for key, value in figures.items():
-            if isinstance(value, list):
-                continue  # ramp steps: a section of their own below
-            rows.setdefault(key, [""] * len(report.runs))[index] = _cell(value)
+        for key, cell in run_rows(run).items():
+            rows.setdefault(key, [""] * len(report.runs))[index] = cell
     head = ["", *(run.name for run in report.runs)]
     width = [max(len(r) for r in [head[0], *rows]) + 2]
     width += [
@@ -126,19 +132,56 @@ def table(report: Report) -> str:
         lines.append(
             key.ljust(width[0]) + "".join(c.rjust(w) for c, w in zip(cells, width[1:], strict=True))
         )
+    lines += [client_bound_line(run) for run in report.runs if run.client_bound]
     for run in report.runs:
-        for step in run.figures.get("ramp", []):
-            figures = step["latency_ms"]
-            lines.append(
-                f"ramp {run.name}: {step['rate']:>8,.1f} commits/s  "
-                f"{step['deliveries_per_s']:>10,.0f} deliveries/s  arrived {step['arrived']:.3f}  "
-                f"p50 {figures['p50']:.1f} ms  p99 {figures['p99']:.1f} ms"
-                + cpu_line(step.get("cpu_percent", {}))
-            )
+        lines += [ramp_line(run.name, step) for step in run.figures.get("ramp", [])]
+    bound = any(run.client_bound for run in report.runs)
     for name, value in report.ratios.items():
-        lines.append(f"{name}: {value:.3f}")
+        lines.append(f"{name}: {value:.3f}" + (" (client-bound)" if bound else ""))
     lines.extend(report.notes)
     return "\n".join(lines)
+
+
+def run_rows(run: Run) -> dict[str, str]:
+    """One run's cells by row: its figures (ramp steps and series apart) and latency."""
+    figures = dict(run.figures)
+    if run.latency is not None:
+        for name, value in latency_ms(run.latency).items():
+            figures[f"latency {name} (ms)"] = value
+    mark = CLIENT_BOUND_MARK if run.client_bound else ""
+    return {
+        key: _cell(value) + (mark if key in MARKED or key.startswith("latency ") else "")
+        for key, value in figures.items()
+        if not isinstance(value, list)  # ramp steps, per-second series: below, in the JSON
+    }
+
+
+def client_bound_line(run: Run) -> str:
+    figures = run.figures
+    share = figures.get("client_bound_share")
+    return (
+        f"{CLIENT_BOUND_MARK.strip()} client-bound ({run.name}): "
+        + (f"{share:.1%} of the deliveries arrived " if share is not None else "")
+        + "while an editors' process was above the CPU threshold (busiest "
+        f"{figures.get('editors_process_cpu_percent', 0):.0f}% of a core): these latencies "
+        "and rates are partly the client's; use fewer editors or more --client-procs"
+    )
+
+
+def ramp_line(name: str, step: dict[str, Any]) -> str:
+    figures = step["latency_ms"]
+    return (
+        f"ramp {name}: {step['rate']:>8,.1f} commits/s  "
+        f"{step['deliveries_per_s']:>10,.0f} deliveries/s  "
+        f"{step.get('egress_mb_per_s', 0.0):>8,.1f} MB/s  arrived {step['arrived']:.3f}  "
+        f"p50 {figures['p50']:.1f} ms  p99 {figures['p99']:.1f} ms"
+        + cpu_line(step.get("cpu_percent", {}))
+        + (
+            f"  CLIENT-BOUND (editors' process {step['editors_process_cpu_percent']:.0f}%)"
+            if step.get("client_bound")
+            else ""
+        )
+    )
 
 
 def cpu_line(cpu: dict[str, float]) -> str:
@@ -159,16 +202,20 @@ def plot(report: Report, path: Path) -> Path | None:
 
     figure, (curve_axes, rate_axes) = pyplot.subplots(1, 2, figsize=(13, 4.8))
     for run in runs:
+        label = f"{run.name} (client-bound)" if run.client_bound else run.name
+        style = "--" if run.client_bound else "-"
         points = curve_ms(run.latency) if run.latency is not None else []
         if points:
             curve_axes.plot(
                 [1 / (1 - p / 100) if p < 100 else 1e6 for p, _ in points],
                 [value for _, value in points],
+                style,
                 marker="o",
-                label=run.name,
+                label=label,
             )
         if run.throughput:
-            rate_axes.plot(range(len(run.throughput)), run.throughput, label=run.name)
+            rate_axes.plot(range(len(run.throughput)), run.throughput, style, label=label)
+        shade_client_bound(rate_axes, run, report.config.get("client_bound_percent"))
     curve_axes.set_xscale("log")
     curve_axes.set_xticks([1, 2, 10, 100, 1000, 10000, 100000])
     curve_axes.set_xticklabels(["0", "50", "90", "99", "99.9", "99.99", "99.999"])
@@ -189,3 +236,18 @@ def plot(report: Report, path: Path) -> Path | None:
     figure.savefig(path, dpi=110)
     pyplot.close(figure)
     return path
+
+
+def shade_client_bound(axes: Any, run: Run, threshold: float | None) -> None:
+    """The seconds an editors' process was above the threshold while deliveries arrived."""
+    seconds = run.figures.get("client_bound_seconds", [])
+    for index, second in enumerate(seconds):
+        axes.axvspan(
+            second,
+            second + 1,
+            color="tab:red",
+            alpha=0.12,
+            label=f"{run.name}: editors' process > {threshold or 0:.0f}% of a core"
+            if index == 0
+            else None,
+        )

@@ -29,13 +29,13 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from loadtest import deployment as deployments
+from loadtest.client_load import frames_per_commit
 from loadtest.deployment import Deployment, DeploymentError, worker_index
 from loadtest.editor_pool import merged
 from loadtest.options import Options
 from loadtest.population import Project, create_projects, create_users, tokens
 from loadtest.report import Report, Run, latency_ms
 from loadtest.streams import (
-    DEFAULT_FRAMES,
     STEP_TIMEOUT,
     Stream,
     connect_failures,
@@ -111,6 +111,11 @@ def ramp_ratios(gateway: Run, reference: Run, bound_ms: float) -> dict[str, floa
     return ratios
 
 
+# What every scenario's report says of its load: the editors' processes, the layout's
+# size, whether they subscribe to deltas, and past what CPU a figure is client-bound.
+LOAD_KEYS = ("client_procs", "layout_bytes", "delta", "client_bound_percent")
+
+
 def config_of(options: Options, *keys: str) -> dict[str, Any]:
     values = asdict(options)
     return {key: values[key] for key in keys}
@@ -124,13 +129,13 @@ async def one_project(
     )
     tokens_by_user = tokens(deployment, users, ttl=int(options.duration * 20 + 3600))
     projects = await create_projects(
-        deployment, tokens_by_user, [(users[0], users)], options.wireframes
+        deployment, tokens_by_user, [(users[0], users)], options.wireframes, options.layout_bytes
     )
     return projects, editors_of(projects, tokens_by_user, options.subscribers), users[0]
 
 
 async def fanout(options: Options) -> Report:
-    keys = ["subscribers", "rate", "duration", "wireframes", "client_procs"]
+    keys = ["subscribers", "rate", "duration", "wireframes", *LOAD_KEYS]
     if options.workers is not None:
         keys.append("workers")
     if options.ramp:
@@ -150,17 +155,16 @@ async def fanout(options: Options) -> Report:
 
 
 async def reference(options: Options) -> Report:
-    report = Report(
-        "reference", config_of(options, "subscribers", "rate", "duration", "client_procs")
-    )
-    report.runs.append(await stream_reference(options, DEFAULT_FRAMES, options.subscribers))
+    report = Report("reference", config_of(options, "subscribers", "rate", "duration", *LOAD_KEYS))
+    frames = frames_per_commit(options)
+    report.runs.append(await stream_reference(options, frames, options.subscribers))
     return report
 
 
 async def projects(options: Options) -> Report:
     report = Report(
         "projects",
-        config_of(options, "projects", "editors_per_project", "rate", "duration", "client_procs"),
+        config_of(options, "projects", "editors_per_project", "rate", "duration", *LOAD_KEYS),
     )
     async with target(options) as deployment:
         users = await create_users(deployment.database_url, options.projects)
@@ -170,7 +174,9 @@ async def projects(options: Options) -> Report:
             (users[p], [users[(p + k) % len(users)] for k in range(size)])
             for p in range(options.projects)
         ]
-        created = await create_projects(deployment, tokens_by_user, plans, wireframes=1)
+        created = await create_projects(
+            deployment, tokens_by_user, plans, wireframes=1, layout_bytes=options.layout_bytes
+        )
         editors = editors_of(created, tokens_by_user, options.editors_per_project)
         report.runs.append(
             await stream_gateway("gateway", deployment, created, editors, users[0], options)
@@ -180,7 +186,7 @@ async def projects(options: Options) -> Report:
 
 async def storm(options: Options) -> Report:
     """Everyone at once: connect, authenticate, subscribe with a snapshot."""
-    report = Report("storm", config_of(options, "clients", "projects", "client_procs"))
+    report = Report("storm", config_of(options, "clients", "projects", *LOAD_KEYS))
     async with target(options) as deployment:
         users = await create_users(
             deployment.database_url, max(1, min(options.users, options.clients))
@@ -188,7 +194,9 @@ async def storm(options: Options) -> Report:
         tokens_by_user = tokens(deployment, users, ttl=3600)
         count = max(1, min(options.projects, options.clients))
         plans = [(users[p % len(users)], users) for p in range(count)]
-        created = await create_projects(deployment, tokens_by_user, plans, options.wireframes)
+        created = await create_projects(
+            deployment, tokens_by_user, plans, options.wireframes, options.layout_bytes
+        )
         per_project = -(-options.clients // count)
         editors = editors_of(created, tokens_by_user, per_project)[: options.clients]
         processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
@@ -236,7 +244,7 @@ async def one_project_stream(
     a stream); both stopped afterwards. Yields (writer, stream, editors, ready)."""
     projects, editors, owner = await one_project(deployment, options)
     wireframes = [w for project in projects for w in project.wireframes]
-    writer = Writer(deployment.database_url, wireframes, str(owner))
+    writer = Writer(deployment.database_url, wireframes, str(owner), options.layout_bytes)
     await writer.open()
     try:
         processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
@@ -255,7 +263,7 @@ async def reconnect(options: Options) -> Report:
     """A share of the editors vanishes mid-stream and comes back with `since`."""
     report = Report(
         "reconnect",
-        config_of(options, "subscribers", "rate", "duration", "drop_fraction", "client_procs"),
+        config_of(options, "subscribers", "rate", "duration", "drop_fraction", *LOAD_KEYS),
     )
     async with (
         target(options) as deployment,
@@ -474,7 +482,7 @@ async def failover(options: Options) -> Report:
     options = replace(options, workers=workers)
     report = Report(
         "failover",
-        config_of(options, "subscribers", "rate", "duration", "workers", "client_procs"),
+        config_of(options, "subscribers", "rate", "duration", "workers", *LOAD_KEYS),
     )
     async with (
         target(options) as deployment,

@@ -30,6 +30,9 @@ STEP_TIMEOUT = 120.0
 # The frames one commit sends each editor when no gateway run measured them: the
 # wireframe change (new and old row) and the version row the update records.
 DEFAULT_FRAMES = [{"entity": "wireframe", "bytes": 4700}, {"entity": "version", "bytes": 7200}]
+# A figure is client-bound when more of its deliveries than this arrived while their
+# editors' process was above the CPU threshold: enough to make its p99 the client's.
+CLIENT_BOUND_SHARE = 0.01
 
 
 class Progress:
@@ -134,6 +137,8 @@ async def open_stream(
         snapshot=snapshot,
         connect_concurrency=connect_concurrency or options.connect_concurrency,
         follow=follow,
+        delta=options.delta,
+        client_bound_percent=options.client_bound_percent,
     )
     progress = Progress(pool, len(editors), f"{name} connecting")
     ready = await pool.ready(READY_TIMEOUT, progress.tick)
@@ -181,11 +186,15 @@ def result_figures(
         sizes.update(result["bytes_by_entity"])
         closes.update(result["closes"])
         errors.update(result["errors"])
-    series = per_second_since(results, stream_started)
+    series = [int(sum(second)) for second in seconds_since(results, stream_started, "per_second")]
+    while series and series[-1] == 0:
+        series.pop()
     busy = [count for count in series if count]
+    per_second = round(sum(busy) / len(busy), 1) if busy else 0.0
     figures = {
         "deliveries": deliveries,
-        "deliveries_per_s": round(sum(busy) / len(busy), 1) if busy else 0.0,
+        "deliveries_per_s": per_second,
+        **egress(sum(sizes.values()), deliveries, per_second),
         "lost": sum(r["lost"] for r in results),
         "duplicated": sum(r["duplicated"] for r in results),
         "out_of_order": sum(r["out_of_order"] for r in results),
@@ -198,24 +207,63 @@ def result_figures(
         "errors": dict(errors),
         "frame_bytes": {k: round(sizes[k] / frames[k]) for k in frames},
         "frames": dict(frames),
+        "delta_frames": sum(r["delta_frames"] for r in results),
+        **client_bound(results, series, stream_started),
     }
     return figures, latency, series
 
 
-def per_second_since(results: list[dict[str, Any]], stream_started: float) -> list[int]:
-    """Deliveries per wall-clock second from the stream's start, all processes added."""
-    total: list[int] = []
+def egress(size: int, deliveries: int, per_second: float) -> dict[str, float]:
+    """Bytes per delivery and what the editors received per second (MB: 10^6 bytes), over
+    the same seconds as deliveries/s."""
+    each = size / deliveries if deliveries else 0.0
+    return {"bytes_per_delivery": round(each), "egress_mb_per_s": round(per_second * each / 1e6, 2)}
+
+
+def client_bound(
+    results: list[dict[str, Any]], series: list[int], stream_started: float
+) -> dict[str, Any]:
+    """Whether the run's figures are the client's: the share of deliveries that arrived
+    while their editors' process was above the threshold, the busiest process's CPU over
+    the seconds it delivered, and the seconds (from the stream's start) any process was
+    above the threshold while deliveries arrived."""
+    deliveries = sum(r["deliveries"] for r in results)
+    hot = sum(r["client_bound_deliveries"] for r in results)
+    share = hot / deliveries if deliveries else 0.0
+    threshold = min(r["client_bound_percent"] for r in results)
+    cpu = [
+        max(second, default=0.0)
+        for second in seconds_since(results, stream_started, "cpu_per_second")
+    ]
+    return {
+        "editors_process_cpu_percent": max(r["cpu_percent_delivering"] for r in results),
+        "client_bound_share": round(share, 4),
+        "client_bound": share > CLIENT_BOUND_SHARE,
+        "editors_cpu_per_second": cpu,
+        "client_bound_seconds": [
+            second
+            for second, percent in enumerate(cpu)
+            if percent > threshold and second < len(series) and series[second]
+        ],
+    }
+
+
+def seconds_since(
+    results: list[dict[str, Any]], stream_started: float, key: str
+) -> list[list[float]]:
+    """A per-second series of every editor process (`key` of its result, indexed from the
+    process's start), realigned to wall-clock seconds from the stream's start: for each
+    second, every process's value."""
+    total: list[list[float]] = []
     for result in results:
         offset = round(result["started"] - stream_started)
-        for second, count in enumerate(result["per_second"]):
+        for second, value in enumerate(result[key]):
             at = second + offset
             if at < 0:
                 continue
             while len(total) <= at:
-                total.append(0)
-            total[at] += count
-    while total and total[-1] == 0:
-        total.pop()
+                total.append([])
+            total[at].append(value)
     return total
 
 
@@ -246,15 +294,18 @@ async def settle(pool: EditorPool, before: int, expected: float | None, limit: f
 
 async def ramp_steps(
     stream: Stream, commit: Callable[[float, float], Awaitable[Any]], options: Options
-) -> tuple[list[dict[str, Any]], float]:
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Raise the rate step by step until a step is not sustained: its p99 passes the
     bound, or fewer than 90% of the frames it offered arrived within the step (the
-    first step tells how many frames a commit sends each editor). The best step's rate.
-    Each step says who used the CPU (and how much went to other work on the machine)."""
+    first step tells how many frames a commit sends each editor). The last step
+    sustained, if any.
+    Each step says who used the CPU (and how much went to other work on the machine),
+    what the editors received in bytes, and whether it was client-bound."""
     steps: list[dict[str, Any]] = []
     rate = options.rate
-    sustained = 0.0
+    sustained: dict[str, Any] | None = None
     frames_per_commit: float | None = None
+    received_bytes = 0
     for _ in range(options.max_steps):
         before = stream.pool.received
         started = time.monotonic()
@@ -276,13 +327,29 @@ async def ramp_steps(
             "arrived": round(arrived, 3),
             "latency_ms": latency_ms(latency),
             "cpu_percent": meter.stop(),
+            **step_load(intervals, received, received_bytes, elapsed),
         }
+        received_bytes = sum(event["bytes"] for event in intervals)
         steps.append(step)
         if step["latency_ms"]["p99"] > options.p99_bound_ms or arrived < 0.9:
             break
-        sustained = step["deliveries_per_s"]
+        sustained = step
         rate *= options.ramp_factor
     return steps, sustained
+
+
+def step_load(
+    intervals: list[dict[str, Any]], received: int, before_bytes: int, elapsed: float
+) -> dict[str, Any]:
+    """A ramp step's bytes per delivery and egress, its busiest editors' process's CPU,
+    and whether it was client-bound (as `client_bound` says of a whole run)."""
+    size = sum(event["bytes"] for event in intervals) - before_bytes
+    hot = sum(event["client_bound_deliveries"] for event in intervals)
+    return {
+        **egress(size, received, received / elapsed),
+        "editors_process_cpu_percent": max(event["cpu_percent"] for event in intervals),
+        "client_bound": hot > CLIENT_BOUND_SHARE * max(1, received),
+    }
 
 
 async def measure(
@@ -306,7 +373,8 @@ async def measure(
     if options.ramp:
         steps, sustained = await ramp_steps(stream, commit, options)
         figures["ramp"] = steps
-        figures["sustained_deliveries_per_s"] = sustained
+        figures["sustained_deliveries_per_s"] = sustained["deliveries_per_s"] if sustained else 0.0
+        figures["sustained_client_bound"] = bool(sustained and sustained["client_bound"])
     else:
         await stream.progress.during(commit(options.rate, options.duration))
     usage = stream.usage_figures()
@@ -325,7 +393,7 @@ async def stream_gateway(
     options: Options,
 ) -> Run:
     wireframes = [w for project in projects for w in project.wireframes]
-    writer = Writer(deployment.database_url, wireframes, str(owner))
+    writer = Writer(deployment.database_url, wireframes, str(owner), options.layout_bytes)
     await writer.open()
     processes = {"gateway": deployment.gateway_pid, "postgres": deployment.postgres_pid}
     stream, ready = await open_stream(name, deployment.url, "gateway", editors, options, processes)

@@ -2,8 +2,8 @@
 
 That is where the product's changes come from (the AI builder's backend and editors'
 saves); the gateway is only told by its change feed. Each update replaces a
-wireframe's ~2 KB layout and numbers it (`bench_seq`, 1, 2, … per wireframe), which
-the editors check for loss, duplicates and order.
+wireframe's layout (~2 KB; `--layout-bytes`) and numbers it (`bench_seq`, 1, 2, … per
+wireframe), which the editors check for loss, duplicates and order.
 
 Commits to one wireframe must land in seq order, so each wireframe belongs to one
 lane (one connection, one commit at a time), and the lanes run side by side. Each
@@ -23,6 +23,7 @@ import orjson
 from hdrh.histogram import HdrHistogram
 
 from loadtest.editors import new_histogram
+from loadtest.options import LAYOUT_BYTES
 from loadtest.population import layout
 
 UPDATE = "UPDATE public.wireframes SET layout = $2::jsonb WHERE id = $1::uuid"
@@ -45,9 +46,16 @@ class Writes:
 
 
 class Writer:
-    def __init__(self, database_url: str, wireframes: list[str], actor: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        wireframes: list[str],
+        actor: str,
+        layout_bytes: int = LAYOUT_BYTES,
+    ) -> None:
         self.database_url = database_url
         self.wireframes = wireframes
+        self.layout_bytes = layout_bytes
         self.claims = orjson.dumps({"sub": actor, "role": "authenticated"}).decode()
         self.writes = Writes(commits=dict.fromkeys(wireframes, 0))
         self.lanes: list[asyncpg.Connection] = []
@@ -82,7 +90,7 @@ class Writer:
     async def _lane(
         self, conn: asyncpg.Connection, commits: range, start: float, rate: float
     ) -> None:
-        template = layout(0)
+        template = layout(0, self.layout_bytes)
         for k in commits:
             delay = start + k / rate - time.monotonic()
             if delay > 0:
