@@ -45,6 +45,9 @@ export interface ConnectOptions {
   onStatus?: (status: ConnectionStatus, info: StatusInfo) => void;
   /** A WebSocket implementation (default: globalThis.WebSocket). */
   WebSocket?: unknown;
+  /** Updates as deltas, applied by the client (default true): callbacks still get whole
+   * rows; version-history changes come without `data`/`changes` (`version.get`). */
+  delta?: boolean;
 }
 
 export interface StatusInfo {
@@ -80,7 +83,7 @@ export interface SubscribeOptions {
   /** Whenever who is here changes: everyone, by user. */
   onPresence?: (presence: Presence) => void;
   /** The gateway could not resume: local state was replaced by this fresh snapshot. */
-  onReset?: (snapshot: Snapshot, state: ProjectState, reason: ResetReason) => void;
+  onReset?: (snapshot: Snapshot, state: ProjectState, reason: ResetReason | "delta_mismatch") => void;
   /** The server ended the subscription (access revoked, project deleted). */
   onUnsubscribed?: (frame: Unsubscribed) => void;
   onError?: (error: SitebuilderError) => void;
@@ -256,6 +259,9 @@ export interface BuilderHelpers {
 export declare function builderHelpers(client: Client): BuilderHelpers;
 
 export declare function connect(url: string, options: ConnectOptions): Client;
+
+/** RFC 7396 MergePatch(target, patch): what a delta's `patch` does to a JSON column. */
+export declare function mergePatch(target: JsonValue | undefined, patch: JsonValue): JsonValue;
 
 /** The delay before reconnect attempt `attempt` (0-based): exponential, with jitter. */
 export declare function backoffDelay(

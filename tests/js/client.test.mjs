@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 
-import { backoffDelay, connect, SitebuilderError } from "../../gateway/app/static/sitebuilder-client.js";
+import { backoffDelay, connect, mergePatch, SitebuilderError } from "../../gateway/app/static/sitebuilder-client.js";
 import { Gateway, notify, psql, waitFor } from "./gateway.mjs";
 
 const gateway = new Gateway();
@@ -66,6 +66,94 @@ test("backoff doubles per attempt up to the maximum, with jitter in the upper ha
   for (let n = 0; n < 200; n++) {
     const delay = backoffDelay(5, { baseDelayMs: 100, maxDelayMs: 10_000 });
     assert.ok(delay >= 1600 && delay <= 3200, String(delay));
+  }
+});
+
+/** A WebSocket that notes each message it receives in `received`: its type and bytes. */
+function countingWebSocket(received) {
+  return class extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (event) =>
+        received.push({ type: JSON.parse(event.data).type, bytes: Buffer.byteLength(event.data) }),
+      );
+    }
+  };
+}
+
+test("mergePatch is RFC 7396's", () => {
+  // RFC 7396, Appendix A (a selection), and the nested case deltas use most.
+  assert.deepEqual(mergePatch({ a: "b" }, { a: "c" }), { a: "c" });
+  assert.deepEqual(mergePatch({ a: "b" }, { a: null }), {});
+  assert.deepEqual(mergePatch({ a: ["b"] }, { a: "c" }), { a: "c" });
+  assert.deepEqual(mergePatch({ a: { b: "c" } }, { a: { b: "d", c: null } }), { a: { b: "d" } });
+  assert.deepEqual(mergePatch(["a", "b"], ["c", "d"]), ["c", "d"]);
+  assert.deepEqual(mergePatch({ e: null }, { a: 1 }), { e: null, a: 1 });
+  assert.deepEqual(mergePatch("string", { a: { bb: { ccc: null } } }), { a: { bb: {} } });
+  const target = { s: { one: { t: 1 }, two: { t: 2 } } };
+  const patched = mergePatch(target, { s: { two: { t: 3 } } });
+  assert.deepEqual(patched, { s: { one: { t: 1 }, two: { t: 3 } } });
+  assert.deepEqual(target, { s: { one: { t: 1 }, two: { t: 2 } } }, "the target is left as it was");
+});
+
+test("an edit reaches another editor's delta subscription in a few hundred bytes, and its callback gets the whole row", async () => {
+  const received = [];
+  const watcher = connect(gateway.wsUrl, { getToken: gateway.tokens("alice"), WebSocket: countingWebSocket(received) });
+  const typist = connect(gateway.wsUrl, { getToken: gateway.tokens("bob"), delta: false });
+  try {
+    const a = follow(watcher, demo.project_id);
+    const b = follow(typist, demo.project_id);
+    const state = await a.handle.ready();
+    await b.handle.ready();
+    const wireframe = [...state.wireframes.values()][0];
+    const notes = "x".repeat(4000); // a layout of some size
+    await typist.rpc("wireframe.update", { id: wireframe.id, patch: { layout: { notes } } });
+    const isUpdate = (c) => c.entity === "wireframe" && c.op === "update";
+    const versions = (seen) => seen.changes.filter((c) => c.entity === "version").length;
+    await waitFor(() => versions(a.seen) === 1 && versions(b.seen) === 1, 10_000, "the first edit");
+    const before = structuredClone(a.handle.state.wireframes.get(wireframe.id));
+
+    received.length = 0;
+    const title = `Typed ${Date.now()}`;
+    await typist.rpc("wireframe.update", { id: wireframe.id, patch: { layout: { title } } });
+    const typed = (c) => isUpdate(c) && c.new.layout.title === title;
+    const version = (c) => c.entity === "version" && c.new.version_number === before.version + 1;
+    await waitFor(() => a.seen.changes.some(version) && b.seen.changes.some(typed), 10_000, "the keystroke");
+    const seen = a.seen.changes.find(typed);
+    const sent = b.seen.changes.find(typed);
+    assert.deepEqual(seen.new, sent.new, "the delta rebuilt the row the whole frame carries");
+    assert.deepEqual(seen.old, before);
+    assert.deepEqual(sent.old, before);
+    assert.equal(seen.new.layout.notes.length, 4000);
+    assert.deepEqual(a.handle.state.wireframes.get(wireframe.id), sent.new);
+    assert.equal(a.seen.changes.find(version).new.data, null, "versions come without data: version.get has it");
+    // The delta and the version's metadata, against the 9 KB of the whole frames.
+    const changes = received.filter((m) => m.type === "delta" || m.type === "change");
+    assert.deepEqual(changes.map((m) => m.type), ["delta", "change"]);
+    assert.ok(changes.every((m) => m.bytes < 700), JSON.stringify(changes));
+  } finally {
+    watcher.close();
+    typist.close();
+  }
+});
+
+test("a delta for a row the client does not hold at that version takes a fresh snapshot", async () => {
+  const client = connect(gateway.wsUrl, { getToken: gateway.tokens("carol") });
+  const { handle, seen } = follow(client, demo.project_id);
+  try {
+    const state = await handle.ready();
+    const sitemap = [...state.sitemaps.values()][0];
+    state.sitemaps.set(sitemap.id, { ...sitemap, version: sitemap.version - 1 }); // as if it missed one
+    const done = await client.rpc("sitemap.update", { id: sitemap.id, set: { description: "after a gap" } });
+    await waitFor(() => seen.resets.length === 1, 10_000, "the fresh snapshot");
+    assert.equal(seen.resets[0].reason, "delta_mismatch");
+    assert.equal(handle.state.sitemaps.get(sitemap.id).version, done.version);
+    assert.equal(handle.state.sitemaps.get(sitemap.id).description, "after a gap");
+    assert.ok(!seen.changes.some((c) => c.new?.description === "after a gap"), "the delta was not applied");
+    await client.rpc("sitemap.update", { id: sitemap.id, set: { description: "and on" } });
+    await waitFor(() => seen.changes.some((c) => c.new?.description === "and on"), 10_000, "live again");
+  } finally {
+    client.close();
   }
 });
 

@@ -16,6 +16,14 @@
 // the last position it applied (subscribe {since}), so nothing is missed or applied
 // twice, and when the gateway cannot replay (reset) the fresh snapshot replaces the
 // local state and onReset says so. The token is refreshed before it expires.
+//
+// Updates arrive as deltas (subscribe {delta: true}: the changed columns and merge
+// patches of JSON columns, a few hundred bytes for a keystroke in a large layout); the
+// client applies them to its state and hands callbacks the full change, `new` and `old`
+// rows whole, as if the gateway had sent them. A delta for a row it does not hold at
+// that version takes a fresh snapshot instead (onReset, reason "delta_mismatch").
+// Version-history changes then come without `data` and `changes`: `version.get` has them.
+// connect(url, {delta: false}) asks for whole rows.
 
 const DEFAULTS = {
   baseDelayMs: 250,
@@ -23,6 +31,7 @@ const DEFAULTS = {
   refreshMarginMs: 60_000,
   requestTimeoutMs: 15_000,
   heartbeatMs: 15_000,
+  delta: true,
 };
 // Close codes after which reconnecting cannot help (a token for another audience…
 // is still retried: getToken may return a better one).
@@ -97,6 +106,42 @@ function applyChange(state, change) {
   else state[key].set(change.new.id, change.new);
 }
 
+/** RFC 7396 MergePatch(target, patch): what a delta's `patch` does to a JSON column. */
+export function mergePatch(target, patch) {
+  if (patch === null || typeof patch !== "object" || Array.isArray(patch)) return patch;
+  const isObject = target !== null && typeof target === "object" && !Array.isArray(target);
+  const result = isObject ? { ...target } : {};
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) delete result[key];
+    else result[key] = mergePatch(result[key], value);
+  }
+  return result;
+}
+
+/** The full `change` a delta stands for, applied to `state`; null when the state does not
+ * hold the row at the version the delta applies to (the caller takes a snapshot). */
+function applyDelta(state, delta) {
+  const previous = delta.entity === "project" ? state.project : state[COLLECTIONS[delta.entity]]?.get(delta.id);
+  if (!previous || previous.id !== delta.id || (previous.version ?? null) !== delta.base_version) return null;
+  const row = { ...previous, ...delta.set };
+  for (const [column, patch] of Object.entries(delta.patch)) row[column] = mergePatch(previous[column], patch);
+  if (delta.version !== null) row.version = delta.version;
+  const change = {
+    type: "change",
+    entity: delta.entity,
+    project_id: delta.project_id,
+    op: "update",
+    new: row,
+    old: delta.old ?? previous,
+    actor: delta.actor,
+    committed_at: delta.committed_at,
+    position: delta.position,
+  };
+  if ("ref" in delta) change.ref = delta.ref;
+  applyChange(state, change);
+  return change;
+}
+
 function applyPresence(presence, frame) {
   if (frame.type === "presence.state") {
     for (const key of Object.keys(presence)) delete presence[key];
@@ -131,6 +176,7 @@ class ProjectHandle {
     this.hasSnapshot = false;
     this.snapshot = null;
     this.resetReason = null;
+    this.resyncing = false; // a delta did not apply: changes wait for a fresh snapshot
     this._ready = null;
   }
 
@@ -153,7 +199,7 @@ class ProjectHandle {
 
   /** Where a new connection resumes: the last change applied, else the snapshot. */
   get since() {
-    return this.hasSnapshot ? this.state.position : null;
+    return this.hasSnapshot && !this.resyncing ? this.state.position : null;
   }
 
   _emit(name, ...args) {
@@ -183,13 +229,26 @@ class ProjectHandle {
           this._emit("onReset", frame, this.state, this.resetReason ?? "history_unavailable");
         }
         this.resetReason = null;
+        this.resyncing = false;
         return;
       }
       case "change":
-        if (!this.hasSnapshot) return; // cannot happen: the gateway sends a snapshot first
+        if (!this.hasSnapshot || this.resyncing) return; // the gateway sends a snapshot first
         applyChange(this.state, frame);
         this._emit("onChange", frame, this.state);
         return;
+      case "delta": {
+        if (!this.hasSnapshot || this.resyncing) return;
+        const change = applyDelta(this.state, frame);
+        if (change === null) {
+          this.resyncing = true;
+          this.resetReason = "delta_mismatch";
+          this.client._resync(this);
+          return;
+        }
+        this._emit("onChange", change, this.state);
+        return;
+      }
       case "reset":
         this.resetReason = frame.reason;
         return;
@@ -592,6 +651,7 @@ class Client {
 
   _sendSubscribe(handle) {
     const frame = { type: "subscribe", project_id: handle.id };
+    if (this.options.delta) frame.delta = true;
     const since = handle.since;
     if (since) frame.since = since;
     this._request(frame)
@@ -624,6 +684,14 @@ class Client {
       handle.subscribed = false;
       this._request({ type: "unsubscribe", project_id: handle.id }).catch(() => {});
     }
+  }
+
+  /** Follow the project again from a fresh snapshot (a delta did not apply). */
+  _resync(handle) {
+    if (!this.authed || !handle.subscribed) return; // the next subscribe takes a snapshot
+    handle.subscribed = false;
+    this._request({ type: "unsubscribe", project_id: handle.id }).catch(() => {});
+    this._sendSubscribe(handle);
   }
 
   _forget(handle) {
