@@ -554,7 +554,6 @@ function currentSession() {
 
 const historyPanel = {
   choice: null,
-  timer: null,
 
   fillChoices(state) {
     const select = $("#history-entity");
@@ -568,10 +567,15 @@ const historyPanel = {
     this.load();
   },
 
+  versions: [],
+
+  /** A version committed now: listed from the change's metadata (its data stays on
+   * the server until someone asks to see it). */
   changed(version) {
     if (`${version.entity_type}:${version.entity_id}` !== $("#history-entity").value) return;
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.load(), 100);
+    if (this.versions.some((v) => v.id === version.id)) return;
+    this.versions = [version, ...this.versions].slice(0, 15);
+    this.render();
   },
 
   async load() {
@@ -580,16 +584,33 @@ const historyPanel = {
     this.choice = value;
     const [entityType, entityId] = value.split(":");
     const { versions } = await client.rpc("version.get_by_entity", { entity_type: entityType, entity_id: entityId, limit: 15 });
+    if ($("#history-entity").value !== value) return;
+    // Versions that arrived live while the page was read stay on top.
+    const top = versions[0]?.version_number ?? 0;
+    const newer = this.versions.filter((v) => `${v.entity_type}:${v.entity_id}` === value && v.version_number > top);
+    this.versions = [...newer, ...versions.map(({ data, changes, ...metadata }) => metadata)].slice(0, 15);
+    this.render();
+  },
+
+  render() {
     $("#history").replaceChildren(
-      ...versions.map((v, index) =>
+      ...this.versions.map((v, index) =>
         el(
           "li",
           { "data-version": v.version_number },
           `v${v.version_number} · ${nameOf(v.user_id)} · ${new Date(v.created_at).toLocaleTimeString()} · ${v.message ?? ""}`,
+          el("button", { type: "button", onclick: () => this.show(v) }, "Show"),
           index === 0 ? "" : el("button", { type: "button", onclick: () => this.revert(v) }, "Revert"),
         ),
       ),
     );
+  },
+
+  /** What a version changed, fetched on demand with version.get. */
+  async show(version) {
+    const full = await client.rpc("version.get", { version_id: version.id });
+    const what = full.changes && Object.keys(full.changes).length ? full.changes : full.data;
+    $("#version-detail").textContent = `v${full.version_number}: ${JSON.stringify(what, null, 2)}`;
   },
 
   async revert(version) {
