@@ -107,8 +107,8 @@ def advice(load: Load, options: Options, procs: int, budget: float) -> str:
     return (
         f"client-bound: {load.deliveries_per_s:,.0f} deliveries/s "
         f"({load.bytes_per_s / 1e6:,.1f} MB/s) would keep {procs} editors' process(es) "
-        f"near {load.cpu_percent / procs:.0f}% of a core each (client-bound past "
-        f"{options.client_bound_percent:.0f}%), and this machine spares "
+        f"near {load.cpu_percent / procs:.3g}% of a core each (client-bound past "
+        f"{options.client_bound_percent:g}%), and this machine spares "
         f"{spare_processes()} beside the server: about {fits:,.0f} deliveries/s of "
         "these frames fit; ask for fewer editors or a lower --rate, or read the figures "
         "marked client-bound as the client's"

@@ -77,7 +77,7 @@ LATENCY_MAX_US = 600_000_000  # ten minutes: anything later is recorded as this
 STEP_TIMEOUT = 60.0  # longest wait for one reply (connect, auth, subscribe)
 PROGRESS_EVERY = 0.5
 CPU_EVERY = 1.0  # seconds per CPU sample (one per second of the deliveries' series)
-SHORTEST_SPAN = 0.1  # seconds: a shorter sample's CPU % is mostly the clock's 10 ms tick
+SHORTEST_SPAN = 0.1  # seconds: a shorter sample says little of a second's load
 # The product's client (gateway/app/static/sitebuilder-client.js): base * 2^attempt capped,
 # half of it fixed and half random, so a worker's editors do not all return at once.
 BACKOFF_BASE = 0.25
@@ -201,7 +201,6 @@ class Busy:
     def __init__(self, tally: Tally, threshold: float) -> None:
         self.tally = tally
         self.threshold = threshold
-        self.process = psutil.Process()
         self.per_second: list[float] = []
         self.hot = 0
         self.span = self.mark()
@@ -209,8 +208,9 @@ class Busy:
         self.interval_hot = 0
 
     def mark(self) -> Mark:
-        times = self.process.cpu_times()
-        return Mark(time.time(), times.user + times.system, self.tally.deliveries)
+        """Now; CPU from the kernel's per-process clock (ns resolution, where /proc's
+        times move in 10 ms ticks: a quiet second would read 0% or 1%)."""
+        return Mark(time.time(), time.process_time(), self.tally.deliveries)
 
     def sample(self) -> None:
         """Close the current span: its CPU % goes to every second it covers (the highest

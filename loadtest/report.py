@@ -132,7 +132,8 @@ def table(report: Report) -> str:
         lines.append(
             key.ljust(width[0]) + "".join(c.rjust(w) for c, w in zip(cells, width[1:], strict=True))
         )
-    lines += [client_bound_line(run) for run in report.runs if run.client_bound]
+    threshold = report.config.get("client_bound_percent")
+    lines += [client_bound_line(run, threshold) for run in report.runs if run.client_bound]
     for run in report.runs:
         lines += [ramp_line(run.name, step) for step in run.figures.get("ramp", [])]
     bound = any(run.client_bound for run in report.runs)
@@ -156,15 +157,16 @@ def run_rows(run: Run) -> dict[str, str]:
     }
 
 
-def client_bound_line(run: Run) -> str:
+def client_bound_line(run: Run, threshold: float | None) -> str:
     figures = run.figures
     share = figures.get("client_bound_share")
     return (
         f"{CLIENT_BOUND_MARK.strip()} client-bound ({run.name}): "
         + (f"{share:.1%} of the deliveries arrived " if share is not None else "")
-        + "while an editors' process was above the CPU threshold (busiest "
-        f"{figures.get('editors_process_cpu_percent', 0):.0f}% of a core): these latencies "
-        "and rates are partly the client's; use fewer editors or more --client-procs"
+        + f"while an editors' process was above {threshold or 0:g}% of a core (busiest: "
+        f"{figures.get('editors_process_cpu_percent', 0):.0f}% over the seconds it "
+        "delivered): these latencies and rates are partly the client's; use fewer editors "
+        "or more --client-procs"
     )
 
 
@@ -214,8 +216,10 @@ def plot(report: Report, path: Path) -> Path | None:
                 label=label,
             )
         if run.throughput:
-            rate_axes.plot(range(len(run.throughput)), run.throughput, style, label=label)
-        shade_client_bound(rate_axes, run, report.config.get("client_bound_percent"))
+            (line,) = rate_axes.plot(range(len(run.throughput)), run.throughput, style, label=label)
+            shade_client_bound(
+                rate_axes, run, report.config.get("client_bound_percent"), line.get_color()
+            )
     curve_axes.set_xscale("log")
     curve_axes.set_xticks([1, 2, 10, 100, 1000, 10000, 100000])
     curve_axes.set_xticklabels(["0", "50", "90", "99", "99.9", "99.99", "99.999"])
@@ -238,16 +242,16 @@ def plot(report: Report, path: Path) -> Path | None:
     return path
 
 
-def shade_client_bound(axes: Any, run: Run, threshold: float | None) -> None:
+def shade_client_bound(axes: Any, run: Run, threshold: float | None, color: str) -> None:
     """The seconds an editors' process was above the threshold while deliveries arrived."""
     seconds = run.figures.get("client_bound_seconds", [])
     for index, second in enumerate(seconds):
         axes.axvspan(
             second,
             second + 1,
-            color="tab:red",
+            color=color,
             alpha=0.12,
-            label=f"{run.name}: editors' process > {threshold or 0:.0f}% of a core"
+            label=f"{run.name}: editors' process > {threshold or 0:g}% of a core"
             if index == 0
             else None,
         )

@@ -88,10 +88,23 @@ def assert_exact(run: dict[str, Any]) -> None:
     assert run["connect_failures"] == 0
 
 
+def assert_egress(run: dict[str, Any]) -> None:
+    """Bytes per delivery is the frames' mean; egress is deliveries/s times it."""
+    frames, sizes = run["frames"], run["frame_bytes"]
+    mean = sum(sizes[entity] * frames[entity] for entity in frames) / sum(frames.values())
+    assert abs(run["bytes_per_delivery"] - mean) <= 1
+    expected = run["deliveries_per_s"] * run["bytes_per_delivery"] / 1e6
+    assert abs(run["egress_mb_per_s"] - expected) <= 0.01 + expected / 1000
+
+
 async def test_fanout_with_reference_counts_every_delivery(
     tmp_path: Path, database_dsn: str
 ) -> None:
-    report = await bench(tmp_path, database_dsn, "fanout", *TOY, "--with-reference")
+    """A real page's layout (--layout-bytes): the frames carry it, and the reference
+    sends frames of the sizes the gateway's run measured."""
+    report = await bench(
+        tmp_path, database_dsn, "fanout", *TOY, "--with-reference", "--layout-bytes", "20000"
+    )
     gateway, reference = report["runs"]
     for run in (gateway, reference):
         assert_exact(run)
@@ -99,6 +112,16 @@ async def test_fanout_with_reference_counts_every_delivery(
         assert run["frames"]["wireframe"] == run["commits"] * 12
         assert set(run["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
         assert run["deliveries_per_s"] > 0
+        assert_egress(run)
+        # 12 editors at 10 commits/s are far from a busy client
+        assert run["client_bound"] is False
+        assert 0 <= run["editors_process_cpu_percent"] < 70
+    # the change holds the layout twice (new and old rows), its version three times
+    assert 40_000 < gateway["frame_bytes"]["wireframe"] < 45_000
+    assert 60_000 < gateway["frame_bytes"]["version"] < 66_000
+    assert reference["frame_bytes"] == gateway["frame_bytes"]
+    assert report["config"]["layout_bytes"] == 20000
+    assert report["client_bound_runs"] == []
     assert gateway["frames"]["version"] == gateway["commits"] * 12
     assert gateway["commits"] == 20
     assert report["ratio_throughput"] > 0
@@ -107,6 +130,10 @@ async def test_fanout_with_reference_counts_every_delivery(
 
 
 async def test_fanout_ramp_reports_steps(tmp_path: Path, database_dsn: str) -> None:
+    """Each step's rate, egress and CPU; with a threshold no process stays under
+    (--client-bound-percent 0.001), every step and run is marked client-bound, and the
+    bench says beforehand that the editors asked for will be."""
+    printed: list[str] = []
     report = await bench(
         tmp_path,
         database_dsn,
@@ -120,12 +147,33 @@ async def test_fanout_ramp_reports_steps(tmp_path: Path, database_dsn: str) -> N
         "--p99-bound-ms",
         "100000",
         "--with-reference",
+        "--client-bound-percent",
+        "0.001",
+        printed=printed,
     )
     for run in report["runs"]:
         assert_exact(run)  # seqs go on from step to step, in both
         assert [step["rate"] for step in run["ramp"]] == [10.0, 15.0]
         assert run["sustained_deliveries_per_s"] > 0
         assert run["frames"]["wireframe"] == run["commits"] * 12
+        assert run["client_bound"] is True
+        assert run["sustained_client_bound"] is True
+        assert run["client_bound_share"] > 0.5
+        assert run["client_bound_seconds"]
+        for step in run["ramp"]:
+            assert step["client_bound"] is True
+            assert step["egress_mb_per_s"] > 0
+            assert 4000 < step["bytes_per_delivery"] < 8000
+    assert report["client_bound_runs"] == ["gateway", "reference"]
+    (table,) = printed
+    assert "latency p99 (ms)" in table
+    p99_row = next(line for line in table.splitlines() if line.startswith("latency p99 "))
+    assert p99_row.count("*") == 2
+    assert "* client-bound (gateway): " in table
+    assert table.count("CLIENT-BOUND (editors' process") == 4
+    assert "ratio_p99: " in table
+    assert "(client-bound)" in table
+    assert any("ask for fewer editors" in note for note in report["notes"])
     # each step says who used the CPU, and how much went to the rest of the machine
     gateway, reference = report["runs"]
     for step in gateway["ramp"]:
@@ -142,6 +190,24 @@ async def test_fanout_ramp_reports_steps(tmp_path: Path, database_dsn: str) -> N
         }
     assert report["ratio_throughput"] > 0
     assert report["ratio_p99_at_rate"] == 15.0
+
+
+async def test_delta_subscribers_count_delta_frames(tmp_path: Path, database_dsn: str) -> None:
+    """--delta: each update reaches the editors as a small delta frame, counted as a
+    delivery (its seq checked like a change's) whatever the layout's size; the version
+    rows come without their data."""
+    report = await bench(
+        tmp_path, database_dsn, "fanout", *TOY, "--delta", "--layout-bytes", "20000"
+    )
+    (gateway,) = report["runs"]
+    assert_exact(gateway)
+    frames = gateway["frames"]
+    assert frames["wireframe"] == frames["version"] == gateway["commits"] * 12
+    assert gateway["delta_frames"] == gateway["commits"] * 12
+    assert gateway["frame_bytes"]["wireframe"] < 1000
+    assert gateway["frame_bytes"]["version"] < 2000
+    assert_egress(gateway)
+    assert report["config"]["delta"] is True
 
 
 async def test_fanout_over_workers_counts_every_delivery(tmp_path: Path, database_dsn: str) -> None:
@@ -367,6 +433,8 @@ async def test_the_gateway_command_runs_the_benchmark() -> None:
     assert status == 0
     assert b"--with-reference" in stdout
     assert b"--workers" in stdout
+    for option in (b"--layout-bytes", b"--delta", b"--client-procs", b"--client-bound-percent"):
+        assert option in stdout
     for scenario in (
         b"fanout",
         b"projects",
