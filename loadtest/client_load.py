@@ -25,12 +25,12 @@ from loadtest.population import layout
 # One editors' process on this machine (2 cores, picows on uvloop): CPU per frame and
 # per kilobyte of it, in microseconds (docs/benchmarks.md, "Bytes, deltas and
 # client-bound figures", says how they were measured).
-FRAME_US = 13.0
-KB_US = 0.5
+FRAME_US = 12.0
+KB_US = 0.3
 # Bytes of a commit's frames besides the layouts they carry (measured at 2 KB layouts:
-# a wireframe change 4.7 KB with its new and old rows, its version 7.2 KB).
-CHANGE_OVERHEAD = 430
-VERSION_OVERHEAD = 790
+# a wireframe change 5.1 KB with its new and old rows, its version 7.3 KB).
+CHANGE_OVERHEAD = 820
+VERSION_OVERHEAD = 880
 # With delta subscriptions (measured): the wireframe's delta (id, versions, updated_at,
 # the patch of bench_seq) and the version row without its data and changes.
 DELTA_BYTES = 400
