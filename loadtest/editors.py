@@ -65,6 +65,8 @@ import uvloop
 from hdrh.histogram import HdrHistogram
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from loadtest.options import CLIENT_BOUND_PERCENT
+
 SLOW_CONSUMER_CLOSE = 4008
 CHANGE_PREFIX = b'{"type":"change"'
 DELTA_PREFIX = b'{"type":"delta"'
@@ -130,7 +132,7 @@ class Job:
     connect_concurrency: int = 200
     follow: bool = False  # reconnect by itself when the server cuts the connection
     delta: bool = False  # subscribe with `delta: true`
-    client_bound_percent: float = 70.0
+    client_bound_percent: float = CLIENT_BOUND_PERCENT
 
     @classmethod
     def parse(cls, line: bytes) -> Job:
