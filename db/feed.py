@@ -71,6 +71,17 @@ class Position:
 MAX_INDEX = 0xFFFFFF
 
 
+class JsonText(str):
+    """A json or jsonb value still in its JSON text, in a typed row: the replication
+    feed leaves parsing it to whoever encodes the change, so the parsed tree (a 2 KB
+    layout is some 60 lists and dicts) lives for one change, not for the whole
+    transaction that waits to be published: trees kept that long survive into the
+    garbage collector's older generations, whose collections then walk them all.
+    (orjson parses exact `str` only: `str(value)`.)"""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class RowChange:
     """One committed row change. Rows are column → value (JSON-compatible, or typed:
@@ -86,9 +97,9 @@ class RowChange:
     actor: UUID | None
     # The gateway request that made it (`sitebuilder.request`, migration 0013), if any.
     request: str | None = None
-    # The rows hold the protocol's types already (UUID, datetime, parsed jsonb: the
-    # replication feed's decoder), so they need no validation; JSON from the NOTIFY
-    # feed does.
+    # The rows hold the protocol's types already (UUID, datetime, jsonb as JsonText to
+    # parse: the replication feed's decoder), so they need no validation; JSON from the
+    # NOTIFY feed does.
     typed: bool = False
 
 
@@ -153,8 +164,7 @@ class ChangeFeed(Protocol):
         """WAL the server holds for this feed and it has not confirmed (None: none held)."""
         ...
 
-    @staticmethod
-    async def fence(conn: Any, token: str) -> None:
+    async def fence(self, conn: Any, token: str) -> None:
         """Commit a marker this feed yields as `FenceReached(token)` after every
         transaction that committed before it (`conn`: an asyncpg connection)."""
         ...

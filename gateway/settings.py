@@ -442,7 +442,7 @@ class Settings(BaseSettings):
             pattern=r"^[a-z0-9_]{1,24}$",
             description=(
                 "Name of this gateway node, unique among the nodes sharing one database: it "
-                "names the node's replication slots and its presence on the shared bus."
+                "names the node's replication slot and its presence on the shared bus."
             ),
         ),
     ] = "gateway"
@@ -451,9 +451,10 @@ class Settings(BaseSettings):
         Field(
             description=(
                 "Worker processes `serve` starts on one port (SO_REUSEPORT), each a full "
-                "gateway with its own connections, feed and history; `auto`: one per core. "
-                "Above 1, a supervisor restarts crashed workers, stops them on SIGTERM, adds "
-                "one on SIGTTIN and removes one on SIGTTOU."
+                "gateway with its own connections and history; `auto`: one per core. Above 1, "
+                "a supervisor reads the node's change feed once and hands every worker its "
+                "events, restarts crashed workers (they catch up from it), stops them on "
+                "SIGTERM, adds one on SIGTTIN and removes one on SIGTTOU."
             ),
         ),
     ] = 1
@@ -473,10 +474,11 @@ class Settings(BaseSettings):
         Field(
             pattern=r"^[a-z0-9_]{1,32}$",
             description=(
-                "Prefix of the replication slots: worker I of node N streams from slot "
-                "`<prefix>_<N>_<I>` (`sitebuilder_gateway_0` by default). Slots of workers "
-                "that no longer run are dropped at start (`slot prune` drops them by hand); a "
-                "slot no gateway reads keeps WAL on the server."
+                "Prefix of the replication slot: node N streams from slot `<prefix>_<N>_0` "
+                "(`sitebuilder_gateway_0` by default), whatever its worker count. The "
+                "per-worker slots earlier versions made (`_1`, `_2`…) are dropped at start "
+                "(`slot prune` drops them by hand); a slot no gateway reads keeps WAL on the "
+                "server."
             ),
         ),
     ] = "sitebuilder"
@@ -485,11 +487,9 @@ class Settings(BaseSettings):
         Field(
             ge=0,
             description=(
-                "At start, how long this node's replication slots may stay in use by another "
+                "At start, how long this node's replication slot may stay in use by another "
                 "process (a killed gateway's connection can outlive it briefly); past it, "
-                "another node runs with the same `SITEBUILDER_NODE_NAME`: exit with an error. "
-                "Also how long a worker removed by SIGTTOU may hold its slot before it is "
-                "dropped."
+                "another node runs with the same `SITEBUILDER_NODE_NAME`: exit with an error."
             ),
         ),
     ] = 10.0
@@ -665,9 +665,11 @@ class Settings(BaseSettings):
             return os.cpu_count() or 1
         return self.workers
 
-    def slot_name(self, worker_index: int) -> str:
-        """The replication slot of this node's worker `worker_index`."""
-        return f"{self.replication_slot}_{self.node_name}_{worker_index}"
+    @property
+    def node_slot(self) -> str:
+        """This node's replication slot (the `_0` of the days when each worker had one,
+        kept so that an upgraded node resumes from it)."""
+        return f"{self.replication_slot}_{self.node_name}_0"
 
     @property
     def jwt_secret_file(self) -> Path:

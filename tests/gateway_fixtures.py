@@ -70,9 +70,9 @@ def slot_for(dsn: str) -> str:
     return "gw_" + urlsplit(dsn).path.lstrip("/")
 
 
-def worker_slot(dsn: str, index: int = 0) -> str:
-    """The slot worker `index` of the default node reads, with the prefix of slot_for."""
-    return f"{slot_for(dsn)}_gateway_{index}"
+def node_slot(dsn: str) -> str:
+    """The slot the default node reads, with the prefix of slot_for."""
+    return f"{slot_for(dsn)}_gateway_0"
 
 
 @pytest.fixture

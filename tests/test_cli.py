@@ -20,7 +20,7 @@ from db.replication_stream import ReplicationStream
 from gateway.app.cli import BENCH_EXTRA_MISSING, BENCH_MODULES
 from gateway.edge.tokens import TokenVerifier, is_anonymous, verify_token
 from tests.conftest import PUBLICATION, PostgresServer, drop_replication_slots
-from tests.gateway_fixtures import slot_for, worker_slot
+from tests.gateway_fixtures import node_slot, slot_for
 from tests.support import (
     ServeProcess,
     cli_env,
@@ -304,20 +304,17 @@ async def test_schema_prints_the_json_schema_of_every_frame() -> None:
 
 
 async def test_slot_status_and_drop(database_dsn: str) -> None:
-    slot = worker_slot(database_dsn)
+    slot = node_slot(database_dsn)
     env = cli_env(database_url=database_dsn, replication_slot=slot_for(database_dsn))
     status, out, _ = await run_cli("slot", "status", env=env)
-    assert (status, out.strip()) == (
-        0,
-        "no slots of node gateway (the feed creates them on start)",
-    )
+    assert (status, out.strip()) == (0, f"no slot {slot} (the feed creates it on start)")
 
     stream = ReplicationStream(database_dsn, slot, PUBLICATION)
     try:
         await asyncio.wait_for(stream.connect(), 10)
         await asyncio.wait_for(stream.ensure_slot(), 10)
         await asyncio.wait_for(stream.start(), 10)
-        status, out, _ = await run_cli("slot", "status", "--worker", "0", env=env)
+        status, out, _ = await run_cli("slot", "status", env=env)
         assert status == 0
         lines = dict(line.split(None, 1) for line in out.strip().splitlines())
         assert lines["slot"] == slot
@@ -332,7 +329,7 @@ async def test_slot_status_and_drop(database_dsn: str) -> None:
         assert (status, out.strip()) == (0, f"dropped slot {slot}")
     finally:
         await asyncio.wait_for(stream.close(), 10)
-    status, out, _ = await run_cli("slot", "drop", "--worker", "0", env=env)
+    status, out, _ = await run_cli("slot", "drop", env=env)
     assert (status, out.strip()) == (
         0,
         f"no slot {slot} (the feed creates it on start)",

@@ -37,9 +37,9 @@ from tests.gateway_fixtures import (
     WsClient,
     make_project,
     make_sitemap,
+    node_slot,
     open_client,
     slot_for,
-    worker_slot,
 )
 from tests.support import REPO_ROOT, ServeProcess, cli_env
 
@@ -584,7 +584,7 @@ async def test_snapshot_position_resumes_after_a_graceful_restart(
     project = await make_project(conn, owner)
     sitemap = await make_sitemap(conn, project)
     env = serve_env(tmp_path, database_dsn)
-    slot = worker_slot(database_dsn)
+    slot = node_slot(database_dsn)
     ledger = Ledger()
     offline, watcher = Tab("offline", owner, project), Tab("watcher", owner, project)
     first: Gateway | None = None

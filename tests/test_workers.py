@@ -17,6 +17,7 @@ import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from uuid import UUID
 
 import asyncpg
 import psutil
@@ -27,9 +28,9 @@ from tests.gateway_fixtures import (
     WsClient,
     make_project,
     make_sitemap,
+    node_slot,
     open_client,
     slot_for,
-    worker_slot,
 )
 from tests.support import http_get, run_cli
 from tests.test_presence import View
@@ -139,6 +140,8 @@ async def test_clients_on_three_workers_get_every_change_once_across_a_killed_wo
             await tab.subscribe(gateway.url)
         landed = Counter(tab.nodes[0] for tab in tabs)
         assert len(landed) > 1, landed
+        assert await slots(conn) == {node_slot(database_dsn): True}
+        assert await walsenders(conn) == 1
         assert set(landed) <= {f"gateway_{i}" for i in range(WORKERS)}
         assert await metric(gateway.serving.port, "sitebuilder_connections") == TABS
         snapshot_versions = {s["id"]: s["version"] for s in tabs[0].snapshot["sitemaps"]}  # type: ignore[index]
@@ -157,6 +160,7 @@ async def test_clients_on_three_workers_get_every_change_once_across_a_killed_wo
         lost = await _gather([readers[n] for n in on_victim], TIMEOUT)
         assert lost == ["closed"] * len(on_victim)
         assert len(ledger) < BURST, "the writers were done before the worker went"
+        before_restart = tabs[on_victim[0]].position
         for n in on_victim:
             tab = tabs[n]
             tab.updates_before_stop = tab.updates
@@ -176,6 +180,13 @@ async def test_clients_on_three_workers_get_every_change_once_across_a_killed_wo
         await logged(gateway, rf"worker {victim} \(pid {victim_pid}\) exited")
         await logged(gateway, rf"worker {victim} listens again")
         assert worker_pids(gateway)[victim] != victim_pid
+        # The replacement caught up from the node's feed: it replays from before it started.
+        late = await client_on(gateway, victim_node, owner)
+        reply = await late.request(
+            {"type": "subscribe", "project_id": str(project), "since": before_restart}
+        )
+        assert reply["data"]["resumed"] is True, gateway.log()
+        await late.close()
         # Every worker's connections, the dead one's gone: the kernel balanced the
         # reconnections, the merged gauge counts each tab once.
         assert await metric(gateway.serving.port, "sitebuilder_connections") == TABS
@@ -193,6 +204,16 @@ async def test_clients_on_three_workers_get_every_change_once_across_a_killed_wo
     for tab in tabs:
         assert tab.others == []  # no reset, no second snapshot, no error
         assert_exactly_the_commits(tab, ledger, snapshot_versions)
+
+
+async def client_on(gateway: Gateway, node: str, user: UUID) -> WsClient:
+    """A client signed in on worker `node` (the kernel spreads connections: try again)."""
+    for _ in range(100):
+        client = await open_client(gateway.url)
+        if (await client.auth(user))["data"]["node"] == node:
+            return client
+        await client.close()
+    raise AssertionError(f"no connection landed on {node}")
 
 
 async def users_seen(client: WsClient, view: View, expected: set[str]) -> None:
@@ -248,37 +269,56 @@ async def test_every_worker_shows_the_union_of_presence_and_drops_a_killed_worke
         await discard(gateway)
 
 
-async def test_fewer_workers_drop_the_slots_of_the_others_at_start_and_by_prune(
+async def legacy_slots(conn: asyncpg.Connection, dsn: str, indexes: range) -> list[str]:
+    """Per-worker slots as earlier versions left them (`<prefix>_<node>_<index>`)."""
+    names = [node_slot(dsn).removesuffix("_0") + f"_{index}" for index in indexes]
+    for name in names:
+        await asyncio.wait_for(
+            conn.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", name),
+            TIMEOUT,
+        )
+    return names
+
+
+async def walsenders(conn: asyncpg.Connection) -> int:
+    """Walsenders streaming from this database's slots."""
+    count: int = await asyncio.wait_for(
+        conn.fetchval(
+            "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s "
+            "ON s.active_pid = r.pid WHERE s.database = current_database()"
+        ),
+        TIMEOUT,
+    )
+    return count
+
+
+async def test_a_node_of_three_workers_reads_one_slot_and_drops_earlier_per_worker_ones(
     tmp_path: Path, database_dsn: str, conn: asyncpg.Connection
 ) -> None:
     env = serve_env(tmp_path, database_dsn, workers="3")
-    names = [worker_slot(database_dsn, i) for i in range(3)]
+    mine = node_slot(database_dsn)
+    old = await legacy_slots(conn, database_dsn, range(1, 3))
     gateway: Gateway | None = None
     try:
         gateway = await start_gateway(env)
-        assert await slots(conn) == dict.fromkeys(names, True)
-        assert await stop_gateway(gateway) == 0, gateway.log()
-        assert await until_inactive(conn, names) == dict.fromkeys(names, False)  # kept
-
-        gateway = await start_gateway({**env, "SITEBUILDER_WORKERS": "2"})
-        assert f"dropped replication slot {names[2]}" in gateway.log()
-        assert await slots(conn) == dict.fromkeys(names[:2], True)
-        status, _, err = await run_cli("slot", "prune", "--workers", "1", env=env)
-        assert status == 1
-        assert f"slot {names[1]} in use" in err
+        for name in old:
+            assert f"dropped replication slot {name}: the node reads one slot now" in gateway.log()
+        assert await slots(conn) == {mine: True}
+        assert await walsenders(conn) == 1
         status, out, _ = await run_cli("slot", "status", env=env)
         assert status == 0
-        assert re.findall(r"^slot +(\S+)$", out, re.MULTILINE) == names[:2]
+        assert re.findall(r"^slot +(\S+)$", out, re.MULTILINE) == [mine]
         assert await stop_gateway(gateway) == 0, gateway.log()
     finally:
         await discard(gateway)
 
-    assert await until_inactive(conn, names) == dict.fromkeys(names[:2], False)
-    status, out, err = await run_cli("slot", "prune", "--workers", "1", env=env)
-    assert (status, out.strip()) == (0, f"dropped slot {names[1]}"), err
-    assert await slots(conn) == {names[0]: False}
-    status, out, _ = await run_cli("slot", "prune", "--workers", "1", env=env)
-    assert (status, out.strip()) == (0, "no slots of node gateway beyond 1 workers")
+    assert await until_inactive(conn, [mine]) == {mine: False}  # kept: the node resumes from it
+    (again,) = await legacy_slots(conn, database_dsn, range(1, 2))
+    status, out, err = await run_cli("slot", "prune", env=env)
+    assert (status, out.strip()) == (0, f"dropped slot {again}"), err
+    assert await slots(conn) == {mine: False}
+    status, out, _ = await run_cli("slot", "prune", env=env)
+    assert (status, out.strip()) == (0, f"no slots of node gateway but its own, {mine}")
 
 
 async def test_a_second_node_with_the_same_name_exits_naming_the_clash(
@@ -290,7 +330,7 @@ async def test_a_second_node_with_the_same_name_exits_naming_the_clash(
         gateway = await start_gateway(env)
         status, _, err = await run_cli("serve", "--port", "0", env=env)
         assert status == 1
-        assert f"replication slot {worker_slot(database_dsn)} is in use" in err
+        assert f"replication slot {node_slot(database_dsn)} is in use" in err
         assert "SITEBUILDER_NODE_NAME=gateway" in err
         assert "Traceback" not in err
         assert (await http_get(gateway.serving.port, "/readyz")).status == 200
@@ -298,24 +338,23 @@ async def test_a_second_node_with_the_same_name_exits_naming_the_clash(
         await discard(gateway)
 
 
-async def test_sigttin_adds_a_worker_and_sigttou_removes_it_with_its_slot(
+async def test_sigttin_adds_a_worker_and_sigttou_removes_it(
     tmp_path: Path, database_dsn: str, conn: asyncpg.Connection, make_user: UserFactory
 ) -> None:
     user = await make_user()
     env = serve_env(tmp_path, database_dsn, workers="2")
-    names = [worker_slot(database_dsn, i) for i in range(3)]
     gateway: Gateway | None = None
     try:
         gateway = await start_gateway(env)
         supervisor = gateway.serving.process
         supervisor.send_signal(signal.SIGTTIN)
         await logged(gateway, r"worker gateway_2 ready")
-        assert await slots(conn) == dict.fromkeys(names, True)
+        assert await slots(conn) == {node_slot(database_dsn): True}
         assert await metric(gateway.serving.port, "sitebuilder_feed_up") == 1
 
         supervisor.send_signal(signal.SIGTTOU)
-        await logged(gateway, rf"dropped replication slot {names[2]} of removed")
-        assert await slots(conn) == dict.fromkeys(names[:2], True)
+        await logged(gateway, r"\[worker 2\] .*gateway\.app\.serve: stopped")
+        assert await slots(conn) == {node_slot(database_dsn): True}
         nodes = set()
         for _ in range(8):  # whichever worker the kernel picks, never the removed one
             client = await open_client(gateway.url)
@@ -339,7 +378,7 @@ async def test_workers_stop_when_the_supervisor_is_killed(
         _, alive = await asyncio.to_thread(psutil.wait_procs, workers, TIMEOUT)
         assert alive == []
         # They shut down gracefully: their slots are let go, ready for the next start.
-        names = [worker_slot(database_dsn, i) for i in range(2)]
+        names = [node_slot(database_dsn)]
         assert await until_inactive(conn, names) == dict.fromkeys(names, False)
     finally:
         await discard(gateway)

@@ -107,26 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     slot = commands.add_parser("slot", help="inspect, drop or prune this node's replication slots")
     slot_actions = slot.add_subparsers(dest="action", required=True, metavar="ACTION")
-    status = slot_actions.add_parser(
-        "status", help="positions, WAL held back and state of this node's slots"
-    )
-    status.add_argument("--worker", type=int, metavar="I", help="only worker I's slot")
+    slot_actions.add_parser("status", help="positions, WAL held back and state of this node's slot")
     drop = slot_actions.add_parser(
         "drop",
         help="drop this node's slots (frees their WAL; resuming clients then get a reset)",
     )
-    drop.add_argument("--worker", type=int, metavar="I", help="only worker I's slot")
     drop.add_argument(
         "--force", action="store_true", help="also end the gateway connection streaming from it"
     )
     prune = slot_actions.add_parser(
-        "prune", help="drop the slots of workers this node no longer runs (index >= N)"
-    )
-    prune.add_argument(
-        "--workers",
-        type=_workers,
-        metavar="N|auto",
-        help="workers the node runs (default: SITEBUILDER_WORKERS)",
+        "prune", help="drop the per-worker slots earlier versions made (all but the node's)"
     )
     prune.add_argument(
         "--force", action="store_true", help="also end the gateway connections streaming from them"
@@ -220,13 +210,8 @@ async def _slot(settings: Settings, args: argparse.Namespace) -> None:
             await _prune(settings, args, database.dsn)
             return
         slots = await node_slots(database.dsn, settings)
-        if args.worker is not None:
-            slots = [slot for slot in slots if slot.index == args.worker]
         if not slots:
-            if args.worker is not None:
-                print(f"no slot {settings.slot_name(args.worker)} (the feed creates it on start)")
-            else:
-                print(f"no slots of node {settings.node_name} (the feed creates them on start)")
+            print(f"no slot {settings.node_slot} (the feed creates it on start)")
             return
         if args.action == "drop":
             await _drop(database.dsn, [slot.status.slot_name for slot in slots], args.force)
@@ -253,18 +238,16 @@ async def _drop(dsn: str, names: list[str], force: bool) -> None:
 
 
 async def _prune(settings: Settings, args: argparse.Namespace, dsn: str) -> None:
-    if args.workers is not None:
-        settings = settings.model_copy(update={"workers": args.workers})
-    pruned = await prune_slots(dsn, settings, settings.worker_count, force=args.force)
+    pruned = await prune_slots(dsn, settings, force=args.force)
     for name in pruned.dropped:
         print(f"dropped slot {name}")
     if pruned.in_use:
         raise CommandError(
-            f"slot {', '.join(pruned.in_use)} in use: a worker of this node streams from it; "
-            "stop the node first or pass --force"
+            f"slot {', '.join(pruned.in_use)} in use: a process of an earlier version streams "
+            "from it; stop it first or pass --force"
         )
     if not pruned.dropped:
-        print(f"no slots of node {settings.node_name} beyond {settings.worker_count} workers")
+        print(f"no slots of node {settings.node_name} but its own, {settings.node_slot}")
 
 
 def _slot_lines(status: SlotStatus) -> list[tuple[str, object]]:

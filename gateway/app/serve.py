@@ -22,7 +22,8 @@ from db.feed_triggers import FeedName, use_feed_triggers
 from db.notify_feed import NotifyFeed
 from db.provision import migrate_up, open_database
 from db.replication_feed import ReplicationFeed
-from db.replication_stream import replication_possible
+from db.replication_stream import replication_possible, slot_status
+from db.worker_feed import WorkerFeed
 from gateway.app.demo import Demo, seed_demo
 from gateway.app.secrets import jwt_secret
 from gateway.app.server import Gateway
@@ -84,13 +85,13 @@ async def decide_feed(settings: Settings, dsn: str) -> FeedName:
     return kind
 
 
-async def choose_feed(settings: Settings, dsn: str, worker_index: int = 0) -> ChangeFeed:
-    """The change feed of worker `worker_index` (see decide_feed)."""
+async def choose_feed(settings: Settings, dsn: str) -> ChangeFeed:
+    """The node's change feed (see decide_feed)."""
     kind = await decide_feed(settings, dsn)
     if kind == "notify":
         logger.info("feed=notify")
         return NotifyFeed(dsn)
-    slot = settings.slot_name(worker_index)
+    slot = settings.node_slot
     logger.info("feed=replication slot=%s", slot)
     return ReplicationFeed(
         dsn,
@@ -98,6 +99,24 @@ async def choose_feed(settings: Settings, dsn: str, worker_index: int = 0) -> Ch
         publication=settings.publication,
         status_interval_seconds=settings.replication_status_interval_seconds,
     )
+
+
+def node_feed_of_worker(settings: Settings, dsn: str, path: str) -> WorkerFeed:
+    """A worker's change feed: the node's, from the supervisor's reader at `path`
+    (`settings.feed` is the kind the supervisor decided)."""
+    if settings.feed == "notify":
+        return WorkerFeed(path, name="notify", fence=NotifyFeed.fence, lag=_no_lag)
+    slot = settings.node_slot
+
+    async def lag() -> int | None:
+        status = await slot_status(dsn, slot)
+        return None if status is None else status.lag_bytes
+
+    return WorkerFeed(path, name="replication", fence=ReplicationFeed.fence, lag=lag)
+
+
+async def _no_lag() -> int | None:
+    return None
 
 
 class FeedUnavailable(RuntimeError):
@@ -126,14 +145,14 @@ def demo_minter(settings: Settings) -> Demo | None:
     return Demo(jwt_secret(settings), settings.jwt_audience)
 
 
-async def prepare_database(settings: Settings, dsn: str, workers: int) -> FeedName:
-    """What a node does once before its workers serve: migrations, the feed's triggers,
-    its replication slots claimed (and those of workers it no longer runs dropped), the
-    demo's rows. Returns the feed every worker is to run."""
+async def prepare_database(settings: Settings, dsn: str) -> FeedName:
+    """What a node does once before it serves: migrations, the feed's triggers, its
+    replication slot claimed (and the per-worker slots of earlier versions dropped), the
+    demo's rows. Returns the feed the node is to run."""
     if settings.migrate_on_start:
         await migrate_up(dsn, settings.migration_parameters)
     kind = await decide_feed(settings, dsn)
-    await claim_node_slots(dsn, settings, workers)
+    await claim_node_slots(dsn, settings)
     if demo_wanted(settings):
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
         try:
@@ -200,7 +219,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             max_slot_wal_keep_size=settings.embedded_max_slot_wal_keep_size,
         ) as database:
             logger.info("database: %s", database.describe())
-            kind = await prepare_database(settings, database.dsn, workers=1)
+            kind = await prepare_database(settings, database.dsn)
             chosen = settings.model_copy(update={"feed": kind})
             await serve(chosen, database.dsn, verifier, stop)
         logger.info("stopped")
@@ -209,17 +228,29 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
 
 async def run_worker(
-    settings: Settings, index: int, ready: Callable[[], None], stop: asyncio.Event | None = None
+    settings: Settings,
+    index: int,
+    feed_socket: str,
+    ready: Callable[[], None],
+    stop: asyncio.Event | None = None,
 ) -> None:
     """Serve as worker `index` of a supervisor, which prepared the database (named by
-    `database_url`) and reserved the port; `ready` is called once it listens."""
+    `database_url`), reserved the port and reads the node's feed (served at
+    `feed_socket`); `ready` is called once it listens."""
     stop = stop or asyncio.Event()
     restore_signals = stop_on_signals(stop)
     try:
         assert settings.database_url is not None
         verifier = token_verifier(settings)
+        feed = node_feed_of_worker(settings, settings.database_url, feed_socket)
         await serve(
-            settings, settings.database_url, verifier, stop, worker_index=index, ready=ready
+            settings,
+            settings.database_url,
+            verifier,
+            stop,
+            feed=feed,
+            worker_index=index,
+            ready=ready,
         )
         logger.info("stopped")
     finally:
@@ -232,15 +263,18 @@ async def serve(
     verifier: TokenVerifier,
     stop: asyncio.Event,
     *,
+    feed: ChangeFeed | None = None,
     worker_index: int | None = None,
     ready: Callable[[], None] | None = None,
 ) -> None:
     """One gateway on a prepared database until `stop`: worker `worker_index` of a
-    supervisor (sharing its port), or the only process of the node when None."""
+    supervisor (sharing its port, reading the node's `feed`), or the only process of
+    the node when None (reading the feed itself)."""
     pool = await open_pool(dsn, max_size=POOL_MAX_SIZE)
     core_pool = await open_pool(dsn, max_size=CORE_POOL_MAX_SIZE)
     try:
-        feed = await choose_feed(settings, dsn, worker_index or 0)
+        if feed is None:
+            feed = await choose_feed(settings, dsn)
         gateway = Gateway(
             settings,
             pool,

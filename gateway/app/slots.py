@@ -1,10 +1,11 @@
-"""This node's replication slots: one per worker, `<prefix>_<node>_<index>`.
+"""This node's replication slot, `<prefix>_<node>_0`, whatever its worker count.
 
-A slot keeps WAL on the server until it is read or dropped, so a slot whose worker
-index is at or above the worker count (the node runs fewer workers than before) is
-dropped at start and by `slot prune`. A slot that stays in use at start was not
-left by a killed process of ours but is read by a live one: another node runs with
-the same name, and starting anyway would leave one of the two waiting forever.
+The node reads its one slot (gateway.app.supervisor hands its workers what it reads).
+Earlier versions gave each worker a slot, `<prefix>_<node>_<index>`: a slot keeps WAL
+on the server until it is read or dropped, so those of indexes 1 and up are dropped at
+start and by `slot prune`. A slot that stays in use at start was not left by a killed
+process of ours but is read by a live one: another node runs with the same name, and
+starting anyway would leave one of the two waiting forever.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ class NodeNameInUse(RuntimeError):
 
 
 @dataclass(frozen=True)
-class WorkerSlot:
+class NodeSlot:
+    """One of this node's slots: `index` 0 is the node's, others were workers'."""
+
     index: int
     status: SlotStatus
 
@@ -45,8 +48,8 @@ def _slot_pattern(settings: Settings) -> re.Pattern[str]:
     return re.compile(rf"^{prefix}(0|[1-9][0-9]*)$")
 
 
-async def node_slots(dsn: str, settings: Settings) -> list[WorkerSlot]:
-    """This node's slots on this database, by worker index."""
+async def node_slots(dsn: str, settings: Settings) -> list[NodeSlot]:
+    """This node's slots on this database, by index."""
     conn = await asyncpg.connect(dsn)
     try:
         names = await conn.fetch(
@@ -62,16 +65,16 @@ async def node_slots(dsn: str, settings: Settings) -> list[WorkerSlot]:
             continue
         status = await slot_status(dsn, row["slot_name"])
         if status is not None:
-            slots.append(WorkerSlot(int(match[1]), status))
+            slots.append(NodeSlot(int(match[1]), status))
     return sorted(slots, key=lambda slot: slot.index)
 
 
-async def prune_slots(dsn: str, settings: Settings, keep: int, *, force: bool = False) -> Pruned:
-    """Drop this node's slots of worker index `keep` and above; in-use ones only with
-    `force` (which ends the connection reading them)."""
+async def prune_slots(dsn: str, settings: Settings, *, force: bool = False) -> Pruned:
+    """Drop the per-worker slots of earlier versions (every slot of this node but its
+    own); in-use ones only with `force` (which ends the connection reading them)."""
     pruned = Pruned()
     for slot in await node_slots(dsn, settings):
-        if slot.index < keep:
+        if slot.index == 0:
             continue
         name = slot.status.slot_name
         try:
@@ -80,22 +83,6 @@ async def prune_slots(dsn: str, settings: Settings, keep: int, *, force: bool = 
         except SlotInUse:
             pruned.in_use.append(name)
     return pruned
-
-
-async def drop_when_released(dsn: str, name: str, wait_seconds: float) -> bool:
-    """Drop a slot once the process that read it has let go (a stopped worker's
-    walsender exits just after the worker); False when there is no such slot.
-
-    Raises SlotInUse when it is still in use after `wait_seconds`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_seconds
-    while True:
-        try:
-            return await drop_slot(dsn, name)
-        except SlotInUse:
-            if loop.time() >= deadline:
-                raise
-        await asyncio.sleep(SLOT_POLL_SECONDS)
 
 
 async def _holder(dsn: str, pid: int | None) -> str:
@@ -113,9 +100,9 @@ async def _holder(dsn: str, pid: int | None) -> str:
     return f"PostgreSQL backend {pid} (client {address or 'on this host or not shown'})"
 
 
-async def claim_node_slots(dsn: str, settings: Settings, workers: int) -> None:
-    """Before this node's workers start: wait (up to `slot_wait_seconds`) until no
-    process reads this node's slots, then drop those of indexes `workers` and above.
+async def claim_node_slots(dsn: str, settings: Settings) -> None:
+    """Before this node starts: wait (up to `slot_wait_seconds`) until no process reads
+    this node's slots, then drop those of earlier versions' workers.
 
     Raises NodeNameInUse when a slot stays in use."""
     loop = asyncio.get_running_loop()
@@ -131,8 +118,8 @@ async def claim_node_slots(dsn: str, settings: Settings, workers: int) -> None:
                 "wal_sender_timeout)"
             )
         await asyncio.sleep(SLOT_POLL_SECONDS)
-    pruned = await prune_slots(dsn, settings, workers)
+    pruned = await prune_slots(dsn, settings)
     for name in pruned.dropped:
-        logger.info("dropped replication slot %s: no worker of this node reads it now", name)
+        logger.info("dropped replication slot %s: the node reads one slot now", name)
     for name in pruned.in_use:
-        logger.warning("replication slot %s of a worker beyond %d is in use: kept", name, workers)
+        logger.warning("replication slot %s of an earlier worker is in use: kept", name)

@@ -1,9 +1,11 @@
 """`serve --workers N`: N gateway processes on one port, kept running, stopped together.
 
 The supervisor does once what must happen once per node (start an embedded
-PostgreSQL, migrate, claim the node's replication slots, seed the demo), reserves
-the port, then starts each worker (`gateway.app.worker`) with the database's DSN and the
-port's real number. Every worker binds the port with SO_REUSEPORT, so the kernel
+PostgreSQL, migrate, claim the node's replication slot, seed the demo), reserves
+the port, reads the node's change feed and serves it to the workers (db.node_feed, on
+a Unix socket in a directory of this run), then starts each worker
+(`gateway.app.worker`) with the database's DSN, the port's real number and the feed's
+socket. Every worker binds the port with SO_REUSEPORT, so the kernel
 spreads new connections over them; the supervisor's own socket on it is bound but
 never listens, so it receives none, and keeps the port ours while workers restart.
 
@@ -12,8 +14,7 @@ dying young. One that exits before every worker listened on the first start stop
 the node: that is a configuration error, not a crash. SIGTERM or SIGINT stops every
 worker with SIGTERM (each closes its connections within the shutdown grace), kills
 those that outlast it, then stops the embedded database. SIGTTIN adds a worker and
-SIGTTOU removes the last one, as gunicorn does; a removed worker's slot is dropped
-once it has stopped.
+SIGTTOU removes the last one, as gunicorn does.
 
 Metrics: workers write prometheus-client's multiprocess files to a directory of
 this run, and any worker's /metrics shows them merged; a dead worker's live gauges
@@ -31,22 +32,21 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
-import asyncpg
 from prometheus_client import multiprocess
 
+from db.node_feed import NodeFeed
 from db.provision import open_database
-from db.replication_stream import ReplicationError
 from gateway.app.serve import (
+    choose_feed,
     log_listening,
     prepare_database,
     socket_urls,
     stop_on_signals,
     token_verifier,
 )
-from gateway.app.slots import drop_when_released
 from gateway.settings import MAX_WORKERS, Settings
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ WORKER_INDEX_ENV = "SITEBUILDER_WORKER_INDEX"
 SUPERVISOR_PID_ENV = "SITEBUILDER_SUPERVISOR_PID"
 # A pipe's write end: the worker writes one byte there once it listens.
 READY_FD_ENV = "SITEBUILDER_WORKER_READY_FD"
+# The Unix socket the node's feed is served on.
+FEED_SOCKET_ENV = "SITEBUILDER_WORKER_FEED_SOCKET"
 
 RESTART_DELAY_INITIAL_SECONDS = 0.1
 RESTART_DELAY_MAX_SECONDS = 10.0
@@ -127,9 +129,10 @@ def reserve_port(host: str, port: int) -> list[socket.socket]:
 
 
 @contextlib.contextmanager
-def metrics_directory() -> Iterator[str]:
-    """A fresh directory for the workers' multiprocess metrics, removed afterwards."""
-    path = tempfile.mkdtemp(prefix="sitebuilder-metrics-")
+def run_directory(purpose: str) -> Iterator[str]:
+    """A fresh directory only this user may enter (the workers' multiprocess metrics, the
+    node feed's socket), removed afterwards."""
+    path = tempfile.mkdtemp(prefix=f"sitebuilder-{purpose}-")
     try:
         yield path
     finally:
@@ -137,8 +140,7 @@ def metrics_directory() -> Iterator[str]:
 
 
 class Supervisor:
-    """Keeps the workers running; SIGTTIN adds one, SIGTTOU removes the last one (whose
-    slot is then dropped: no worker of that index will read it)."""
+    """Keeps the workers running; SIGTTIN adds one, SIGTTOU removes the last one."""
 
     def __init__(self, settings: Settings, env: dict[str, str], count: int) -> None:
         self._settings = settings
@@ -235,7 +237,6 @@ class Supervisor:
                 break
             delay = min(delay * 2, RESTART_DELAY_MAX_SECONDS)
         if not self._stopping:  # removed by SIGTTOU
-            await self._drop_slot(keeper.index)
             self._leaving.pop(keeper.index, None)
 
     def _on_ready(self, index: int) -> None:
@@ -245,18 +246,6 @@ class Supervisor:
         self._ready.add(index)
         if not self.all_ready.is_set() and self._ready >= set(range(self._initial)):
             self.all_ready.set()
-
-    async def _drop_slot(self, index: int) -> None:
-        name = self._settings.slot_name(index)
-        try:
-            dropped = await drop_when_released(
-                self._env["SITEBUILDER_DATABASE_URL"], name, self._settings.slot_wait_seconds
-            )
-        except (ReplicationError, OSError, asyncpg.PostgresError) as error:
-            logger.warning("replication slot %s of removed worker %d kept: %s", name, index, error)
-            return
-        if dropped:
-            logger.info("dropped replication slot %s of removed worker %d", name, index)
 
     async def _spawn(self, keeper: Keeper) -> Worker:
         read_fd, write_fd = os.pipe()
@@ -314,7 +303,7 @@ async def _wait_ready(fd: int) -> bool:
 
 
 def worker_env(
-    settings: Settings, dsn: str, feed: str, port: int, metrics_dir: str
+    settings: Settings, dsn: str, feed: str, port: int, metrics_dir: str, feed_socket: str
 ) -> dict[str, str]:
     """The environment of every worker: this one, with the database, feed and port decided."""
     env = dict(os.environ)
@@ -327,6 +316,7 @@ def worker_env(
             "SITEBUILDER_DEMO": "true" if settings.demo else "false",
             "SITEBUILDER_MIGRATE_ON_START": "false",
             "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+            FEED_SOCKET_ENV: feed_socket,
         }
     )
     return env
@@ -345,7 +335,7 @@ async def supervise(settings: Settings, count: int) -> None:
         max_slot_wal_keep_size=settings.embedded_max_slot_wal_keep_size,
     ) as database:
         logger.info("database: %s", database.describe())
-        feed = await prepare_database(settings, database.dsn, workers=count)
+        kind = await prepare_database(settings, database.dsn)
         try:
             sockets = reserve_port(settings.host, settings.port)
         except OSError as error:
@@ -353,22 +343,53 @@ async def supervise(settings: Settings, count: int) -> None:
                 f"cannot listen on {settings.host}:{settings.port}: {error}"
             ) from error
         try:
-            with metrics_directory() as metrics_dir:
+            with run_directory("metrics") as metrics_dir, run_directory("feed") as feed_dir:
+                chosen = settings.model_copy(update={"feed": kind})
+                feed_socket = os.path.join(feed_dir, "feed.sock")
+                node_feed = NodeFeed(
+                    await choose_feed(chosen, database.dsn),
+                    feed_socket,
+                    max_bytes=settings.history_max_bytes,
+                    max_age_seconds=settings.history_max_age_seconds,
+                )
                 port = sockets[0].getsockname()[1]
-                env = worker_env(settings, database.dsn, feed, port, metrics_dir)
-                supervisor = Supervisor(settings, env, count)
-                announce = asyncio.create_task(_announce(supervisor, settings, sockets))
-                try:
-                    if not stop.is_set():  # a signal during the preparations
-                        await supervisor.run(stop)
-                finally:
-                    announce.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await announce
+                env = worker_env(settings, database.dsn, kind, port, metrics_dir, feed_socket)
+                async with _reading(node_feed, stop):
+                    await _run_workers(Supervisor(settings, env, count), settings, sockets, stop)
         finally:
             for sock in sockets:
                 sock.close()
     logger.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def _reading(node_feed: NodeFeed, stop: asyncio.Event) -> AsyncIterator[None]:
+    """The node's feed read and served while the workers run; should it fail, the node
+    stops (and the failure is raised)."""
+    reading = asyncio.create_task(node_feed.run(), name="node-feed")
+    reading.add_done_callback(lambda _: stop.set())
+    try:
+        listening = asyncio.create_task(node_feed.wait_listening())
+        await asyncio.wait([reading, listening], return_when=asyncio.FIRST_COMPLETED)
+        listening.cancel()
+        yield
+    finally:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+
+
+async def _run_workers(
+    supervisor: Supervisor, settings: Settings, sockets: list[socket.socket], stop: asyncio.Event
+) -> None:
+    announce = asyncio.create_task(_announce(supervisor, settings, sockets))
+    try:
+        if not stop.is_set():  # a signal during the preparations
+            await supervisor.run(stop)
+    finally:
+        announce.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await announce
 
 
 async def _announce(

@@ -19,7 +19,12 @@ import uvloop
 
 from gateway.app import serve
 from gateway.app.cli import configure_logging, guarded
-from gateway.app.supervisor import READY_FD_ENV, SUPERVISOR_PID_ENV, WORKER_INDEX_ENV
+from gateway.app.supervisor import (
+    FEED_SOCKET_ENV,
+    READY_FD_ENV,
+    SUPERVISOR_PID_ENV,
+    WORKER_INDEX_ENV,
+)
 from gateway.settings import Settings
 
 PR_SET_PDEATHSIG = 1
@@ -43,10 +48,13 @@ def main() -> int:
     index = int(os.environ[WORKER_INDEX_ENV])
     die_with_supervisor(int(os.environ[SUPERVISOR_PID_ENV]))
     ready_fd = int(os.environ[READY_FD_ENV])
+    feed_socket = os.environ[FEED_SOCKET_ENV]
     settings = Settings()
     configure_logging(settings, prefix=f"[worker {index}] ")
     return guarded(
-        lambda: uvloop.run(serve.run_worker(settings, index, lambda: signal_ready(ready_fd)))
+        lambda: uvloop.run(
+            serve.run_worker(settings, index, feed_socket, lambda: signal_ready(ready_fd))
+        )
     )
 
 
