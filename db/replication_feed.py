@@ -43,6 +43,7 @@ from db.feed import (
     FeedInterrupted,
     FeedResumed,
     FenceReached,
+    JsonText,
     Position,
     RowChange,
     TransactionEnd,
@@ -104,7 +105,7 @@ class ReplicationFeed:
         self._xid_reference = 0
         self._last_commit_lsn = -1
         self._last_end_lsn = 0
-        self._relations = pgoutput.RelationCache()
+        self._relations = pgoutput.RelationCache(json=JsonText)
         self._conn: asyncpg.Connection | None = None
         # The server ended our sentinel session: it is stopping and waits for us to
         # confirm all it sent, so from now on every transaction is confirmed at once.
@@ -260,7 +261,7 @@ class ReplicationFeed:
 
     async def _changes(self, stream: ReplicationStream) -> AsyncIterator[FeedEvent]:
         decoder = pgoutput.Decoder()
-        self._relations = pgoutput.RelationCache()
+        self._relations = pgoutput.RelationCache(json=JsonText)
         transaction: _Transaction | None = None
         async for message in stream.messages():
             decoded = decoder.decode(message.payload)
@@ -286,7 +287,7 @@ class ReplicationFeed:
             new = self._relations.row(message.relation_id, message.new)
             old_tuple = message.old if isinstance(message, pgoutput.Update) else None
             old = self._relations.row(message.relation_id, old_tuple) if old_tuple else None
-            if any(value is pgoutput.UNCHANGED for value in new.values()):
+            if pgoutput.UNCHANGED in message.new:
                 await self._fill_unchanged(relation, new, old)
             transaction.changes.append((relation.name, _OPS[type(message)], new, old))
         elif isinstance(message, pgoutput.Delete):

@@ -16,6 +16,7 @@ such a key travels as the project's id or as `topic:<topic>`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -33,6 +34,13 @@ class ProjectListChannel:
 @dataclass(frozen=True, slots=True)
 class TableChannel:
     table: str
+
+
+@functools.cache
+def table_channel(table: str) -> TableChannel:
+    """A table's channel key, made once: every change looks its table's channel up,
+    and the feed names only the published tables."""
+    return TableChannel(table)
 
 
 @dataclass(frozen=True, slots=True)

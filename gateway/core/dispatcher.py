@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 from pydantic import ValidationError
 
 from db.feed import (
@@ -43,12 +44,13 @@ from db.feed import (
     FeedInterrupted,
     FeedResumed,
     FenceReached,
+    JsonText,
     RowChange,
     TransactionEnd,
 )
 from gateway.core.authorization import AccessLists, Acl, AclChange, Undetermined
-from gateway.core.channels import ProjectListChannel, TableChannel
-from gateway.core.events import Change, Loss, Op
+from gateway.core.channels import ProjectListChannel, table_channel
+from gateway.core.events import Change, Loss, Op, RowSource
 from gateway.core.fences import Fences
 from gateway.core.history import History
 from gateway.core.hub import Hub
@@ -88,13 +90,16 @@ class Dispatcher:
         self._feed = feed
         self._resolved: list[Step] = []
         self._deleted_projects: list[UUID] = []
+        # The transaction whose changes are being resolved (None between transactions).
+        self._xid: int | None = None
 
     async def run(self) -> None:
         metrics = self._core.metrics
         async with aclosing(self._feed.events()) as events:
             async for event in events:
                 if isinstance(event, RowChange):
-                    metrics.feed_backlog.set(getattr(self._feed, "backlog", 0))
+                    if event.xid != self._xid:
+                        self._begin(event)
                     await self._resolve(event)
                     if not self._feed.whole_transactions or len(self._resolved) >= MAX_RESOLVED:
                         self._publish()
@@ -144,14 +149,21 @@ class Dispatcher:
 
     # Resolving
 
-    async def _resolve(self, row_change: RowChange) -> None:
+    def _begin(self, first: RowChange) -> None:
+        """A transaction's first change: what holds for all of its changes is done once
+        (its changes share their commit, and a gauge set takes a lock)."""
         core = self._core
+        self._xid = first.xid
         # From its first change on, a transaction counts as dispatched: a row it wrote
         # is as of this position (gateway.core.authorization.AccessLists).
-        core.access_lists.dispatched(row_change.xid)
+        core.access_lists.dispatched(first.xid)
+        core.metrics.feed_backlog.set(getattr(self._feed, "backlog", 0))
         core.metrics.feed_lag.set(
-            max(0.0, (datetime.now(UTC) - row_change.committed_at).total_seconds())
+            max(0.0, (datetime.now(UTC) - first.committed_at).total_seconds())
         )
+
+    async def _resolve(self, row_change: RowChange) -> None:
+        core = self._core
         position = row_change.position
         if row_change.op is ChangeOp.TRUNCATE:
             self._resolved.append(lambda: self._truncated(row_change))
@@ -163,7 +175,7 @@ class Dispatcher:
             table_acl: Acl | Undetermined | None = None
             if change.acl is not None:
                 core.access_lists.changed(change.project_id, change.acl)
-            if core.hub.has(TableChannel(change.table)):
+            if core.hub.has(table_channel(change.table)):
                 table_acl = await core.access_lists.at(change.project_id)
             self._resolved.append(_step(self._publish_change, change, table_acl))
         if row_change.table == "projects":
@@ -207,6 +219,8 @@ class Dispatcher:
         core = self._core
         if change.entity is Entity.PROJECT:
             self._apply_access(change)
+        if not _built(change):
+            return
         core.history.record(change)
         if core.hub.publish(change, table_acl):
             lag = (datetime.now(UTC) - change.committed_at).total_seconds()
@@ -245,7 +259,7 @@ class Dispatcher:
             if not users or row is None:
                 continue
             change = _event(row_change, UUID(str(row["id"])), op, new, old, None, origin)
-            if change is not None:
+            if change is not None and _built(change):
                 change.listed = True
                 hub.publish_listed(users, change)
 
@@ -256,6 +270,7 @@ class Dispatcher:
 
     def _end_transaction(self) -> None:
         core = self._core
+        self._xid = None
         # A durable feed may now forget what the history no longer keeps.
         core.history.expire()
         self._feed.retain_from(core.history.oldest())
@@ -274,8 +289,44 @@ def _step(publish: Callable[..., None], *args: Any) -> Step:
     return lambda: publish(*args)
 
 
-def _built(model: type[Row], values: dict[str, Any], typed: bool) -> Row:
-    return model.model_construct(**values) if typed else model.model_validate(values)
+def _typed(model: type[Row], values: dict[str, Any]) -> RowSource:
+    """A row the decoder typed, built when the change is published: its JSON columns
+    are parsed only then (db.feed.JsonText)."""
+    return lambda: _constructed(model, values)
+
+
+def _constructed(model: type[Row], values: dict[str, Any]) -> Row:
+    """`model.model_construct(**values)`, JSON text parsed. A row with exactly the
+    model's columns (the usual one) is set up as model_construct would (none of the
+    row models has aliases, defaults to fill or private attributes) in a third of its
+    time; any other goes through it."""
+    fields = model.__pydantic_fields__
+    parsed = {
+        name: orjson.loads(str(value)) if type(value) is JsonText else value
+        for name, value in values.items()
+    }
+    if parsed.keys() != fields.keys():
+        return model.model_construct(**parsed)
+    row = model.__new__(model)
+    _set(row, "__dict__", {name: parsed[name] for name in fields})
+    _set(row, "__pydantic_fields_set__", set(fields))
+    _set(row, "__pydantic_extra__", {} if model.model_config.get("extra") == "allow" else None)
+    _set(row, "__pydantic_private__", None)
+    return row
+
+
+_set = object.__setattr__
+
+
+def _built(change: Change) -> bool:
+    """Build the change's rows; False, logged, for JSON PostgreSQL took and orjson
+    refuses (nested over 1,024 deep, or a number beyond a double's range)."""
+    try:
+        change.build()
+    except orjson.JSONDecodeError as error:
+        logger.error("dropping a %s row from the feed: its JSON: %s", change.table, error)
+        return False
+    return True
 
 
 def _event(
@@ -289,16 +340,22 @@ def _event(
 ) -> Change | None:
     """The protocol-neutral event, its rows validated (None, logged, for a malformed
     row: one bad row must not stop the feed). Rows the decoder typed are taken as they
-    are: validating a 2 KB layout's JSON tree costs ten times building the model."""
+    are (validating a 2 KB layout's JSON tree costs ten times building the model), and
+    built when published."""
     entity = TABLE_ENTITIES[row_change.table]
     row_model = ENTITY_ROWS[entity]
-    typed = row_change.typed
-    try:
-        new_row = _built(row_model, new, typed) if new is not None else None
-        old_row = _built(row_model, old, typed) if old is not None else None
-    except ValidationError as error:
-        logger.error("dropping malformed %s row from the feed: %s", row_change.table, error)
-        return None
+    new_row: RowSource | None = None
+    old_row: RowSource | None = None
+    if row_change.typed:
+        new_row = _typed(row_model, new) if new is not None else None
+        old_row = _typed(row_model, old) if old is not None else None
+    else:
+        try:
+            new_row = row_model.model_validate(new) if new is not None else None
+            old_row = row_model.model_validate(old) if old is not None else None
+        except ValidationError as error:
+            logger.error("dropping malformed %s row from the feed: %s", row_change.table, error)
+            return None
     return Change(
         project_id=project_id,
         entity=entity,

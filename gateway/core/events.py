@@ -16,12 +16,18 @@ from enum import StrEnum
 from typing import Any, TypeVar
 from uuid import UUID
 
+import orjson
+
 from db.feed import Position
 from gateway.core.authorization import AclChange
 from gateway.core.origin import Origin
 from protocol.rows import ENTITY_ROWS, Entity, Row
 
 T = TypeVar("T")
+
+# A row, or what builds it when it is first read (gateway.core.dispatcher: the rows
+# whose JSON columns are parsed only when the change is published).
+RowSource = Row | Callable[[], Row]
 
 # What row-level security shows to project members only, never to public readers.
 MEMBERS_ONLY = frozenset({Entity.SESSION, Entity.VERSION})
@@ -53,7 +59,7 @@ class Change:
     row objects (parsed JSON, many small objects the garbage collector would walk for
     as long as the history keeps them) for the rows' JSON text, and keeps only the
     encodings (bytes) of its memo; `new` and `old` are read back from the text on
-    demand."""
+    demand. A row given as a source is built when it is first read (`build`)."""
 
     __slots__ = (
         "_memo",
@@ -81,8 +87,8 @@ class Change:
         entity: Entity,
         table: str,
         op: Op,
-        new: Row | None,
-        old: Row | None,
+        new: RowSource | None,
+        old: RowSource | None,
         actor: UUID | None,
         committed_at: datetime,
         position: Position,
@@ -110,17 +116,30 @@ class Change:
 
     @property
     def new(self) -> Row | None:
-        return self._row(self._new, 0)
+        if self._settled is not None:
+            return self._kept(0)
+        row = self._new
+        if callable(row):
+            self._new = row = row()
+        return row
 
     @property
     def old(self) -> Row | None:
-        return self._row(self._old, 1)
+        if self._settled is not None:
+            return self._kept(1)
+        row = self._old
+        if callable(row):
+            self._old = row = row()
+        return row
 
-    def _row(self, row: Row | None, index: int) -> Row | None:
-        kept = self._settled[index] if self._settled is not None else None
-        if kept is None:
-            return row
-        return ENTITY_ROWS[self.entity].model_validate_json(kept)
+    def build(self) -> None:
+        """Build the rows given as sources now: raises what building them raises."""
+        _ = self.new, self.old
+
+    def _kept(self, index: int) -> Row | None:
+        assert self._settled is not None
+        kept = self._settled[index]
+        return None if kept is None else ENTITY_ROWS[self.entity].model_validate_json(kept)
 
     @property
     def row(self) -> Row:
@@ -148,9 +167,10 @@ class Change:
         """Keep the rows as JSON text from now on (see the class's docstring)."""
         if self._settled is not None:
             return
+        new, old = self.new, self.old
         self._settled = (
-            self._new.model_dump_json().encode() if self._new is not None else None,
-            self._old.model_dump_json().encode() if self._old is not None else None,
+            _json(new) if new is not None else None,
+            _json(old) if old is not None else None,
         )
         self._new = self._old = None
         self._memo = {k: v for k, v in self._memo.items() if isinstance(v, bytes)}
@@ -162,3 +182,17 @@ class Change:
             and self.origin.connection_id == connection_id
             and self.actor == user_id
         )
+
+
+def _json(row: Row) -> bytes:
+    """JSON text the row's model reads back to an equal row. orjson writes the declared
+    fields' values (UUIDs, datetimes, JSON trees) in a fifth of pydantic's time, and the
+    model converts them back as it would its own output; extra columns would stay as
+    written (their type is unknown), so a row with any, or with a value orjson does not
+    know, is written by pydantic."""
+    if not row.__pydantic_extra__:
+        try:
+            return orjson.dumps(row.__dict__)
+        except TypeError:
+            pass
+    return row.model_dump_json().encode()

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from uuid import UUID
 
 from db.feed import Position
@@ -30,8 +31,9 @@ class _Project:
     entries: deque[Change] = field(default_factory=deque)
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:
+class _Stored(NamedTuple):
+    """A tuple: one is made per change recorded, and a frozen dataclass costs twice."""
+
     project_id: UUID
     position: Position
     size: int

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 from uuid import UUID
 
+from prometheus_client import Counter
 from websockets.asyncio.server import ServerConnection
 
 from db.feed import Position
@@ -41,7 +42,13 @@ from gateway.core.authorization import (
     may_receive,
     required,
 )
-from gateway.core.channels import ChannelKey, ProjectChannel, ProjectListChannel, TableChannel
+from gateway.core.channels import (
+    ChannelKey,
+    ProjectChannel,
+    ProjectListChannel,
+    TableChannel,
+    table_channel,
+)
 from gateway.core.events import Change, Loss
 from gateway.core.outbox import Outbox
 from gateway.core.row_index import IndexKey, RowIndex
@@ -144,6 +151,8 @@ class Hub:
         self._channels: dict[ChannelKey, _Channel] = {}
         # Changes held per connection (subscriber id), over all its subscriptions.
         self._held: dict[int, int] = {}
+        # frames_out's child per label: `labels()` takes a lock and builds a key each call.
+        self._frames_out: dict[str, Counter] = {}
 
     # The registry
 
@@ -282,7 +291,7 @@ class Hub:
                             groups[variant] = (subscription.view, [subscriber.ws])
                         else:
                             group[1].append(subscriber.ws)
-        table = self._channels.get(TableChannel(change.table))
+        table = self._channels.get(table_channel(change.table))
         if table is not None and table.index is not None and not change.listed:
             for subscription in self._table_recipients(table.index, change, table_acl):
                 _group(groups, subscription, change)
@@ -408,7 +417,10 @@ class Hub:
         return delivered
 
     def _count(self, label: str, frames: int) -> None:
-        self._metrics.frames_out.labels(label).inc(frames)
+        counter = self._frames_out.get(label)
+        if counter is None:
+            counter = self._frames_out[label] = self._metrics.frames_out.labels(label)
+        counter.inc(frames)
         if label in _CHANGE_LABELS:
             self._metrics.events_delivered.inc(frames)
 

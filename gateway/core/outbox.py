@@ -18,11 +18,13 @@ else written to a connection meanwhile (a reply, `unsubscribed`) can overtake th
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import Frame, Opcode
+from websockets.frames import Opcode
 from websockets.protocol import State
 
 logger = logging.getLogger(__name__)
@@ -34,8 +36,26 @@ class Binary(bytes):
 
 def wire_frame(data: bytes) -> bytes:
     """The wire bytes of one unfragmented, uncompressed, unmasked frame."""
-    opcode = Opcode.BINARY if isinstance(data, Binary) else Opcode.TEXT
-    return Frame(opcode, data).serialize(mask=False)
+    return _header(data) + data
+
+
+def _header(data: bytes) -> bytes:
+    """What `Frame(opcode, data).serialize(mask=False)` writes before the payload
+    (RFC 6455 5.2: FIN and the opcode, then the length in 7, 7+16 or 7+64 bits),
+    without its checks and objects: a bulk transaction frames thousands."""
+    first = _BINARY if isinstance(data, Binary) else _TEXT
+    length = len(data)
+    if length < 126:
+        return bytes((first, length))
+    if length < 65536:
+        return _SHORT.pack(first, 126, length)
+    return _LONG.pack(first, 127, length)
+
+
+_TEXT: Final = 0x80 | Opcode.TEXT.value
+_BINARY: Final = 0x80 | Opcode.BINARY.value
+_SHORT: Final = struct.Struct(">BBH")
+_LONG: Final = struct.Struct(">BBQ")
 
 
 class Outbox:
@@ -83,7 +103,7 @@ class Outbox:
 
 
 def _write_all(connections: Iterable[ServerConnection], frames: list[bytes]) -> None:
-    wire = b"".join(map(wire_frame, frames))
+    wire = b"".join([part for data in frames for part in (_header(data), data)])
     for connection in connections:
         if _shares_frames(connection):
             _write(connection, wire)
