@@ -87,8 +87,14 @@ class ReplicationMessage:
 
     data_start: int
     wal_end: int
-    send_time: datetime
+    # The server's timestamp as psycopg2 gives it: a naive local time. `send_time`
+    # converts it when asked (2 µs a message, which the feed never asks).
+    local_send_time: datetime
     payload: bytes
+
+    @property
+    def send_time(self) -> datetime:
+        return self.local_send_time.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,8 +414,7 @@ class ReplicationStream:
         return ReplicationMessage(
             data_start=raw.data_start,
             wal_end=raw.wal_end,
-            # psycopg2 gives the server's timestamp as a naive local time.
-            send_time=raw.send_time.astimezone(UTC),
+            local_send_time=raw.send_time,
             payload=raw.payload,
         )
 
