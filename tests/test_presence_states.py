@@ -12,14 +12,21 @@ import orjson
 
 from gateway.core.channels import ProjectChannel
 from gateway.presence.model import InMemoryPresence, PresenceEntry
-from gateway.presence.states import PresenceStates
+from gateway.presence.states import Encoded, PresenceStates, StateCodec
 from tests.gateway_fixtures import TIMEOUT
 
 WINDOW = 0.05
 
 
-def connection_ids(entries: list[PresenceEntry]) -> bytes:
-    return orjson.dumps(sorted(entry.connection_id for entry in entries))
+def entry_bytes(entry: PresenceEntry) -> bytes:
+    return entry.connection_id.encode()
+
+
+def connection_ids(encoded: list[Encoded]) -> bytes:
+    return orjson.dumps(sorted(data.decode() for _, data in encoded))
+
+
+IDS = StateCodec(entry_bytes, connection_ids)
 
 
 async def test_joiners_within_a_window_share_one_state_that_lists_each_of_them() -> None:
@@ -27,9 +34,14 @@ async def test_joiners_within_a_window_share_one_state_that_lists_each_of_them()
     states = PresenceStates(presence, WINDOW)
     channel = ProjectChannel(uuid4())
     builds: list[int] = []
+    encoded: list[str] = []
     received: dict[str, bytes] = {}
 
-    def encode(entries: list[PresenceEntry]) -> bytes:
+    def entry(entry: PresenceEntry) -> bytes:
+        encoded.append(entry.connection_id)
+        return entry_bytes(entry)
+
+    def build(entries: list[Encoded]) -> bytes:
         builds.append(len(entries))
         return connection_ids(entries)
 
@@ -39,7 +51,7 @@ async def test_joiners_within_a_window_share_one_state_that_lists_each_of_them()
         def receive(state: bytes) -> None:
             received[connection] = state
 
-        await states.deliver(channel, "native", encode, receive)
+        await states.deliver(channel, "native", StateCodec(entry, build), receive)
 
     await asyncio.wait_for(join("first"), TIMEOUT)
     assert builds == [1]  # at once: nobody joined lately
@@ -54,6 +66,8 @@ async def test_joiners_within_a_window_share_one_state_that_lists_each_of_them()
     await asyncio.wait_for(join("late"), TIMEOUT)
     assert builds == [1, 51, 52]
     assert "late" in orjson.loads(received["late"])
+    # Each entry was encoded once, however many states listed it.
+    assert sorted(encoded) == sorted(["first", *joiners, "late"])
 
 
 async def test_the_others_still_get_a_state_when_the_first_joiner_leaves_while_waiting() -> None:
@@ -67,7 +81,7 @@ async def test_the_others_still_get_a_state_when_the_first_joiner_leaves_while_w
         await states.deliver(
             channel,
             "native",
-            connection_ids,
+            IDS,
             lambda state: received.update({connection: state}),
         )
 

@@ -28,8 +28,9 @@ from gateway.core.origin import request_tag
 from gateway.edge.connection import Connection, token_error_code
 from gateway.edge.services import Services
 from gateway.edge.tokens import TokenError, is_anonymous
-from gateway.native.views import DeltaMode, NativeView, group_by_user
-from gateway.presence.model import Meta, PresenceEntry
+from gateway.native.presence import state_codec
+from gateway.native.views import DeltaMode, NativeView
+from gateway.presence.model import Meta
 from gateway.rpc.call import Call, IdempotencyLimits, call
 from gateway.rpc.methods import METHODS
 from protocol.codec import decode_client_frame, encode_frame, refused_frame_ref
@@ -44,7 +45,6 @@ from protocol.frames import (
     Frame,
     Ok,
     Ping,
-    PresenceState,
     PresenceUpdate,
     ProjectListSnapshot,
     Ref,
@@ -541,9 +541,6 @@ class Client(Connection):
         key = ProjectChannel(project_id)
         await presence.join(key, self.user_id, self.connection_id, {}, name=self.display_name)
 
-        def encode(entries: list[PresenceEntry]) -> bytes:
-            return encode_frame(PresenceState(project_id=project_id, users=group_by_user(entries)))
-
         def receive(state: bytes) -> None:
             if not self._subscribed_to(subscription):
                 return
@@ -553,7 +550,9 @@ class Client(Connection):
                 self._metrics.frames_out.labels("presence.state").inc()
 
         if self._subscribed_to(subscription):
-            await self._gateway.presence_states.deliver(key, "native", encode, receive)
+            await self._gateway.presence_states.deliver(
+                key, "native", state_codec(project_id), receive
+            )
         if not subscription.presence:
             await presence.leave(key, self.connection_id)  # it ended meanwhile
 

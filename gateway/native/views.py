@@ -10,7 +10,7 @@ frame's size is what the history counts the event as (`encoded_size`).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -20,7 +20,8 @@ from gateway.core.delta import RowDelta, row_delta
 from gateway.core.events import Change
 from gateway.core.events import Op as ChangeOp
 from gateway.core.hub import Encoded
-from gateway.presence.model import PresenceChange, PresenceEntry
+from gateway.native.presence import diff_frame
+from gateway.presence.model import PresenceChange
 from protocol.codec import encode_frame
 from protocol.frames import (
     CHANGE_FRAMES,
@@ -29,9 +30,6 @@ from protocol.frames import (
     DeltaBase,
     Frame,
     Op,
-    PresenceDiff,
-    PresenceMeta,
-    PresenceUser,
 )
 from protocol.rows import Entity, Row, VersionRow
 
@@ -139,23 +137,6 @@ def shape_for(change: Change, delta: DeltaMode | None) -> Shape:
     return Shape.FULL
 
 
-def group_by_user(entries: Iterable[PresenceEntry]) -> dict[UUID, PresenceUser]:
-    """The wire shape: `{user_id: {metas: [...]}}`, connections in join order."""
-    metas: dict[UUID, list[PresenceMeta]] = {}
-    for entry in sorted(entries, key=lambda e: (e.joined_at, e.connection_id)):
-        metas.setdefault(entry.user_id, []).append(
-            PresenceMeta(
-                connection_id=entry.connection_id,
-                name=entry.name,
-                meta=entry.meta,
-                session=entry.session,
-                joined_at=entry.joined_at,
-                last_active=entry.last_active,
-            )
-        )
-    return {user_id: PresenceUser(metas=m) for user_id, m in metas.items()}
-
-
 class NativeView:
     """A native subscription's view of what the hub delivers: one per connection, and
     one more per `delta` mode its subscriptions asked for."""
@@ -190,12 +171,7 @@ class NativeView:
             return _labelled(encode_frame(frame))
         assert isinstance(item, PresenceChange)
         assert isinstance(item.channel, ProjectChannel)
-        diff = PresenceDiff(
-            project_id=item.channel.project_id,
-            joins=group_by_user(item.joins),
-            leaves=group_by_user(item.leaves),
-        )
-        return Encoded(encode_frame(diff), "presence.diff")
+        return Encoded(diff_frame(item.channel.project_id, item), "presence.diff")
 
 
 def _labelled(data: bytes) -> Encoded:

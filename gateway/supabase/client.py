@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
 
 import asyncpg
+import orjson
 from websockets.asyncio.server import ServerConnection
 
 from db import queries
@@ -39,7 +40,7 @@ from gateway.core.hub import Subscription
 from gateway.edge.connection import Connection, Refusal
 from gateway.edge.services import Services
 from gateway.edge.tokens import TokenError, TokenExpired, is_anonymous
-from gateway.supabase.presence import phoenix_state, presence_key_problem
+from gateway.supabase.presence import STATE_CODEC, presence_key_problem
 from gateway.supabase.views import Broadcast, ChannelView, TableView
 from protocol import phoenix as phx
 from protocol.errors import CloseCode
@@ -497,12 +498,20 @@ class PhoenixClient(Connection):
         return ResumeBasis(seen, Acl.of(row))
 
     async def _send_presence_state(self, channel: Channel) -> None:
-        entries = await self._gateway.presence.list(channel.key)
-        if self._channels.get(channel.topic) is not channel:
-            return
-        channel.subscription.presence = True
-        state = phoenix_state(entries)
-        self._send(Message(channel.topic, Event.PRESENCE_STATE, state, None, channel.join_ref))
+        """The channel's state, shared with its other joiners of the window; only the
+        message around it (topic, join_ref) is this channel's."""
+
+        def receive(state: bytes) -> None:
+            if self._channels.get(channel.topic) is not channel:
+                return
+            channel.subscription.presence = True
+            payload = orjson.Fragment(state)
+            self._send(
+                Message(channel.topic, Event.PRESENCE_STATE, payload, None, channel.join_ref)
+            )
+
+        states = self._gateway.presence_states
+        await states.deliver(channel.key, "phoenix", STATE_CODEC, receive)
 
     def _drop(self, channel: Channel) -> None:
         for subscription in channel.tables:
