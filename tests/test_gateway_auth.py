@@ -156,6 +156,24 @@ async def test_token_expiring_mid_connection_closes_4003(
     assert code == 4003
 
 
+async def test_connections_expire_each_at_its_own_tokens_expiry(
+    ws_client: Connect, make_user: UserFactory
+) -> None:
+    """The gateway keeps every expiry on one timer: a token expiring sooner than those
+    before it is still closed on time, and one closed or refreshed meanwhile is not."""
+    later, sooner, closed = [await ws_client() for _ in range(3)]
+    user = await make_user()
+    await later.auth(user, ttl=4)
+    await closed.auth(user, ttl=2)
+    await sooner.auth(user, ttl=2)
+    await closed.close()
+    await asyncio.wait_for(sooner.expect_error("token_expired", timeout=5), 5)
+    assert (await sooner.expect_closed())[0] == 4003
+    await later.ping()  # not yet
+    await asyncio.wait_for(later.expect_error("token_expired", timeout=5), 5)
+    assert (await later.expect_closed())[0] == 4003
+
+
 async def test_refresh_keeps_connection_past_old_expiry(
     ws_client: Connect, make_user: UserFactory
 ) -> None:

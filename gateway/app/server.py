@@ -33,6 +33,7 @@ from gateway.core.hub import Hub
 from gateway.core.outbox import Outbox
 from gateway.core.router import Router
 from gateway.edge.connection import Connection
+from gateway.edge.expiries import Expiries
 from gateway.edge.limits import Unauthenticated
 from gateway.edge.services import Admitted
 from gateway.edge.tokens import TokenVerifier
@@ -58,6 +59,9 @@ RETENTION_SWEEP_SECONDS = 60.0
 # Keepalive ticks per ping interval (or timeout, if shorter): a ping goes out at most
 # a tick late, a silent client is closed at most a tick after its timeout.
 KEEPALIVE_TICKS = 4
+# What every connection's handshake headers are once read (`Gateway._handle`): kept
+# for the connection's life, a response's own cost it 1 KB.
+_NO_HEADERS = Headers()
 # Joiners of a project within this long share one encoded `presence.state`
 # (gateway.presence.states); at most the presence diff interval.
 PRESENCE_STATE_WINDOW_SECONDS = 0.05
@@ -119,6 +123,7 @@ class Gateway:
         self._ids = itertools.count(1)
         self._clients: set[Connection] = set()
         self._by_user: dict[UUID, set[Admitted]] = {}
+        self.expiries = Expiries()
         self.unauthenticated = Unauthenticated(
             settings.max_unauthenticated_connections, settings.max_unauthenticated_per_address
         )
@@ -156,8 +161,12 @@ class Gateway:
         else:
             client = Client(self, ws, next(self._ids))
         client.arrived(address, user_agent(ws))
+        # Read: the handshake's headers, request and response, are let go for one empty
+        # set every connection shares (nothing reads or writes them after the handshake).
         if ws.request is not None:
-            ws.request.headers = Headers()  # read: let the handshake's headers go
+            ws.request.headers = _NO_HEADERS
+        if ws.response is not None:
+            ws.response.headers = _NO_HEADERS
         self._clients.add(client)
         self.metrics.connections.inc()
         try:

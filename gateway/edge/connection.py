@@ -29,6 +29,7 @@ from gateway.core.authorization import ANONYMOUS
 from gateway.core.channels import ChannelKey, PresenceKey, ProjectChannel, TopicChannel
 from gateway.core.events import Loss
 from gateway.core.hub import Subscription
+from gateway.edge.expiries import Expiry
 from gateway.edge.limits import TokenBucket
 from gateway.edge.services import Services
 from gateway.edge.tokens import TokenError, TokenExpired
@@ -108,7 +109,7 @@ class Connection:
         self._presence_pending: dict[PresenceKey, dict[str, JsonValue]] = {}
         self._presence_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: Expiry | None = None
         self._expires: float | None = None  # the token's `exp`
         self._admitted = False
         self._closing = False
@@ -354,15 +355,15 @@ class Connection:
     def _expire_at(self, exp: float) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
-        loop = asyncio.get_running_loop()
-        self._expiry = loop.call_at(loop.time() + max(0.0, exp - time.time()), self._on_expiry)
+        when = asyncio.get_running_loop().time() + max(0.0, exp - time.time())
+        self._expiry = self._gateway.expiries.at(when, self)
 
     def _token_lapsed(self) -> bool:
         """Whether the token's `exp` has passed: checked again where a subscription goes
         live after an await, which the expiry callback may not have run behind yet."""
         return self._expires is not None and time.time() >= self._expires
 
-    def _on_expiry(self) -> None:
+    def token_expired(self) -> None:
         self._expiry = None
         self._metrics.auth_failures.labels("token_expired").inc()
         self._expired()

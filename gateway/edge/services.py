@@ -17,6 +17,7 @@ from gateway.core.history import History
 from gateway.core.hub import Hub
 from gateway.core.outbox import Outbox
 from gateway.core.router import Router
+from gateway.edge.expiries import Expiries
 from gateway.edge.limits import Unauthenticated
 from gateway.edge.tokens import TokenVerifier
 from gateway.metrics import Metrics
@@ -46,6 +47,8 @@ class Services(Protocol):
     presence_states: PresenceStates
     sessions: LiveSessions
     unauthenticated: Unauthenticated
+    # Every connection's token expiry, on one timer.
+    expiries: Expiries
     # This gateway process, as request tags name it (gateway.core.origin).
     instance: str
 
