@@ -135,6 +135,10 @@ def lsn_from_str(text: str) -> int:
     return int(match[1], 16) << 32 | int(match[2], 16)
 
 
+# The first server version whose logical slots can be synchronised to standbys.
+FAILOVER_SLOTS_SINCE = 170000
+
+
 def pgoutput_proto_version(server_version: int) -> int:
     """The newest pgoutput protocol the server speaks; without streaming all send the same."""
     if server_version >= 160000:
@@ -291,7 +295,12 @@ class ReplicationStream:
             raise
 
     async def ensure_slot(self) -> SlotInfo:
-        """Create the slot as a persistent logical pgoutput slot unless it exists; check it."""
+        """Create the slot as a persistent logical pgoutput slot unless it exists; check it.
+
+        On PostgreSQL 17 and later the slot is a failover slot (made one if an older
+        version created it): a standby with `sync_replication_slots = on` keeps a copy,
+        so after a switchover to it the gateway resumes from the copy instead of
+        starting over with a new slot."""
         database, slot = await self._slot_row()
         created = False
         if slot is None:
@@ -300,6 +309,8 @@ class ReplicationStream:
             if slot is None:
                 raise SlotMissing(f"replication slot {self._slot!r} was dropped as it was created")
         _check_slot(self._slot, slot, database)
+        if self.server_version >= FAILOVER_SLOTS_SINCE and slot.get("failover") is False:
+            await self._query(f"ALTER_REPLICATION_SLOT {_ident(self._slot)} (FAILOVER true)")
         return SlotInfo(
             name=self._slot,
             created=created,
@@ -497,7 +508,11 @@ class ReplicationStream:
     async def _create_slot(self) -> bool:
         """Create the slot; False when another process created it first."""
         # No snapshot: nothing reads the database as of the slot's start.
-        command = f"CREATE_REPLICATION_SLOT {_ident(self._slot)} LOGICAL {PLUGIN} NOEXPORT_SNAPSHOT"
+        command = f"CREATE_REPLICATION_SLOT {_ident(self._slot)} LOGICAL {PLUGIN}"
+        if self.server_version >= FAILOVER_SLOTS_SINCE:
+            command += " (SNAPSHOT 'nothing', FAILOVER true)"
+        else:
+            command += " NOEXPORT_SNAPSHOT"
         try:
             await self._query(command)
         except ReplicationError as error:

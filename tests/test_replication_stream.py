@@ -241,6 +241,24 @@ async def test_the_slot_is_created_when_absent_and_reused(
     assert row["restart_lsn"] == created.restart_lsn
 
 
+async def test_a_slot_made_before_failover_slots_becomes_one_on_postgresql_17(
+    streams: Streams, conn: asyncpg.Connection
+) -> None:
+    """Made by SQL as older gateways made it; a standby can keep a copy of it afterwards."""
+    async with asyncio.timeout(TEST_LIMIT):
+        await conn.execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", streams.slot
+        )
+        stream = await streams.open()
+        await stream.ensure_slot()
+        if stream.server_version < 170000:
+            pytest.skip("failover slots are new in PostgreSQL 17")
+        failover = await conn.fetchval(
+            "SELECT failover FROM pg_replication_slots WHERE slot_name = $1", streams.slot
+        )
+    assert failover is True
+
+
 async def test_the_newest_pgoutput_protocol_of_the_server_is_chosen(
     streams: Streams, pg_server: PostgresServer
 ) -> None:

@@ -21,6 +21,7 @@ import asyncpg
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 
+from db.errors import DATABASE_ERRORS
 from db.feed import ChangeFeed
 from gateway.app.demo import Demo
 from gateway.app.health import OperatorCheck, http_router, operator_check
@@ -216,7 +217,7 @@ class Gateway:
         try:
             await self.pool.fetchval("SELECT 1")
             lag = await self.feed.lag_bytes()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        except DATABASE_ERRORS as error:
             return f"database unreachable: {error}", details
         if lag is not None:
             self.metrics.slot_lag_bytes.set(lag)
@@ -233,7 +234,7 @@ class Gateway:
             if self.feed.connected:
                 try:
                     await self.fences.passed()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                except DATABASE_ERRORS as error:
                     logger.debug("fence not written: %s", error)
             if self.history.started:
                 self.history.expire()
@@ -241,7 +242,7 @@ class Gateway:
             self.metrics.history_bytes.set(self.history.size_bytes)
             try:
                 lag = await self.feed.lag_bytes()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except DATABASE_ERRORS as error:
                 logger.debug("slot lag unavailable: %s", error)
             else:
                 if lag is not None:
@@ -268,7 +269,7 @@ class Gateway:
             try:
                 keys = await expire_idempotency_keys(self.pool, ttl)
                 trashed = await expire_trash(self.pool, trash_seconds)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except DATABASE_ERRORS as error:
                 logger.warning("expired idempotency keys or trash not deleted: %s", error)
             else:
                 if keys or trashed:

@@ -37,6 +37,7 @@ import asyncpg
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 
+from db.errors import DATABASE_ERRORS
 from gateway.metrics import Metrics
 from gateway.presence.model import Meta, SessionHolds
 from gateway.settings import Settings
@@ -59,7 +60,7 @@ _SWEEP = """
 """
 _CLEANUP = "SELECT public.cleanup_old_sessions()"
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_DB_ERRORS = DATABASE_ERRORS
 
 
 def _count(status: str) -> int:
