@@ -2,10 +2,11 @@
 (db.worker_feed): a Unix socket in a directory only the node's user may enter.
 
 Reader → worker: frames, each a 4-byte big-endian length and one pickled feed event
-(db.feed's `FeedEvent`). Pickle keeps the decoder's types (UUID, datetime, parsed
-jsonb) so a worker does no conversion, and it is safe here because both ends are the
-same program run by the same user behind a private directory: nothing else can bind or
-reach the socket. Each event is pickled once, and those bytes go to every worker.
+(db.feed's `FeedEvent`). Pickle keeps the decoder's types (UUID, datetime, jsonb as
+`JsonText`) so a worker does no conversion, and it is safe here because both ends are
+the same program run by the same user behind a private directory: nothing else can
+bind or reach the socket. Each event is pickled once, and those bytes go to every
+worker.
 
 Worker → reader: lines of text. `hello <position>` (or `hello -`) first: the worker
 resumes after that position (the last transaction it received whole), or starts afresh;

@@ -72,7 +72,7 @@ def available() -> bool:
     return (DEBIAN_BIN / "pg_ctl").exists()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -119,7 +119,7 @@ def start() -> HostedPostgres:
     if os.geteuid() == 0:
         postgres = pwd.getpwnam("postgres")
         os.chown(directory, postgres.pw_uid, postgres.pw_gid)
-    server = HostedPostgres(directory, _free_port())
+    server = HostedPostgres(directory, free_port())
     _run_as_postgres(
         [
             str(DEBIAN_BIN / "initdb"),

@@ -17,7 +17,6 @@ import importlib.util
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from uuid import UUID
 
 import asyncpg
 import pytest
@@ -41,6 +41,7 @@ from tests.gateway_fixtures import (
     open_client,
     start_gateway,
 )
+from tests.hosted_postgres import free_port
 
 SERVER_USER = "embedded_postgres"
 DATABASE = "sitebuilder"
@@ -65,13 +66,6 @@ def run_as_server(*command: str) -> None:
     if os.geteuid() == 0:
         program = ["runuser", "-u", SERVER_USER, "--", *program]
     subprocess.run(program, check=True, capture_output=True, timeout=120)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -157,6 +151,13 @@ async def fetchval(dsn: str, query: str, *args: Any) -> Any:
         await conn.close()
 
 
+async def rename(server: Server, project: UUID, prefix: str) -> None:
+    """Three commits on `server`: the project named `<prefix>-0`, `-1`, `-2`."""
+    query = "UPDATE projects SET name = $2 WHERE id = $1 RETURNING 1"
+    for n in range(3):
+        await fetchval(server.dsn(), query, project, f"{prefix}-{n}")
+
+
 async def synced(server: Server, slot: str, nudge: Callable[[], Awaitable[None]]) -> None:
     """Start the standby's slot sync worker and wait until it has copied `slot` (it
     tells nobody: its catalog is polled). The copy is made once the slot has moved past
@@ -225,13 +226,7 @@ async def test_after_a_failover_the_gateway_resumes_from_the_synchronised_slot(
             _, snapshot = await client.subscribe(project)
             assert snapshot is not None
 
-            for n in range(3):
-                await fetchval(
-                    primary.dsn(),
-                    "UPDATE projects SET name = $2 WHERE id = $1 RETURNING 1",
-                    project,
-                    f"primary-{n}",
-                )
+            await rename(primary, project, "primary")
             seen = [await client.recv_type("change") for _ in range(6)]  # each with its version
 
             # The standby has the slot, as far as the gateway has had changes.
@@ -246,13 +241,7 @@ async def test_after_a_failover_the_gateway_resumes_from_the_synchronised_slot(
             primary.stop("immediate")  # it dies: what it sent the gateway, the standby has
             run_as_server("pg_ctl", "-D", str(standby.pgdata), "-w", "promote")
 
-            for n in range(3):
-                await fetchval(
-                    standby.dsn(),
-                    "UPDATE projects SET name = $2 WHERE id = $1 RETURNING 1",
-                    project,
-                    f"standby-{n}",
-                )
+            await rename(standby, project, "standby")
             seen += [await client.recv(SWITCHOVER_TIMEOUT) for _ in range(6)]
             # Requests reach the new primary too (the pools let go of the old one's).
             reply = await client.request(

@@ -15,7 +15,6 @@ import contextlib
 import os
 import selectors
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -48,6 +47,7 @@ from tests.gateway_fixtures import (
     open_client,
     start_gateway,
 )
+from tests.hosted_postgres import free_port
 from tests.support import ServeProcess, cli_env, http_get
 from tests.test_presence import View, connections, rpc_result
 from tests.test_rpc_sessions import backdate, status_of, until_status
@@ -60,13 +60,6 @@ GRACE = 0.5
 
 
 # Redis
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_for_line(process: subprocess.Popen[bytes], text: bytes, timeout: float) -> None:
@@ -89,7 +82,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server for the session, without persistence, stopped at the end."""
     server = shutil.which("redis-server")
     assert server is not None, "redis-server is missing: .ci/run installs it with apt"
-    port = _free_port()
+    port = free_port()
     directory = tmp_path_factory.mktemp("redis")
     options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)]
     process = subprocess.Popen(
@@ -532,7 +525,7 @@ async def test_an_unreachable_redis_stops_the_start(
     gateway_settings: Settings, database_dsn: str
 ) -> None:
     settings = gateway_settings.model_copy(
-        update={"presence_backend": "redis", "redis_url": f"redis://127.0.0.1:{_free_port()}/0"}
+        update={"presence_backend": "redis", "redis_url": f"redis://127.0.0.1:{free_port()}/0"}
     )
     gw, pool = await start_gateway(settings, database_dsn)
     try:
