@@ -1182,7 +1182,11 @@ export interface SubscribeOptions {
   /** Whenever who is here changes: everyone, by user. */
   onPresence?: (presence: Presence) => void;
   /** The gateway could not resume: local state was replaced by this fresh snapshot. */
-  onReset?: (snapshot: Snapshot, state: ProjectState, reason: ResetReason | "delta_mismatch") => void;
+  onReset?: (
+    snapshot: Snapshot,
+    state: ProjectState,
+    reason: ResetReason | "delta_mismatch",
+  ) => void;
   /** The server ended the subscription (access revoked, project deleted). */
   onUnsubscribed?: (frame: Unsubscribed) => void;
   onError?: (error: SitebuilderError) => void;
