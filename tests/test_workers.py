@@ -180,6 +180,9 @@ async def test_clients_on_three_workers_get_every_change_once_across_a_killed_wo
         await logged(gateway, rf"worker {victim} \(pid {victim_pid}\) exited")
         await logged(gateway, rf"worker {victim} listens again")
         assert worker_pids(gateway)[victim] != victim_pid
+        # Every worker's connections, the dead one's gone: the kernel balanced the
+        # reconnections, the merged gauge counts each tab once.
+        assert await metric(gateway.serving.port, "sitebuilder_connections") == TABS
         # The replacement caught up from the node's feed: it replays from before it started.
         late = await client_on(gateway, victim_node, owner)
         reply = await late.request(
@@ -187,9 +190,6 @@ async def test_clients_on_three_workers_get_every_change_once_across_a_killed_wo
         )
         assert reply["data"]["resumed"] is True, gateway.log()
         await late.close()
-        # Every worker's connections, the dead one's gone: the kernel balanced the
-        # reconnections, the merged gauge counts each tab once.
-        assert await metric(gateway.serving.port, "sitebuilder_connections") == TABS
 
         pids = list(worker_pids(gateway).values())
         assert await stop_gateway(gateway) == 0, gateway.log()
