@@ -21,6 +21,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from db.errors import DATABASE_ERRORS
 from db.feed import (
     ChangeOp,
     FeedEvent,
@@ -113,7 +114,7 @@ class NotifyFeed:
                 conn = await asyncpg.connect(self._dsn)
                 conn.add_termination_listener(self._on_terminated)
                 await conn.add_listener(CHANNEL, self._on_notification)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except DATABASE_ERRORS as error:
                 logger.warning("change feed: cannot listen (%s); retrying in %.1fs", error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff_max)
@@ -155,7 +156,7 @@ class NotifyFeed:
                 return
             try:
                 message = await self._decode(str(item))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except DATABASE_ERRORS as error:
                 logger.warning("change feed: cannot fetch an overflow row: %s", error)
                 await self._close()
                 return
@@ -199,7 +200,7 @@ class NotifyFeed:
                 "DELETE FROM public.realtime_overflow "
                 f"WHERE created_at < now() - interval '{OVERFLOW_RETENTION}'"
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        except DATABASE_ERRORS as error:
             logger.warning("change feed: overflow sweep failed: %s", error)
 
 

@@ -37,6 +37,7 @@ import asyncpg
 import orjson
 
 from db import pgoutput
+from db.errors import DATABASE_ERRORS
 from db.feed import (
     ChangeOp,
     FeedEvent,
@@ -251,7 +252,7 @@ class ReplicationFeed:
                 "SELECT (SELECT system_identifier FROM pg_control_system()) AS system,"
                 " pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax"
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        except DATABASE_ERRORS as error:
             raise ReplicationError(f"cannot identify the database cluster: {error}") from error
         assert row is not None
         self._epoch = f"r{row['system']:016x}"

@@ -19,6 +19,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from db import queries
+from db.errors import DATABASE_ERRORS
 from db.feed import Position
 from gateway.core.authorization import ANONYMOUS, Acl, Level, level_of, plan_replay
 from gateway.core.channels import ProjectChannel, ProjectListChannel
@@ -244,7 +245,7 @@ class Client(Connection):
         self._busy = True
         try:
             await self._handle(frame)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        except DATABASE_ERRORS as error:
             logger.exception("request %r of user %s failed", frame, self.user_id)
             self.send(self._error(ErrorCode.INTERNAL, f"request failed: {error}", frame.ref))
         finally:

@@ -27,11 +27,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
 
-import asyncpg
 import orjson
 from websockets.asyncio.server import ServerConnection
 
 from db import queries
+from db.errors import DATABASE_ERRORS
 from db.feed import Position
 from gateway.core.authorization import ANONYMOUS, Acl, Level, level_of, plan_replay
 from gateway.core.channels import PresenceKey, ProjectChannel, TableChannel, TopicChannel
@@ -213,7 +213,7 @@ class PhoenixClient(Connection):
         self._busy = True
         try:
             await self._handle(message)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        except DATABASE_ERRORS as error:
             logger.exception("%s of user %s failed", message.event, self.user_id)
             self._reply_error(message, f"request failed: {error}")
         finally:
