@@ -30,7 +30,7 @@ from gateway.edge.connection import Connection, token_error_code
 from gateway.edge.services import Services
 from gateway.edge.tokens import TokenError, is_anonymous
 from gateway.native.presence import state_codec
-from gateway.native.views import DeltaMode, NativeView
+from gateway.native.views import NativeView, Shape
 from gateway.presence.model import Meta
 from gateway.rpc.call import Call, IdempotencyLimits, call
 from gateway.rpc.methods import METHODS
@@ -73,7 +73,7 @@ class Client(Connection):
     def __init__(self, gateway: Services, ws: ServerConnection, client_id: int) -> None:
         super().__init__(gateway, ws, client_id)
         self._view = NativeView(client_id, ANONYMOUS)
-        self._delta_views: dict[DeltaMode, NativeView] | None = None  # made on first use
+        self._delta_views: dict[Shape, NativeView] | None = None  # made on first use
         self._project_list: Subscription | None = None
         # A read of the project list is in flight; `_list_stale` (a reason) makes it
         # read again.
@@ -378,7 +378,7 @@ class Client(Connection):
         for `delta` subscriptions (with or without the old row)."""
         if not frame.delta:
             return self._view
-        mode = DeltaMode.DELTA_WITH_OLD if frame.old else DeltaMode.DELTA
+        mode = Shape.DELTA_WITH_OLD if frame.old else Shape.DELTA
         if self._delta_views is None:
             self._delta_views = {}
         view = self._delta_views.get(mode)

@@ -47,13 +47,6 @@ class Shape(StrEnum):
     VERSION_METADATA = "native-version-metadata"
 
 
-class DeltaMode(StrEnum):
-    """How a subscription made with `delta` gets updates: without or with the old row."""
-
-    DELTA = "delta"
-    DELTA_WITH_OLD = "delta-with-old"
-
-
 def change_frame(change: Change) -> ChangeBase[Any]:
     frame = CHANGE_FRAMES[change.entity](
         project_id=change.project_id,
@@ -163,14 +156,13 @@ def encoded_size(change: Change) -> int:
     return len(encoded(change))
 
 
-def shape_for(change: Change, delta: DeltaMode | None) -> Shape:
-    """The shape a subscription (made with `delta` or not) gets `change` in."""
-    if delta is None:
-        return Shape.FULL
+def shape_for(change: Change, delta: Shape) -> Shape:
+    """The shape a subscription made with `delta` gets `change` in; `delta`: the shape of
+    its updates (`Shape.DELTA` or `Shape.DELTA_WITH_OLD`)."""
     if change.entity is Entity.VERSION:
         return Shape.VERSION_METADATA
     if change.op is ChangeOp.UPDATE and not change.listed and change.entity in DELTA_FRAMES:
-        return Shape.DELTA if delta is DeltaMode.DELTA else Shape.DELTA_WITH_OLD
+        return delta
     return Shape.FULL
 
 
@@ -180,7 +172,7 @@ class NativeView:
 
     __slots__ = ("_connection_id", "_delta", "_user_id")
 
-    def __init__(self, connection_id: int, user_id: UUID, delta: DeltaMode | None = None) -> None:
+    def __init__(self, connection_id: int, user_id: UUID, delta: Shape | None = None) -> None:
         self._connection_id = connection_id
         self._user_id = user_id
         self._delta = delta
