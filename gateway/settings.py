@@ -130,6 +130,18 @@ class Settings(BaseSettings):
         int,
         Field(gt=0, description="Largest client frame accepted; larger: `frame_too_large`."),
     ] = 1_048_576
+    fragment_bytes: Annotated[
+        int,
+        Field(
+            ge=0,
+            description=(
+                "Messages the gateway sends that are longer than this go out as frames of "
+                "this size (RFC 6455 fragments; every websocket client reassembles them), "
+                "so a client's or proxy's frame buffer stays this small however large a "
+                "snapshot or presence state is; 0: every message in one frame."
+            ),
+        ),
+    ] = 16_384
     messages_per_second: Annotated[
         float,
         Field(gt=0, description="Sustained client frames per second per connection."),

@@ -97,7 +97,7 @@ class Gateway:
         self.verifier = verifier
         self.metrics = Metrics()
         # Change frames wait here while the dispatcher handles a transaction.
-        self.outbox = Outbox()
+        self.outbox = Outbox(settings.fragment_bytes)
         # Who may read which project as of the dispatcher's position (table channels).
         self.access_lists = AccessLists(core_pool, settings.access_cache_size)
         self.hub = Hub(self.metrics, settings.max_pending_events, self.outbox)

@@ -8,6 +8,11 @@ those bytes straight to each transport is what the websockets protocol object wo
 write itself: it keeps no per-frame state for an unfragmented server message, and the
 transport keeps the order of everything written to it.
 
+A message longer than the outbox's `fragment_bytes` goes out as frames of that size
+(RFC 6455 5.4: the first with the message's opcode, the rest continuation frames, FIN
+on the last), written together so nothing can come between them: a client or proxy
+then holds one fragment at a time, however large a snapshot or presence state is.
+
 A transaction usually changes several rows (an update and the version it records),
 and each write to a socket is a system call (~10 µs here, most of a delivery's cost):
 the outbox joins the frames each connection gets from one transaction into one write.
@@ -34,17 +39,32 @@ class Binary(bytes):
     """A payload sent as a binary frame (everything else is sent as text)."""
 
 
-def wire_frame(data: bytes) -> bytes:
-    """The wire bytes of one unfragmented, uncompressed, unmasked frame."""
-    return _header(data) + data
+def wire_frame(data: bytes, fragment_bytes: int = 0) -> bytes:
+    """The wire bytes of one uncompressed, unmasked message: one frame, or frames of
+    `fragment_bytes` when it is longer (0: never fragmented)."""
+    return b"".join(wire_parts(data, fragment_bytes))
 
 
-def _header(data: bytes) -> bytes:
-    """What `Frame(opcode, data).serialize(mask=False)` writes before the payload
+def wire_parts(data: bytes, fragment_bytes: int) -> list[bytes | memoryview]:
+    """The message's frame headers and payload slices, in order (joined, its wire bytes)."""
+    opcode = _BINARY if isinstance(data, Binary) else _TEXT
+    length = len(data)
+    if not fragment_bytes or length <= fragment_bytes:
+        return [_header(_FIN | opcode, length), data]
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    for start in range(0, length, fragment_bytes):
+        chunk = view[start : start + fragment_bytes]
+        fin = _FIN if start + fragment_bytes >= length else 0
+        parts.append(_header(fin | (opcode if start == 0 else _CONTINUATION), len(chunk)))
+        parts.append(chunk)
+    return parts
+
+
+def _header(first: int, length: int) -> bytes:
+    """What `Frame(opcode, data, fin).serialize(mask=False)` writes before the payload
     (RFC 6455 5.2: FIN and the opcode, then the length in 7, 7+16 or 7+64 bits),
     without its checks and objects: a bulk transaction frames thousands."""
-    first = _BINARY if isinstance(data, Binary) else _TEXT
-    length = len(data)
     if length < 126:
         return bytes((first, length))
     if length < 65536:
@@ -52,17 +72,21 @@ def _header(data: bytes) -> bytes:
     return _LONG.pack(first, 127, length)
 
 
-_TEXT: Final = 0x80 | Opcode.TEXT.value
-_BINARY: Final = 0x80 | Opcode.BINARY.value
+_FIN: Final = 0x80
+_TEXT: Final = Opcode.TEXT.value
+_BINARY: Final = Opcode.BINARY.value
+_CONTINUATION: Final = Opcode.CONT.value
 _SHORT: Final = struct.Struct(">BBH")
 _LONG: Final = struct.Struct(">BBQ")
 
 
 class Outbox:
     """Frames queued with their recipients until `flush`, then one write per
-    connection: the one path from the gateway to its sockets."""
+    connection: the one path from the gateway to its sockets. Messages longer than
+    `fragment_bytes` go out fragmented (0: never)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fragment_bytes: int = 0) -> None:
+        self.fragment_bytes = fragment_bytes
         self._batches: list[tuple[list[ServerConnection], bytes]] = []
 
     def add(self, connections: list[ServerConnection], data: bytes) -> None:
@@ -82,7 +106,7 @@ class Outbox:
         first = batches[0][0]
         if all(connections == first for connections, _ in batches[1:]):
             # The usual transaction: every frame went to the same subscribers.
-            _write_all(first, [data for _, data in batches])
+            _write_all(first, [data for _, data in batches], self.fragment_bytes)
             return
         queued: dict[ServerConnection, list[bytes]] = {}
         for connections, data in batches:
@@ -98,12 +122,16 @@ class Outbox:
             key = tuple(map(id, frames))
             wire = joined.get(key)
             if wire is None:
-                wire = joined[key] = b"".join(_framed(framed, data) for data in frames)
+                wire = joined[key] = b"".join(
+                    _framed(framed, data, self.fragment_bytes) for data in frames
+                )
             _write(connection, wire)
 
 
-def _write_all(connections: Iterable[ServerConnection], frames: list[bytes]) -> None:
-    wire = b"".join([part for data in frames for part in (_header(data), data)])
+def _write_all(
+    connections: Iterable[ServerConnection], frames: list[bytes], fragment_bytes: int
+) -> None:
+    wire = b"".join([part for data in frames for part in wire_parts(data, fragment_bytes)])
     for connection in connections:
         if _shares_frames(connection):
             _write(connection, wire)
@@ -111,10 +139,10 @@ def _write_all(connections: Iterable[ServerConnection], frames: list[bytes]) -> 
             _send_each(connection, frames)
 
 
-def _framed(cache: dict[int, bytes], data: bytes) -> bytes:
+def _framed(cache: dict[int, bytes], data: bytes, fragment_bytes: int) -> bytes:
     wire = cache.get(id(data))
     if wire is None:
-        wire = cache[id(data)] = wire_frame(data)
+        wire = cache[id(data)] = wire_frame(data, fragment_bytes)
     return wire
 
 
