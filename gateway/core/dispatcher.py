@@ -35,7 +35,6 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-import orjson
 from pydantic import ValidationError
 
 from db.feed import (
@@ -44,13 +43,12 @@ from db.feed import (
     FeedInterrupted,
     FeedResumed,
     FenceReached,
-    JsonText,
     RowChange,
     TransactionEnd,
 )
 from gateway.core.authorization import AccessLists, Acl, AclChange, Undetermined
 from gateway.core.channels import ProjectListChannel, table_channel
-from gateway.core.events import Change, Loss, Op, RowSource
+from gateway.core.events import Change, Loss, Op, RowSource, TypedRow
 from gateway.core.fences import Fences
 from gateway.core.history import History
 from gateway.core.hub import Hub
@@ -58,7 +56,7 @@ from gateway.core.origin import Origin, origin_of
 from gateway.core.outbox import Outbox
 from gateway.core.router import Router
 from gateway.metrics import Metrics
-from protocol.rows import ENTITY_ROWS, TABLE_ENTITIES, Entity, Row
+from protocol.rows import ENTITY_ROWS, TABLE_ENTITIES, Entity
 
 logger = logging.getLogger(__name__)
 
@@ -219,8 +217,6 @@ class Dispatcher:
         core = self._core
         if change.entity is Entity.PROJECT:
             self._apply_access(change)
-        if not _built(change):
-            return
         core.history.record(change)
         if core.hub.publish(change, table_acl):
             lag = (datetime.now(UTC) - change.committed_at).total_seconds()
@@ -259,7 +255,7 @@ class Dispatcher:
             if not users or row is None:
                 continue
             change = _event(row_change, UUID(str(row["id"])), op, new, old, None, origin)
-            if change is not None and _built(change):
+            if change is not None:
                 change.listed = True
                 hub.publish_listed(users, change)
 
@@ -289,46 +285,6 @@ def _step(publish: Callable[..., None], *args: Any) -> Step:
     return lambda: publish(*args)
 
 
-def _typed(model: type[Row], values: dict[str, Any]) -> RowSource:
-    """A row the decoder typed, built when the change is published: its JSON columns
-    are parsed only then (db.feed.JsonText)."""
-    return lambda: _constructed(model, values)
-
-
-def _constructed(model: type[Row], values: dict[str, Any]) -> Row:
-    """`model.model_construct(**values)`, JSON text parsed. A row with exactly the
-    model's columns (the usual one) is set up as model_construct would (none of the
-    row models has aliases, defaults to fill or private attributes) in a third of its
-    time; any other goes through it."""
-    fields = model.__pydantic_fields__
-    parsed = {
-        name: orjson.loads(str(value)) if type(value) is JsonText else value
-        for name, value in values.items()
-    }
-    if parsed.keys() != fields.keys():
-        return model.model_construct(**parsed)
-    row = model.__new__(model)
-    _set(row, "__dict__", {name: parsed[name] for name in fields})
-    _set(row, "__pydantic_fields_set__", set(fields))
-    _set(row, "__pydantic_extra__", {} if model.model_config.get("extra") == "allow" else None)
-    _set(row, "__pydantic_private__", None)
-    return row
-
-
-_set = object.__setattr__
-
-
-def _built(change: Change) -> bool:
-    """Build the change's rows; False, logged, for JSON PostgreSQL took and orjson
-    refuses (nested over 1,024 deep, or a number beyond a double's range)."""
-    try:
-        change.build()
-    except orjson.JSONDecodeError as error:
-        logger.error("dropping a %s row from the feed: its JSON: %s", change.table, error)
-        return False
-    return True
-
-
 def _event(
     row_change: RowChange,
     project_id: UUID,
@@ -347,8 +303,8 @@ def _event(
     new_row: RowSource | None = None
     old_row: RowSource | None = None
     if row_change.typed:
-        new_row = _typed(row_model, new) if new is not None else None
-        old_row = _typed(row_model, old) if old is not None else None
+        new_row = TypedRow(row_model, new) if new is not None else None
+        old_row = TypedRow(row_model, old) if old is not None else None
     else:
         try:
             new_row = row_model.model_validate(new) if new is not None else None
