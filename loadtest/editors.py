@@ -65,6 +65,7 @@ import uvloop
 from hdrh.histogram import HdrHistogram
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from loadtest.fragments import Reassembly
 from loadtest.options import CLIENT_BOUND_PERCENT
 
 SLOW_CONSUMER_CLOSE = 4008
@@ -75,6 +76,7 @@ SEQ_KEY = b'"bench_seq":'
 # parsing each joiner's would make this process, not the server, the storm's bottleneck.
 PRESENCE_PREFIX = b'{"type":"presence.'
 DIGITS = frozenset(b"0123456789")
+JSON_SPACE = frozenset(b" \t\r\n")
 LATENCY_MAX_US = 600_000_000  # ten minutes: anything later is recorded as this
 STEP_TIMEOUT = 60.0  # longest wait for one reply (connect, auth, subscribe)
 PROGRESS_EVERY = 0.5
@@ -346,6 +348,7 @@ class Editor(WSListener):
         self.leaving = False  # the close or abort was ours
         self.on_cut: Callable[[Editor], None] | None = None
         self.outage = Outage()
+        self.reassembly = Reassembly()
 
     # picows callbacks (run inside the event loop, must not block)
 
@@ -353,16 +356,19 @@ class Editor(WSListener):
         self.transport = transport
         self.leaving = False
         self.closed = asyncio.get_running_loop().create_future()
+        self.reassembly = Reassembly(PRESENCE_PREFIX, self.count_presence)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.msg_type == WSMsgType.TEXT:
-            self.on_message(frame.get_payload_as_bytes())
-        elif frame.msg_type == WSMsgType.CLOSE:
+        if frame.msg_type == WSMsgType.CLOSE:
             close = frame.get_close_code()
             code: int = close.value
             self.tally.closes[code] = self.tally.closes.get(code, 0) + 1
             transport.send_close(close)
             transport.disconnect()
+            return
+        message = self.reassembly.feed(frame)
+        if message is not None and message[0] == WSMsgType.TEXT:
+            self.on_message(message[1])
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.closed is not None and not self.closed.done():
@@ -382,7 +388,7 @@ class Editor(WSListener):
             self.on_delta(payload)
             return
         if payload.startswith(PRESENCE_PREFIX):
-            self.tally.presence_bytes += len(payload)
+            self.count_presence(len(payload))
             return
         message = orjson.loads(payload)
         kind = message.get("type")
@@ -402,6 +408,9 @@ class Editor(WSListener):
         waiter = self.waiting.get(f"{ref}:{kind}") or self.waiting.get(f"{ref}:*")
         if waiter is not None and not waiter.done():
             waiter.set_result(message)
+
+    def count_presence(self, size: int) -> None:
+        self.tally.presence_bytes += size
 
     def on_change(self, payload: bytes) -> None:
         """Read the few fields counted straight from the bytes: a full JSON parse of every
@@ -440,7 +449,10 @@ class Editor(WSListener):
         or out of order for this editor."""
         if seq_at < 0:
             return
-        end = start = seq_at + len(SEQ_KEY)
+        start = seq_at + len(SEQ_KEY)
+        while payload[start] in JSON_SPACE:  # jsonb's own text writes `"key": value`
+            start += 1
+        end = start
         while payload[end] in DIGITS:
             end += 1
         wireframe_id = row_id.decode()

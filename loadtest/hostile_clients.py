@@ -65,6 +65,7 @@ import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from loadtest.editors import commands, emit, wait_until
+from loadtest.fragments import Reassembly
 
 CONNECT_TIMEOUT = 30.0
 SETUP_TIMEOUT = 120.0  # a burst of max-size joins on a busy gateway
@@ -211,17 +212,15 @@ class Hostile(WSListener):
         self.closed: asyncio.Future[None] | None = None
         self.leaving = False
         self.close_code: int | None = None
+        self.reassembly = Reassembly()
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self.closed = asyncio.get_running_loop().create_future()
+        self.reassembly = Reassembly()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.msg_type == WSMsgType.TEXT:
-            self.received(frame.get_payload_as_bytes())
-        elif frame.msg_type == WSMsgType.BINARY:
-            self.tally.pushes["binary"] += 1
-        elif frame.msg_type == WSMsgType.CLOSE:
+        if frame.msg_type == WSMsgType.CLOSE:
             code: int = frame.get_close_code().value
             self.close_code = code
             self.tally.closes[str(code)] += 1
@@ -229,6 +228,14 @@ class Hostile(WSListener):
             self.tally.close_reasons[f"{code} {reason.decode(errors='replace')[:80]}"] += 1
             transport.send_close(frame.get_close_code())
             transport.disconnect()
+            return
+        message = self.reassembly.feed(frame)
+        if message is None:
+            return
+        if message[0] == WSMsgType.TEXT:
+            self.received(message[1])
+        else:
+            self.tally.pushes["binary"] += 1
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.close_code is None and not self.leaving:
