@@ -47,6 +47,7 @@ async def test_fragmented_messages_arrive_whole_and_skipped_ones_are_only_counte
         transport, reader = await asyncio.wait_for(
             ws_connect(Reader, f"ws://127.0.0.1:{port}"), TIMEOUT
         )
+        assert isinstance(reader, Reader)
         try:
             await asyncio.wait_for(reader.done, TIMEOUT)
         finally:
