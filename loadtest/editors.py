@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -839,6 +840,7 @@ class Session:
             cpu_percent_delivering=self.busy.delivering_percent(),
             client_bound_deliveries=self.busy.hot,
             client_bound_percent=self.busy.threshold,
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )
 
 

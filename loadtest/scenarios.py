@@ -228,7 +228,10 @@ async def storm(options: Options) -> Report:
                 for reason, count in event["steps"]["failures"].items():
                     failures[reason] = failures.get(reason, 0) + count
             figures["failure_reasons"] = failures
-            await finish(stream, {}, options)
+            results = await finish(stream, {}, options)
+            # The editors' processes at their largest: the presence states they read
+            # are N² bytes together; held one fragment at a time, they are not kept.
+            figures["editors_peak_rss_mb"] = round(sum(r["peak_rss_mb"] for r in results), 1)
             stream.progress.done()
             report.runs.append(Run("gateway", figures))
         finally:

@@ -286,6 +286,7 @@ async def test_storm_gets_everyone_ready(tmp_path: Path, database_dsn: str) -> N
     assert gateway["clients"] == 20
     assert gateway["failures"] == 0
     assert gateway["subscribe p99 (ms)"] > 0
+    assert gateway["editors_peak_rss_mb"] > 0
 
 
 async def test_feed_delivers_every_bulk_insert_and_reports_the_rates(
