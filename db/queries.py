@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -51,28 +53,37 @@ class ProjectView:
     sessions: list[dict[str, Any]]
 
 
-_PROJECT = "SELECT to_jsonb(p)::text FROM public.projects p WHERE p.id = $1"
-_SITEMAPS = """
-    SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.created_at, s.id), '[]')::text
-    FROM public.sitemaps s WHERE s.project_id = $1
+# The project and everything under it as the acting user sees it, in one statement ($2:
+# with the content, else only the project and whether the user may edit it). Members'
+# adds the builder sessions, which the `anon` role may not even name.
+_CONTENT = """
+    SELECT
+        (SELECT to_jsonb(p)::text FROM public.projects p WHERE p.id = $1),
+        public.can_edit_project($1),
+        (SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.created_at, s.id), '[]')::text
+         FROM public.sitemaps s WHERE s.project_id = $1 AND $2),
+        (SELECT coalesce(jsonb_agg(to_jsonb(w) ORDER BY w.created_at, w.id), '[]')::text
+         FROM public.wireframes w JOIN public.sitemaps s ON s.id = w.sitemap_id
+         WHERE s.project_id = $1 AND $2),
+        (SELECT coalesce(jsonb_agg(to_jsonb(g) ORDER BY g.created_at, g.id), '[]')::text
+         FROM public.style_guides g
+         JOIN public.wireframes w ON w.id = g.wireframe_id
+         JOIN public.sitemaps s ON s.id = w.sitemap_id
+         WHERE s.project_id = $1 AND $2)
 """
-_WIREFRAMES = """
-    SELECT coalesce(jsonb_agg(to_jsonb(w) ORDER BY w.created_at, w.id), '[]')::text
-    FROM public.wireframes w JOIN public.sitemaps s ON s.id = w.sitemap_id
-    WHERE s.project_id = $1
+_SESSIONS = """,
+        (SELECT coalesce(jsonb_agg(to_jsonb(b) ORDER BY b.started_at, b.id), '[]')::text
+         FROM public.builder_sessions b
+         WHERE b.project_id = $1 AND b.status IN ('active', 'paused') AND $2)
 """
-_STYLE_GUIDES = """
-    SELECT coalesce(jsonb_agg(to_jsonb(g) ORDER BY g.created_at, g.id), '[]')::text
-    FROM public.style_guides g
-    JOIN public.wireframes w ON w.id = g.wireframe_id
-    JOIN public.sitemaps s ON s.id = w.sitemap_id
-    WHERE s.project_id = $1
+_CONTENT_OF_MEMBERS = _CONTENT + _SESSIONS
+_SNAPSHOT = "SELECT pg_current_snapshot()::text"
+# The snapshot and the project's access list in one statement, as the gateway's role.
+_ACCESS_AT = """
+    SELECT pg_current_snapshot()::text AS seen, p.user_id, p.collaborators, p.is_public
+    FROM (VALUES (1)) AS one LEFT JOIN public.projects p ON p.id = $1
 """
-_SESSIONS = """
-    SELECT coalesce(jsonb_agg(to_jsonb(b) ORDER BY b.started_at, b.id), '[]')::text
-    FROM public.builder_sessions b
-    WHERE b.project_id = $1 AND b.status IN ('active', 'paused')
-"""
+_ACCESS_COLUMNS = ("user_id", "collaborators", "is_public")
 
 
 async def view_project(
@@ -84,28 +95,68 @@ async def view_project(
         conn.transaction(isolation="repeatable_read", readonly=True),
         acting_as(conn, user_id),
     ):
-        visibility = VisibilitySnapshot.parse(
-            await conn.fetchval("SELECT pg_current_snapshot()::text")
-        )
-        project = await conn.fetchval(_PROJECT, project_id)
-        if project is None:
-            return None
-        editable = bool(await conn.fetchval("SELECT public.can_edit_project($1)", project_id))
-        if not with_content:
-            return ProjectView(visibility, editable, orjson.loads(project), [], [], [], [])
-        # Builder sessions are for members: a signed-out visitor may not read them.
-        tables = (_SITEMAPS, _WIREFRAMES, _STYLE_GUIDES) + ((_SESSIONS,) if user_id else ())
-        parts = [orjson.loads(await conn.fetchval(sql, project_id)) for sql in tables]
+        visibility = VisibilitySnapshot.parse(await conn.fetchval(_SNAPSHOT))
+        return await _view_as(conn, visibility, user_id, project_id, with_content)
+
+
+async def _view_as(
+    conn: Conn,
+    visibility: VisibilitySnapshot,
+    user_id: UUID | None,
+    project_id: UUID,
+    with_content: bool,
+) -> ProjectView | None:
+    """The project as the acting user (already set on `conn`) sees it, in one statement.
+    Builder sessions are for members: a signed-out visitor may not read them."""
+    sql = _CONTENT_OF_MEMBERS if user_id is not None else _CONTENT
+    row = await conn.fetchrow(sql, project_id, with_content)
+    if row is None or row[0] is None:
+        return None
+    parts = [orjson.loads(text) if text is not None else [] for text in row[2:]]
     sitemaps, wireframes, style_guides, *sessions = parts
     return ProjectView(
         visibility,
-        editable,
-        orjson.loads(project),
+        bool(row[1]),
+        orjson.loads(row[0]),
         sitemaps,
         wireframes,
         style_guides,
         sessions[0] if sessions else [],
     )
+
+
+class ProjectReads:
+    """Several users' views of one project in one REPEATABLE READ snapshot: the project's
+    access list as of it (read as the gateway's own role, first: `as_user` switches the
+    transaction to a user's role for good), then each view as its user, row-level
+    security deciding every row (`as_user`)."""
+
+    def __init__(
+        self, conn: Conn, visibility: VisibilitySnapshot, access: dict[str, Any] | None
+    ) -> None:
+        self._conn = conn
+        self.visibility = visibility
+        # Owner, collaborators and visibility (user_id, collaborators, is_public); None:
+        # no such project as of the snapshot.
+        self.access = access
+
+    async def as_user(
+        self, user_id: UUID | None, project_id: UUID, *, with_content: bool
+    ) -> ProjectView | None:
+        """The project as `user_id` (None: a signed-out visitor) sees it, as of the
+        shared snapshot; None if hidden."""
+        async with acting_as(self._conn, user_id):
+            return await _view_as(self._conn, self.visibility, user_id, project_id, with_content)
+
+
+@asynccontextmanager
+async def project_reads(conn: Conn, project_id: UUID) -> AsyncIterator[ProjectReads]:
+    """A read-only REPEATABLE READ transaction on `conn` for `ProjectReads`."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        row = await conn.fetchrow(_ACCESS_AT, project_id)
+        assert row is not None, "the statement returns one row"
+        access = None if row["user_id"] is None else {key: row[key] for key in _ACCESS_COLUMNS}
+        yield ProjectReads(conn, VisibilitySnapshot.parse(row["seen"]), access)
 
 
 _PROJECT_LIST = """
@@ -126,9 +177,7 @@ async def project_list(
         conn.transaction(isolation="repeatable_read", readonly=True),
         acting_as(conn, user_id),
     ):
-        visibility = VisibilitySnapshot.parse(
-            await conn.fetchval("SELECT pg_current_snapshot()::text")
-        )
+        visibility = VisibilitySnapshot.parse(await conn.fetchval(_SNAPSHOT))
         rows = orjson.loads(await conn.fetchval(_PROJECT_LIST))
     return visibility, rows
 

@@ -33,6 +33,7 @@ from gateway.core.history import History
 from gateway.core.hub import Hub
 from gateway.core.outbox import Outbox
 from gateway.core.router import Router
+from gateway.core.snapshots import SnapshotReads
 from gateway.edge.connection import Connection
 from gateway.edge.expiries import Expiries
 from gateway.edge.limits import Unauthenticated
@@ -109,6 +110,7 @@ class Gateway:
             size_of=encoded_size,
         )
         self.router = Router(core_pool, settings.route_cache_size)
+        self.snapshots = SnapshotReads(pool, self.router)
         self.fences = Fences(core_pool, feed, settings.resume_fence_timeout_seconds)
         # Built from the settings by gateway.presence.backends; started and closed here.
         self.presence = presence

@@ -17,6 +17,7 @@ from gateway.core.history import History
 from gateway.core.hub import Hub
 from gateway.core.outbox import Outbox
 from gateway.core.router import Router
+from gateway.core.snapshots import SnapshotReads
 from gateway.edge.expiries import Expiries
 from gateway.edge.limits import Unauthenticated
 from gateway.edge.tokens import TokenVerifier
@@ -45,6 +46,8 @@ class Services(Protocol):
     outbox: Outbox
     presence: Presence
     presence_states: PresenceStates
+    # Snapshot reads shared by a project's joiners of one window.
+    snapshots: SnapshotReads
     sessions: LiveSessions
     unauthenticated: Unauthenticated
     # Every connection's token expiry, on one timer.

@@ -26,10 +26,12 @@ from gateway.core.channels import ProjectChannel, ProjectListChannel
 from gateway.core.events import Loss
 from gateway.core.hub import Subscription
 from gateway.core.origin import request_tag
+from gateway.core.snapshots import SharedView
 from gateway.edge.connection import Connection, token_error_code
 from gateway.edge.services import Services
 from gateway.edge.tokens import TokenError, is_anonymous
 from gateway.native.presence import state_codec
+from gateway.native.snapshots import snapshot_frame
 from gateway.native.views import NativeView, Shape
 from gateway.presence.model import Meta
 from gateway.rpc.call import Call, IdempotencyLimits, call
@@ -52,7 +54,6 @@ from protocol.frames import (
     Reset,
     ResetReason,
     Rpc,
-    Snapshot,
     Subscribe,
     SubscribeProjects,
     Unsubscribe,
@@ -60,7 +61,7 @@ from protocol.frames import (
     UnsubscribedReason,
     UnsubscribeProjects,
 )
-from protocol.rows import ProjectRow, SessionRow, SitemapRow, StyleGuideRow, WireframeRow
+from protocol.rows import ProjectRow
 
 logger = logging.getLogger(__name__)
 
@@ -436,10 +437,9 @@ class Client(Connection):
         (when resuming failed) and the snapshot; then go live. False when the user may
         not see the project."""
         project_id = _project(subscription)
-        async with self._gateway.pool.acquire() as conn:
-            view = await queries.view_project(
-                conn, _as_reader(self.user_id), project_id, with_content=with_snapshot
-            )
+        view = await self._gateway.snapshots.view(
+            project_id, self.user_id, with_content=with_snapshot
+        )
         if view is None:
             return False
         if self._token_lapsed():
@@ -456,30 +456,14 @@ class Client(Connection):
         self._gateway.hub.go_live(subscription, view.visibility)
         return True
 
-    def _send_snapshot(self, subscription: Subscription, view: queries.ProjectView) -> None:
-        router = self._gateway.router
-        for table, rows in (
-            ("sitemaps", view.sitemaps),
-            ("wireframes", view.wireframes),
-            ("style_guides", view.style_guides),
-        ):
-            for row in rows:
-                router.learn(table, row)
+    def _send_snapshot(self, subscription: Subscription, view: SharedView) -> None:
+        """The snapshot frame, its rows encoded once for everyone who shares the view."""
         latest = self._gateway.history.latest
         assert latest is not None, "subscriptions are refused until the feed has started"
         position = self._gateway.hub.snapshot_position(subscription, view.visibility, latest)
-        self.send(
-            Snapshot(
-                project_id=_project(subscription),
-                access=_access(view.editable),
-                position=str(position),
-                project=ProjectRow.model_validate(view.project),
-                sitemaps=[SitemapRow.model_validate(r) for r in view.sitemaps],
-                wireframes=[WireframeRow.model_validate(r) for r in view.wireframes],
-                style_guides=[StyleGuideRow.model_validate(r) for r in view.style_guides],
-                sessions=[SessionRow.model_validate(r) for r in view.sessions],
-            )
-        )
+        if self.can_send():
+            self.send_bytes(snapshot_frame(view, _project(subscription), str(position)))
+            self._metrics.frames_out.labels("snapshot").inc()
 
     def _unsubscribe(self, frame: Unsubscribe) -> None:
         subscription = self._subscriptions.get(ProjectChannel(frame.project_id))
@@ -701,9 +685,3 @@ _VISITOR_FRAMES = (Ping, Subscribe, Unsubscribe, AuthRefresh, Auth)
 
 def _kind(frame: ClientFrame) -> str:
     return str(type(frame).model_fields["type"].default)
-
-
-def _as_reader(user_id: UUID) -> UUID | None:
-    """Who the database sees reading: the user, or None (the `anon` role) for a
-    signed-out visitor."""
-    return None if user_id == ANONYMOUS else user_id
