@@ -37,6 +37,7 @@ from gateway.core.snapshots import SnapshotReads
 from gateway.edge.connection import Connection
 from gateway.edge.expiries import Expiries
 from gateway.edge.limits import Unauthenticated
+from gateway.edge.names import NameLookups
 from gateway.edge.services import Admitted
 from gateway.edge.tokens import TokenVerifier
 from gateway.metrics import Metrics
@@ -111,6 +112,7 @@ class Gateway:
         )
         self.router = Router(core_pool, settings.route_cache_size)
         self.snapshots = SnapshotReads(pool, self.router)
+        self.names = NameLookups(pool)
         self.fences = Fences(core_pool, feed, settings.resume_fence_timeout_seconds)
         # Built from the settings by gateway.presence.backends; started and closed here.
         self.presence = presence

@@ -20,6 +20,7 @@ from gateway.core.router import Router
 from gateway.core.snapshots import SnapshotReads
 from gateway.edge.expiries import Expiries
 from gateway.edge.limits import Unauthenticated
+from gateway.edge.names import NameLookups
 from gateway.edge.tokens import TokenVerifier
 from gateway.metrics import Metrics
 from gateway.presence.model import Presence
@@ -48,6 +49,8 @@ class Services(Protocol):
     presence_states: PresenceStates
     # Snapshot reads shared by a project's joiners of one window.
     snapshots: SnapshotReads
+    # Display names of users signing in, looked up together.
+    names: NameLookups
     sessions: LiveSessions
     unauthenticated: Unauthenticated
     # Every connection's token expiry, on one timer.

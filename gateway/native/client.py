@@ -190,8 +190,7 @@ class Client(Connection):
         user_id = ANONYMOUS if is_anonymous(claims) else UUID(claims["sub"])
         name = None
         if user_id != ANONYMOUS:
-            async with self._gateway.pool.acquire() as conn:
-                name = await queries.user_name(conn, user_id)
+            name = await self._gateway.names.name(user_id)
         if name is None and user_id != ANONYMOUS:
             self._metrics.auth_failures.labels("unknown_user").inc()
             message = f"user {user_id} does not exist"
