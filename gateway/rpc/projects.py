@@ -75,24 +75,28 @@ async def create(call: Call, params: ProjectCreate) -> ProjectRow:
 
 
 # The project and everything under it in one statement: one round trip, one snapshot.
-_WITH_RELATIONS = """
+# Each table is reached through its index by the ids above it (`= ANY (ARRAY(…))`,
+# an uncorrelated subquery of $1 computed once), never joined: row-level security
+# checks every row a scan reads, before any join, so a join could read every
+# project's wireframes and style guides and call their policies' functions on each.
+_SITEMAP_IDS = "ARRAY(SELECT s.id FROM public.sitemaps s WHERE s.project_id = $1)"
+_WIREFRAME_IDS = (
+    f"ARRAY(SELECT w.id FROM public.wireframes w WHERE w.sitemap_id = ANY ({_SITEMAP_IDS}))"
+)
+_WITH_RELATIONS = f"""
     SELECT jsonb_build_object(
         'project', to_jsonb(p),
         'sitemaps', (
             SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.created_at, s.id), '[]')
-            FROM public.sitemaps s WHERE s.project_id = p.id
+            FROM public.sitemaps s WHERE s.project_id = $1
         ),
         'wireframes', (
             SELECT coalesce(jsonb_agg(to_jsonb(w) ORDER BY w.created_at, w.id), '[]')
-            FROM public.wireframes w JOIN public.sitemaps s ON s.id = w.sitemap_id
-            WHERE s.project_id = p.id
+            FROM public.wireframes w WHERE w.sitemap_id = ANY ({_SITEMAP_IDS})
         ),
         'style_guides', (
             SELECT coalesce(jsonb_agg(to_jsonb(g) ORDER BY g.created_at, g.id), '[]')
-            FROM public.style_guides g
-            JOIN public.wireframes w ON w.id = g.wireframe_id
-            JOIN public.sitemaps s ON s.id = w.sitemap_id
-            WHERE s.project_id = p.id
+            FROM public.style_guides g WHERE g.wireframe_id = ANY ({_WIREFRAME_IDS})
         )
     )::text
     FROM public.projects p WHERE p.id = $1

@@ -19,7 +19,6 @@ from db import queries
 from db.acting_user import Conn
 from gateway.rpc.call import Call, Handlers, RpcError
 from protocol.errors import ErrorCode
-from protocol.rows import VersionRow
 from protocol.rpc_versions import (
     Checkpoint,
     EntityType,
@@ -32,7 +31,9 @@ from protocol.rpc_versions import (
 
 handles = Handlers()
 
-_VERSIONS: TypeAdapter[list[VersionRow]] = TypeAdapter(list[VersionRow])
+# Rows are read as entries straight away (the author's name is added by a copy, not
+# by dumping and validating each row's snapshot again).
+_VERSIONS: TypeAdapter[list[VersionEntry]] = TypeAdapter(list[VersionEntry])
 
 # Why the caller may not read an entity's history, or NULL. Not found for whoever
 # cannot see the entity (saying more would reveal that it exists); forbidden for a
@@ -99,11 +100,11 @@ async def display_names(call: Call, users: Iterable[UUID | None]) -> dict[UUID, 
         return await queries.display_names(conn, known)
 
 
-async def _named(call: Call, rows: list[VersionRow]) -> list[VersionEntry]:
+async def _named(call: Call, rows: list[VersionEntry]) -> list[VersionEntry]:
     """The rows with their authors' display names."""
     names = await display_names(call, (row.user_id for row in rows))
     return [
-        VersionEntry(**row.model_dump(), user_name=names.get(row.user_id) if row.user_id else None)
+        row.model_copy(update={"user_name": names.get(row.user_id) if row.user_id else None})
         for row in rows
     ]
 
@@ -120,7 +121,7 @@ async def get(call: Call, params: VersionId) -> VersionEntry:
         row = await conn.fetchval(_GET, params.version_id)
     if row is None:
         raise RpcError(ErrorCode.NOT_FOUND, f"no version {params.version_id} visible to you")
-    (entry,) = await _named(call, [VersionRow.model_validate_json(row)])
+    (entry,) = await _named(call, [VersionEntry.model_validate_json(row)])
     return entry
 
 
@@ -145,5 +146,5 @@ async def _write_version(call: Call, statement: str, *args: object) -> VersionEn
             row = await conn.fetchval(statement, *args)
     except asyncpg.NoDataFoundError as error:
         raise RpcError(ErrorCode.NOT_FOUND, error.message) from error
-    (entry,) = await _named(call, [VersionRow.model_validate_json(row)])
+    (entry,) = await _named(call, [VersionEntry.model_validate_json(row)])
     return entry
