@@ -101,6 +101,12 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.ingress_paused_seconds = Counter(
+            "sitebuilder_ingress_paused_seconds",
+            "Seconds connections were not read, having sent more than "
+            "SITEBUILDER_MAX_BYTES_PER_SECOND (their frames wait, none is refused).",
+            registry=r,
+        )
         self.feed_up = Gauge(
             "sitebuilder_feed_up",
             "1 while the change feed receives changes.",

@@ -150,6 +150,27 @@ class Settings(BaseSettings):
         int,
         Field(gt=0, description="Client frames a connection may send at once above the rate."),
     ] = 100
+    max_bytes_per_second: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Sustained bytes of client frames per second per connection. Past it (and "
+                "SITEBUILDER_BYTE_BURST) the gateway stops reading the connection until the "
+                "budget refills: TCP slows the client; nothing is refused, closed or lost."
+            ),
+        ),
+    ] = 1_048_576
+    byte_burst: Annotated[
+        int,
+        Field(
+            gt=0,
+            description=(
+                "Bytes of client frames a connection may send at once above "
+                "SITEBUILDER_MAX_BYTES_PER_SECOND."
+            ),
+        ),
+    ] = 4_194_304
     max_subscriptions: Annotated[
         int, Field(gt=0, description="Projects one connection may follow at once.")
     ] = 100

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -30,7 +30,7 @@ from gateway.core.channels import ChannelKey, PresenceKey, ProjectChannel, Topic
 from gateway.core.events import Loss
 from gateway.core.hub import Subscription
 from gateway.edge.expiries import Expiry
-from gateway.edge.limits import TokenBucket
+from gateway.edge.limits import ByteBudget, TokenBucket
 from gateway.edge.services import Services
 from gateway.edge.tokens import TokenError, TokenExpired
 from protocol.errors import CloseCode, ErrorCode
@@ -45,6 +45,14 @@ class Refusal:
     code: ErrorCode
     message: str
     retry_after_ms: int | None = None
+
+
+def frame_size(message: str | bytes) -> int:
+    """A frame's bytes on the wire (before masking). ASCII text, the common case, is
+    not encoded again to be measured: a 1 MiB frame was copied once more only for that."""
+    if isinstance(message, bytes) or message.isascii():
+        return len(message)
+    return len(message.encode())
 
 
 def token_error_code(error: TokenError) -> ErrorCode:
@@ -66,6 +74,7 @@ class Connection:
         "_expires",
         "_expiry",
         "_gateway",
+        "_ingress",
         "_join_bucket",
         "_last_read",
         "_metrics",
@@ -102,6 +111,7 @@ class Connection:
         self._bucket = TokenBucket(self._settings.messages_per_second, self._settings.message_burst)
         self._join_bucket = TokenBucket(self._settings.joins_per_second, self._settings.join_burst)
         self._rpc_bucket = TokenBucket(self._settings.rpcs_per_second, self._settings.rpc_burst)
+        self._ingress = ByteBudget(self._settings.max_bytes_per_second, self._settings.byte_burst)
         self._subscriptions: dict[ChannelKey, Subscription] = {}
         rate = self._settings.presence_updates_per_second
         self._presence_bucket = TokenBucket(rate, max(1, math.ceil(rate)))
@@ -244,10 +254,33 @@ class Connection:
 
     # Receiving
 
+    async def _frames(self) -> AsyncIterator[str | bytes]:
+        """The client's frames, read at most SITEBUILDER_MAX_BYTES_PER_SECOND: past the
+        budget the connection is not read until it refills. websockets then queues a few
+        frames and stops reading the socket, so TCP slows the client: its frames wait,
+        none is refused or lost, and the gateway's CPU goes to clients within budget."""
+        async for message in self.ws:
+            size = frame_size(message)
+            yield message
+            del message  # not kept while the next is awaited
+            await self._pace(size)
+
+    async def _pace(self, size: int) -> None:
+        wait = self._ingress.spend(size)
+        if not wait:
+            return
+        self._metrics.ingress_paused_seconds.inc(wait)
+        # Busy meanwhile: the keepalive waits for a pong queued behind unread frames.
+        self._busy = True
+        try:
+            await asyncio.sleep(wait)
+        finally:
+            self._busy = False
+
     def _refusal(self, message: str | bytes) -> Refusal | None:
         """Why a frame is refused unread (size, then rate), or None to read it."""
         self._last_read = time.monotonic()
-        size = len(message.encode() if isinstance(message, str) else message)
+        size = frame_size(message)
         if size > self._settings.max_frame_bytes:
             self._metrics.rate_limited.labels("max_frame_bytes").inc()
             return Refusal(

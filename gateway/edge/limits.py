@@ -1,5 +1,6 @@
 """Limits on what clients may hold: a token bucket per connection, refilled
-continuously, and the connections that have not signed in yet."""
+continuously, the bytes a connection may send, and the connections that have not
+signed in yet."""
 
 from __future__ import annotations
 
@@ -26,6 +27,26 @@ class TokenBucket:
             self._tokens -= cost
             return 0.0
         return (cost - self._tokens) / self._rate
+
+
+class ByteBudget:
+    """Allows `rate` bytes per second on average and `burst` at once. A frame is read
+    whole before its size is known, so it always passes; what it took past the budget
+    is paid for afterwards, by not reading the connection for that long."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._capacity = float(burst)
+        self._bytes = float(burst)
+        self._updated = time.monotonic()
+
+    def spend(self, size: int) -> float:
+        """Count `size` bytes read; the seconds to wait before reading more (0.0: none)."""
+        now = time.monotonic()
+        self._bytes = min(self._capacity, self._bytes + (now - self._updated) * self._rate)
+        self._updated = now
+        self._bytes -= size
+        return 0.0 if self._bytes >= 0 else -self._bytes / self._rate
 
 
 class Unauthenticated:

@@ -232,7 +232,7 @@ class Client(Connection):
         )
 
     async def _serve(self) -> None:
-        async for message in self.ws:
+        async for message in self._frames():
             if not self._closing:
                 await self._receive(message)
             del message  # not kept while the next is awaited

@@ -200,7 +200,7 @@ class PhoenixClient(Connection):
     # Receiving
 
     async def _serve(self) -> None:
-        async for raw in self.ws:
+        async for raw in self._frames():
             if not self._closing:
                 await self._receive(raw)
             del raw  # not kept while the next is awaited
