@@ -429,6 +429,11 @@ def hostile_lines(loud: Outcome) -> list[str]:
             + (f"({each:,.0f} frames/s each)" if each is not None else "")
             + (f"  {failures} failed to connect" if failures else "")
             + (f"  {tally['held_back']:,} ticks held back" if tally["held_back"] else "")
+            + (
+                f"  {tally['held_for_bytes']:,} ticks waited for the byte budget"
+                if tally.get("held_for_bytes")
+                else ""
+            )
         )
         lines.append(f"  {'':<15} refusals: {refusals}")
         lines.append(f"  {'':<15} closes: {closes}")

@@ -35,7 +35,10 @@ own (or the anon key), never as a member of the editors' project:
   more (refused with 4009); each closed at the auth timeout (4001) comes back.
 
 Every connection keeps at most one second of frames unanswered (it holds back a tick
-otherwise: the gateway handles a connection's frames one at a time), reads everything
+otherwise: the gateway handles a connection's frames one at a time), sends at most
+`SITEBUILDER_MAX_BYTES_PER_SECOND` (burst `SITEBUILDER_BYTE_BURST`: a tick waits for
+the budget, as the gateway would stop reading past it; `malformed` is the pattern it
+slows, its 1 MiB frames taking most of the budget), reads everything
 the gateway sends, answers pings, and counts: frames sent by kind, replies, refusals by
 code (`native/<code>`, `phoenix/<reason class>`), pushes, and closes by code.
 
@@ -64,6 +67,7 @@ import psutil
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from gateway.edge.limits import TokenBucket
 from loadtest.editors import commands, emit, wait_until
 from loadtest.fragments import Reassembly
 
@@ -84,6 +88,8 @@ class Limits:
     max_frame_bytes: int = 1_048_576
     messages_per_second: float = 50.0
     message_burst: int = 100
+    max_bytes_per_second: int = 1_048_576
+    byte_burst: int = 4_194_304
     max_subscriptions: int = 100
     joins_per_second: float = 10.0
     join_burst: int = 100
@@ -134,6 +140,7 @@ class Tally:
     pushes: Counter[str] = field(default_factory=Counter)
     closes: Counter[str] = field(default_factory=Counter)
     held_back: int = 0  # ticks skipped: a second of frames still unanswered
+    held_for_bytes: int = 0  # ticks delayed: past SITEBUILDER_MAX_BYTES_PER_SECOND
     reconnects: int = 0
     seconds: float = 0.0  # connection-seconds of paced sending, all its connections
     paced: int = 0  # frames sent then (the setup's not counted)
@@ -152,6 +159,7 @@ class Tally:
             "closes": dict(self.closes.most_common()),
             "close_reasons": dict(self.close_reasons.most_common(10)),
             "held_back": self.held_back,
+            "held_for_bytes": self.held_for_bytes,
             "reconnects": self.reconnects,
             "frames_per_s_each": round(self.paced / self.seconds, 1) if self.seconds else None,
         }
@@ -731,6 +739,10 @@ class Crowd:
         interval = 1.0 / pattern.rate
         budget = max(1, int(self.limits.messages_per_second))
         ticks = pattern.ticks()
+        # The gateway's byte budget: past it the gateway stops reading (TCP would hold
+        # the frames here), so a tick waits for it and the pattern runs at the limit.
+        sending = TokenBucket(self.limits.max_bytes_per_second, self.limits.byte_burst)
+        pending: list[Frame] | None = None
         began = due = loop.time()
         try:
             while True:
@@ -745,9 +757,14 @@ class Crowd:
                 if socket.inflight >= budget:
                     tally.held_back += 1  # the tick's frames are not even made
                     continue
-                for frame in next(ticks):
+                pending = pending or next(ticks)
+                if sending.take(sum(len(frame[1]) for frame in pending)):
+                    tally.held_for_bytes += 1
+                    continue
+                for frame in pending:
                     socket.send(frame)
                     tally.paced += 1
+                pending = None
         finally:
             tally.seconds += loop.time() - began
 
