@@ -82,10 +82,14 @@ class JsonText(str):
     __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RowChange:
     """One committed row change. Rows are column → value (JSON-compatible, or typed:
-    UUID, datetime, Decimal… which the protocol's row models accept alike)."""
+    UUID, datetime, Decimal… which the protocol's row models accept alike).
+
+    Not frozen, though nothing changes it once made: one is made per row change on the
+    feed's hottest path, and a frozen dataclass sets each field through
+    `object.__setattr__` (2.5 of its 3.5 µs here)."""
 
     table: str
     op: ChangeOp

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -280,17 +280,23 @@ class ReplicationFeed:
                 assert isinstance(decoded, pgoutput.Relation)
                 self._relations.add(decoded)
             elif transaction is not None:
-                await self._collect(transaction, decoded)
+                filling = self._collect(transaction, decoded)
+                if filling is not None:
+                    await filling
 
-    async def _collect(self, transaction: _Transaction, message: pgoutput.Message) -> None:
+    def _collect(
+        self, transaction: _Transaction, message: pgoutput.Message
+    ) -> Coroutine[Any, Any, None] | None:
+        """Add the message's change to the transaction; what must be awaited to fill in
+        its unchanged TOASTed values, if any (rare: most messages cost no coroutine)."""
         if isinstance(message, pgoutput.Insert | pgoutput.Update):
             relation = self._relations[message.relation_id]
             new = self._relations.row(message.relation_id, message.new)
             old_tuple = message.old if isinstance(message, pgoutput.Update) else None
             old = self._relations.row(message.relation_id, old_tuple) if old_tuple else None
-            if pgoutput.UNCHANGED in message.new:
-                await self._fill_unchanged(relation, new, old)
             transaction.changes.append((relation.name, _OPS[type(message)], new, old))
+            if pgoutput.UNCHANGED in message.new:
+                return self._fill_unchanged(relation, new, old)
         elif isinstance(message, pgoutput.Delete):
             relation = self._relations[message.relation_id]
             values = message.old if message.old is not None else message.key
@@ -304,6 +310,7 @@ class ReplicationFeed:
             transaction.actor, transaction.request = _origin(message.content)
         elif isinstance(message, pgoutput.LogicalMessage) and message.prefix == FENCE_PREFIX:
             transaction.fences.append(bytes(message.content).decode())
+        return None
 
     async def _complete(
         self, transaction: _Transaction, commit: pgoutput.Commit

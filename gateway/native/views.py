@@ -131,9 +131,10 @@ def full_json(change: Change) -> bytes:
     new, old = change.written()
     frame: dict[str, Any] = {
         "type": "change",
-        "entity": change.entity.value,
+        # orjson writes an enum as its value (without Enum.value's property lookup)
+        "entity": change.entity,
         "project_id": change.project_id,
-        "op": change.op.value,
+        "op": change.op,
         "new": new,
         "old": old,
         "actor": change.actor,
