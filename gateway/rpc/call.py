@@ -69,18 +69,24 @@ class _Replay(Exception):
         self.reply = reply
 
 
+# The count of the user's other keys and the claim in one round trip: no claim when
+# they hold too many already (`full`); `claimed` null when the key was claimed before.
 _CLAIM = """
-    INSERT INTO public.rpc_idempotency (user_id, key, method, params_hash)
-    VALUES ($1, $2, $3, $4)
-    ON CONFLICT (user_id, key) DO NOTHING
-    RETURNING true
+    WITH held AS (
+        SELECT count(*) AS n FROM public.rpc_idempotency WHERE user_id = $1 AND key <> $2
+    ), claimed AS (
+        INSERT INTO public.rpc_idempotency (user_id, key, method, params_hash)
+        SELECT $1, $2, $3, $4 FROM held WHERE n < $5
+        ON CONFLICT (user_id, key) DO NOTHING
+        RETURNING true AS claimed
+    )
+    SELECT (SELECT n FROM held) >= $5 AS full, (SELECT claimed FROM claimed) AS claimed
 """
 _CLAIMED = """
     SELECT method, params_hash, result::text AS result
     FROM public.rpc_idempotency WHERE user_id = $1 AND key = $2
 """
 _STORE = "UPDATE public.rpc_idempotency SET result = $3::jsonb WHERE user_id = $1 AND key = $2"
-_OTHER_KEYS = "SELECT count(*) FROM public.rpc_idempotency WHERE user_id = $1 AND key <> $2"
 _EXPIRE = "DELETE FROM public.rpc_idempotency WHERE created_at < now() - make_interval(secs => $1)"
 
 
@@ -133,14 +139,18 @@ class Idempotent:
         key's row: the INSERT waits for it to commit (then this is a repeat) or roll
         back (then the claim is ours)."""
         for _ in range(3):  # the row may be expired and swept between the two statements
-            if await conn.fetchval(_OTHER_KEYS, self.user_id, self.key) >= self.limits.per_user:
+            claim = await conn.fetchrow(
+                _CLAIM, self.user_id, self.key, self.method, self.params_hash, self.limits.per_user
+            )
+            assert claim is not None, "a SELECT without FROM returns one row"
+            if claim["full"]:
                 raise RpcError(
                     ErrorCode.RATE_LIMITED,
                     f"{self.limits.per_user} idempotency keys kept for you already "
                     "(SITEBUILDER_RPC_IDEMPOTENCY_MAX_KEYS_PER_USER): send this without one "
                     "or retry once older ones expire",
                 )
-            if await conn.fetchval(_CLAIM, self.user_id, self.key, self.method, self.params_hash):
+            if claim["claimed"]:
                 return
             first = await conn.fetchrow(_CLAIMED, self.user_id, self.key)
             if first is not None:
