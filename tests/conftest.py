@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import queue
 import threading
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -58,13 +59,16 @@ def _copy_clause(owner_clause: str) -> str:
 
 
 class DatabaseSupply:
-    """Copies of the template made ahead of the tests that take them.
+    """Copies of the template made ahead of the tests that take them, and dropped after.
 
     A copy costs 50 ms on a quiet machine and several hundred under load (two
-    checkpoints and 8 MB of files), and nearly every test takes one. This thread makes
-    the next copy while the test before runs, mostly waiting on sockets, so the test
-    finds its database ready. At most `AHEAD` wait, none touched before a test takes
-    it; a copy that fails fails the test that takes it, with the server's error.
+    checkpoints and 8 MB of files), and nearly every test takes one. A thread of its
+    own makes the next copy while the test before runs, mostly waiting on sockets, so
+    the test finds its database ready; and it drops the databases of the tests that
+    ended (their replication slots already dropped by the test's teardown, so no slot
+    outlives its test). At most `AHEAD` copies wait, none touched before a test takes
+    it; a copy that fails fails the test that takes it, and those after, with the
+    server's error.
     """
 
     AHEAD = 2
@@ -73,59 +77,97 @@ class DatabaseSupply:
     def __init__(self, admin_dsn: str, owner_clause: str) -> None:
         self._admin_dsn = admin_dsn
         self._owner_clause = owner_clause
-        self._ready: queue.Queue[str | Exception] = queue.Queue(maxsize=self.AHEAD)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._make, name="database-supply", daemon=True)
+        self._changed = threading.Condition()
+        self._ready: deque[str] = deque()
+        self._finished: deque[str] = deque()
+        self._failure: Exception | None = None
+        self._stopping = False
+        self.undropped: list[str] = []
+        self._thread = threading.Thread(target=self._work, name="database-supply", daemon=True)
         self._thread.start()
 
     def take(self) -> str:
         """The next database's name (waiting for it to be made, if it is not yet)."""
-        try:
-            made = self._ready.get(timeout=self.TAKE_TIMEOUT)
-        except queue.Empty:
-            raise AssertionError(f"no test database made in {self.TAKE_TIMEOUT} s") from None
-        if isinstance(made, Exception):
-            self._ready.put(made)  # and to every test after
-            raise made
-        return made
+        with self._changed:
+            made = self._changed.wait_for(
+                lambda: self._ready or self._failure is not None, self.TAKE_TIMEOUT
+            )
+            if self._failure is not None:
+                raise self._failure
+            assert made, f"no test database made in {self.TAKE_TIMEOUT} s"
+            self._changed.notify_all()
+            return self._ready.popleft()
+
+    def drop_later(self, name: str) -> None:
+        """Drop database `name` once no test waits for a copy (it has no slots left)."""
+        with self._changed:
+            self._finished.append(name)
+            self._changed.notify_all()
 
     def close(self) -> None:
-        """Stop making copies; drop those no test took."""
-        self._stopping.set()
-        left = self._drain()  # room for a copy being made, so the thread sees the stop
+        """Drop every database left, taken or not, then stop."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
         self._thread.join()
-        left += self._drain()
-        names = [name for name in left if isinstance(name, str)]
-        if names:
-            conn = psycopg2.connect(self._admin_dsn)
-            try:
-                conn.autocommit = True
-                with conn.cursor() as cursor:
-                    for name in names:
-                        cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            finally:
-                conn.close()
 
-    def _drain(self) -> list[str | Exception]:
-        drained = []
-        while not self._ready.empty():
-            drained.append(self._ready.get_nowait())
-        return drained
-
-    def _make(self) -> None:
+    def _work(self) -> None:
         try:
             conn = psycopg2.connect(self._admin_dsn)
+        except psycopg2.Error as failure:
+            self._fail(failure)
+            return
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                while (job := self._next_job()) is not None:
+                    self._run(cursor, *job)
+        finally:
+            conn.close()
+
+    def _run(self, cursor: Any, action: str, name: str) -> None:
+        if action == "drop":
             try:
-                conn.autocommit = True
-                with conn.cursor() as cursor:
-                    while not self._stopping.is_set():
-                        name = _database_name("test")
-                        cursor.execute(f"CREATE DATABASE {name}{_copy_clause(self._owner_clause)}")
-                        self._ready.put(name)
-            finally:
-                conn.close()
-        except Exception as failure:
-            self._ready.put(failure)
+                cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            except psycopg2.Error:
+                self.undropped.append(name)
+            return
+        try:
+            cursor.execute(f"CREATE DATABASE {name}{_copy_clause(self._owner_clause)}")
+        except psycopg2.Error as failure:
+            self._fail(failure)
+            return
+        with self._changed:
+            self._ready.append(name)
+            self._changed.notify_all()
+
+    def _fail(self, failure: Exception) -> None:
+        with self._changed:
+            self._failure = failure
+            self._changed.notify_all()
+
+    def _has_work(self) -> bool:
+        return (
+            self._stopping
+            or self._failure is not None
+            or bool(self._finished)
+            or len(self._ready) < self.AHEAD
+        )
+
+    def _next_job(self) -> tuple[str, str] | None:
+        """("create" or "drop", a database); a copy first when a test may wait for it;
+        None after a failed copy, or once stopping and nothing is left to drop."""
+        with self._changed:
+            self._changed.wait_for(self._has_work)
+            if self._failure is not None:
+                return None
+            if self._finished and (self._ready or self._stopping):
+                return "drop", self._finished.popleft()
+            if self._stopping:
+                return ("drop", self._ready.popleft()) if self._ready else None
+            if len(self._ready) < self.AHEAD:
+                return "create", _database_name("test")
+            return "drop", self._finished.popleft()
 
 
 @dataclass(frozen=True)
@@ -204,6 +246,7 @@ def _supplied(server: PostgresServer) -> Iterator[PostgresServer]:
         yield dataclasses.replace(server, supply=supply)
     finally:
         supply.close()
+    assert not supply.undropped, f"test databases left behind: {supply.undropped}"
 
 
 @pytest.fixture(scope="session")
@@ -306,16 +349,18 @@ async def drop_replication_slots(admin: asyncpg.Connection, database: str) -> No
 
 @asynccontextmanager
 async def _dropped_after(server: PostgresServer, name: str) -> AsyncIterator[str]:
-    """Yield the DSN of database `name`; drop it whatever the test did."""
+    """Yield the DSN of database `name`; drop its slots, and it soon after, whatever
+    the test did."""
+    assert server.supply is not None
     try:
         yield server.dsn(name)
     finally:
         admin = await asyncpg.connect(server.admin_dsn)
         try:
             await drop_replication_slots(admin, name)
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         finally:
             await admin.close()
+        server.supply.drop_later(name)
 
 
 @pytest.fixture
