@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from db.feed import JsonText, Position
 from gateway.core.events import Change, Op, TypedRow
-from gateway.native.views import change_frame, encoded
+from gateway.native.views import Shape, change_frame, encoded, version_metadata_frame
 from protocol.codec import encode_frame
-from protocol.rows import Entity, WireframeRow
+from protocol.rows import Entity, Row, VersionRow, WireframeRow
 
 json_values = st.recursive(
     st.none()
@@ -93,7 +93,7 @@ def test_the_layout_is_not_parsed_for_the_shared_frame_and_keeps_jsonbs_text() -
     frame = encoded(change)
     assert b'"layout":{"n": 1.50, "sections": [{"w": 12, "kind": "hero"}]}' in frame
     assert orjson.loads(frame)["new"]["layout"] == layout
-    assert change.new is not None
+    assert isinstance(change.new, WireframeRow)
     assert change.new.layout == layout
 
 
@@ -105,5 +105,53 @@ def test_json_orjson_refuses_still_builds_a_row() -> None:
     values["layout"] = JsonText('{"big": 1' + "0" * 400 + "}")
     change = change_of(TypedRow(WireframeRow, values), None)
     assert b'"big": 1' + b"0" * 400 + b"}" in encoded(change)
-    assert change.new is not None
+    assert isinstance(change.new, WireframeRow)
     assert change.new.layout == {"big": 10**400}
+
+
+def version_values(data: Any) -> dict[str, Any]:
+    """A version_history row as the replication feed's decoder types it."""
+    return {
+        "id": uuid.UUID(int=4),
+        "created_at": datetime(2026, 12, 7, 1, 2, 3, tzinfo=UTC),
+        "entity_type": "wireframes",
+        "entity_id": uuid.UUID(int=1),
+        "version_number": 7,
+        "user_id": uuid.UUID(int=5),
+        "changes": jsonb_text({"title": ["a", "b"]}),
+        "data": jsonb_text(data),
+        "message": None,
+        "is_major": False,
+    }
+
+
+def version_change(row: Row | TypedRow) -> Change:
+    return Change(
+        project_id=uuid.UUID(int=3),
+        entity=Entity.VERSION,
+        table="version_history",
+        op=Op.INSERT,
+        new=row,
+        old=None,
+        actor=uuid.UUID(int=5),
+        committed_at=datetime(2026, 12, 7, 1, 2, 5, tzinfo=UTC),
+        position=Position("rabc", 7, 2),
+        xid=7,
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(json_values)
+def test_a_versions_metadata_is_written_without_its_data(data: Any) -> None:
+    """Delta subscribers get each version without `data` and `changes`: written from the
+    values, the same bytes as the model's frame for a built row, and the same meaning
+    for a row the feed has not built."""
+    typed = version_change(TypedRow(VersionRow, version_values(data)))
+    built = version_change(TypedRow(VersionRow, version_values(data)).build())
+    model_frame = encode_frame(version_metadata_frame(built))
+    assert encoded(built, Shape.VERSION_METADATA) == model_frame
+    metadata = orjson.loads(encoded(typed, Shape.VERSION_METADATA))
+    assert metadata == orjson.loads(model_frame)
+    assert metadata["new"]["data"] is None
+    assert metadata["new"]["changes"] is None
+    assert metadata["new"]["version_number"] == 7

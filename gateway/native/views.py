@@ -116,6 +116,8 @@ def encoded(change: Change, shape: Shape = Shape.FULL) -> bytes:
     """A frame subscribers share, encoded once per event and shape."""
     if shape is Shape.FULL:
         return change.memo(shape, full_json)
+    if shape is Shape.VERSION_METADATA:
+        return change.memo(shape, version_metadata_json)
     return change.memo(shape, lambda c: encode_frame(frame_of(c, shape)))
 
 
@@ -125,10 +127,32 @@ def full_json(change: Change) -> bytes:
     frame model was a quarter of a change's cost). The same bytes as the model's for
     built rows; rows from the replication feed not built yet carry their JSON columns
     as PostgreSQL's text (gateway.core.events.TypedRow: equal in meaning, jsonb's
-    spaces kept, so the layouts need not be parsed). Values orjson does not write as
-    pydantic does (Decimal, bytes, integers past 64 bits: only in extra columns) go the
-    model's way."""
+    spaces kept, so the layouts need not be parsed)."""
     new, old = change.written()
+    return _written_frame(change, new, old, Shape.FULL)
+
+
+def version_metadata_json(change: Change) -> bytes:
+    """`version_metadata_frame(change)` encoded, as `full_json` writes the full frame:
+    the version's `data` and `changes` (the entity's whole row and its diff) are
+    dropped from the values, never parsed (what delta subscribers get of every save)."""
+    if change.entity is not Entity.VERSION:
+        return full_json(change)
+    new, old = change.written()
+    return _written_frame(change, _without_data(new), _without_data(old), Shape.VERSION_METADATA)
+
+
+def _without_data(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A version row's values with `data` and `changes` null, where they stand."""
+    return None if row is None else {**row, "data": None, "changes": None}
+
+
+def _written_frame(
+    change: Change, new: dict[str, Any] | None, old: dict[str, Any] | None, shape: Shape
+) -> bytes:
+    """The change frame of `shape` with rows' values `new` and `old`, in the frame
+    model's field order. Values orjson does not write as pydantic does (Decimal, bytes,
+    integers past 64 bits: only in extra columns) go the model's way."""
     frame: dict[str, Any] = {
         "type": "change",
         # orjson writes an enum as its value (without Enum.value's property lookup)
@@ -146,7 +170,7 @@ def full_json(change: Change) -> bytes:
     try:
         return orjson.dumps(frame, option=orjson.OPT_UTC_Z)
     except TypeError:
-        return encode_frame(change_frame(change))
+        return encode_frame(frame_of(change, shape))
 
 
 def encoded_size(change: Change) -> int:
