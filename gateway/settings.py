@@ -136,12 +136,12 @@ class Settings(BaseSettings):
             ge=0,
             description=(
                 "Messages the gateway sends that are longer than this go out as frames of "
-                "this size (RFC 6455 fragments; every websocket client reassembles them), "
-                "so a client's or proxy's frame buffer stays this small however large a "
-                "snapshot or presence state is; 0: every message in one frame."
+                "this size (RFC 6455 fragments, which every websocket client reassembles), "
+                "for proxies or clients that hold a frame whole (e.g. a frame size limit); "
+                "0: every message in one frame."
             ),
         ),
-    ] = 16_384
+    ] = 0
     messages_per_second: Annotated[
         float,
         Field(gt=0, description="Sustained client frames per second per connection."),
