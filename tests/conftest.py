@@ -155,13 +155,16 @@ class DatabaseSupply:
         )
 
     def _next_job(self) -> tuple[str, str] | None:
-        """("create" or "drop", a database); a copy first when a test may wait for it;
-        None after a failed copy, or once stopping and nothing is left to drop."""
+        """("create" or "drop", a database); a copy first when a test may wait for it,
+        unless more than `AHEAD` wait to be dropped (fast tests in a row would pile them
+        up); None after a failed copy, or once stopping and nothing is left to drop."""
         with self._changed:
             self._changed.wait_for(self._has_work)
             if self._failure is not None:
                 return None
-            if self._finished and (self._ready or self._stopping):
+            if self._finished and (
+                self._ready or self._stopping or len(self._finished) > self.AHEAD
+            ):
                 return "drop", self._finished.popleft()
             if self._stopping:
                 return ("drop", self._ready.popleft()) if self._ready else None
