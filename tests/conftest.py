@@ -7,27 +7,22 @@ hosted Supabase's (tests/hosted_postgres.py): their `pg_server` is parametrized
 `embedded` / `postgres15`, and every fixture below follows it.
 
 The schema is migrated once per server into a template database (on PostgreSQL 15 by
-the non-superuser role); each test gets `CREATE DATABASE … TEMPLATE`, a file copy, so
-tests never see each other's rows and never pay for migrations. The copies are made
-ahead, on a thread of their own (`DatabaseSupply`), while the test before runs.
+the non-superuser role); each test gets `CREATE DATABASE … TEMPLATE`, a file copy
+that takes a few milliseconds, so tests never see each other's rows and never pay
+for migrations.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import threading
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
-import psycopg2
 import pytest
 
 from db.embedded import EmbeddedPostgres
@@ -48,131 +43,6 @@ SERVER_KINDS = ("embedded", "postgres15")
 TERMINATE_WAIT_MS = 5000
 
 
-def _database_name(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:16]}"
-
-
-def _copy_clause(owner_clause: str) -> str:
-    # FILE_COPY: copying the template's files beats WAL-logging each of its pages
-    # for a small database (about 40 ms less per test, creating and dropping).
-    return f" TEMPLATE {TEMPLATE_DATABASE} STRATEGY FILE_COPY{owner_clause}"
-
-
-class DatabaseSupply:
-    """Copies of the template made ahead of the tests that take them, and dropped after.
-
-    A copy costs 50 ms on a quiet machine and several hundred under load (two
-    checkpoints and 8 MB of files), and nearly every test takes one. A thread of its
-    own makes the next copy while the test before runs, mostly waiting on sockets, so
-    the test finds its database ready; and it drops the databases of the tests that
-    ended (their replication slots already dropped by the test's teardown, so no slot
-    outlives its test). At most `AHEAD` copies wait, none touched before a test takes
-    it; a copy that fails fails the test that takes it, and those after, with the
-    server's error.
-    """
-
-    AHEAD = 2
-    TAKE_TIMEOUT = 120.0
-
-    def __init__(self, admin_dsn: str, owner_clause: str) -> None:
-        self._admin_dsn = admin_dsn
-        self._owner_clause = owner_clause
-        self._changed = threading.Condition()
-        self._ready: deque[str] = deque()
-        self._finished: deque[str] = deque()
-        self._failure: Exception | None = None
-        self._stopping = False
-        self.undropped: list[str] = []
-        self._thread = threading.Thread(target=self._work, name="database-supply", daemon=True)
-        self._thread.start()
-
-    def take(self) -> str:
-        """The next database's name (waiting for it to be made, if it is not yet)."""
-        with self._changed:
-            made = self._changed.wait_for(
-                lambda: self._ready or self._failure is not None, self.TAKE_TIMEOUT
-            )
-            if self._failure is not None:
-                raise self._failure
-            assert made, f"no test database made in {self.TAKE_TIMEOUT} s"
-            self._changed.notify_all()
-            return self._ready.popleft()
-
-    def drop_later(self, name: str) -> None:
-        """Drop database `name` once no test waits for a copy (it has no slots left)."""
-        with self._changed:
-            self._finished.append(name)
-            self._changed.notify_all()
-
-    def close(self) -> None:
-        """Drop every database left, taken or not, then stop."""
-        with self._changed:
-            self._stopping = True
-            self._changed.notify_all()
-        self._thread.join()
-
-    def _work(self) -> None:
-        try:
-            conn = psycopg2.connect(self._admin_dsn)
-        except psycopg2.Error as failure:
-            self._fail(failure)
-            return
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cursor:
-                while (job := self._next_job()) is not None:
-                    self._run(cursor, *job)
-        finally:
-            conn.close()
-
-    def _run(self, cursor: Any, action: str, name: str) -> None:
-        if action == "drop":
-            try:
-                cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            except psycopg2.Error:
-                self.undropped.append(name)
-            return
-        try:
-            cursor.execute(f"CREATE DATABASE {name}{_copy_clause(self._owner_clause)}")
-        except psycopg2.Error as failure:
-            self._fail(failure)
-            return
-        with self._changed:
-            self._ready.append(name)
-            self._changed.notify_all()
-
-    def _fail(self, failure: Exception) -> None:
-        with self._changed:
-            self._failure = failure
-            self._changed.notify_all()
-
-    def _has_work(self) -> bool:
-        return (
-            self._stopping
-            or self._failure is not None
-            or bool(self._finished)
-            or len(self._ready) < self.AHEAD
-        )
-
-    def _next_job(self) -> tuple[str, str] | None:
-        """("create" or "drop", a database); a copy first when a test may wait for it,
-        unless more than `AHEAD` wait to be dropped (fast tests in a row would pile them
-        up); None after a failed copy, or once stopping and nothing is left to drop."""
-        with self._changed:
-            self._changed.wait_for(self._has_work)
-            if self._failure is not None:
-                return None
-            if self._finished and (
-                self._ready or self._stopping or len(self._finished) > self.AHEAD
-            ):
-                return "drop", self._finished.popleft()
-            if self._stopping:
-                return ("drop", self._ready.popleft()) if self._ready else None
-            if len(self._ready) < self.AHEAD:
-                return "create", _database_name("test")
-            return "drop", self._finished.popleft()
-
-
 @dataclass(frozen=True)
 class PostgresServer:
     """One of the session's servers: what it is and how to reach it.
@@ -190,8 +60,6 @@ class PostgresServer:
     prepare_sql: str = ""
     # CREATE DATABASE clause giving the database to the tests' role.
     owner_clause: str = ""
-    # Copies of the template, made ahead; set once the template is migrated.
-    supply: DatabaseSupply | None = None
 
     def dsn(self, database: str) -> str:
         return self.dsn_of(database)
@@ -200,14 +68,17 @@ class PostgresServer:
         return self.admin_dsn.replace("/postgres?", f"/{database}?", 1)
 
 
-async def _create_database(server: PostgresServer, name: str) -> None:
-    """Create `name`, bare but for the server's own shape."""
+async def _create_database(server: PostgresServer, name: str, template: str | None) -> None:
+    """Create `name` (from `template`, else bare but for the server's own shape)."""
     admin = await asyncpg.connect(server.admin_dsn)
     try:
-        await admin.execute(f"CREATE DATABASE {name}{server.owner_clause}")
+        # FILE_COPY: copying the template's files beats WAL-logging each of its pages
+        # for a small database (about 40 ms less per test, creating and dropping).
+        source = f" TEMPLATE {template} STRATEGY FILE_COPY" if template else ""
+        await admin.execute(f"CREATE DATABASE {name}{source}{server.owner_clause}")
     finally:
         await admin.close()
-    if server.prepare_sql:
+    if template is None and server.prepare_sql:
         prepared = await asyncpg.connect(server.admin_dsn_of(name))
         try:
             await prepared.execute(server.prepare_sql)
@@ -221,7 +92,7 @@ async def _create_template(server: PostgresServer) -> None:
         await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DATABASE}")
     finally:
         await admin.close()
-    await _create_database(server, TEMPLATE_DATABASE)
+    await _create_database(server, TEMPLATE_DATABASE, None)
     conn = await asyncpg.connect(server.dsn(TEMPLATE_DATABASE))
     try:
         await Migrator(conn, load_migrations(), MIGRATION_PARAMETERS).up()
@@ -240,18 +111,6 @@ async def _without_fsync(admin_dsn: str) -> None:
         await admin.close()
 
 
-@contextmanager
-def _supplied(server: PostgresServer) -> Iterator[PostgresServer]:
-    """The server with its template migrated, copies of it made ahead until the end."""
-    asyncio.run(_create_template(server))
-    supply = DatabaseSupply(server.admin_dsn, server.owner_clause)
-    try:
-        yield dataclasses.replace(server, supply=supply)
-    finally:
-        supply.close()
-    assert not supply.undropped, f"test databases left behind: {supply.undropped}"
-
-
 @pytest.fixture(scope="session")
 def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     """The embedded PostgreSQL 18, tests connected as its superuser."""
@@ -266,8 +125,8 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
             admin_dsn,
             lambda database: admin_dsn.replace("/postgres?", f"/{database}?", 1),
         )
-        with _supplied(server) as supplied:
-            yield supplied
+        asyncio.run(_create_template(server))
+        yield server
     finally:
         embedded.stop()
 
@@ -297,8 +156,8 @@ def postgres15_server() -> Iterator[PostgresServer]:
             prepare_sql=hosted_postgres.DATABASE_SQL,
             owner_clause=f" OWNER {hosted_postgres.APP_ROLE}",
         )
-        with _supplied(server) as supplied:
-            yield supplied
+        asyncio.run(_create_template(server))
+        yield server
     finally:
         cluster.stop()
 
@@ -351,27 +210,27 @@ async def drop_replication_slots(admin: asyncpg.Connection, database: str) -> No
 
 
 @asynccontextmanager
-async def _dropped_after(server: PostgresServer, name: str) -> AsyncIterator[str]:
-    """Yield the DSN of database `name`; drop its slots, and it soon after, whatever
-    the test did."""
-    assert server.supply is not None
+async def _scratch_database(
+    server: PostgresServer, name: str, template: str | None
+) -> AsyncIterator[str]:
+    """Create a database, yield its DSN, drop it whatever the test did."""
+    await _create_database(server, name, template)
     try:
         yield server.dsn(name)
     finally:
         admin = await asyncpg.connect(server.admin_dsn)
         try:
             await drop_replication_slots(admin, name)
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         finally:
             await admin.close()
-        server.supply.drop_later(name)
 
 
 @pytest.fixture
 async def database_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
     """DSN of a new database holding the migrated schema and no rows."""
-    assert pg_server.supply is not None
-    name = await asyncio.to_thread(pg_server.supply.take)
-    async with _dropped_after(pg_server, name) as dsn:
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    async with _scratch_database(pg_server, name, TEMPLATE_DATABASE) as dsn:
         yield dsn
 
 
@@ -379,9 +238,8 @@ async def database_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
 async def empty_database_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
     """DSN of a new database with no migrations applied, for migration tests (on
     PostgreSQL 15 it holds hosted Supabase's auth schema, as a hosted database does)."""
-    name = _database_name("bare")
-    await _create_database(pg_server, name)
-    async with _dropped_after(pg_server, name) as dsn:
+    name = f"bare_{uuid.uuid4().hex[:16]}"
+    async with _scratch_database(pg_server, name, None) as dsn:
         yield dsn
 
 
