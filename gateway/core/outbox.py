@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 from websockets.asyncio.connection import broadcast
@@ -129,9 +129,16 @@ class Outbox:
 
 
 def _write_all(
-    connections: Iterable[ServerConnection], frames: list[bytes], fragment_bytes: int
+    connections: list[ServerConnection], frames: list[bytes], fragment_bytes: int
 ) -> None:
-    wire = b"".join([part for data in frames for part in wire_parts(data, fragment_bytes)])
+    parts = [part for data in frames for part in wire_parts(data, fragment_bytes)]
+    if len(connections) == 1 and _shares_frames(connections[0]):
+        # One recipient (a reply, a joiner's presence state or snapshot, up to megabytes
+        # shared with others): the transport takes the parts as they are, with no copy
+        # into one buffer first.
+        _write(connections[0], parts)
+        return
+    wire = b"".join(parts)
     for connection in connections:
         if _shares_frames(connection):
             _write(connection, wire)
@@ -163,8 +170,11 @@ def _send_each(connection: ServerConnection, frames: Sequence[bytes]) -> None:
         broadcast([connection], data, text=not isinstance(data, Binary))
 
 
-def _write(connection: ServerConnection, wire: bytes) -> None:
+def _write(connection: ServerConnection, wire: bytes | list[bytes | memoryview]) -> None:
     try:
-        connection.transport.write(wire)
+        if isinstance(wire, list):
+            connection.transport.writelines(wire)
+        else:
+            connection.transport.write(wire)
     except RuntimeError as error:  # uvloop: the transport closed under us
         logger.debug("skipped a closed connection: %s", error)
