@@ -79,6 +79,14 @@ async def next_diff(client: WsClient) -> dict[str, Any]:
     return await client.recv_type("presence.diff")
 
 
+async def joined_diff(client: WsClient, user: UUID) -> dict[str, Any]:
+    """The diff in which `user` joined. Diffs of what the client's state already showed
+    may come first: one that took its state within a presence interval also gets that
+    interval's diff, its own join included (gateway.presence.fanout)."""
+    diff, _ = await diff_until(client, lambda d: str(user) in d["joins"])
+    return diff
+
+
 async def diff_until(client: WsClient, done: Any) -> tuple[dict[str, Any], int]:
     """Read `presence.diff`s until one satisfies `done`; (that diff, how many were read)."""
 
@@ -179,7 +187,7 @@ async def test_meta_update_reaches_the_others(
     b, state = await joined(ws_client, collaborator, project)
     b.presence = False  # what b hears does not matter here
     b_id = own_connection(state, collaborator, set())
-    await next_diff(a)  # b joined
+    await joined_diff(a, collaborator)
 
     meta = {"page": "home", "cursor": {"x": 10, "y": 20}, "session": {"step": "wireframe"}}
     reply = await b.request({"type": "presence.update", "project_id": str(project), "meta": meta})
@@ -209,7 +217,7 @@ async def test_rate_limited_updates_coalesce_to_the_latest(
     project = await make_project(conn, owner, collaborators=[collaborator])
     a, _ = await joined(ws_client, owner, project)
     b, _ = await joined(ws_client, collaborator, project)
-    await next_diff(a)  # b joined
+    await joined_diff(a, collaborator)
 
     for n in range(50):
         await b.send(
@@ -246,7 +254,12 @@ async def test_oversized_meta_is_refused(
         {"type": "presence.update", "project_id": str(project), "meta": {"page": "p"}}
     )
     assert reply["type"] == "ok"
-    await next_diff(a)  # its own update
+
+    def updated(diff: dict[str, Any]) -> bool:  # its own update (its join may come first)
+        entry = diff["joins"].get(str(owner), {"metas": []})
+        return any(meta["meta"] == {"page": "p"} for meta in entry["metas"])
+
+    await diff_until(a, updated)
 
 
 async def test_update_of_a_project_not_subscribed_is_refused(
@@ -269,7 +282,7 @@ async def test_abrupt_disconnect_leaves(
     a, _ = await joined(ws_client, owner, project)
     b, state = await joined(ws_client, collaborator, project)
     b_id = own_connection(state, collaborator, set())
-    await next_diff(a)  # b joined
+    await joined_diff(a, collaborator)
 
     b.ws.transport.abort()  # no close frame
 
@@ -287,7 +300,7 @@ async def test_revoked_collaborator_leaves(
     a, _ = await joined(ws_client, owner, project)
     b, state = await joined(ws_client, collaborator, project)
     b_id = own_connection(state, collaborator, set())
-    await next_diff(a)  # b joined
+    await joined_diff(a, collaborator)
 
     await conn.execute("UPDATE projects SET collaborators = '{}' WHERE id = $1", project)
 
@@ -355,7 +368,7 @@ async def test_builder_session_step_shows_in_its_owners_presence(
     a, _ = await joined(ws_client, owner, project)
     b, state = await joined(ws_client, collaborator, project)
     b_id = own_connection(state, collaborator, set())
-    await next_diff(a)  # b joined
+    await joined_diff(a, collaborator)
 
     created = await rpc_result(
         b, "session.create", {"project_id": str(project), "current_step": "sitemap-generation"}
