@@ -53,6 +53,7 @@ import asyncio
 import contextlib
 import random
 import resource
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -65,6 +66,7 @@ import psutil
 import uvloop
 from hdrh.histogram import HdrHistogram
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows.url import WSParsedURL
 
 from loadtest.fragments import Reassembly
 from loadtest.options import CLIENT_BOUND_PERCENT
@@ -79,6 +81,9 @@ PRESENCE_PREFIX = b'{"type":"presence.'
 DIGITS = frozenset(b"0123456789")
 JSON_SPACE = frozenset(b" \t\r\n")
 LATENCY_MAX_US = 600_000_000  # ten minutes: anything later is recorded as this
+# The kernel's receive buffer of each editor's socket (Linux doubles it): bounds what
+# arrives in one read, and so picows' read buffer (small_receive_buffer).
+RECEIVE_BUFFER_BYTES = 64 * 1024
 STEP_TIMEOUT = 60.0  # longest wait for one reply (connect, auth, subscribe)
 PROGRESS_EVERY = 0.5
 CPU_EVERY = 1.0  # seconds per CPU sample (one per second of the deliveries' series)
@@ -547,6 +552,19 @@ class Steps:
         }
 
 
+def small_receive_buffer(url: WSParsedURL) -> socket.socket:
+    """An unconnected socket whose kernel receive buffer is RECEIVE_BUFFER_BYTES.
+
+    picows doubles a connection's read buffer whenever one read fills it, and never
+    shrinks it: with the kernel's buffer autotuned to megabytes, each editor that was
+    sent a large state at once kept a buffer that size (3 GB for 5,000 editors joining
+    one project). A browser is a process per editor; here they share one."""
+    family = socket.AF_INET6 if ":" in url.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+    return sock
+
+
 def since(start: float) -> int:
     return max(1, int((time.perf_counter() - start) * 1e6))
 
@@ -557,7 +575,13 @@ async def open_editor(job: Job, editor: Editor, steps: Steps, since_position: st
     step = "connect"
     try:
         await asyncio.wait_for(
-            ws_connect(lambda: editor, job.url, enable_auto_ping=False, max_frame_size=16 << 20),
+            ws_connect(
+                lambda: editor,
+                job.url,
+                enable_auto_ping=False,
+                max_frame_size=16 << 20,
+                socket_factory=small_receive_buffer,
+            ),
             STEP_TIMEOUT,
         )
         steps.connect.record_value(since(start))
