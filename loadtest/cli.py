@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="editors subscribe with delta: true (an UPDATE arrives as a `delta` frame)",
     )
     load.add_argument(
+        "--receive-buffer-kib",
+        type=int,
+        default=DEFAULTS.receive_buffer_kib,
+        help="each editor socket's kernel receive buffer (SO_RCVBUF, KiB; 0, the default: "
+        "the kernel's autotuning). picows keeps a connection's read buffer as large as the "
+        "largest read, so a small one bounds the editors' process memory when large "
+        "states arrive (at the cost of smaller TCP windows)",
+    )
+    load.add_argument(
         "--connect-concurrency",
         type=int,
         default=DEFAULTS.connect_concurrency,

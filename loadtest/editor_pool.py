@@ -115,6 +115,7 @@ class EditorPool:
         follow: bool = False,
         delta: bool = False,
         client_bound_percent: float = CLIENT_BOUND_PERCENT,
+        receive_buffer_kib: int = 0,
     ) -> EditorPool:
         procs = max(1, min(procs, len(editors) or 1))
         started = []
@@ -138,6 +139,7 @@ class EditorPool:
                     "follow": follow,
                     "delta": delta,
                     "client_bound_percent": client_bound_percent,
+                    "receive_buffer_kib": receive_buffer_kib,
                 }
             )
             started.append(editor_process)

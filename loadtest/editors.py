@@ -81,9 +81,6 @@ PRESENCE_PREFIX = b'{"type":"presence.'
 DIGITS = frozenset(b"0123456789")
 JSON_SPACE = frozenset(b" \t\r\n")
 LATENCY_MAX_US = 600_000_000  # ten minutes: anything later is recorded as this
-# The kernel's receive buffer of each editor's socket (Linux doubles it): bounds what
-# arrives in one read, and so picows' read buffer (small_receive_buffer).
-RECEIVE_BUFFER_BYTES = 64 * 1024
 STEP_TIMEOUT = 60.0  # longest wait for one reply (connect, auth, subscribe)
 PROGRESS_EVERY = 0.5
 CPU_EVERY = 1.0  # seconds per CPU sample (one per second of the deliveries' series)
@@ -141,6 +138,7 @@ class Job:
     follow: bool = False  # reconnect by itself when the server cuts the connection
     delta: bool = False  # subscribe with `delta: true`
     client_bound_percent: float = CLIENT_BOUND_PERCENT
+    receive_buffer_kib: int = 0  # SO_RCVBUF of each editor's socket; 0: the kernel's
 
     @classmethod
     def parse(cls, line: bytes) -> Job:
@@ -552,17 +550,24 @@ class Steps:
         }
 
 
-def small_receive_buffer(url: WSParsedURL) -> socket.socket:
-    """An unconnected socket whose kernel receive buffer is RECEIVE_BUFFER_BYTES.
+def receive_buffer_of(kib: int) -> Callable[[WSParsedURL], socket.socket] | None:
+    """A picows socket factory: unconnected sockets whose kernel receive buffer is `kib`
+    KiB (Linux doubles it); None (0): picows' own sockets, the buffer autotuned.
 
-    picows doubles a connection's read buffer whenever one read fills it, and never
-    shrinks it: with the kernel's buffer autotuned to megabytes, each editor that was
-    sent a large state at once kept a buffer that size (3 GB for 5,000 editors joining
-    one project). A browser is a process per editor; here they share one."""
-    family = socket.AF_INET6 if ":" in url.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
-    return sock
+    picows doubles a connection's read buffer whenever one read fills it and never
+    shrinks it, so with megabytes autotuned each editor sent a large presence state
+    keeps a buffer that size: 5,000 editors joining one project peaked at 3.0-3.4 GB
+    (a browser is a process per editor; here they share one)."""
+    if kib <= 0:
+        return None
+
+    def factory(url: WSParsedURL) -> socket.socket:
+        family = socket.AF_INET6 if ":" in url.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, kib * 1024)
+        return sock
+
+    return factory
 
 
 def since(start: float) -> int:
@@ -580,7 +585,7 @@ async def open_editor(job: Job, editor: Editor, steps: Steps, since_position: st
                 job.url,
                 enable_auto_ping=False,
                 max_frame_size=16 << 20,
-                socket_factory=small_receive_buffer,
+                socket_factory=receive_buffer_of(job.receive_buffer_kib),
             ),
             STEP_TIMEOUT,
         )

@@ -26,6 +26,7 @@ class Options:
     client_bound_percent: float = CLIENT_BOUND_PERCENT
     layout_bytes: int = LAYOUT_BYTES
     delta: bool = False  # editors subscribe with `delta: true`
+    receive_buffer_kib: int = 0  # each editor socket's SO_RCVBUF; 0: the kernel's autotuning
     connect_concurrency: int = 200
     drain_seconds: float = 30.0
     ramp: bool = False

@@ -113,7 +113,13 @@ def ramp_ratios(gateway: Run, reference: Run, bound_ms: float) -> dict[str, floa
 
 # What every scenario's report says of its load: the editors' processes, the layout's
 # size, whether they subscribe to deltas, and past what CPU a figure is client-bound.
-LOAD_KEYS = ("client_procs", "layout_bytes", "delta", "client_bound_percent")
+LOAD_KEYS = (
+    "client_procs",
+    "layout_bytes",
+    "delta",
+    "client_bound_percent",
+    "receive_buffer_kib",
+)
 
 
 def config_of(options: Options, *keys: str) -> dict[str, Any]:

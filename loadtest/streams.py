@@ -139,6 +139,7 @@ async def open_stream(
         follow=follow,
         delta=options.delta,
         client_bound_percent=options.client_bound_percent,
+        receive_buffer_kib=options.receive_buffer_kib,
     )
     progress = Progress(pool, len(editors), f"{name} connecting")
     ready = await pool.ready(READY_TIMEOUT, progress.tick)

@@ -279,9 +279,14 @@ async def test_projects_spread_writes(tmp_path: Path, database_dsn: str) -> None
 
 
 async def test_storm_gets_everyone_ready(tmp_path: Path, database_dsn: str) -> None:
+    """With the editors' sockets' receive buffers set (--receive-buffer-kib)."""
     report = await bench(
-        tmp_path, database_dsn, "storm", "--clients", "20", "--users", "5", "--projects", "4"
+        tmp_path,
+        database_dsn,
+        "storm",
+        *("--clients", "20", "--users", "5", "--projects", "4", "--receive-buffer-kib", "64"),
     )
+    assert report["config"]["receive_buffer_kib"] == 64
     (gateway,) = report["runs"]
     assert gateway["clients"] == 20
     assert gateway["failures"] == 0
