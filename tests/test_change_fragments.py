@@ -18,16 +18,7 @@ from gateway.core.events import Change, Op, TypedRow
 from gateway.native.views import Shape, change_frame, encoded, version_metadata_frame
 from protocol.codec import encode_frame
 from protocol.rows import Entity, Row, VersionRow, WireframeRow
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=20,
-)
+from tests.json_strategies import json_values
 
 
 def jsonb_text(value: Any) -> JsonText:

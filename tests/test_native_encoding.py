@@ -15,16 +15,8 @@ from gateway.core.events import Change, Op
 from gateway.native.views import change_frame, encoded
 from protocol.codec import encode_frame
 from protocol.rows import ENTITY_ROWS, Entity, ProjectRow, WireframeRow
+from tests.json_strategies import json_values
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=20,
-)
 moments = st.datetimes(
     min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
 ) | st.datetimes(timezones=st.just(timezone(timedelta(hours=5, minutes=30))))
