@@ -20,33 +20,28 @@ class TokenBucket:
         """0.0 when an event of `cost` may pass now (it is counted), else the seconds
         until one may. A cost above the burst counts as the burst."""
         cost = min(cost, self._capacity)
-        now = time.monotonic()
-        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
-        self._updated = now
+        self._refill()
         if self._tokens >= cost:
             self._tokens -= cost
             return 0.0
         return (cost - self._tokens) / self._rate
 
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
 
-class ByteBudget:
+
+class ByteBudget(TokenBucket):
     """Allows `rate` bytes per second on average and `burst` at once. A frame is read
     whole before its size is known, so it always passes; what it took past the budget
     is paid for afterwards, by not reading the connection for that long."""
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._capacity = float(burst)
-        self._bytes = float(burst)
-        self._updated = time.monotonic()
-
     def spend(self, size: int) -> float:
         """Count `size` bytes read; the seconds to wait before reading more (0.0: none)."""
-        now = time.monotonic()
-        self._bytes = min(self._capacity, self._bytes + (now - self._updated) * self._rate)
-        self._updated = now
-        self._bytes -= size
-        return 0.0 if self._bytes >= 0 else -self._bytes / self._rate
+        self._refill()
+        self._tokens -= size
+        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
 
 
 class Unauthenticated:
