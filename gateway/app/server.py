@@ -367,6 +367,8 @@ class Gateway:
             for client in list(self._clients):
                 client.ws.transport.abort()
             await server.wait_closed()
+        await self.snapshots.close()  # reads and lookups for connections that have gone
+        await self.names.close()
         self.presence_fanout.flush()  # every connection is gone: this only stops its timer
         await self.presence.close()  # after every connection's leave: then the goodbye
         await self._stop_tasks()

@@ -38,6 +38,7 @@ import asyncpg
 
 from db.queries import ProjectReads, ProjectView, VisibilitySnapshot, project_reads, view_project
 from gateway.core.authorization import ANONYMOUS, Acl, Level, level_of
+from gateway.core.owned import OwnedTasks
 from gateway.core.router import Router
 
 # Joiners within this long after a project's read share the next one.
@@ -115,7 +116,11 @@ class SnapshotReads:
         self._windows: dict[UUID, _Window] = {}
         # When each recently read project may be read again (monotonic).
         self._next: dict[UUID, float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = OwnedTasks()
+
+    async def close(self) -> None:
+        """Shutdown, once every connection has ended: cancel what is still being read."""
+        await self._tasks.close()
 
     async def view(
         self, project_id: UUID, user_id: UUID, *, with_content: bool
@@ -127,9 +132,7 @@ class SnapshotReads:
         window = self._windows.get(project_id)
         if window is None:
             window = self._windows[project_id] = _Window()
-            task = asyncio.create_task(self._read(project_id, window))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.start(self._read(project_id, window))
         window.joiners.append(user_id)
         window.with_content |= with_content
         read = await asyncio.shield(window.done)

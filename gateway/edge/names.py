@@ -16,6 +16,7 @@ from uuid import UUID
 import asyncpg
 
 from db.queries import display_names
+from gateway.core.owned import OwnedTasks
 
 
 @dataclass(eq=False)
@@ -32,16 +33,18 @@ class NameLookups:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._open: _Lookup | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = OwnedTasks()
+
+    async def close(self) -> None:
+        """Shutdown, once every connection has ended: cancel what is still being read."""
+        await self._tasks.close()
 
     async def name(self, user_id: UUID) -> str | None:
         """The user's display name; None when there is no such user."""
         lookup = self._open
         if lookup is None:
             lookup = self._open = _Lookup()
-            task = asyncio.create_task(self._run(lookup))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.start(self._run(lookup))
         lookup.users.add(user_id)
         names = await asyncio.shield(lookup.done)
         return names.get(user_id)
