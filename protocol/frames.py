@@ -166,6 +166,10 @@ class Access(StrEnum):
     READ_WRITE = "read_write"
     READ_ONLY = "read_only"
 
+    @classmethod
+    def of(cls, editable: bool) -> Access:
+        return cls.READ_WRITE if editable else cls.READ_ONLY
+
 
 class Ok(Frame):
     """Success reply to the request with the same `ref`; `data` depends on the request."""

@@ -657,13 +657,9 @@ def _project(subscription: Subscription) -> UUID:
     return subscription.key.project_id
 
 
-def _access(editable: bool) -> Access:
-    return Access.READ_WRITE if editable else Access.READ_ONLY
-
-
 def _subscribed(project_id: UUID, editable: bool, *, resumed: bool | None) -> dict[str, object]:
     """The `ok` of a subscribe; `resumed` only when the client asked to resume."""
-    data: dict[str, object] = {"project_id": str(project_id), "access": _access(editable)}
+    data: dict[str, object] = {"project_id": str(project_id), "access": Access.of(editable)}
     if resumed is not None:
         data["resumed"] = resumed
     return data

@@ -37,7 +37,7 @@ class _Encoded:
         view = shared.view
         model = Snapshot(
             project_id=project_id,
-            access=Access.READ_WRITE if view.editable else Access.READ_ONLY,
+            access=Access.of(view.editable),
             position=position,
             project=ProjectRow.model_validate(view.project),
             sitemaps=[SitemapRow.model_validate(r) for r in view.sitemaps],
