@@ -38,7 +38,7 @@ import asyncpg
 
 from db.queries import ProjectReads, ProjectView, VisibilitySnapshot, project_reads, view_project
 from gateway.core.authorization import ANONYMOUS, Acl, Level, level_of
-from gateway.core.owned import OwnedTasks
+from gateway.core.owned import OwnedTasks, settle
 from gateway.core.router import Router
 
 # Joiners within this long after a project's read share the next one.
@@ -150,28 +150,24 @@ class SnapshotReads:
         return None if view is None else self._kept(view)
 
     async def _read(self, project_id: UUID, window: _Window) -> None:
-        """Wait for the project's window to end, close it to later joiners, read once."""
         try:
-            wait = self._next.get(project_id, 0.0) - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            # Every joiner of the window registered before this point; later ones wait
-            # for the next window, read after them.
-            del self._windows[project_id]
-            self._remember(project_id)
-            read = (
-                await self._read_shared(project_id, window) if len(window.joiners) > 1 else _ALONE
-            )
-        except BaseException as error:
+            await settle(window.done, self._read_window(project_id, window))
+        finally:
             if self._windows.get(project_id) is window:
                 del self._windows[project_id]
-            if not isinstance(error, Exception):
-                window.done.cancel()
-                raise
-            window.done.set_exception(error)  # each joiner fails with it, as its own read would
-            window.done.exception()  # retrieved: joiners that left meanwhile do not
-            return
-        window.done.set_result(read)
+
+    async def _read_window(self, project_id: UUID, window: _Window) -> _Read:
+        """Wait for the project's window to end, close it to later joiners, read once."""
+        wait = self._next.get(project_id, 0.0) - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        # Every joiner of the window registered before this point; later ones wait for
+        # the next window, read after them.
+        del self._windows[project_id]
+        self._remember(project_id)
+        if len(window.joiners) > 1:
+            return await self._read_shared(project_id, window)
+        return _ALONE
 
     async def _read_shared(self, project_id: UUID, window: _Window) -> _Read:
         """The access list and one view per class of the window's joiners, in one

@@ -16,7 +16,7 @@ from uuid import UUID
 import asyncpg
 
 from db.queries import display_names
-from gateway.core.owned import OwnedTasks
+from gateway.core.owned import OwnedTasks, settle
 
 
 @dataclass(eq=False)
@@ -50,19 +50,15 @@ class NameLookups:
         return names.get(user_id)
 
     async def _run(self, lookup: _Lookup) -> None:
-        """Take a pool connection, close the lookup to later sign-ins, query once."""
         try:
-            async with self._pool.acquire() as conn:
-                if self._open is lookup:
-                    self._open = None
-                names = await display_names(conn, list(lookup.users))
-        except BaseException as error:
+            await settle(lookup.done, self._query(lookup))
+        finally:
             if self._open is lookup:
                 self._open = None
-            if not isinstance(error, Exception):
-                lookup.done.cancel()
-                raise
-            lookup.done.set_exception(error)  # each sign-in fails with it
-            lookup.done.exception()  # retrieved: sign-ins that left meanwhile do not
-            return
-        lookup.done.set_result(names)
+
+    async def _query(self, lookup: _Lookup) -> dict[UUID, str]:
+        """Take a pool connection, close the lookup to later sign-ins, query once."""
+        async with self._pool.acquire() as conn:
+            if self._open is lookup:
+                self._open = None
+            return await display_names(conn, list(lookup.users))
