@@ -1,7 +1,8 @@
 """What every change feed yields, whatever carries it (NOTIFY now, replication next).
 
 A feed is an async iterator of events in commit order. Row changes of one
-transaction are contiguous and followed by its `TransactionEnd`. When the feed
+transaction are contiguous and followed by its `TransactionEnd`; a feed that has
+several of them at once may yield them together (`RowChanges`). When the feed
 loses its connection it yields `FeedInterrupted`; when it is back it yields
 `FeedResumed`, saying whether it picked up exactly where it stopped (a replication
 slot does) or changes committed in between may never arrive (NOTIFY), in which
@@ -20,7 +21,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 
@@ -34,8 +35,7 @@ class ChangeOp(StrEnum):
 _POSITION = re.compile(r"^([a-z][0-9a-z]{1,32})/([0-9a-f]{16})\.([0-9a-f]{6})$")
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Position:
+class Position(NamedTuple):
     """Where a change sits in a feed: its transaction, then its index inside it.
 
     `epoch` names the sequence the numbers belong to: for the replication feed the
@@ -44,11 +44,16 @@ class Position:
     drops). Positions of one epoch compare as their strings do (fixed-width hex).
     Index 0 is "before the transaction's first change", so a position just before
     any change can be written down.
+
+    A named tuple: one is made per change, and compared as the history records it,
+    both in C (a frozen dataclass sets each field through `object.__setattr__` and
+    builds two tuples for every comparison).
     """
 
     epoch: str
     txn: int
-    index: int
+    # Shadows tuple.index, which nothing calls on a position.
+    index: int  # type: ignore[assignment]
 
     def __str__(self) -> str:
         return f"{self.epoch}/{self.txn:016x}.{self.index:06x}"
@@ -108,6 +113,16 @@ class RowChange:
 
 
 @dataclass(frozen=True, slots=True)
+class RowChanges:
+    """Consecutive row changes of one transaction, in commit order: what a feed that
+    holds a transaction's changes at once yields instead of one event each, so its
+    consumer pays one step of the iterator for all of them. The transaction's
+    `TransactionEnd` follows as ever; a transaction may come in several batches."""
+
+    changes: list[RowChange]
+
+
+@dataclass(frozen=True, slots=True)
 class TransactionEnd:
     xid: int
 
@@ -137,7 +152,7 @@ class FenceReached:
     token: str
 
 
-FeedEvent = RowChange | TransactionEnd | FeedInterrupted | FeedResumed | FenceReached
+FeedEvent = RowChange | RowChanges | TransactionEnd | FeedInterrupted | FeedResumed | FenceReached
 
 
 class ChangeFeed(Protocol):

@@ -32,6 +32,7 @@ from db.feed import (
     FeedResumed,
     Position,
     RowChange,
+    RowChanges,
     TransactionEnd,
 )
 from db.feed_wire import encode_event, parse_position
@@ -117,11 +118,13 @@ class NodeFeed:
     # The feed
 
     def _on_event(self, event: FeedEvent) -> None:
-        if isinstance(event, RowChange):
+        if isinstance(event, RowChange | RowChanges):
+            # A batch goes to the workers as it came: one frame, pickled once.
             self._pending.append(encode_event(event))
+            first, last = _positions(event)
             if self._pending_first is None:
-                self._pending_first = event.position
-            self._pending_last = event.position
+                self._pending_first = first
+            self._pending_last = last
             return
         if isinstance(event, TransactionEnd):
             self._end_transaction(event)
@@ -227,6 +230,13 @@ class NodeFeed:
         if not self._connected:
             worker.writer.write(encode_event(FeedInterrupted("the node's feed is reconnecting")))
         self._workers.add(worker)
+
+
+def _positions(event: RowChange | RowChanges) -> tuple[Position, Position]:
+    """The first and the last position of a change or a batch of changes."""
+    if isinstance(event, RowChange):
+        return event.position, event.position
+    return event.changes[0].position, event.changes[-1].position
 
 
 def _hello(line: bytes) -> Position | None:

@@ -47,6 +47,7 @@ from db.feed import (
     JsonText,
     Position,
     RowChange,
+    RowChanges,
     TransactionEnd,
 )
 from db.replication_stream import (
@@ -315,21 +316,24 @@ class ReplicationFeed:
     async def _complete(
         self, transaction: _Transaction, commit: pgoutput.Commit
     ) -> list[FeedEvent]:
-        """The transaction's events, or none when it was yielded before a reconnect."""
+        """The transaction's events (its changes as one batch), or none when it was
+        yielded before a reconnect."""
         if commit.commit_lsn <= self._last_commit_lsn:
             return []
         xid = self._widen(transaction.begin.xid)
-        events: list[FeedEvent] = [
+        epoch, lsn, committed_at = self._epoch, commit.commit_lsn, commit.commit_time
+        actor, request = transaction.actor, transaction.request
+        changes = [
             RowChange(
                 table=table,
                 op=op,
                 new=new,
                 old=old,
                 xid=xid,
-                position=Position(self._epoch, commit.commit_lsn, index),
-                committed_at=commit.commit_time,
-                actor=transaction.actor,
-                request=transaction.request,
+                position=Position(epoch, lsn, index),
+                committed_at=committed_at,
+                actor=actor,
+                request=request,
                 typed=True,
             )
             for index, (table, op, new, old) in enumerate(transaction.changes, start=1)
@@ -338,8 +342,9 @@ class ReplicationFeed:
         self._last_end_lsn = commit.end_lsn
         if self._leaving and self._stream is not None:
             self._stream.acknowledge(commit.end_lsn)
-        if events:
-            events.append(TransactionEnd(xid))
+        events: list[FeedEvent] = []
+        if changes:
+            events += (RowChanges(changes), TransactionEnd(xid))
         events.extend(FenceReached(token) for token in transaction.fences)
         return events
 

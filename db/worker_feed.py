@@ -16,7 +16,15 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
-from db.feed import FeedEvent, FeedInterrupted, FeedResumed, Position, RowChange, TransactionEnd
+from db.feed import (
+    FeedEvent,
+    FeedInterrupted,
+    FeedResumed,
+    Position,
+    RowChange,
+    RowChanges,
+    TransactionEnd,
+)
 from db.feed_wire import HEADER, MAX_FRAME_BYTES, decode_event, hello, retain
 
 logger = logging.getLogger(__name__)
@@ -103,12 +111,14 @@ class WorkerFeed:
             if size > MAX_FRAME_BYTES:
                 raise ValueError(f"a frame of {size} bytes from the node's feed")
             event = decode_event(await reader.readexactly(size))
-            if isinstance(event, RowChange):
+            if isinstance(event, RowChange | RowChanges):
                 transaction.append(event)
                 continue
             if isinstance(event, TransactionEnd):
                 transaction.append(event)
                 last = transaction[-2]
+                if isinstance(last, RowChanges):
+                    last = last.changes[-1]
                 assert isinstance(last, RowChange), "the reader sends no empty transactions"
                 self._since = last.position
                 yield transaction

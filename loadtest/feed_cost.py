@@ -53,7 +53,14 @@ import orjson
 import uvloop
 
 from db.embedded import EmbeddedPostgres
-from db.feed import ChangeFeed, FeedInterrupted, FeedResumed, RowChange, TransactionEnd
+from db.feed import (
+    ChangeFeed,
+    FeedInterrupted,
+    FeedResumed,
+    RowChange,
+    RowChanges,
+    TransactionEnd,
+)
 from db.feed_triggers import NOTIFY_TRIGGERS, REPLICATION_TRIGGERS, TABLES, use_feed_triggers
 from db.migrations import Migrator, load_migrations
 from db.notify_feed import NotifyFeed
@@ -252,7 +259,10 @@ async def _consume(feed: ChangeFeed, tap: Tap, streaming: asyncio.Event) -> None
             async for event in events:
                 if not tap.flowing.is_set():
                     await tap.flowing.wait()
-                if type(event) is RowChange:
+                if type(event) is RowChanges:
+                    for change in event.changes:
+                        tap.row(change)
+                elif type(event) is RowChange:
                     tap.row(event)
                 elif type(event) is TransactionEnd:
                     feed.retain_from(None)

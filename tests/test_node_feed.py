@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from db.feed import FeedEvent, FeedResumed, RowChange, TransactionEnd
+from db.feed import FeedEvent, FeedResumed, RowChange, RowChanges, TransactionEnd
 from db.node_feed import NodeFeed
 from db.replication_feed import ReplicationFeed
 from db.worker_feed import WorkerFeed
@@ -45,9 +45,10 @@ async def transactions(events: AsyncGenerator[FeedEvent, None], count: int) -> S
     ends = 0
     while ends < count:
         event = await asyncio.wait_for(anext(events), TIMEOUT)
-        if isinstance(event, RowChange):
-            assert event.new is not None
-            story.append((str(event.position), event.table, str(event.new.get("name"))))
+        if isinstance(event, RowChange | RowChanges):
+            for change in event.changes if isinstance(event, RowChanges) else [event]:
+                assert change.new is not None
+                story.append((str(change.position), change.table, str(change.new.get("name"))))
         else:
             assert isinstance(event, TransactionEnd), event
             ends += 1

@@ -9,6 +9,12 @@ yield inside a transaction, after each change); then they are *published* in one
 synchronous step: recorded in the history, access applied, handed to the hub, which
 encodes them once per protocol variant into the outbox, and the outbox flushed.
 
+Resolving usually needs no database (the parents are remembered, nobody watches the
+table), so a change is resolved synchronously when it can be, and awaits only when
+the database must be asked: a feed hands a transaction's changes in batches
+(db.feed.RowChanges), and a batch costs one step of the feed's iterator, not one
+coroutine, closure and iterator step per change.
+
 Nothing can overtake a transaction's frames by construction: the outbox is filled
 and flushed only inside that step, which never awaits, so whatever a connection is
 sent from elsewhere (a reply, `unsubscribed`, a presence diff) goes either before all
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +50,7 @@ from db.feed import (
     FeedResumed,
     FenceReached,
     RowChange,
+    RowChanges,
     TransactionEnd,
 )
 from gateway.core.authorization import AccessLists, Acl, AclChange, Undetermined
@@ -54,7 +61,7 @@ from gateway.core.history import History
 from gateway.core.hub import Hub
 from gateway.core.origin import Origin, origin_of
 from gateway.core.outbox import Outbox
-from gateway.core.router import Router
+from gateway.core.router import UNKNOWN, Router
 from gateway.metrics import Metrics
 from protocol.rows import ENTITY_ROWS, TABLE_ENTITIES, Entity
 
@@ -64,7 +71,9 @@ logger = logging.getLogger(__name__)
 # transaction is published in parts (each flushed before the next is resolved).
 MAX_RESOLVED = 1000
 
-Step = Callable[[], None]
+# What publishing a resolved change runs: a method and its arguments (a tuple, not a
+# closure: one is made per change).
+Step = tuple[Callable[..., None], tuple[Any, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +104,14 @@ class Dispatcher:
         metrics = self._core.metrics
         async with aclosing(self._feed.events()) as events:
             async for event in events:
-                if isinstance(event, RowChange):
-                    if event.xid != self._xid:
-                        self._begin(event)
-                    await self._resolve(event)
-                    if not self._feed.whole_transactions or len(self._resolved) >= MAX_RESOLVED:
-                        self._publish()
+                kind = type(event)
+                if kind is RowChanges:
+                    assert isinstance(event, RowChanges)
+                    await self._row_changes(event.changes)
+                    continue
+                if kind is RowChange:
+                    assert isinstance(event, RowChange)
+                    await self._row_changes((event,))
                     continue
                 self._publish()
                 if isinstance(event, TransactionEnd):
@@ -119,12 +130,24 @@ class Dispatcher:
                     if seen is not None:
                         self._core.access_lists.fence_passed(seen)
 
+    async def _row_changes(self, batch: Sequence[RowChange]) -> None:
+        """Resolve a batch of one transaction's changes in order, each without awaiting
+        when nothing must be read, and publish as the feed allows (module docstring)."""
+        whole = self._feed.whole_transactions
+        for row_change in batch:
+            if row_change.xid != self._xid:
+                self._begin(row_change)
+            if not self._resolve_known(row_change):
+                await self._resolve(row_change)
+            if not whole or len(self._resolved) >= MAX_RESOLVED:
+                self._publish()
+
     def _publish(self) -> None:
         """Run the resolved changes' steps and write what they queued: synchronous, so
         the outbox is empty again before the dispatcher next awaits."""
         steps, self._resolved = self._resolved, []
-        for step in steps:
-            step()
+        for publish, args in steps:
+            publish(*args)
         self._core.outbox.flush()
 
     def _on_resumed(self, event: FeedResumed) -> None:
@@ -160,33 +183,57 @@ class Dispatcher:
             max(0.0, (datetime.now(UTC) - first.committed_at).total_seconds())
         )
 
-    async def _resolve(self, row_change: RowChange) -> None:
+    def _resolve_known(self, row_change: RowChange) -> bool:
+        """Resolve the change without awaiting, when neither routing it nor a table
+        watch needs the database; False (and nothing done) when it does."""
         core = self._core
-        position = row_change.position
+        table = row_change.table
         if row_change.op is ChangeOp.TRUNCATE:
-            self._resolved.append(lambda: self._truncated(row_change))
-            return
-        if row_change.table not in TABLE_ENTITIES:
-            self._resolved.append(lambda: core.history.advance(position))
-            return
-        for change in await self._changes(row_change):
+            self._resolved.append((self._truncated, (row_change,)))
+            return True
+        if table not in TABLE_ENTITIES:
+            self._resolved.append((core.history.advance, (row_change.position,)))
+            return True
+        if core.hub.has(table_channel(table)):
+            return False  # the project's access list as of the change may need a read
+        router = core.router
+        # Old first: routing also teaches the router parents, and the new row's must win.
+        old_project = router.known_project_of(table, row_change.old) if row_change.old else None
+        new_project = router.known_project_of(table, row_change.new) if row_change.new else None
+        if old_project is UNKNOWN or new_project is UNKNOWN:
+            return False
+        for change in self._changes(row_change, old_project, new_project):
+            if change.acl is not None:
+                core.access_lists.changed(change.project_id, change.acl)
+            self._resolved.append((self._publish_change, (change, None)))
+        if table == "projects":
+            self._resolved.append((self._publish_listed, (row_change,)))
+        return True
+
+    async def _resolve(self, row_change: RowChange) -> None:
+        """Resolve a change of an entity's table, reading what the database must tell:
+        a parent not remembered, the project's access list for a table watch."""
+        core = self._core
+        router = core.router
+        table = row_change.table
+        old_project = await router.project_of(table, row_change.old) if row_change.old else None
+        new_project = await router.project_of(table, row_change.new) if row_change.new else None
+        for change in self._changes(row_change, old_project, new_project):
             table_acl: Acl | Undetermined | None = None
             if change.acl is not None:
                 core.access_lists.changed(change.project_id, change.acl)
             if core.hub.has(table_channel(change.table)):
                 table_acl = await core.access_lists.at(change.project_id)
-            self._resolved.append(_step(self._publish_change, change, table_acl))
-        if row_change.table == "projects":
-            self._resolved.append(_step(self._publish_listed, row_change))
+            self._resolved.append((self._publish_change, (change, table_acl)))
+        if table == "projects":
+            self._resolved.append((self._publish_listed, (row_change,)))
 
-    async def _changes(self, row_change: RowChange) -> list[Change]:
-        """The events of a row change: one, or a delete and an insert when it moved
-        from one project to another."""
-        router = self._core.router
+    def _changes(
+        self, row_change: RowChange, old_project: UUID | None, new_project: UUID | None
+    ) -> list[Change]:
+        """The events of a row change routed to these projects: one, or a delete and an
+        insert when it moved from one project to another."""
         table = row_change.table
-        # Old first: routing also teaches the router parents, and the new row's must win.
-        old_project = await router.project_of(table, row_change.old) if row_change.old else None
-        new_project = await router.project_of(table, row_change.new) if row_change.new else None
         acl = AclChange.of(row_change.old, row_change.new) if table == "projects" else None
         origin = origin_of(row_change.request, self._core.instance)
         op = row_change.op
@@ -279,10 +326,6 @@ class Dispatcher:
 
 # (project, op, new row, old row, what it did to access) of one event of a row change.
 _Part = tuple[UUID | None, Op, dict[str, Any] | None, dict[str, Any] | None, AclChange | None]
-
-
-def _step(publish: Callable[..., None], *args: Any) -> Step:
-    return lambda: publish(*args)
 
 
 def _event(

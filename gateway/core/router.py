@@ -5,13 +5,17 @@ parent, so the router remembers parents it has seen (from the feed and from
 snapshots) and asks the database for the others. Remembering is what routes
 cascaded deletes: their parents are already gone from the database, but the feed
 delivered each parent's delete just before its children's.
+
+Nearly every change's parents are remembered, so routing answers without a coroutine
+when it can (`known_project_of`, what the dispatcher's per-change path asks) and only
+a row whose parent must be read awaits (`project_of`).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from enum import Enum
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
@@ -22,27 +26,49 @@ from db.acting_user import Conn
 Lookup = Callable[[Conn, UUID], Awaitable[UUID | None]]
 
 
+class Unknown(Enum):
+    """A parent not remembered: only the database can tell."""
+
+    PARENT = "unknown parent"
+
+
+UNKNOWN: Literal[Unknown.PARENT] = Unknown.PARENT
+Known = UUID | None | Literal[Unknown.PARENT]
+
+
 class BoundedMap:
-    """A least-recently-used map of ids: bounded memory whatever the database size."""
+    """A map of ids of bounded size whatever the database size, keeping what was used
+    lately: entries live in two generations, a hit in the young one costs one dict
+    lookup (no reordering, as a least-recently-used map would do on every hit, and
+    every change routes through here), a hit in the old one moves the entry to the
+    young one; when the young generation is full the old one is dropped and the young
+    one takes its place. So an entry used in neither of the last two generations is
+    forgotten, and at most `capacity` are kept."""
+
+    __slots__ = ("_generation", "_old", "_young")
 
     def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._items: OrderedDict[UUID, UUID] = OrderedDict()
+        self._generation = max(1, capacity // 2)
+        self._young: dict[UUID, UUID] = {}
+        self._old: dict[UUID, UUID] = {}
 
     def get(self, key: UUID) -> UUID | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
+        value = self._young.get(key)
+        if value is None:
+            value = self._old.get(key)
+            if value is not None:
+                self.put(key, value)
         return value
 
     def put(self, key: UUID, value: UUID) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        if len(self._items) > self._capacity:
-            self._items.popitem(last=False)
+        young = self._young
+        if key not in young and len(young) >= self._generation:
+            self._old = young
+            self._young = young = {}
+        young[key] = value
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._young.keys() | self._old.keys())
 
 
 def _uuid(value: Any) -> UUID | None:
@@ -70,20 +96,58 @@ class Router:
         elif table == "style_guides" and (parent := _uuid(row.get("wireframe_id"))):
             self._style_guide_wireframe.put(row_id, parent)
 
-    async def project_of(self, table: str, row: dict[str, Any]) -> UUID | None:
-        """The project of `row` (a row of `table`), or None when it has none."""
+    def known_project_of(self, table: str, row: dict[str, Any]) -> Known:
+        """The project of `row` (a row of `table`), None when it has none, or UNKNOWN
+        when a parent must be read from the database (`project_of` then). Either way
+        the router learns the parent the row names."""
         self.learn(table, row)
         if table == "projects":
             return _uuid(row.get("id"))
         if table in ("sitemaps", "builder_sessions"):
             return _uuid(row.get("project_id"))
         if table == "wireframes":
+            return self._known_project_of_sitemap(_uuid(row.get("sitemap_id")))
+        if table == "style_guides":
+            return self._known_project_of_wireframe(_uuid(row.get("wireframe_id")))
+        if table == "version_history":
+            return self._known_project_of_entity(row.get("entity_type"), _uuid(row["entity_id"]))
+        return None
+
+    def _known_project_of_entity(self, entity_type: object, entity_id: UUID | None) -> Known:
+        if entity_type == "projects":
+            return entity_id
+        if entity_type == "sitemaps":
+            return self._known_project_of_sitemap(entity_id)
+        if entity_type == "wireframes":
+            return self._known_project_of_wireframe(entity_id)
+        if entity_type == "style_guides" and entity_id is not None:
+            wireframe = self._style_guide_wireframe.get(entity_id)
+            return UNKNOWN if wireframe is None else self._known_project_of_wireframe(wireframe)
+        return None
+
+    def _known_project_of_wireframe(self, wireframe_id: UUID | None) -> Known:
+        if wireframe_id is None:
+            return None
+        sitemap = self._wireframe_sitemap.get(wireframe_id)
+        return UNKNOWN if sitemap is None else self._known_project_of_sitemap(sitemap)
+
+    def _known_project_of_sitemap(self, sitemap_id: UUID | None) -> Known:
+        if sitemap_id is None:
+            return None
+        project = self._sitemap_project.get(sitemap_id)
+        return UNKNOWN if project is None else project
+
+    async def project_of(self, table: str, row: dict[str, Any]) -> UUID | None:
+        """The project of `row` (a row of `table`), or None when it has none; parents
+        not remembered are read from the database."""
+        known = self.known_project_of(table, row)
+        if known is not UNKNOWN:
+            return known
+        if table == "wireframes":
             return await self._project_of_sitemap(_uuid(row.get("sitemap_id")))
         if table == "style_guides":
             return await self._project_of_wireframe(_uuid(row.get("wireframe_id")))
-        if table == "version_history":
-            return await self._project_of_entity(row.get("entity_type"), _uuid(row["entity_id"]))
-        return None
+        return await self._project_of_entity(row.get("entity_type"), _uuid(row["entity_id"]))
 
     async def _project_of_entity(self, entity_type: object, entity_id: UUID | None) -> UUID | None:
         if entity_type == "projects":
