@@ -130,9 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULTS.receive_buffer_kib,
         help="each editor socket's kernel receive buffer (SO_RCVBUF, KiB; 0, the default: "
-        "the kernel's autotuning). picows keeps a connection's read buffer as large as the "
-        "largest read, so a small one bounds the editors' process memory when large "
-        "states arrive (at the cost of smaller TCP windows)",
+        "the kernel's autotuning); smaller TCP windows and less kernel memory per socket "
+        "(the editors' process memory is bounded either way: each read takes at most 64 KiB)",
     )
     load.add_argument(
         "--connect-concurrency",

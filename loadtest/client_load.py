@@ -90,7 +90,20 @@ def spare_processes() -> int:
 
 def with_client_procs(scenario: str, options: Options) -> tuple[Options, str | None]:
     """The options with `client_procs` chosen (when 0), and advice when the editors
-    asked for will be client-bound whatever the choice."""
+    asked for will be client-bound whatever the choice.
+
+    A ramp raises its rate until a server stops keeping up, so its last steps offer
+    more than any one process reads: it is sized for its top step, with up to one
+    editors' process per core. Otherwise both servers stop at the step where the
+    editors do (whole rows at 1,000 editors did, at the same rate), and the ramp
+    compares the client with itself. Its steps are still marked client-bound where
+    they were, and it needs no advice: saturating is what it is for."""
+    if options.ramp:
+        top = options.rate * options.ramp_factor ** (options.max_steps - 1)
+        load = offered(scenario, replace(options, rate=top))
+        needed = max(1, math.ceil(load.cpu_percent / options.client_bound_percent))
+        chosen = options.client_procs or min(needed, os.cpu_count() or 2)
+        return replace(options, client_procs=chosen), None
     load = offered(scenario, options)
     budget = options.client_bound_percent
     needed = max(1, math.ceil(load.cpu_percent / budget))

@@ -62,6 +62,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import picows.api
 import psutil
 import uvloop
 from hdrh.histogram import HdrHistogram
@@ -554,10 +555,8 @@ def receive_buffer_of(kib: int) -> Callable[[WSParsedURL], socket.socket] | None
     """A picows socket factory: unconnected sockets whose kernel receive buffer is `kib`
     KiB (Linux doubles it); None (0): picows' own sockets, the buffer autotuned.
 
-    picows doubles a connection's read buffer whenever one read fills it and never
-    shrinks it, so with megabytes autotuned each editor sent a large presence state
-    keeps a buffer that size: 5,000 editors joining one project peaked at 3.0-3.4 GB
-    (a browser is a process per editor; here they share one)."""
+    The editors' own memory does not need it (BoundedReads bounds it); it is for
+    measuring with small TCP windows, or with little kernel memory per socket."""
     if kib <= 0:
         return None
 
@@ -568,6 +567,30 @@ def receive_buffer_of(kib: int) -> Callable[[WSParsedURL], socket.socket] | None
         return sock
 
     return factory
+
+
+# The most one socket read brings into an editor's buffer.
+READ_BYTES = 64 * 1024
+
+
+class BoundedReads(picows.api.WSProtocol):  # type: ignore[misc, name-defined]
+    """picows' protocol, each read at most READ_BYTES.
+
+    picows doubles a connection's read buffer whenever one read fills most of it and
+    never shrinks it; a read takes whatever the kernel holds, which with autotuned
+    receive buffers is megabytes once a large presence state or snapshot is on its way.
+    So each of 5,000 editors sent an 850 KB state kept a buffer that size (3 GB in
+    all). With reads bounded, a buffer grows only to the largest frame, which the
+    bench's own gateway fragments (SITEBUILDER_FRAGMENT_BYTES), while the kernel's
+    buffers, and so the TCP windows, stay autotuned."""
+
+    def get_buffer(self, size_hint: int) -> memoryview:
+        buffer: memoryview = super().get_buffer(size_hint)
+        return buffer if len(buffer) <= READ_BYTES else buffer[:READ_BYTES]
+
+
+# ws_connect makes its protocols from this name (picows.api); editors read through it.
+picows.api.WSProtocol = BoundedReads  # type: ignore[attr-defined]
 
 
 def since(start: float) -> int:
