@@ -15,6 +15,7 @@ for migrations.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ import pytest
 from db.embedded import EmbeddedPostgres
 from db.migrations import Migrator, load_migrations
 from tests import hosted_postgres
+from tests.support import server_directory
 
 # Gateway fixtures (gateway, ws_client, feed_kind…) and the Supabase client (phx_client)
 # for every test module that asks.
@@ -112,9 +114,10 @@ async def _without_fsync(admin_dsn: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def embedded_server() -> Iterator[PostgresServer]:
     """The embedded PostgreSQL 18, tests connected as its superuser."""
-    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("postgres") / "pgdata")
+    directory = server_directory("sitebuilder-embedded-")
+    embedded = EmbeddedPostgres(directory / "pgdata")
     asyncio.run(embedded.start())
     try:
         admin_dsn = embedded.admin_dsn
@@ -129,6 +132,7 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
         yield server
     finally:
         embedded.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

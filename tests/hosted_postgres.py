@@ -16,10 +16,11 @@ import pwd
 import shutil
 import socket
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
+
+from tests.support import server_directory
 
 DEBIAN_BIN = Path("/usr/lib/postgresql/15/bin")
 APP_ROLE = "sitebuilder_app"
@@ -113,9 +114,10 @@ def _run_as_postgres(command: list[str]) -> None:
 
 
 def start() -> HostedPostgres:
-    """initdb and start a cluster in a new directory under /tmp (a directory the
-    `postgres` user can reach, unlike pytest's private temporary directories)."""
-    directory = Path(tempfile.mkdtemp(prefix="sitebuilder-pg15-"))
+    """initdb and start a cluster in a new directory in memory or under /tmp (a
+    directory the `postgres` user can reach, unlike pytest's private temporary
+    directories)."""
+    directory = server_directory("sitebuilder-pg15-")
     if os.geteuid() == 0:
         postgres = pwd.getpwnam("postgres")
         os.chown(directory, postgres.pw_uid, postgres.pw_gid)

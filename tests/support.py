@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_SECONDS = 60.0
 SHUTDOWN_TIMEOUT_SECONDS = 30.0
 _LISTENING = re.compile(r"listening on ws://(?P<host>[^ ]+):(?P<port>\d+)/")
+# Memory-backed, where there is one (Linux's tmpfs).
+_MEMORY_FS = Path("/dev/shm")
+
+
+def server_directory(prefix: str) -> Path:
+    """A new directory for a database server's files, in memory when the machine has a
+    tmpfs; the caller removes it.
+
+    Every test creates and drops a database, some 300 files each. On ext4 without a
+    journal (this machine's disk) each new inode is searched for past every one freed
+    in the last minutes (ext4's recently_deleted), so after a few hundred tests a
+    CREATE DATABASE took 150-450 ms instead of 40 ms, nearly all of it in the kernel."""
+    in_memory = _MEMORY_FS.is_dir() and os.access(_MEMORY_FS, os.W_OK)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_MEMORY_FS if in_memory else None))
 
 
 @asynccontextmanager
