@@ -35,17 +35,21 @@ class TypedRow:
     still as PostgreSQL's text, db.feed.JsonText), not built into its model yet.
 
     Most changes never need the parsed JSON: the frame full subscribers share and the
-    history's copy embed PostgreSQL's text as it is (`written`), so a 2 KB layout is
-    not parsed (7-9 µs here) only to be written back. The model, JSON parsed, is built
-    when something reads the row's values (deltas, filters, the Supabase views)."""
+    history's copy embed PostgreSQL's text as it is (`json`, `written`), so a 2 KB
+    layout is not parsed (7-9 µs here) only to be written back. The model, JSON
+    parsed, is built when something reads the row's values (deltas, filters, the
+    Supabase views)."""
 
-    __slots__ = ("_model", "_values", "_written")
+    __slots__ = ("_json", "_model", "_values", "_written")
 
     def __init__(self, model: type[Row], values: dict[str, Any]) -> None:
         self._model = model
         self._values = values
-        # What `written` returns, made once: the frame and the history's copy both ask.
+        # What `written` returns, made once.
         self._written: dict[str, Any] | None = None
+        # What `json` returns, made once (b"": it cannot be): the frame and the
+        # history's copy both embed these bytes, so the row is encoded once.
+        self._json: bytes | None = None
 
     def build(self) -> Row:
         """`model.model_construct(**values)`, JSON text parsed. A row with exactly the
@@ -67,6 +71,22 @@ class TypedRow:
         _set(row, "__pydantic_private__", None)
         return row
 
+    def json(self) -> bytes | None:
+        """The row as orjson writes `written` (datetimes with `Z`), made straight from
+        the values when they are in the model's order (the decoder's, usually): each
+        JSON column goes through `default` as PostgreSQL's text, with no dict made.
+        None when `written` is, or for a value orjson does not write (it dumps
+        through its model)."""
+        if self._json is None:
+            values: dict[str, Any] | None = self._values
+            if tuple(self._values) != _field_names(self._model):
+                values = self.written()
+            try:
+                self._json = b"" if values is None else _dumps_row(values)
+            except TypeError:
+                self._json = b""
+        return self._json or None
+
     def written(self) -> dict[str, Any] | None:
         """The values as orjson writes the built row, in the model's order, each JSON
         column an `orjson.Fragment` of PostgreSQL's text: equal in meaning, not in
@@ -87,6 +107,28 @@ class TypedRow:
 
 
 _set = object.__setattr__
+
+_ROW_OPTIONS = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_UTC_Z
+_FIELD_NAMES: dict[type[Row], tuple[str, ...]] = {}
+
+
+def _field_names(model: type[Row]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(model)
+    if names is None:
+        names = _FIELD_NAMES[model] = tuple(model.__pydantic_fields__)
+    return names
+
+
+def _json_text(value: object) -> orjson.Fragment:
+    """orjson's `default` for a typed row: a JSON column (the only str subclass in one)
+    is embedded as it is."""
+    if type(value) is JsonText:
+        return orjson.Fragment(str(value))
+    raise TypeError(f"{type(value).__name__} is not JSON text")
+
+
+def _dumps_row(values: dict[str, Any]) -> bytes:
+    return orjson.dumps(values, default=_json_text, option=_ROW_OPTIONS)
 
 
 def _parsed(text: JsonText) -> Any:
@@ -252,6 +294,20 @@ class Change:
         as its values (extra columns last, as it dumps)."""
         return self._written_row(0), self._written_row(1)
 
+    def written_json(self) -> tuple[Any, Any]:
+        """As `written`, a row not built yet as its JSON text (`TypedRow.json`, an
+        orjson.Fragment to embed): the bytes `settle` keeps for the history."""
+        return self._written_json(0), self._written_json(1)
+
+    def _written_json(self, index: int) -> Any:
+        if self._settled is None:
+            source = self._new if index == 0 else self._old
+            if isinstance(source, TypedRow):
+                text = source.json()
+                if text is not None:
+                    return orjson.Fragment(text)
+        return self._written_row(index)
+
     def _written_row(self, index: int) -> dict[str, Any] | None:
         if self._settled is None:
             source = self._new if index == 0 else self._old
@@ -266,17 +322,14 @@ class Change:
         return {**row.__dict__, **extra} if extra else row.__dict__
 
     def _settled_row(self, source: RowSource | None) -> bytes | None:
-        """A row's JSON text for the history: written from its typed values when it was
-        never built (JSON columns as PostgreSQL's text), else from the row."""
+        """A row's JSON text for the history: as the frame embedded it when it was never
+        built (`TypedRow.json`: JSON columns as PostgreSQL's text), else from the row."""
         if source is None:
             return None
         if isinstance(source, TypedRow):
-            written = source.written()
-            if written is not None:
-                try:
-                    return orjson.dumps(written)
-                except TypeError:
-                    pass
+            text = source.json()
+            if text is not None:
+                return text
             source = source.build()
         return _json(source)
 

@@ -127,8 +127,9 @@ def full_json(change: Change) -> bytes:
     frame model was a quarter of a change's cost). The same bytes as the model's for
     built rows; rows from the replication feed not built yet carry their JSON columns
     as PostgreSQL's text (gateway.core.events.TypedRow: equal in meaning, jsonb's
-    spaces kept, so the layouts need not be parsed)."""
-    new, old = change.written()
+    spaces kept, so the layouts need not be parsed), each such row encoded once for
+    the frame and the history's copy (`Change.written_json`)."""
+    new, old = change.written_json()
     return _written_frame(change, new, old, Shape.FULL)
 
 
@@ -147,12 +148,11 @@ def _without_data(row: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if row is None else {**row, "data": None, "changes": None}
 
 
-def _written_frame(
-    change: Change, new: dict[str, Any] | None, old: dict[str, Any] | None, shape: Shape
-) -> bytes:
-    """The change frame of `shape` with rows' values `new` and `old`, in the frame
-    model's field order. Values orjson does not write as pydantic does (Decimal, bytes,
-    integers past 64 bits: only in extra columns) go the model's way."""
+def _written_frame(change: Change, new: Any, old: Any, shape: Shape) -> bytes:
+    """The change frame of `shape` with rows `new` and `old` (their values, or their
+    JSON text as an orjson.Fragment), in the frame model's field order. Values orjson
+    does not write as pydantic does (Decimal, bytes, integers past 64 bits: only in
+    extra columns) go the model's way."""
     frame: dict[str, Any] = {
         "type": "change",
         # orjson writes an enum as its value (without Enum.value's property lookup)
