@@ -75,7 +75,9 @@ class Metrics:
         )
         self.delivery_lag = Histogram(
             "sitebuilder_delivery_lag_seconds",
-            "From the change's commit to its send to subscribers.",
+            "From a transaction's commit to the send of its changes to subscribers: one "
+            "observation per transaction that reached anyone (per part of up to 1,000 "
+            "changes of a larger one; per change from the NOTIFY feed), not per change.",
             buckets=LAG_BUCKETS,
             registry=r,
         )

@@ -99,6 +99,8 @@ class Dispatcher:
         self._deleted_projects: list[UUID] = []
         # The transaction whose changes are being resolved (None between transactions).
         self._xid: int | None = None
+        # The commit of the first change `_publish` handed to anyone (delivery lag).
+        self._delivered: datetime | None = None
 
     async def run(self) -> None:
         metrics = self._core.metrics
@@ -144,11 +146,18 @@ class Dispatcher:
 
     def _publish(self) -> None:
         """Run the resolved changes' steps and write what they queued: synchronous, so
-        the outbox is empty again before the dispatcher next awaits."""
+        the outbox is empty again before the dispatcher next awaits. The metrics are
+        updated once for all of them."""
+        core = self._core
         steps, self._resolved = self._resolved, []
         for publish, args in steps:
             publish(*args)
-        self._core.outbox.flush()
+        core.outbox.flush()
+        core.hub.write_counts()
+        if self._delivered is not None:
+            lag = (datetime.now(UTC) - self._delivered).total_seconds()
+            core.metrics.delivery_lag.observe(max(0.0, lag))
+            self._delivered = None
 
     def _on_resumed(self, event: FeedResumed) -> None:
         history = self._core.history
@@ -265,9 +274,8 @@ class Dispatcher:
         if change.entity is Entity.PROJECT:
             self._apply_access(change)
         core.history.record(change)
-        if core.hub.publish(change, table_acl):
-            lag = (datetime.now(UTC) - change.committed_at).total_seconds()
-            core.metrics.delivery_lag.observe(max(0.0, lag))
+        if core.hub.publish(change, table_acl) and self._delivered is None:
+            self._delivered = change.committed_at
         change.settle()
 
     def _apply_access(self, change: Change) -> None:

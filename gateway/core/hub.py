@@ -153,6 +153,9 @@ class Hub:
         self._held: dict[int, int] = {}
         # frames_out's child per label: `labels()` takes a lock and builds a key each call.
         self._frames_out: dict[str, Counter] = {}
+        # Frames queued per label and not yet counted (`write_counts`): a counter takes a
+        # lock per increment, and a transaction queues thousands.
+        self._uncounted: dict[str, int] = {}
 
     # The registry
 
@@ -268,7 +271,8 @@ class Hub:
     def publish(self, change: Change, table_acl: Acl | Undetermined | None = None) -> int:
         """Queue `change` for the project's subscribers and the table subscriptions that
         want it (`table_acl`: the project's access list as of the change, looked up by
-        the dispatcher when anyone watches the table); returns how many got it.
+        the dispatcher when anyone watches the table); returns how many got it. Its
+        frames are counted at the next `write_counts`.
 
         The loop over a project's subscribers is the gateway's hottest: one pass, no
         call but the view's and the connection's for a subscriber that gets it."""
@@ -377,6 +381,7 @@ class Hub:
                 _group(groups, subscription, item)
         delivered = self._queue(groups, item)
         self._outbox.flush()
+        self.write_counts()
         return delivered
 
     # Access and losses
@@ -407,14 +412,23 @@ class Hub:
 
     def _queue(self, groups: _Groups, item: object) -> int:
         """Encode `item` once per variant and queue each variant's bytes for all its
-        subscribers."""
+        subscribers (counted at the next `write_counts`)."""
         delivered = 0
+        uncounted = self._uncounted
         for variant, (view, connections) in groups.items():
             encoded = view.encode(item, variant)
             self._outbox.add(connections, encoded.data)
-            self._count(encoded.label, len(connections))
+            uncounted[encoded.label] = uncounted.get(encoded.label, 0) + len(connections)
             delivered += len(connections)
         return delivered
+
+    def write_counts(self) -> None:
+        """Add the frames queued since the last call to the metrics: whoever publishes
+        calls it once its frames are flushed (the dispatcher once per transaction)."""
+        if self._uncounted:
+            uncounted, self._uncounted = self._uncounted, {}
+            for label, frames in uncounted.items():
+                self._count(label, frames)
 
     def _count(self, label: str, frames: int) -> None:
         counter = self._frames_out.get(label)
