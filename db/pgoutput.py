@@ -13,8 +13,10 @@ the one Stream Start names: a Stream Abort of a subtransaction names it as `subx
 
 Column values stay as the server sent them (`TupleData`) until `row_of` or
 `RelationCache.row` converts text by column type, so a consumer that drops a change
-never pays for converting it. Text values assume the server's defaults for
-`DateStyle` (ISO) and `bytea_output` (hex); any `TimeZone` is fine.
+never pays for converting it; a consumer that converts every row decodes an Insert
+straight into one (`RelationCache.insert`: one pass, no message object). Text values
+assume the server's defaults for `DateStyle` (ISO) and `bytea_output` (hex); any
+`TimeZone` is fine.
 
 Two-phase commit messages (protocol 3 with `two_phase` on) are not decoded: the feed
 never asks for them, so they raise `PgOutputError` like any unknown message.
@@ -695,6 +697,8 @@ def convert(type_oid: int, text: str) -> Any:
 
 # Column names, and (name, converter) of the columns whose text needs converting.
 _Plan = tuple[tuple[str, ...], tuple[tuple[str, Converter], ...]]
+# (name, converter or None) of every column, in order.
+_Columns = tuple[tuple[str, Converter | None], ...]
 
 
 _JSON_TYPES: Final = frozenset({114, 3802})  # json, jsonb
@@ -713,6 +717,57 @@ def _plan(relation: Relation, json: Converter | None = None) -> _Plan:
         is not None
     )
     return names, converters
+
+
+def _columns(relation: Relation, plan: _Plan) -> _Columns:
+    converters = dict(plan[1])
+    return tuple((name, converters.get(name)) for name in plan[0])
+
+
+def _decoded_row(
+    relation: Relation, columns: _Columns, data: bytes, pos: int
+) -> tuple[dict[str, Any], bool, int]:
+    """`_tuple` then `_row` in one pass: the row, whether a value is UNCHANGED, and the
+    position after the tuple (every replicated row passes here)."""
+    (count,) = _U16.unpack_from(data, pos)
+    if count != len(columns):
+        raise PgOutputError(
+            f"{relation.name}: {count} values for {len(columns)} columns; "
+            "a Relation message was missed"
+        )
+    pos += 2
+    row: dict[str, Any] = {}
+    unchanged = False
+    unpack_length = _U32.unpack_from
+    name = ""
+    try:
+        for name, converter in columns:
+            kind = data[pos]
+            if kind == _TEXT:
+                end = pos + 5 + unpack_length(data, pos + 1)[0]
+                text = data[pos + 5 : end].decode()
+                row[name] = text if converter is None else converter(text)
+                pos = end
+            elif kind == _NULL:
+                row[name] = None
+                pos += 1
+            elif kind == _TOAST:
+                row[name] = UNCHANGED
+                unchanged = True
+                pos += 1
+            elif kind == _BINARY:
+                end = pos + 5 + unpack_length(data, pos + 1)[0]
+                row[name] = data[pos + 5 : end]
+                pos = end
+            else:
+                raise PgOutputError(f"unknown tuple column kind {chr(kind)!r}")
+    except PgOutputError as error:
+        raise PgOutputError(f"{relation.name}.{name}: {error}") from error
+    except _CONVERSION_ERRORS as error:
+        raise PgOutputError(f"{relation.name}.{name}: cannot convert: {error}") from error
+    if pos > len(data):
+        raise PgOutputError("message truncated: tuple data runs past its end")
+    return row, unchanged, pos
 
 
 def _row(relation: Relation, plan: _Plan, values: TupleData) -> dict[str, Any]:
@@ -748,17 +803,36 @@ class RelationCache:
     `json`: what json and jsonb values become instead of parsed JSON (e.g. a str
     subclass marking them for a consumer to parse when it needs the values)."""
 
-    __slots__ = ("_json", "_plans", "_relations")
+    __slots__ = ("_columns", "_json", "_plans", "_relations")
 
     def __init__(self, json: Callable[[str], str] | None = None) -> None:
         self._json = json
         self._relations: dict[int, Relation] = {}
         self._plans: dict[int, _Plan] = {}
+        self._columns: dict[int, _Columns] = {}
 
     def add(self, relation: Relation) -> None:
         """Remember `relation`, replacing what an earlier message said of it."""
+        plan = _plan(relation, self._json)
         self._relations[relation.relation_id] = relation
-        self._plans[relation.relation_id] = _plan(relation, self._json)
+        self._plans[relation.relation_id] = plan
+        self._columns[relation.relation_id] = _columns(relation, plan)
+
+    def insert(self, data: bytes) -> tuple[Relation, dict[str, Any], bool]:
+        """An Insert message (outside a streamed transaction: no xid) decoded straight
+        into its relation, its new row as `row(message.relation_id, message.new)` of
+        `decode_message(data)` gives it (errors included), and whether a value in it
+        is UNCHANGED."""
+        try:
+            (relation_id,) = _U32.unpack_from(data, 1)
+            if data[5] != _NEW:
+                raise PgOutputError(f"insert: expected a new tuple ('N'), got {chr(data[5])!r}")
+            relation = self[relation_id]
+            row, unchanged, pos = _decoded_row(relation, self._columns[relation_id], data, 6)
+        except (struct.error, IndexError) as error:
+            raise PgOutputError(f"malformed pgoutput 'I' message: {error}") from error
+        _expect_end(data, pos)
+        return relation, row, unchanged
 
     def __getitem__(self, relation_id: int) -> Relation:
         try:

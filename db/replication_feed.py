@@ -62,6 +62,7 @@ from db.replication_stream import (
 
 logger = logging.getLogger(__name__)
 
+_INSERT = ord("I")
 ACTOR_PREFIX = "sitebuilder.actor"
 FENCE_PREFIX = "sitebuilder.fence"
 _OPS = {pgoutput.Insert: ChangeOp.INSERT, pgoutput.Update: ChangeOp.UPDATE}
@@ -266,7 +267,13 @@ class ReplicationFeed:
         self._relations = pgoutput.RelationCache(json=JsonText)
         transaction: _Transaction | None = None
         async for message in stream.messages():
-            decoded = decoder.decode(message.payload)
+            payload = message.payload
+            if payload[0] == _INSERT and transaction is not None and not decoder.in_stream:
+                filling = self._insert(transaction, payload)
+                if filling is not None:
+                    await filling
+                continue
+            decoded = decoder.decode(payload)
             kind = type(decoded)
             if kind is pgoutput.Begin:
                 assert isinstance(decoded, pgoutput.Begin)
@@ -284,6 +291,14 @@ class ReplicationFeed:
                 filling = self._collect(transaction, decoded)
                 if filling is not None:
                     await filling
+
+    def _insert(
+        self, transaction: _Transaction, payload: bytes
+    ) -> Coroutine[Any, Any, None] | None:
+        """`_collect` of an Insert, decoded straight into its row (the usual message)."""
+        relation, new, unchanged = self._relations.insert(payload)
+        transaction.changes.append((relation.name, ChangeOp.INSERT, new, None))
+        return self._fill_unchanged(relation, new, None) if unchanged else None
 
     def _collect(
         self, transaction: _Transaction, message: pgoutput.Message
