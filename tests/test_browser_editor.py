@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from gateway.app.demo import DEMO_SITEMAP_ID, DEMO_WIREFRAME_ID
@@ -45,6 +46,10 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 UI_TIMEOUT_MS = 10_000
 LISTENING = re.compile(r"listening on ws://127\.0\.0\.1:(?P<port>\d+)/")
+
+# One Chromium for the module (starting one took 0.8 s a test): the tests, the browser
+# and the gateway process run in the module's event loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 # The gateway process
@@ -112,7 +117,7 @@ class DemoServer:
         self.process = None
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def demo_server(tmp_path: Path, database_dsn: str) -> AsyncIterator[DemoServer]:
     env = cli_env(
         database_url=database_dsn,
@@ -153,8 +158,8 @@ async def psql(dsn: str, sql: str) -> None:
 # The browser
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def chromium() -> AsyncIterator[Browser]:
     assert shutil.which(CHROMIUM), "install Debian's chromium: apt-get install -y chromium"
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
@@ -164,6 +169,15 @@ async def browser() -> AsyncIterator[Browser]:
             yield launched
         finally:
             await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def browser(chromium: Browser) -> AsyncIterator[Browser]:
+    """The module's Chromium; the contexts (people) a test opened are closed after it,
+    so none of its pages goes on reconnecting, to the next test's gateway say."""
+    yield chromium
+    for context in chromium.contexts:
+        await asyncio.wait_for(context.close(), STOP_TIMEOUT)
 
 
 async def open_editor(
