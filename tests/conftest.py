@@ -182,6 +182,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
+def server_tmp_path() -> Iterator[Path]:
+    """A new directory for a server's data directory, removed after the test: in memory
+    where the machine has a tmpfs (tests.support.server_directory), where initdb and a
+    start take 1.2 s instead of 2.5-3 s and a stop 0.1 s instead of 1-1.3 s."""
+    directory = server_directory("sitebuilder-test-")
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
 def pg_server(request: pytest.FixtureRequest) -> PostgresServer:
     """The server this test runs on (`embedded` unless the module asks for both)."""
     kind = getattr(request, "param", "embedded")
@@ -311,9 +323,9 @@ class RestartablePostgres:
 
 
 @pytest.fixture
-async def restartable_postgres(tmp_path: Path) -> AsyncIterator[RestartablePostgres]:
+async def restartable_postgres(server_tmp_path: Path) -> AsyncIterator[RestartablePostgres]:
     """A migrated database on its own server, stopped after the test (a few seconds to make)."""
-    server = RestartablePostgres(tmp_path / "private-pgdata")
+    server = RestartablePostgres(server_tmp_path / "private-pgdata")
     await server.start()
     try:
         conn = await asyncpg.connect(server.dsn)

@@ -208,10 +208,10 @@ async def test_no_gateway_module_imports_the_load_test() -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_serve_on_embedded_postgres_stops_it_on_signal_and_keeps_data(
-    tmp_path: Path, signum: signal.Signals
+    server_tmp_path: Path, signum: signal.Signals
 ) -> None:
-    env = cli_env(data_dir=str(tmp_path))
-    pgdata = tmp_path / "postgres"
+    env = cli_env(data_dir=str(server_tmp_path))
+    pgdata = server_tmp_path / "postgres"
 
     serving = await ServeProcess.start(env)
     try:

@@ -24,8 +24,8 @@ async def _settings(dsn: str) -> dict[str, str]:
     return {row["name"]: row["setting"] for row in rows}
 
 
-async def test_a_new_server_runs_with_logical_replication_settings(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "pgdata")
+async def test_a_new_server_runs_with_logical_replication_settings(server_tmp_path: Path) -> None:
+    server = EmbeddedPostgres(server_tmp_path / "pgdata")
     try:
         dsn = await server.start()
         settings = await _settings(dsn)
@@ -35,12 +35,12 @@ async def test_a_new_server_runs_with_logical_replication_settings(tmp_path: Pat
     assert settings["wal_level"] == "logical"
     assert int(settings["max_replication_slots"]) >= 10
     assert int(settings["max_wal_senders"]) >= 10
-    assert running_dsn(tmp_path / "pgdata") is None
+    assert running_dsn(server_tmp_path / "pgdata") is None
 
 
-async def test_max_slot_wal_keep_size_is_applied(tmp_path: Path) -> None:
+async def test_max_slot_wal_keep_size_is_applied(server_tmp_path: Path) -> None:
     """A forgotten replication slot must not fill the disk of the embedded server."""
-    pgdata = tmp_path / "pgdata"
+    pgdata = server_tmp_path / "pgdata"
     for size in ("64MB", "1GB"):  # a new value holds on the next start too
         server = EmbeddedPostgres(pgdata, max_slot_wal_keep_size=size)
         try:
@@ -62,9 +62,9 @@ async def _current(dsn: str, name: str) -> str:
 
 
 async def test_a_holder_killed_without_letting_go_does_not_keep_the_server_up(
-    tmp_path: Path,
+    server_tmp_path: Path,
 ) -> None:
-    pgdata = tmp_path / "pgdata"
+    pgdata = server_tmp_path / "pgdata"
     first = EmbeddedPostgres(pgdata)
     await first.start()
     first.stop()

@@ -18,7 +18,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from tests.gateway_fixtures import (
     start_gateway,
 )
 from tests.hosted_postgres import free_port
+from tests.support import server_directory
 
 SERVER_USER = "embedded_postgres"
 DATABASE = "sitebuilder"
@@ -102,7 +102,7 @@ class Server:
 @pytest.fixture
 def servers() -> Iterator[tuple[Server, Server]]:
     """A primary (running, with the database) and its standby (made, running)."""
-    directory = Path(tempfile.mkdtemp(prefix="sitebuilder-failover-"))
+    directory = server_directory("sitebuilder-failover-")
     if os.geteuid() == 0:
         user = pwd.getpwnam(SERVER_USER)
         os.chown(directory, user.pw_uid, user.pw_gid)

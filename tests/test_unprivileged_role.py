@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,6 +38,7 @@ from tests.gateway_fixtures import (
     WsClient,
     gateway_url,
 )
+from tests.support import server_directory
 from tests.test_gateway_feed import change_of, large_style_guide, recv_until
 from tests.test_rpc import rpc
 
@@ -68,15 +70,17 @@ class PrivateServer:
 
 
 @pytest.fixture(scope="module")
-def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServer]:
-    server = PrivateServer(tmp_path_factory.mktemp("unprivileged") / "pgdata")
-    asyncio.run(server.server.start())
-    server.admin_dsn = server.server.admin_dsn
-    asyncio.run(server.admin(f"CREATE ROLE {APP_ROLE} {ROLE_ATTRIBUTES}"))
+def private_server() -> Iterator[PrivateServer]:
+    directory = server_directory("sitebuilder-unprivileged-")
+    server = PrivateServer(directory / "pgdata")
     try:
+        asyncio.run(server.server.start())
+        server.admin_dsn = server.server.admin_dsn
+        asyncio.run(server.admin(f"CREATE ROLE {APP_ROLE} {ROLE_ATTRIBUTES}"))
         yield server
     finally:
         server.server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def cluster_roles(server: PrivateServer) -> set[str]:
