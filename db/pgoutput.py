@@ -553,15 +553,27 @@ _new_object = object.__new__
 _set_attribute = object.__setattr__
 
 
+# UUIDs made lately, by their text: a parent's id recurs in row after row (a bulk
+# insert's wireframes all name one sitemap), so it is made once and, being the same
+# object each time, looked up by identity where it is routed.
+_UUIDS: dict[str, UUID] = {}
+_UUIDS_KEPT: Final = 4096
+
+
 def _uuid(text: str) -> UUID:
     """`UUID(text)` for the server's canonical form, in half its time (it has no
     braces, `urn:` or case to handle): ids of every row pass here."""
-    digits = text.replace("-", "")
-    if len(digits) != 32:
-        raise ValueError(f"badly formed uuid {text!r}")
-    value = _new_object(UUID)
-    _set_attribute(value, "int", int(digits, 16))
-    _set_attribute(value, "is_safe", SafeUUID.unknown)
+    value = _UUIDS.get(text)
+    if value is None:
+        digits = text.replace("-", "")
+        if len(digits) != 32:
+            raise ValueError(f"badly formed uuid {text!r}")
+        value = _new_object(UUID)
+        _set_attribute(value, "int", int(digits, 16))
+        _set_attribute(value, "is_safe", SafeUUID.unknown)
+        if len(_UUIDS) >= _UUIDS_KEPT:
+            _UUIDS.clear()
+        _UUIDS[text] = value
     return value
 
 

@@ -88,12 +88,18 @@ class History:
             project = self._projects[project_id] = _Project(self._floor)
         project.entries.append(change)
         size = self._size_of(change)
-        self._order.append(_Stored(project_id, change.position, size, self._clock()))
+        now = self._clock()
+        position = change.position
+        self._order.append(_Stored(project_id, position, size, now))
         self._bytes += size
-        self.advance(change.position)
+        # `advance`, the clock read once for all (changes come in order)
+        if self._latest is None or position > self._latest:
+            self._latest = position
+            self._latest_at = now
         if len(project.entries) > self._max_per_project:
             project.floor = project.entries.popleft().position
-        self.expire()
+        if self._bytes > self._max_bytes or self._order[0].stored_at < now - self._max_age:
+            self.expire()
 
     def advance(self, position: Position) -> None:
         """The feed got this far, whether or not the change was for any project."""

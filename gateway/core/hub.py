@@ -156,6 +156,10 @@ class Hub:
         # Frames queued per label and not yet counted (`write_counts`): a counter takes a
         # lock per increment, and a transaction queues thousands.
         self._uncounted: dict[str, int] = {}
+        # The project channel key last published to, and its project's id: a
+        # transaction's changes mostly share one project (the same UUID object, from
+        # the router), whose key is then neither made nor hashed again.
+        self._last_key: tuple[UUID | None, ProjectChannel | None] = (None, None)
 
     # The registry
 
@@ -277,7 +281,7 @@ class Hub:
         The loop over a project's subscribers is the gateway's hottest: one pass, no
         call but the view's and the connection's for a subscriber that gets it."""
         groups: _Groups = {}
-        channel = self._channels.get(ProjectChannel(change.project_id))
+        channel = self._channels.get(self._project_key(change.project_id))
         if channel is not None:
             needed = required(change.members_only)
             for subscription in list(channel.subscriptions):
@@ -300,6 +304,13 @@ class Hub:
             for subscription in self._table_recipients(table.index, change, table_acl):
                 _group(groups, subscription, change)
         return self._queue(groups, change)
+
+    def _project_key(self, project_id: UUID) -> ProjectChannel:
+        last_id, key = self._last_key
+        if project_id is not last_id or key is None:
+            key = ProjectChannel(project_id)
+            self._last_key = (project_id, key)
+        return key
 
     def publish_listed(self, users: Iterable[UUID], change: Change) -> int:
         """Queue a project-list change for the list subscriptions of `users` (members of

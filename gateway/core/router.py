@@ -45,19 +45,27 @@ class BoundedMap:
     one takes its place. So an entry used in neither of the last two generations is
     forgotten, and at most `capacity` are kept."""
 
-    __slots__ = ("_generation", "_old", "_young")
+    __slots__ = ("_generation", "_last", "_old", "_young")
 
     def __init__(self, capacity: int) -> None:
         self._generation = max(1, capacity // 2)
         self._young: dict[UUID, UUID] = {}
         self._old: dict[UUID, UUID] = {}
+        # The last hit: a run of changes asks for one parent, often the same UUID
+        # object (db.pgoutput keeps those it made lately), found without hashing it.
+        self._last: tuple[UUID | None, UUID | None] = (None, None)
 
     def get(self, key: UUID) -> UUID | None:
+        last_key, value = self._last
+        if key is last_key:
+            return value
         value = self._young.get(key)
         if value is None:
             value = self._old.get(key)
-            if value is not None:
-                self.put(key, value)
+            if value is None:
+                return None
+            self.put(key, value)
+        self._last = (key, value)
         return value
 
     def put(self, key: UUID, value: UUID) -> None:
@@ -66,6 +74,7 @@ class BoundedMap:
             self._old = young
             self._young = young = {}
         young[key] = value
+        self._last = (None, None)
 
     def __len__(self) -> int:
         return len(self._young.keys() | self._old.keys())
