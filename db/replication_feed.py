@@ -66,6 +66,8 @@ _INSERT = ord("I")
 ACTOR_PREFIX = "sitebuilder.actor"
 FENCE_PREFIX = "sitebuilder.fence"
 _OPS = {pgoutput.Insert: ChangeOp.INSERT, pgoutput.Update: ChangeOp.UPDATE}
+# Read on every insert: as a constant, not through EnumType's attribute lookup.
+_OP_INSERT = ChangeOp.INSERT
 
 
 @dataclass(slots=True)
@@ -297,7 +299,7 @@ class ReplicationFeed:
     ) -> Coroutine[Any, Any, None] | None:
         """`_collect` of an Insert, decoded straight into its row (the usual message)."""
         relation, new, unchanged = self._relations.insert(payload)
-        transaction.changes.append((relation.name, ChangeOp.INSERT, new, None))
+        transaction.changes.append((relation.name, _OP_INSERT, new, None))
         return self._fill_unchanged(relation, new, None) if unchanged else None
 
     def _collect(
@@ -345,7 +347,8 @@ class ReplicationFeed:
                 new=new,
                 old=old,
                 xid=xid,
-                position=Position(epoch, lsn, index),
+                # Position(epoch, lsn, index) without its __new__'s Python frame
+                position=_new_tuple(Position, (epoch, lsn, index)),
                 committed_at=committed_at,
                 actor=actor,
                 request=request,
@@ -421,6 +424,9 @@ class ReplicationFeed:
             conn.remove_termination_listener(self._on_server_leaving)
             if not conn.is_closed():
                 conn.terminate()
+
+
+_new_tuple = tuple.__new__
 
 
 def _from_json(value: Any) -> Any:
