@@ -229,6 +229,8 @@ async def users_seen(client: WsClient, view: View, expected: set[str]) -> None:
 async def test_every_worker_shows_the_union_of_presence_and_drops_a_killed_workers_clients(
     tmp_path: Path, database_dsn: str, conn: asyncpg.Connection, make_user: UserFactory
 ) -> None:
+    """Then the supervisor is killed: every worker stops, letting go of the node's slot
+    (checked here rather than on a gateway of its own: one start of the processes fewer)."""
     users = [await make_user() for _ in range(WORKERS)]
     project = await make_project(conn, users[0], collaborators=users[1:])
     env = serve_env(tmp_path, database_dsn, workers=str(WORKERS), presence_node_timeout_seconds="2")
@@ -262,6 +264,15 @@ async def test_every_worker_shows_the_union_of_presence_and_drops_a_killed_worke
         for node, (client, _) in on_worker.items():
             if node != victim:
                 await users_seen(client, views[node], survivors)
+
+        workers = psutil.Process(gateway.serving.process.pid).children()
+        assert len(workers) >= WORKERS - 1
+        gateway.serving.kill()
+        _, alive = await asyncio.to_thread(psutil.wait_procs, workers, TIMEOUT)
+        assert alive == []
+        # They shut down gracefully: their slot is let go, ready for the next start.
+        names = [node_slot(database_dsn)]
+        assert await until_inactive(conn, names) == dict.fromkeys(names, False)
     finally:
         for client in opened:
             with contextlib.suppress(Exception):
@@ -295,6 +306,9 @@ async def walsenders(conn: asyncpg.Connection) -> int:
 async def test_a_node_of_three_workers_reads_one_slot_and_drops_earlier_per_worker_ones(
     tmp_path: Path, database_dsn: str, conn: asyncpg.Connection
 ) -> None:
+    """A second `serve` with the node's name, started while the node runs, exits naming
+    the clash and leaves the node serving (checked on this node rather than on a
+    gateway of its own: one start of the heavy processes fewer)."""
     env = serve_env(tmp_path, database_dsn, workers="3")
     mine = node_slot(database_dsn)
     old = await legacy_slots(conn, database_dsn, range(1, 3))
@@ -308,6 +322,16 @@ async def test_a_node_of_three_workers_reads_one_slot_and_drops_earlier_per_work
         status, out, _ = await run_cli("slot", "status", env=env)
         assert status == 0
         assert re.findall(r"^slot +(\S+)$", out, re.MULTILINE) == [mine]
+
+        second = {**env, "SITEBUILDER_WORKERS": "1", "SITEBUILDER_SLOT_WAIT_SECONDS": "0.5"}
+        status, _, err = await run_cli("serve", "--port", "0", env=second)
+        assert status == 1
+        assert f"replication slot {mine} is in use" in err
+        assert "SITEBUILDER_NODE_NAME=gateway" in err
+        assert "Traceback" not in err
+        assert (await http_get(gateway.serving.port, "/readyz")).status == 200
+        assert await walsenders(conn) == 1
+
         assert await stop_gateway(gateway) == 0, gateway.log()
     finally:
         await discard(gateway)
@@ -319,23 +343,6 @@ async def test_a_node_of_three_workers_reads_one_slot_and_drops_earlier_per_work
     assert await slots(conn) == {mine: False}
     status, out, _ = await run_cli("slot", "prune", env=env)
     assert (status, out.strip()) == (0, f"no slots of node gateway but its own, {mine}")
-
-
-async def test_a_second_node_with_the_same_name_exits_naming_the_clash(
-    tmp_path: Path, database_dsn: str
-) -> None:
-    env = serve_env(tmp_path, database_dsn, slot_wait_seconds="0.5")
-    gateway: Gateway | None = None
-    try:
-        gateway = await start_gateway(env)
-        status, _, err = await run_cli("serve", "--port", "0", env=env)
-        assert status == 1
-        assert f"replication slot {node_slot(database_dsn)} is in use" in err
-        assert "SITEBUILDER_NODE_NAME=gateway" in err
-        assert "Traceback" not in err
-        assert (await http_get(gateway.serving.port, "/readyz")).status == 200
-    finally:
-        await discard(gateway)
 
 
 async def test_sigttin_adds_a_worker_and_sigttou_removes_it(
@@ -362,24 +369,6 @@ async def test_sigttin_adds_a_worker_and_sigttou_removes_it(
             await client.close()
         assert nodes <= {"gateway_0", "gateway_1"}
         assert await stop_gateway(gateway) == 0, gateway.log()
-    finally:
-        await discard(gateway)
-
-
-async def test_workers_stop_when_the_supervisor_is_killed(
-    tmp_path: Path, database_dsn: str, conn: asyncpg.Connection
-) -> None:
-    env = serve_env(tmp_path, database_dsn, workers="2")
-    gateway: Gateway | None = None
-    try:
-        gateway = await start_gateway(env)
-        workers = [psutil.Process(pid) for pid in worker_pids(gateway).values()]
-        gateway.serving.kill()
-        _, alive = await asyncio.to_thread(psutil.wait_procs, workers, TIMEOUT)
-        assert alive == []
-        # They shut down gracefully: their slots are let go, ready for the next start.
-        names = [node_slot(database_dsn)]
-        assert await until_inactive(conn, names) == dict.fromkeys(names, False)
     finally:
         await discard(gateway)
 
@@ -463,7 +452,9 @@ async def test_a_worker_count_out_of_range_is_refused_before_anything_starts(
     tmp_path: Path,
 ) -> None:
     env = serve_env(tmp_path, "postgresql://nobody@/nowhere")
-    for count in ("0", "1000", "many"):
-        status, _, err = await run_cli("serve", "--workers", count, env=env)
+    counts = ("0", "1000", "many")
+    # Side by side: each is a process of its own, most of its time spent importing.
+    runs = await asyncio.gather(*(run_cli("serve", "--workers", n, env=env) for n in counts))
+    for status, _, err in runs:
         assert status == 2
         assert "a number from 1 to 999, or auto" in err
