@@ -206,35 +206,36 @@ async def test_no_gateway_module_imports_the_load_test() -> None:
     assert out == "[]\n"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-async def test_serve_on_embedded_postgres_stops_it_on_signal_and_keeps_data(
-    server_tmp_path: Path, signum: signal.Signals
+async def test_serve_on_embedded_postgres_stops_it_on_sigint_and_sigterm_and_keeps_data(
+    server_tmp_path: Path,
 ) -> None:
+    """Stopped by SIGINT, started again and stopped by SIGTERM: each time the server it
+    started stops with it, and every row written is there at the next start (one initdb
+    for both signals)."""
     env = cli_env(data_dir=str(server_tmp_path))
     pgdata = server_tmp_path / "postgres"
-
-    serving = await ServeProcess.start(env)
-    try:
-        await serving.wait_for_log(r"database: embedded PostgreSQL")
-        assert (await http_get(serving.port, "/healthz")).status == 200
-        assert (await http_get(serving.port, "/readyz")).status == 200
-        db_status, dsn, _ = await run_cli("db", env=env)
-        assert db_status == 0
-        assert dsn.strip() == running_dsn(pgdata)
-        conn = await asyncpg.connect(dsn.strip())
+    written: list[str] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        serving = await ServeProcess.start(env)
         try:
-            await conn.execute("INSERT INTO auth.users (email) VALUES ('kept@example.test')")
+            await serving.wait_for_log(r"database: embedded PostgreSQL")
+            assert (await http_get(serving.port, "/healthz")).status == 200
+            assert (await http_get(serving.port, "/readyz")).status == 200
+            db_status, dsn, _ = await run_cli("db", env=env)
+            assert db_status == 0
+            assert dsn.strip() == running_dsn(pgdata)
+            email = f"kept-{signum.name}@example.test"
+            assert await users_after_insert(dsn.strip(), email) == [*written, email]
+            written.append(email)
+            postmaster = psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+
+            assert await serving.stop(signum) == 0
         finally:
-            await conn.close()
-        postmaster = psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+            serving.kill()
 
-        assert await serving.stop(signum) == 0
-    finally:
-        serving.kill()
-
-    assert any("gateway.app.serve: stopped" in line for line in serving.log)
-    assert not postmaster.is_running() or postmaster.status() == psutil.STATUS_ZOMBIE
-    assert running_dsn(pgdata) is None
+        assert any("gateway.app.serve: stopped" in line for line in serving.log), signum
+        assert not postmaster.is_running() or postmaster.status() == psutil.STATUS_ZOMBIE
+        assert running_dsn(pgdata) is None
 
     again = await ServeProcess.start(env)
     try:
@@ -242,13 +243,24 @@ async def test_serve_on_embedded_postgres_stops_it_on_signal_and_keeps_data(
         assert status == 0
         conn = await asyncpg.connect(dsn.strip())
         try:
-            emails = await conn.fetch("SELECT email FROM auth.users")
+            emails = await conn.fetch("SELECT email FROM auth.users ORDER BY created_at, email")
         finally:
             await conn.close()
-        assert [row["email"] for row in emails] == ["kept@example.test"]
+        assert [row["email"] for row in emails] == written
         assert await again.stop(signal.SIGTERM) == 0
     finally:
         again.kill()
+
+
+async def users_after_insert(dsn: str, email: str) -> list[str]:
+    """Insert a user with `email`; every user's email then, oldest first."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO auth.users (email) VALUES ($1)", email)
+        rows = await conn.fetch("SELECT email FROM auth.users ORDER BY created_at, email")
+    finally:
+        await conn.close()
+    return [row["email"] for row in rows]
 
 
 async def test_serve_on_an_external_database_reports_readiness_and_leaves_it_running(
