@@ -56,7 +56,10 @@ class Position(NamedTuple):
     index: int  # type: ignore[assignment]
 
     def __str__(self) -> str:
-        return f"{self.epoch}/{self.txn:016x}.{self.index:06x}"
+        epoch, txn, index = self
+        known = _PREFIXES.get(txn)
+        prefix = known[1] if known is not None and known[0] == epoch else _prefix(epoch, txn)
+        return f"{prefix}{index:06x}"
 
     @classmethod
     def parse(cls, text: str) -> Position | None:
@@ -74,6 +77,19 @@ class Position(NamedTuple):
 
 
 MAX_INDEX = 0xFFFFFF
+
+# The text of the latest transactions' positions up to their index: a transaction's
+# changes share it, and each change's frame writes its position.
+_PREFIXES: dict[int, tuple[str, str]] = {}  # txn -> (epoch, text)
+_PREFIXES_KEPT = 64
+
+
+def _prefix(epoch: str, txn: int) -> str:
+    if len(_PREFIXES) >= _PREFIXES_KEPT:
+        _PREFIXES.clear()
+    prefix = f"{epoch}/{txn:016x}."
+    _PREFIXES[txn] = (epoch, prefix)
+    return prefix
 
 
 class JsonText(str):

@@ -12,6 +12,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
+from db.feed import Position
 from gateway.core.router import BoundedMap
 from tests.conftest import UserFactory
 from tests.gateway_fixtures import (
@@ -119,3 +120,21 @@ def test_the_router_memory_updates_a_parent_in_place() -> None:
     assert len(remembered) == 1
     missing: UUID = uuid4()
     assert remembered.get(missing) is None
+
+
+def test_a_position_s_text_is_its_own_whatever_positions_were_written_before() -> None:
+    """Position text reuses its transaction's prefix: never another epoch's."""
+    texts = [
+        str(Position(epoch, txn, index))
+        for epoch, txn, index in [("r1", 5, 1), ("r10", 5, 2), ("r1", 5, 3), ("n1", 6, 0)]
+    ]
+    assert texts == [
+        "r1/0000000000000005.000001",
+        "r10/0000000000000005.000002",
+        "r1/0000000000000005.000003",
+        "n1/0000000000000006.000000",
+    ]
+    assert [Position.parse(text) for text in texts[:2]] == [
+        Position("r1", 5, 1),
+        Position("r10", 5, 2),
+    ]

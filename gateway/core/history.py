@@ -32,12 +32,16 @@ class _Project:
 
 
 class _Stored(NamedTuple):
-    """A tuple: one is made per change recorded, and a frozen dataclass costs twice."""
+    """A tuple: one is made per change recorded, and a frozen dataclass costs twice
+    (made with tuple.__new__: a named tuple's own __new__ is a Python function)."""
 
     project_id: UUID
     position: Position
     size: int
     stored_at: float
+
+
+_new_tuple = tuple.__new__
 
 
 class History:
@@ -90,7 +94,7 @@ class History:
         size = self._size_of(change)
         now = self._clock()
         position = change.position
-        self._order.append(_Stored(project_id, position, size, now))
+        self._order.append(_new_tuple(_Stored, (project_id, position, size, now)))
         self._bytes += size
         # `advance`, the clock read once for all (changes come in order)
         if self._latest is None or position > self._latest:

@@ -231,4 +231,10 @@ class NativeView:
 
 
 def _labelled(data: bytes) -> Encoded:
-    return Encoded(data, "delta" if data.startswith(b'{"type":"delta"') else "change")
+    """Made with tuple.__new__ (a named tuple's own __new__ is a Python function): one
+    is made per change and variant."""
+    label = "delta" if data.startswith(b'{"type":"delta"') else "change"
+    return _new_tuple(Encoded, (data, label))
+
+
+_new_tuple = tuple.__new__
