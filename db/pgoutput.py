@@ -587,6 +587,8 @@ _ARRAY_ESCAPE: Final = re.compile(r"\\(.)", re.DOTALL)
 def parse_array(text: str, element: Converter | None = None) -> list[Any]:
     """An array's text form as a list (nested lists for more dimensions), NULL as None,
     each other element passed through `element` when given."""
+    if text == "{}":  # the usual array column's value (a wireframe's components)
+        return []
     if text[0] == "[":  # explicit bounds, e.g. '[0:1]={a,b}', when a lower bound is not 1
         text = text[text.index("=") + 1 :]
     if text[0] != "{" or text[-1] != "}":
