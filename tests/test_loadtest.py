@@ -332,7 +332,14 @@ async def test_reconnect_resumes_without_loss(tmp_path: Path, database_dsn: str)
 
 async def test_idle_measures_memory_per_connection(tmp_path: Path, database_dsn: str) -> None:
     report = await bench(
-        tmp_path, database_dsn, "idle", "--subscribers", "20", "--duration", "1", "--with-reference"
+        tmp_path,
+        database_dsn,
+        "idle",
+        "--subscribers",
+        "20",
+        "--duration",
+        "0.5",
+        "--with-reference",
     )
     gateway, reference = report["runs"]
     for run in (gateway, reference):
@@ -374,7 +381,7 @@ async def test_hostile_compares_a_quiet_run_with_a_hostile_one(
         "--rate",
         "5",
         "--duration",
-        "3",
+        "2",  # the hostile clients start 2 s before it (loadtest.hostile.WARMUP_SECONDS)
         "--hostile",
         "5",
         # a small cap on connections not signed in, reached in seconds
