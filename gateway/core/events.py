@@ -147,6 +147,9 @@ def _parsed(text: JsonText) -> Any:
             return None
 
 
+# What `Change.memo` has not made yet.
+_UNMADE: Any = object()
+
 # A row, or its typed values to build it from when it is first read.
 RowSource = Row | TypedRow
 
@@ -271,10 +274,10 @@ class Change:
 
     def memo(self, key: str, make: Callable[[Change], T]) -> T:
         """`make(self)`, computed once per key for the life of the event (once settled,
-        only encodings are kept)."""
-        try:
-            value: T = self._memo[key]
-        except KeyError:
+        only encodings are kept). Looked up with `get`: every event misses once per key,
+        and a KeyError raised and caught costs more than the lookup."""
+        value: T = self._memo.get(key, _UNMADE)
+        if value is _UNMADE:
             value = make(self)
             if self._settled is None or isinstance(value, bytes):
                 self._memo[key] = value
