@@ -231,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the figures as JSON here and the plot beside it (.png); default: "
         "bench-results/SCENARIO-YYYYMMDD-HHMMSS.json",
     )
+    parser.add_argument(
+        "--no-plot",
+        action="store_true",
+        help="write the figures' JSON only, no .png (drawing it takes about a second)",
+    )
     from loadtest.hostile import add_arguments as add_hostile_arguments  # `bench hostile`
 
     add_hostile_arguments(parser)
@@ -295,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.notes.append(advice)
     print(table(report))
     out = args.out or default_out(args.scenario)
-    plot = report.write(out)
+    plot = report.write(out, plot=not args.no_plot)
     print(f"figures: {out}" + (f", plot: {plot}" if plot else ""))
     return 0
 

@@ -85,11 +85,12 @@ class Report:
             "notes": self.notes,
         }
 
-    def write(self, out: Path) -> Path | None:
-        """The JSON at `out`, the plot beside it (same name, .png); the plot's path."""
+    def write(self, out: Path, *, plot: bool = True) -> Path | None:
+        """The JSON at `out`, the plot beside it (same name, .png) unless not asked for;
+        the plot's path."""
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(orjson.dumps(self.as_json(), option=orjson.OPT_INDENT_2))
-        return plot(self, out.with_suffix(".png"))
+        return draw(self, out.with_suffix(".png")) if plot else None
 
 
 def _cpu_count() -> int | None:
@@ -192,7 +193,7 @@ def cpu_line(cpu: dict[str, float]) -> str:
     return "  cpu % " + " ".join(f"{name} {value:.0f}" for name, value in cpu.items())
 
 
-def plot(report: Report, path: Path) -> Path | None:
+def draw(report: Report, path: Path) -> Path | None:
     """Latency percentile curve and deliveries per second over time, one line per run."""
     runs = [run for run in report.runs if run.latency is not None or run.throughput]
     if not runs:

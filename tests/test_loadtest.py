@@ -54,14 +54,20 @@ async def run_module(*args: str, run: str = "") -> tuple[int | None, bytes, byte
 
 
 async def bench(
-    tmp_path: Path, database_dsn: str, *args: str, printed: list[str] | None = None
+    tmp_path: Path,
+    database_dsn: str,
+    *args: str,
+    printed: list[str] | None = None,
+    plot: bool | None = False,
 ) -> dict[str, Any]:
     """Run `python -m loadtest ARGS` against the test database; its JSON report (and
-    what it printed, appended to `printed`)."""
+    what it printed, appended to `printed`). The plot is drawn only when asked for (it
+    takes about a second); None: the scenario has none (`fuzz`)."""
     out = tmp_path / "report.json"
     run = uuid.uuid4().hex
+    no_plot = ("--no-plot",) if plot is False else ()
     status, stdout, stderr = await run_module(
-        "loadtest", *args, "--database-url", database_dsn, "--out", str(out), run=run
+        "loadtest", *args, *no_plot, "--database-url", database_dsn, "--out", str(out), run=run
     )
     assert status == 0, stderr.decode()[-3000:]
     assert "==" in stdout.decode(), "the table was printed"
@@ -76,6 +82,7 @@ async def bench(
     finally:
         await conn.close()
     assert slots == 0, "the run's replication slot was dropped"
+    assert out.with_suffix(".png").exists() == bool(plot)
     report: dict[str, Any] = orjson.loads(out.read_bytes())
     return report
 
@@ -126,6 +133,7 @@ async def test_fanout_ramp_with_reference_reports_steps_frames_and_ratios(
         "--client-bound-percent",
         "0.001",
         printed=printed,
+        plot=True,
     )
     gateway, reference = report["runs"]
     for run in (gateway, reference):
@@ -233,6 +241,7 @@ async def test_failover_resumes_the_killed_workers_editors(
         "10",
         "--duration",
         "6",  # the cut editors catch up while the writer still writes
+        plot=True,
     )
     (gateway,) = report["runs"]
     assert_exact(gateway)
@@ -477,6 +486,7 @@ async def test_fuzz_sends_both_protocols_beside_normal_clients(
         database_dsn,
         "fuzz",
         *("--minutes", "0.05", "--seed", "1", "--native", "2", "--supabase", "2"),
+        plot=None,
     )
     figures = report["figures"]
     assert figures["sessions"] > 0

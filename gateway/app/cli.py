@@ -26,14 +26,11 @@ from db.replication_stream import (
     drop_slot,
     lsn_to_str,
 )
-from gateway.app import serve
 from gateway.app.secrets import jwt_secret
 from gateway.app.slots import NodeNameInUse, node_slots, prune_slots
-from gateway.app.supervisor import WorkersError, supervise
 from gateway.edge.tokens import mint_anon_key, mint_token
 from gateway.presence.model import PresenceUnavailable
 from gateway.settings import MAX_WORKERS, Settings
-from protocol.schema import protocol_json_schema
 
 logger = logging.getLogger("gateway")
 
@@ -348,17 +345,33 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     elif args.command == "slot":
         asyncio.run(_slot(settings, args))
     elif args.command == "schema":
-        print(orjson.dumps(protocol_json_schema(), option=orjson.OPT_INDENT_2).decode())
+        _schema()
     else:
         _db(settings)
 
 
 def _serve(settings: Settings) -> None:
-    """One process, or a supervisor of `workers` processes (see gateway.app.supervisor)."""
-    if settings.worker_count == 1:
-        uvloop.run(serve.run(settings))
-    else:
-        asyncio.run(supervise(settings, settings.worker_count))
+    """One process, or a supervisor of `workers` processes (see gateway.app.supervisor).
+
+    The server's modules are imported here, not with the CLI: they take most of a
+    second to load, which every other command (migrate, token, slot, db) would pay."""
+    from gateway.app import serve
+    from gateway.app.supervisor import WorkersError, supervise
+
+    try:
+        if settings.worker_count == 1:
+            uvloop.run(serve.run(settings))
+        else:
+            asyncio.run(supervise(settings, settings.worker_count))
+    except (serve.FeedUnavailable, serve.DemoUnavailable, WorkersError) as error:
+        raise CommandError(str(error)) from error
+
+
+def _schema() -> None:
+    """Print the protocol's JSON Schema (its models are imported for this command only)."""
+    from protocol.schema import protocol_json_schema
+
+    print(orjson.dumps(protocol_json_schema(), option=orjson.OPT_INDENT_2).decode())
 
 
 def guarded(command: Callable[[], None]) -> int:
@@ -369,11 +382,8 @@ def guarded(command: Callable[[], None]) -> int:
         CommandError,
         MigrationError,
         EmbeddedPostgresError,
-        serve.FeedUnavailable,
-        serve.DemoUnavailable,
         ReplicationError,
         NodeNameInUse,
-        WorkersError,
         PresenceUnavailable,
     ) as error:
         print(f"sitebuilder-gateway: {error}", file=sys.stderr)
