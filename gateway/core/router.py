@@ -86,12 +86,27 @@ def _uuid(value: Any) -> UUID | None:
     return value if isinstance(value, UUID) else UUID(str(value))
 
 
+# One step from a row's parent towards its project: the parents remembered, and how to
+# read one from the database.
+Hop = tuple[BoundedMap, Lookup]
+
+
 class Router:
     def __init__(self, pool: asyncpg.Pool, capacity: int) -> None:
         self._pool = pool
         self._sitemap_project = BoundedMap(capacity)
         self._wireframe_sitemap = BoundedMap(capacity)
         self._style_guide_wireframe = BoundedMap(capacity)
+        to_project: Hop = (self._sitemap_project, queries.sitemap_project)
+        to_sitemap: Hop = (self._wireframe_sitemap, queries.wireframe_sitemap)
+        to_wireframe: Hop = (self._style_guide_wireframe, queries.style_guide_wireframe)
+        # From an entity of each kind to its project, hop by hop.
+        self._hops: dict[str, tuple[Hop, ...]] = {
+            "projects": (),
+            "sitemaps": (to_project,),
+            "wireframes": (to_sitemap, to_project),
+            "style_guides": (to_wireframe, to_sitemap, to_project),
+        }
 
     def learn(self, table: str, row: dict[str, Any]) -> None:
         """Remember the parent a row names."""
@@ -110,41 +125,15 @@ class Router:
         when a parent must be read from the database (`project_of` then). Either way
         the router learns the parent the row names."""
         self.learn(table, row)
-        if table == "projects":
-            return _uuid(row.get("id"))
-        if table in ("sitemaps", "builder_sessions"):
-            return _uuid(row.get("project_id"))
-        if table == "wireframes":
-            return self._known_project_of_sitemap(_uuid(row.get("sitemap_id")))
-        if table == "style_guides":
-            return self._known_project_of_wireframe(_uuid(row.get("wireframe_id")))
-        if table == "version_history":
-            return self._known_project_of_entity(row.get("entity_type"), _uuid(row["entity_id"]))
-        return None
-
-    def _known_project_of_entity(self, entity_type: object, entity_id: UUID | None) -> Known:
-        if entity_type == "projects":
-            return entity_id
-        if entity_type == "sitemaps":
-            return self._known_project_of_sitemap(entity_id)
-        if entity_type == "wireframes":
-            return self._known_project_of_wireframe(entity_id)
-        if entity_type == "style_guides" and entity_id is not None:
-            wireframe = self._style_guide_wireframe.get(entity_id)
-            return UNKNOWN if wireframe is None else self._known_project_of_wireframe(wireframe)
-        return None
-
-    def _known_project_of_wireframe(self, wireframe_id: UUID | None) -> Known:
-        if wireframe_id is None:
-            return None
-        sitemap = self._wireframe_sitemap.get(wireframe_id)
-        return UNKNOWN if sitemap is None else self._known_project_of_sitemap(sitemap)
-
-    def _known_project_of_sitemap(self, sitemap_id: UUID | None) -> Known:
-        if sitemap_id is None:
-            return None
-        project = self._sitemap_project.get(sitemap_id)
-        return UNKNOWN if project is None else project
+        node, hops = self._route(table, row)
+        for known, _ in hops:
+            if node is None:
+                return None
+            parent = known.get(node)
+            if parent is None:
+                return UNKNOWN
+            node = parent
+        return node
 
     async def project_of(self, table: str, row: dict[str, Any]) -> UUID | None:
         """The project of `row` (a row of `table`), or None when it has none; parents
@@ -152,38 +141,28 @@ class Router:
         known = self.known_project_of(table, row)
         if known is not UNKNOWN:
             return known
+        node, hops = self._route(table, row)
+        for remembered, lookup in hops:
+            node = await self._parent(remembered, lookup, node)
+        return node
+
+    def _route(self, table: str, row: dict[str, Any]) -> tuple[UUID | None, tuple[Hop, ...]]:
+        """The entity a row names on its way to its project (itself, its parent, or a
+        version's entity), and the hops from that entity to the project."""
+        if table == "projects":
+            return _uuid(row.get("id")), ()
+        if table in ("sitemaps", "builder_sessions"):
+            return _uuid(row.get("project_id")), ()
         if table == "wireframes":
-            return await self._project_of_sitemap(_uuid(row.get("sitemap_id")))
+            return _uuid(row.get("sitemap_id")), self._hops["sitemaps"]
         if table == "style_guides":
-            return await self._project_of_wireframe(_uuid(row.get("wireframe_id")))
-        return await self._project_of_entity(row.get("entity_type"), _uuid(row["entity_id"]))
-
-    async def _project_of_entity(self, entity_type: object, entity_id: UUID | None) -> UUID | None:
-        if entity_type == "projects":
-            return entity_id
-        if entity_type == "sitemaps":
-            return await self._project_of_sitemap(entity_id)
-        if entity_type == "wireframes":
-            return await self._project_of_wireframe(entity_id)
-        if entity_type == "style_guides" and entity_id is not None:
-            wireframe = await self._parent(
-                self._style_guide_wireframe, queries.style_guide_wireframe, entity_id
-            )
-            return await self._project_of_wireframe(wireframe)
-        return None
-
-    async def _project_of_wireframe(self, wireframe_id: UUID | None) -> UUID | None:
-        if wireframe_id is None:
-            return None
-        sitemap = await self._parent(
-            self._wireframe_sitemap, queries.wireframe_sitemap, wireframe_id
-        )
-        return await self._project_of_sitemap(sitemap)
-
-    async def _project_of_sitemap(self, sitemap_id: UUID | None) -> UUID | None:
-        if sitemap_id is None:
-            return None
-        return await self._parent(self._sitemap_project, queries.sitemap_project, sitemap_id)
+            return _uuid(row.get("wireframe_id")), self._hops["wireframes"]
+        if table == "version_history":
+            entity_type = row.get("entity_type")
+            hops = self._hops.get(entity_type) if isinstance(entity_type, str) else None
+            if hops is not None:
+                return _uuid(row["entity_id"]), hops
+        return None, ()
 
     async def _parent(self, known: BoundedMap, lookup: Lookup, child: UUID | None) -> UUID | None:
         if child is None:
