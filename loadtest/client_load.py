@@ -98,18 +98,17 @@ def with_client_procs(scenario: str, options: Options) -> tuple[Options, str | N
     editors do (whole rows at 1,000 editors did, at the same rate), and the ramp
     compares the client with itself. Its steps are still marked client-bound where
     they were, and it needs no advice: saturating is what it is for."""
+    sized_for = options
+    most = spare_processes()
     if options.ramp:
         top = options.rate * options.ramp_factor ** (options.max_steps - 1)
-        load = offered(scenario, replace(options, rate=top))
-        needed = max(1, math.ceil(load.cpu_percent / options.client_bound_percent))
-        chosen = options.client_procs or min(needed, os.cpu_count() or 2)
-        return replace(options, client_procs=chosen), None
-    load = offered(scenario, options)
+        sized_for, most = replace(options, rate=top), os.cpu_count() or 2
+    load = offered(scenario, sized_for)
     budget = options.client_bound_percent
     needed = max(1, math.ceil(load.cpu_percent / budget))
-    chosen = options.client_procs or min(needed, spare_processes())
+    chosen = options.client_procs or min(needed, most)
     options = replace(options, client_procs=chosen)
-    if needed <= chosen:
+    if options.ramp or needed <= chosen:
         return options, None
     return options, advice(load, options, chosen, budget)
 
